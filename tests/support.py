@@ -1,0 +1,51 @@
+"""Shared test helpers: tolerances by dtype, host comparison, and hypothesis strategies."""
+
+import numpy as np
+from hypothesis import strategies as st
+
+from refdiff import schedules
+from refdiff.backend import namespace, to_numpy
+
+# One place for tolerances: (rtol, atol) per dtype, for results a few roundings from the oracle.
+TOLERANCE = {"float32": (1e-5, 1e-6), "float64": (1e-12, 1e-13)}
+DTYPES = ("float32", "float64")
+
+
+def dtype_name(x) -> str:
+    """'float32' or 'float64' for an array of any backend."""
+    xp = namespace(x)
+    return "float32" if x.dtype == xp.float32 else "float64"
+
+
+def assert_close(actual, expected, scale: float = 1.0):
+    """actual (any backend) == expected (host) to the tolerance of actual's dtype, times ``scale``.
+
+    ``scale`` is the condition number of the computation under test when it amplifies rounding
+    (for example 1 / sqrt(alpha_bar) when recovering x0), stated by the caller.
+    """
+    rtol, atol = TOLERANCE[dtype_name(actual)]
+    np.testing.assert_allclose(to_numpy(actual), np.asarray(expected), rtol=rtol * scale, atol=atol * scale)
+
+
+def assert_same_array_kind(out, like):
+    """``out`` is an array of ``like``'s library, device and dtype (DESIGN rules 1 and 6)."""
+    assert namespace(out) is namespace(like), f"namespace {namespace(out)} != {namespace(like)}"
+    assert out.device == like.device, f"device {out.device} != {like.device}"
+    assert out.dtype == like.dtype, f"dtype {out.dtype} != {like.dtype} (no silent upcast)"
+
+
+@st.composite
+def schedule_strategy(draw, min_T: int = 1, max_T: int = 300, zero_terminal: bool = False):
+    """A schedule of every kind refdiff builds, T in [min_T, max_T] (linear needs T > 20)."""
+    name = draw(st.sampled_from(sorted(schedules.SCHEDULES)))
+    low = max(min_T, 21) if name == "linear" else min_T
+    T = draw(st.integers(low, max(low, max_T)))
+    schedule = schedules.by_name(name, T)
+    if zero_terminal and T >= 2 and draw(st.booleans()):
+        schedule = schedules.rescale_zero_terminal_snr(schedule)
+    return schedule
+
+
+def host_data(seed: int, shape, dtype="float64", scale: float = 1.0) -> np.ndarray:
+    """Reproducible standard normal host data of ``shape`` (times ``scale``)."""
+    return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(dtype)
