@@ -44,7 +44,7 @@ def library_name(x: Any) -> str:
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """Copy ``x`` (any backend, any device) to a host NumPy array."""
+    """``x`` (any backend, any device) as a host NumPy array; a NumPy input is returned as is."""
     name = library_name(x)
     if name == "numpy":
         return np.asarray(x)

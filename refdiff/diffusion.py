@@ -31,7 +31,7 @@ def check_t(schedule: Schedule, t: Any, x: Any) -> None:
         raise TypeError(f"t must be an integer array, got dtype {t.dtype}")
     if t.ndim != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(f"t must have shape ({x.shape[0]},) to match x, got {t.shape}")
-    if t.shape[0] and (int(xp.min(t)) < 0 or int(xp.max(t)) >= schedule.T):
+    if bool(xp.any((t < 0) | (t >= schedule.T))):  # one device-to-host read on a GPU
         raise ValueError(f"t must lie in [0, {schedule.T}), got [{int(xp.min(t))}, {int(xp.max(t))}]")
 
 
@@ -102,10 +102,14 @@ def q_posterior(schedule: Schedule, x0: Any, xt: Any, t: Any):
     _check_float("xt", xt)
     _check_like("x0", x0, xt)
     check_t(schedule, t, xt)
-    mean = gather(schedule.posterior_mean_coef1, t, xt) * x0 + gather(schedule.posterior_mean_coef2, t, xt) * xt
     variance = gather(schedule.posterior_variance, t, xt)
     log_variance = gather(schedule.posterior_log_variance_clipped, t, xt)
-    return mean, variance, log_variance
+    return _q_posterior_mean(schedule, x0, xt, t), variance, log_variance
+
+
+def _q_posterior_mean(schedule: Schedule, x0: Any, xt: Any, t: Any):
+    """mu~_t(x0, x_t) (Ho et al. 2020, eq. 7), for callers that validated t already."""
+    return gather(schedule.posterior_mean_coef1, t, xt) * x0 + gather(schedule.posterior_mean_coef2, t, xt) * xt
 
 
 # Parameterizations. With a = sqrt(alpha_bar_t), b = sqrt(1 - alpha_bar_t):
@@ -200,8 +204,8 @@ def _fixed_variance(schedule: Schedule, kind: str, convention: str):
 def _learned_log_variance(schedule: Schedule, kind: str, out: Any, t: Any, convention: str):
     """Log-variance from the model's variance channels (Nichol & Dhariwal 2021, eq. 15).
 
-    learned:        log sigma^2 = out
-    learned_range:  log sigma^2 = f log beta_t + (1 - f) log beta~_t,  f = (out + 1) / 2
+    learned:        log var_t = out
+    learned_range:  log var_t = f log beta_t + (1 - f) log beta~_t,  f = (out + 1) / 2
     """
     if kind == "learned":
         return out
@@ -233,7 +237,7 @@ def p_mean_variance(
     threshold: float | None = None,
     convention: str = "openai",
 ) -> PMeanVariance:
-    """The reverse step p(x_{t-1} | x_t) = N(mu~_t(x0_hat, x_t), sigma_t^2) a model's output defines.
+    """The reverse step p(x_{t-1} | x_t) = N(mu~_t(x0_hat, x_t), var_t I) a model's output defines.
 
     Math: x0_hat from the prediction (eps / x0 / v), optionally clipped to [-clip_x0, clip_x0] or
           dynamically thresholded at quantile ``threshold``; mean = mu~_t(x0_hat, x_t) (Ho et al.
@@ -266,8 +270,7 @@ def p_mean_variance(
         x0 = dynamic_threshold(x0, threshold)
     elif clip_x0 is not None:
         x0 = xp.clip(x0, -clip_x0, clip_x0)
-    mean, _, _ = q_posterior(schedule, x0, xt, t)
-    return PMeanVariance(mean, var, log_var, x0, eps)
+    return PMeanVariance(_q_posterior_mean(schedule, x0, xt, t), var, log_var, x0, eps)
 
 
 def _check_options(prediction, variance, clip_x0, threshold, convention) -> None:

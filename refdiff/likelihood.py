@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from refdiff.backend import asarray, device, erf, namespace
-from refdiff.diffusion import check_t, q_mean_variance, q_posterior
+from refdiff.diffusion import q_mean_variance, q_posterior
 from refdiff.schedules import Schedule
 
 # Probabilities are floored at this value before their log, so an empty bin costs at most
@@ -24,6 +26,8 @@ def normal_kl(mean1: Any, logvar1: Any, mean2: Any, logvar2: Any):
     """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), elementwise, in nats.
 
     Math: 0.5 * (-1 + logvar2 - logvar1 + exp(logvar1 - logvar2) + (mean1 - mean2)^2 exp(-logvar2))
+    computed as 0.5 * (expm1(d) - d + ...) with d = logvar1 - logvar2: exactly 0 for equal
+    Gaussians and never negative from rounding (expm1(d) >= d), unlike the sum as written.
 
     Arguments broadcast; any of them may be a Python float, at least one must be an array.
     """
@@ -31,9 +35,11 @@ def normal_kl(mean1: Any, logvar1: Any, mean2: Any, logvar2: Any):
     if not arrays:
         raise TypeError("normal_kl needs at least one array argument, got only Python scalars")
     xp = namespace(*arrays)
-    logvar1, logvar2 = (asarray(a, like=arrays[0], dtype=arrays[0].dtype) if isinstance(a, (int, float))
-                        else a for a in (logvar1, logvar2))
-    return 0.5 * (-1.0 + logvar2 - logvar1 + xp.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * xp.exp(-logvar2))
+    d = logvar1 - logvar2
+    if isinstance(d, (int, float)):
+        d = asarray(d, like=arrays[0], dtype=arrays[0].dtype)
+    precision2 = xp.exp(-logvar2) if not isinstance(logvar2, (int, float)) else math.exp(-logvar2)
+    return 0.5 * (xp.expm1(d) - d + (mean1 - mean2) ** 2 * precision2)
 
 
 def approx_standard_normal_cdf(x: Any):
@@ -64,9 +70,9 @@ def discretized_gaussian_log_likelihood(x: Any, mean: Any, log_scale: Any, level
     x: (N, ...) data on the grid; mean, log_scale broadcast against x. ``cdf`` is "approx" (the tanh
     form improved DDPM uses) or "exact". Returns log-probabilities like x, in nats.
     """
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 2:
         raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
-    if cdf not in CDFS:
+    if not isinstance(cdf, str) or cdf not in CDFS:
         raise ValueError(f"cdf must be one of {', '.join(CDFS)}, got {cdf!r}")
     xp = namespace(x)
     Phi = CDFS[cdf]
@@ -100,14 +106,14 @@ def prior_bpd(schedule: Schedule, x0: Any):
 
 def vlb_term_bpd(schedule: Schedule, x0: Any, xt: Any, t: Any, mean: Any, log_variance: Any,
                  levels: int = 256, cdf: str = "approx"):
-    """One term of the variational bound, in bits/dim, for a model's p(x_{t-1} | x_t) = N(mean, exp(log_variance)).
+    """One term of the variational bound in bits/dim, given a model's N(mean, exp(log_variance)).
 
-    Math: L_{t-1} = KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t))   for t > 0   (Ho et al. 2020, eq. 5)
-          L_0     = -log p(x0 | x_1), the discretized Gaussian decoder           (eq. 13)
+    In code steps t (the papers' step t + 1, see docs/notation.md):
+      t > 0:  KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t))    the papers' L_t    (Ho et al. 2020, eq. 5)
+      t = 0:  -log p(x0 | x_t), the discretized Gaussian decoder, the papers' L_0  (eq. 13)
 
     x0, xt, mean: (N, ...); t: (N,); log_variance broadcasts against x0. Returns (N,).
     """
-    check_t(schedule, t, xt)
     xp = namespace(x0, xt, t)
     true_mean, _, true_log_variance = q_posterior(schedule, x0, xt, t)
     kl = _mean_flat(normal_kl(true_mean, true_log_variance, mean, log_variance))

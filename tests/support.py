@@ -1,5 +1,7 @@
 """Shared test helpers: tolerances by dtype, host comparison, and hypothesis strategies."""
 
+import contextlib
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -32,6 +34,31 @@ def assert_same_array_kind(out, like):
     assert namespace(out) is namespace(like), f"namespace {namespace(out)} != {namespace(like)}"
     assert out.device == like.device, f"device {out.device} != {like.device}"
     assert out.dtype == like.dtype, f"dtype {out.dtype} != {like.dtype} (no silent upcast)"
+
+
+@contextlib.contextmanager
+def no_float64_intermediates():
+    """Fail if array_api_strict creates any float64 array inside the block (DESIGN rule 6).
+
+    Every array_api_strict operation builds its result through the private ``Array._new``; wrapping
+    it catches a float64 intermediate even when the final result is cast back to float32. 0-d
+    arrays are let through: array_api_strict itself wraps Python-float arguments (``clip`` bounds)
+    as float64 scalars, which cost nothing and cannot upcast a float32 array.
+    """
+    from array_api_strict import _array_object
+
+    original = _array_object.Array.__dict__["_new"]
+
+    def _new(cls, x, /, device):
+        if np.ndim(x) > 0 and np.asarray(x).dtype == np.float64:
+            raise AssertionError(f"a float64 array of shape {np.shape(x)} was created from float32 inputs")
+        return original.__func__(cls, x, device=device)
+
+    _array_object.Array._new = classmethod(_new)
+    try:
+        yield
+    finally:
+        _array_object.Array._new = original
 
 
 @st.composite

@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from refdiff import diffusion as D
 from refdiff import schedules as S
-from refdiff.backend import Generator, to_numpy
-from support import DTYPES, TOLERANCE, assert_close, assert_same_array_kind, host_data, schedule_strategy
+from refdiff.backend import Generator, get_backend, to_numpy
+from support import (DTYPES, assert_close, assert_same_array_kind, host_data, no_float64_intermediates,
+                     schedule_strategy)
 
 image_shapes = st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 4), st.integers(1, 4))
 
@@ -217,17 +218,31 @@ def test_clipped_x0_sets_the_mean_and_leaves_eps_raw(backend, schedule, predicti
     assert_close(clipped.eps, to_numpy(free.eps))
 
 
-def test_float32_inputs_stay_float32_through_every_function(backend):
-    """No silent upcast: every output of a float32 call is float32 (DESIGN rule 6)."""
+def test_float32_inputs_never_create_float64_arrays():
+    """No silent upcast: every function called with float32 inputs creates no float64 array at all,
+    intermediates included (DESIGN rule 6), checked by a tripwire on array_api_strict."""
+    backend = get_backend("array_api_strict")
     schedule, f32 = S.cosine(50), backend.dtype("float32")
     x = backend.asarray(host_data(0, (2, 2, 3, 3)), dtype=f32)
     t = backend.asarray(np.array([0, 49]))
     two = backend.xp.concat([x, x], axis=1)
-    outs = [D.q_sample(schedule, x, t, x), D.q_step(schedule, x, t, x), *D.q_mean_variance(schedule, x, t),
-            *D.q_posterior(schedule, x, x, t), D.dynamic_threshold(x, 0.9),
-            *D.p_mean_variance(schedule, two, x, t, prediction="v", variance="learned_range", threshold=0.9)]
-    for out in outs:
-        assert out.dtype == f32
+    with no_float64_intermediates():
+        outs = [D.q_sample(schedule, x, t, x), D.q_step(schedule, x, t, x), *D.q_mean_variance(schedule, x, t),
+                *D.q_posterior(schedule, x, x, t), D.dynamic_threshold(x, 0.9),
+                D.predict_v_from_eps(schedule, x, t, x), D.predict_v_from_x0(schedule, x, t, x)]
+        for prediction, variance in zip(D.PREDICTIONS, D.VARIANCES[1:]):
+            output = two if variance.startswith("learned") else x
+            outs += D.p_mean_variance(schedule, output, x, t, prediction, variance, threshold=0.9)
+    assert all(out.dtype == f32 for out in outs)
+
+
+def test_float64_tripwire_fires_on_an_upcast():
+    """The tripwire of the test above can fail: a float32 * float64 product trips it."""
+    backend = get_backend("array_api_strict")
+    x = backend.asarray(np.ones(3), dtype=backend.dtype("float32"))
+    y = backend.asarray(np.ones(3), dtype=backend.dtype("float64"))
+    with pytest.raises(AssertionError, match="float64 array"), no_float64_intermediates():
+        x * y
 
 
 def test_bad_inputs_raise_naming_the_argument(backend):
