@@ -10,6 +10,7 @@ schedule table to an input's device and dtype (``gather``).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -200,10 +201,11 @@ class Generator:
 
     def _float_dtype(self, like: Any, dtype: Any) -> np.dtype:
         """Host float dtype for a draw: the width of ``dtype`` (or of ``like``), float64 if neither."""
-        if dtype is None and like is None:
-            return np.dtype(np.float64)
         if like is None:
-            return np.dtype(dtype)
+            target = np.dtype(np.float64 if dtype is None else dtype)
+            if target.kind != "f":
+                raise TypeError(f"a float draw needs a real floating dtype, got {target}")
+            return target
         xp = namespace(like)
         target = like.dtype if dtype is None else dtype
         if not xp.isdtype(target, "real floating"):

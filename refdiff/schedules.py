@@ -55,8 +55,11 @@ class Schedule:
         betas = _check_betas(self.betas)
         T = betas.shape[0]
         tmap = np.arange(T) if self.timestep_map is None else np.asarray(self.timestep_map)
-        if tmap.shape != (T,) or not np.all(np.diff(tmap) > 0):
-            raise ValueError(f"timestep_map must be ({T},) strictly increasing, got {tmap!r}")
+        if tmap.shape != (T,) or not np.issubdtype(tmap.dtype, np.integer) or np.any(np.diff(tmap) <= 0):
+            raise ValueError(f"timestep_map must be ({T},) strictly increasing integers, got {tmap!r}")
+        tmap = np.array(tmap, dtype=np.int64)
+        tmap.flags.writeable = False
+        object.__setattr__(self, "timestep_map", tmap)
         alphas = 1.0 - betas
         alpha_bar = np.cumprod(alphas)                                # eq. 4 of Ho et al.
         alpha_bar_prev = np.append(1.0, alpha_bar[:-1])
@@ -67,7 +70,7 @@ class Schedule:
         # taking logs (and beta_0 when T == 1, where there is no posterior_variance[1]).
         clipped = np.append(posterior_variance[1] if T > 1 else betas[0], posterior_variance[1:])
         fields = dict(
-            betas=betas, timestep_map=tmap.astype(np.int64), alphas=alphas, alpha_bar=alpha_bar,
+            betas=betas, alphas=alphas, alpha_bar=alpha_bar,
             alpha_bar_prev=alpha_bar_prev, alpha_bar_next=np.append(alpha_bar[1:], 0.0),
             sqrt_alpha_bar=np.sqrt(alpha_bar), sqrt_one_minus_alpha_bar=np.sqrt(1.0 - alpha_bar),
             sqrt_recip_alpha_bar=np.sqrt(recip), sqrt_recipm1_alpha_bar=np.sqrt(recip - 1.0),
@@ -77,11 +80,7 @@ class Schedule:
             posterior_mean_coef2=(1.0 - alpha_bar_prev) * np.sqrt(alphas) / (1.0 - alpha_bar),
         )
         for name, value in fields.items():
-            if name != "timestep_map":
-                value = _readonly(value)
-            else:
-                value.flags.writeable = False
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, _readonly(value))
 
     @property
     def T(self) -> int:

@@ -98,5 +98,7 @@ def test_bad_backend_name_and_seed_raise_naming_the_argument():
     for seed in (-1, 1.5, True, "3"):
         with pytest.raises(ValueError, match="seed must be a non-negative integer"):
             Generator(seed)
+    with pytest.raises(TypeError, match="a float draw needs a real floating dtype"):
+        Generator(0).normal((2,), dtype=np.int32)
     with pytest.raises(ValueError, match="words must be"):
         Generator(0).set_state(np.zeros(5, dtype=np.uint64))
