@@ -1,0 +1,8 @@
+"""Reverse-process samplers: step functions, generator loops, guidance and editing."""
+
+from refdiff.samplers.common import SampleStep, final
+from refdiff.samplers.ddim import ddim_invert_loop, ddim_invert_step, ddim_loop, ddim_sigma, ddim_step
+from refdiff.samplers.ddpm import ddpm_loop, ddpm_step
+
+__all__ = ["SampleStep", "final", "ddpm_step", "ddpm_loop", "ddim_step", "ddim_loop", "ddim_sigma",
+           "ddim_invert_step", "ddim_invert_loop"]

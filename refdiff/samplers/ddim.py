@@ -1,0 +1,113 @@
+"""DDIM: the non-Markovian reverse process with stochasticity eta, and its deterministic inversion
+(Song et al. 2021, eqs. 12 and 16; classifier guidance of eps as in Dhariwal & Nichol 2021, Alg. 2).
+
+Run on a respaced schedule (``respace(schedule, timesteps(T, S, spacing))``) for S-step sampling:
+alpha_bar and alpha_bar_prev of the respaced schedule are the original ones at consecutive kept steps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator
+
+from refdiff.backend import Generator, gather
+from refdiff.diffusion import p_mean_variance, predict_eps_from_x0, predict_x0_from_eps
+from refdiff.samplers.common import (Model, SampleStep, check_finite, check_sample, check_start, model_t,
+                                     step_t)
+from refdiff.schedules import Schedule
+
+
+def ddim_sigma(alpha_bar: float, alpha_bar_prev: float, eta: float) -> float:
+    """sigma_k(eta) = eta * sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * sqrt(1 - alpha_bar / alpha_bar_prev)
+
+    (Song et al. 2021, eq. 16): eta = 1 is DDPM's posterior standard deviation, eta = 0 deterministic.
+    """
+    return eta * math.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
+
+
+def ddim_step(schedule: Schedule, model_output: Any, xt: Any, k: int, noise: Any = None, eta: float = 0.0,
+              cond_grad: Any = None, rederive_eps: bool = True, alpha_bar_prev: float | None = None,
+              **options) -> tuple[Any, Any]:
+    """One DDIM update x_k -> x_{k-1}.
+
+    Math: x_{k-1} = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma^2) eps_hat + sigma noise
+                                                                            (Song et al. 2021, eq. 12)
+    eps_hat is re-derived from the (clipped) x0_hat when rederive_eps (OpenAI), else the model's own
+    (diffusers' default); classifier guidance sets eps_hat <- eps_hat - sqrt(1 - alpha_bar) cond_grad
+    and x0_hat from it (Dhariwal & Nichol 2021, Alg. 2).
+
+    model_output: the model's output at (xt, timestep_map[k]); noise: like xt, needed when eta > 0;
+    alpha_bar_prev: overrides schedule.alpha_bar_prev[k] (diffusers' set_alpha_to_one=False at k = 0).
+    ``options``: prediction, variance (only to split off variance channels), clip_x0, threshold.
+    Returns (x_{k-1}, x0_hat).
+    """
+    t = step_t(k, xt)
+    out = p_mean_variance(schedule, model_output, xt, t, **options)
+    x0 = out.x0
+    eps = predict_eps_from_x0(schedule, xt, t, x0) if rederive_eps else out.eps
+    if cond_grad is not None:
+        eps = eps - gather(schedule.sqrt_one_minus_alpha_bar, t, xt) * cond_grad
+        x0 = predict_x0_from_eps(schedule, xt, t, eps)
+    ab = float(schedule.alpha_bar[k])
+    ab_prev = float(schedule.alpha_bar_prev[k] if alpha_bar_prev is None else alpha_bar_prev)
+    sigma = ddim_sigma(ab, ab_prev, eta)
+    x_prev = math.sqrt(ab_prev) * x0 + math.sqrt(1.0 - ab_prev - sigma**2) * eps
+    if sigma > 0:
+        if noise is None:
+            raise ValueError(f"noise is required when eta > 0 (eta={eta!r}, step k={k})")
+        x_prev = x_prev + sigma * noise
+    return x_prev, x0
+
+
+def ddim_loop(model: Model, schedule: Schedule, x: Any, y: Any = None, eta: float = 0.0,
+              generator: Generator | None = None, cond_fn: Callable | None = None, start: int | None = None,
+              final_alpha_bar: float = 1.0, **options) -> Iterator[SampleStep]:
+    """DDIM sampling from x at level ``start`` (default T - 1) down to x0.
+
+    eta >= 0 (0: deterministic, needs no generator); final_alpha_bar: the alpha_bar the last step
+    lands on, 1 (OpenAI; diffusers' set_alpha_to_one=True) or the full schedule's alpha_bar[0]
+    (diffusers' set_alpha_to_one=False). ``options`` go to ``ddim_step``. Yields a SampleStep per update.
+    """
+    check_sample(x)
+    k0 = check_start(schedule, start)
+    eta = check_finite("eta", eta, low=0.0)
+    final_alpha_bar = check_finite("final_alpha_bar", final_alpha_bar, low=0.0)
+    if eta > 0 and generator is None:
+        raise ValueError(f"generator is required when eta > 0, got eta={eta!r} and no generator")
+    for k in range(k0, -1, -1):
+        t = model_t(schedule, k, x)
+        output = model(x, t, y)
+        cond_grad = None if cond_fn is None else cond_fn(x, t, y)
+        noise = generator.normal(x.shape, like=x) if eta > 0 and k > 0 else None
+        ab_prev = final_alpha_bar if k == 0 else None
+        x, x0 = ddim_step(schedule, output, x, k, noise, eta, cond_grad, alpha_bar_prev=ab_prev, **options)
+        yield SampleStep(k, t, x, x0)
+
+
+def ddim_invert_step(schedule: Schedule, model_output: Any, x: Any, k: int, **options) -> tuple[Any, Any]:
+    """One deterministic inversion step x_{k-1} -> x_k, the mirror of ddim_step with eta = 0.
+
+    Math: x_k = sqrt(alpha_bar_k) x0_hat + sqrt(1 - alpha_bar_k) eps_hat,
+          with (x0_hat, eps_hat) predicted at the start point (x_{k-1}, k - 1), as sampling predicts
+          at its start point (x_k, k). At k = 0 the start point is the data, read at level 0 (as
+          OpenAI's ddim_reverse_sample does; alpha_bar_0 ~ 1).
+
+    model_output: the model's output at (x, timestep_map[max(k - 1, 0)]). Returns (x_k, x0_hat).
+    """
+    level = max(k - 1, 0)
+    out = p_mean_variance(schedule, model_output, x, step_t(level, x), **options)
+    ab = float(schedule.alpha_bar[k])
+    return math.sqrt(ab) * out.x0 + math.sqrt(1.0 - ab) * out.eps, out.x0
+
+
+def ddim_invert_loop(model: Model, schedule: Schedule, x0: Any, y: Any = None, end: int | None = None,
+                     **options) -> Iterator[SampleStep]:
+    """Deterministic DDIM inversion of data x0 up to level ``end`` (default T - 1): the x_T that
+    ddim_loop with eta = 0 maps back to (approximately) x0. Yields a SampleStep per update."""
+    check_sample(x0)
+    k_end = check_start(schedule, end)
+    x = x0
+    for k in range(0, k_end + 1):
+        t = model_t(schedule, max(k - 1, 0), x)
+        x, x0_hat = ddim_invert_step(schedule, model(x, t, y), x, k, **options)
+        yield SampleStep(k, t, x, x0_hat)

@@ -1,0 +1,179 @@
+"""Specification of the DDPM and DDIM samplers, checked against exact optimal denoisers."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from oracles import GaussianMixtureDenoiser
+from refdiff import schedules as S
+from refdiff.backend import Generator, to_numpy
+from refdiff.samplers import ddim_invert_loop, ddim_loop, ddim_step, ddpm_loop, ddpm_step, final
+from support import assert_close, assert_same_array_kind
+
+N_SAMPLES = 4000
+GAUSSIAN = dict(weights=[1.0], means=[[0.5, -0.3]], stds=[[0.3, 0.8]])
+MIXTURE = dict(weights=[0.3, 0.7], means=[[-2.0, 0.0], [2.0, 1.0]], stds=[[0.3, 0.5], [0.4, 0.3]])
+
+
+def assert_moments_match(samples: np.ndarray, mean, std):
+    """Sample mean, standard deviation and correlation of (N, 2) draws match a diagonal Gaussian within
+    5 standard errors: se(mean) = s / sqrt(n), se(std) = s / sqrt(2n), se(corr) = 1 / sqrt(n)."""
+    n = samples.shape[0]
+    mean, std = np.asarray(mean), np.asarray(std)
+    assert np.all(np.abs(samples.mean(0) - mean) < 5 * std / math.sqrt(n)), samples.mean(0)
+    assert np.all(np.abs(samples.std(0, ddof=1) - std) < 5 * std / math.sqrt(2 * n)), samples.std(0)
+    assert abs(np.corrcoef(samples.T)[0, 1]) < 5 / math.sqrt(n)
+
+
+def _start(backend, n=N_SAMPLES, seed=0, dims=2):
+    """x_T ~ N(0, I) of shape (n, dims) on the backend, float64, and the generator that drew it."""
+    generator = Generator(seed)
+    return generator.normal((n, dims), like=backend.asarray(np.zeros(1))), generator
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+def test_ddpm_samples_have_the_gaussian_data_moments(backend, variance):
+    """DDPM ancestral sampling with the exact denoiser of N(mu, diag(s^2)) data, T = 1000 cosine steps,
+    gives samples whose mean, std and correlation match the data (5 standard errors, n = 4000)."""
+    schedule = S.cosine(1000)
+    x, generator = _start(backend)
+    model = GaussianMixtureDenoiser(schedule, **GAUSSIAN)
+    samples = to_numpy(final(ddpm_loop(model, schedule, x, generator, variance=variance)))
+    assert_moments_match(samples, GAUSSIAN["means"][0], GAUSSIAN["stds"][0])
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_ddim_samples_have_the_gaussian_data_moments(backend, prediction):
+    """DDIM (eta = 0, 200 leading steps of T = 1000) with the exact eps / x0 / v model of Gaussian data
+    gives the data's mean, std and correlation (5 standard errors, n = 4000)."""
+    schedule = S.respace(S.cosine(1000), S.timesteps(1000, 200, "leading"))
+    x, _ = _start(backend)
+    model = GaussianMixtureDenoiser(S.cosine(1000), **GAUSSIAN, prediction=prediction)
+    samples = to_numpy(final(ddim_loop(model, schedule, x, prediction=prediction)))
+    assert_moments_match(samples, GAUSSIAN["means"][0], GAUSSIAN["stds"][0])
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim_eta1"])
+def test_mixture_samples_have_the_mixture_weights_and_component_moments(backend, sampler):
+    """On a two-component mixture, the fraction of samples nearest each component matches its weight
+    (5 binomial standard errors) and each component's samples have its mean and std."""
+    full = S.cosine(1000)
+    x, generator = _start(backend, seed=1)
+    model = GaussianMixtureDenoiser(full, **MIXTURE)
+    if sampler == "ddpm":
+        samples = to_numpy(final(ddpm_loop(model, full, x, generator)))
+    else:
+        schedule = S.respace(full, S.timesteps(1000, 250, "leading"))
+        samples = to_numpy(final(ddim_loop(model, schedule, x, eta=1.0, generator=generator)))
+    side = samples[:, 0] > 0  # components sit at x = -2 and x = +2, 4 to 6 stds apart
+    w = MIXTURE["weights"][1]
+    assert abs(side.mean() - w) < 5 * math.sqrt(w * (1 - w) / side.size)
+    for k, members in enumerate([samples[~side], samples[side]]):
+        assert_moments_match(members, MIXTURE["means"][k], MIXTURE["stds"][k])
+
+
+def test_ddpm_fixed_small_equals_ddim_eta1_on_the_full_grid(backend):
+    """DDIM with eta = 1 on every step is DDPM with the posterior variance beta~_t (Song et al. 2021,
+    Sec. 4.1): fed the same noise, the two chains give the same samples to rounding."""
+    schedule = S.linear(200)
+    model = GaussianMixtureDenoiser(schedule, **MIXTURE)
+    x, _ = _start(backend, n=64)
+    ddpm = final(ddpm_loop(model, schedule, x, Generator(7), variance="fixed_small"))
+    ddim = final(ddim_loop(model, schedule, x, eta=1.0, generator=Generator(7)))
+    assert_close(ddim, to_numpy(ddpm), scale=100)
+
+
+def test_ddim_with_eta0_is_deterministic(backend):
+    """DDIM with eta = 0 draws no noise: two runs from the same x_T are identical, generator or not."""
+    schedule = S.respace(S.linear(1000), S.timesteps(1000, 20, "trailing"))
+    model = GaussianMixtureDenoiser(S.linear(1000), **MIXTURE)
+    x, _ = _start(backend, n=32)
+    first = final(ddim_loop(model, schedule, x))
+    second = final(ddim_loop(model, schedule, x, generator=Generator(3)))
+    np.testing.assert_array_equal(to_numpy(first), to_numpy(second))
+
+
+def test_ddim_inversion_then_sampling_reconstructs_x0_converging_at_first_order(backend):
+    """Inverting data with DDIM and sampling back reconstructs it; both are (at least) first-order ODE
+    steps, so doubling the number of steps cuts the reconstruction error by a factor <= 0.65 (first
+    order gives 0.5), down to below 0.02 at 400 steps."""
+    full = S.cosine(1000)
+    model = GaussianMixtureDenoiser(full, **GAUSSIAN)
+    x0 = backend.asarray(model.sample(256, seed=5))
+    errors = []
+    for steps in (100, 200, 400):
+        schedule = S.respace(full, S.timesteps(1000, steps, "leading"))
+        xT = final(ddim_invert_loop(model, schedule, x0))
+        errors.append(float(np.max(np.abs(to_numpy(final(ddim_loop(model, schedule, xT))) - to_numpy(x0)))))
+    ratios = [errors[i + 1] / errors[i] for i in range(2)]
+    assert errors[-1] < 0.02 and all(r < 0.65 for r in ratios), (errors, ratios)
+
+
+def _dummy_model(x, t, y=None):
+    """diffusers' scheduler-test model: model(x, t) = x * t / (t + 1), t broadcast over x."""
+    xp = x.__array_namespace__() if hasattr(x, "__array_namespace__") else np
+    t = xp.reshape(xp.astype(t, x.dtype), (-1,) + (1,) * (x.ndim - 1))
+    return x * t / (t + 1)
+
+
+def _dummy_sample(backend, dtype):
+    """diffusers' deterministic sample: arange(768) as (3, 8, 8, 4) / 768, axes (3, 0, 1, 2) -> (4, 3, 8, 8)."""
+    host = (np.arange(768).reshape(3, 8, 8, 4) / 768).transpose(3, 0, 1, 2)
+    return backend.asarray(host, dtype=backend.dtype(dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "prediction, beta_start, set_alpha_to_one, abs_sum, abs_mean",
+    [("eps", 1e-4, True, 172.0067, 0.223967), ("v", 1e-4, True, 52.5302, 0.0684),
+     ("eps", 0.01, True, 149.8295, 0.1951), ("eps", 0.01, False, 149.0784, 0.1941)],
+)
+def test_ddim_reproduces_diffusers_published_numbers(backend, dtype, prediction, beta_start, set_alpha_to_one,
+                                                     abs_sum, abs_mean):
+    """DDIM configured as diffusers' DDIMScheduler test (T = 1000 linear betas beta_start..0.02 without
+    rescaling, 10 leading steps, eta = 0, x0 clipped to [-1, 1], the model's own eps, the dummy model
+    and sample) gives the published sum and mean of |x| (diffusers tests/schedulers, DDIM full loop)."""
+    full = S.linear(1000, beta_start=beta_start, beta_end=0.02, rescale=False)
+    schedule = S.respace(full, S.timesteps(1000, 10, "leading"))
+    final_alpha_bar = 1.0 if set_alpha_to_one else float(full.alpha_bar[0])
+    x = final(ddim_loop(_dummy_model, schedule, _dummy_sample(backend, dtype), prediction=prediction,
+                        clip_x0=1.0, rederive_eps=False, final_alpha_bar=final_alpha_bar))
+    result = np.abs(to_numpy(x))
+    assert abs(result.sum() - abs_sum) < 1e-3 and abs(result.mean() - abs_mean) < 1e-4
+
+
+@settings(max_examples=10)
+@given(k=st.integers(0, 49), seed=st.integers(0, 1000))
+def test_steps_return_the_input_library_device_and_dtype(backend, k, seed):
+    """ddpm_step and ddim_step keep x's library, device and dtype, and add no noise at k = 0."""
+    schedule = S.cosine(50)
+    x = Generator(seed).normal((3, 2), like=backend.asarray(np.zeros(1), dtype=backend.dtype("float32")))
+    noise = Generator(seed + 1).normal((3, 2), like=x)
+    for step in (ddpm_step(schedule, x, x, k, noise), ddim_step(schedule, x, x, k, noise, eta=0.5)):
+        for out in step:
+            assert_same_array_kind(out, x)
+    if k == 0:
+        nan = noise * float("nan")
+        assert np.all(np.isfinite(to_numpy(ddpm_step(schedule, x, x, 0, nan)[0])))
+
+
+def test_bad_arguments_raise_naming_the_argument(backend):
+    """Negative or non-finite eta, eta > 0 without a generator, a start outside [0, T), a model output of
+    the wrong shape and a 1-D sample are refused with the argument's name."""
+    schedule = S.cosine(10)
+    model = GaussianMixtureDenoiser(schedule, **GAUSSIAN)
+    x, generator = _start(backend, n=4)
+    cases = [
+        (lambda: ddim_loop(model, schedule, x, eta=-0.1), "eta must be a finite number >= 0"),
+        (lambda: ddim_loop(model, schedule, x, eta=float("nan")), "eta must be a finite number"),
+        (lambda: ddim_loop(model, schedule, x, eta=0.5), "generator is required when eta > 0"),
+        (lambda: ddpm_loop(model, schedule, x, generator, start=10), r"start must be an integer in \[0, 10\)"),
+        (lambda: ddim_loop(model, schedule, x, variance="learned_range"), "model_output must have shape"),
+        (lambda: ddpm_loop(model, schedule, x[:, 0], generator), r"x must be a real floating \(N, C, ...\)"),
+    ]
+    for call, match in cases:
+        with pytest.raises(ValueError, match=match):
+            final(call())
