@@ -1,0 +1,295 @@
+"""Speed of conv2d forward/backward variants on the host, float32, at mnist28-like U-Net shapes.
+
+Run: python benchmarks/bench_conv.py [--repeats 25] [--threads N]   (about 30 s on 2 cores)
+
+Prints the BLAS library and its thread count (threadpoolctl), NumPy's float32 GEMM peak (a 2048 x
+2048 matmul), then for each convolution shape the fastest forward and backward time of ``repeats``
+runs, timed round-robin over the variants, and GFLOP/s of:
+
+  library      refdiff.layers.conv (shifted GEMM, NHWC, one batched matmul per kernel offset)
+  shift-2d     shifted GEMM, NHWC, each window copied to (N*Ho*Wo, C_in) before a 2-D GEMM; dw as one
+               long-K product (C_in, N*Ho*Wo) @ (N*Ho*Wo, C_out)
+  im2col       NHWC im2col: one (N*Ho*Wo, k*k*C_in) buffer, one GEMM; caches it (k*k times x's memory)
+  im2col-x     the same, caching x and rebuilding the columns in the backward (the shifted GEMM's memory)
+  nchw-shift   shifted GEMM in NCHW: per offset w[:, :, i, j] (C_out, C_in) @ x window (N, C_in, Ho*Wo)
+  flat-s1      stride 1 only: the padded input flattened to rows, every offset a contiguous row slice
+               (no window copy; computes on the padded grid and crops, (H+2p)(W+2p)/(H W) extra work)
+
+FLOPs: forward 2 N Ho Wo k^2 C_in C_out; backward twice that (dx and dw). Every variant's output is
+checked against the library's before it is timed. The variants other than the library are written
+here in plain NumPy; the decision they informed is in docs/derivations/conv2d.md.
+"""
+
+import argparse
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from refdiff.layers.conv import conv2d_backward, conv2d_forward
+
+# (N, H, W, C_in, C_out, k, stride): mnist28-like convolutions at batch 64 (padding k // 2).
+SHAPES = [
+    (64, 28, 28, 32, 32, 3, 1),
+    (64, 14, 14, 64, 64, 3, 1),
+    (64, 28, 28, 32, 64, 3, 2),
+    (64, 28, 28, 32, 64, 1, 1),
+]
+
+
+def _time(fn, repeats: int) -> float:
+    """Fastest seconds per call of fn() over ``repeats`` calls, after one warm-up call.
+
+    The minimum, not the median: on a shared (virtual) machine other tenants only ever add time, so
+    the fastest run is the best estimate of the code's own cost.
+    """
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.min(times))
+
+
+def _geometry(x, w, s, p):
+    N, H, W, C = x.shape
+    k, Co = w.shape[0], w.shape[3]
+    return N, H, W, C, k, Co, (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+
+
+def _pad(x, p):
+    """Zero-pad NHWC x by p on both sides of H and W."""
+    N, H, W, C = x.shape
+    out = np.zeros((N, H + 2 * p, W + 2 * p, C), x.dtype)
+    out[:, p : p + H, p : p + W, :] = x
+    return out
+
+
+def _win(i, j, s, Ho, Wo):
+    return slice(i, i + s * (Ho - 1) + 1, s), slice(j, j + s * (Wo - 1) + 1, s)
+
+
+# --- shift-2d: windows copied to 2-D before each GEMM -------------------------------------------
+def shift2d_forward(x, w, b, s, p):
+    N, H, W, C, k, Co, Ho, Wo = _geometry(x, w, s, p)
+    xp_ = _pad(x, p)
+    y = np.zeros((N * Ho * Wo, Co), x.dtype)
+    for i in range(k):
+        for j in range(k):
+            r, c = _win(i, j, s, Ho, Wo)
+            y += xp_[:, r, c, :].reshape(-1, C) @ w[i, j]
+    return (y + b).reshape(N, Ho, Wo, Co), (xp_, w, s, p, x.shape)
+
+
+def shift2d_backward(dy, cache):
+    xp_, w, s, p, (N, H, W, C) = cache
+    k, Co = w.shape[0], w.shape[3]
+    Ho, Wo = dy.shape[1:3]
+    dy2 = dy.reshape(-1, Co)
+    dxp, dw = np.zeros_like(xp_), np.empty_like(w)
+    for i in range(k):
+        for j in range(k):
+            r, c = _win(i, j, s, Ho, Wo)
+            dw[i, j] = xp_[:, r, c, :].reshape(-1, C).T @ dy2
+            dxp[:, r, c, :] += (dy2 @ w[i, j].T).reshape(N, Ho, Wo, C)
+    return dxp[:, p : p + H, p : p + W, :], dw, dy2.sum(0)
+
+
+# --- im2col: one big buffer, one GEMM ------------------------------------------------------------
+def _columns(x, k, s, p):
+    """The (N*Ho*Wo, k*k*C_in) im2col matrix of NHWC x: row (n, h, w) holds its k x k x C_in patch."""
+    N, H, W, C = x.shape
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    xp_ = _pad(x, p)
+    cols = np.empty((N, Ho, Wo, k, k, C), x.dtype)  # (N, Ho, Wo, k, k, C_in)
+    for i in range(k):
+        for j in range(k):
+            r, c = _win(i, j, s, Ho, Wo)
+            cols[:, :, :, i, j, :] = xp_[:, r, c, :]
+    return cols.reshape(N * Ho * Wo, k * k * C)
+
+
+def im2col_forward(x, w, b, s, p):
+    N, H, W, C, k, Co, Ho, Wo = _geometry(x, w, s, p)
+    cols = _columns(x, k, s, p)
+    y = cols @ w.reshape(k * k * C, Co) + b
+    return y.reshape(N, Ho, Wo, Co), (cols, w, s, p, x.shape)
+
+
+def im2col_backward(dy, cache):
+    cols, w, s, p, (N, H, W, C) = cache
+    k, Co = w.shape[0], w.shape[3]
+    Ho, Wo = dy.shape[1:3]
+    dy2 = dy.reshape(-1, Co)
+    dw = (cols.T @ dy2).reshape(w.shape)
+    dcols = (dy2 @ w.reshape(k * k * C, Co).T).reshape(N, Ho, Wo, k, k, C)
+    dxp = np.zeros((N, H + 2 * p, W + 2 * p, C), dy.dtype)
+    for i in range(k):
+        for j in range(k):
+            r, c = _win(i, j, s, Ho, Wo)
+            dxp[:, r, c, :] += dcols[:, :, :, i, j, :]
+    return dxp[:, p : p + H, p : p + W, :], dw, dy2.sum(0)
+
+
+def im2colx_forward(x, w, b, s, p):
+    """im2col that caches x instead of the columns (the shifted GEMM's memory)."""
+    y, _ = im2col_forward(x, w, b, s, p)
+    return y, (x, w, s, p)
+
+
+def im2colx_backward(dy, cache):
+    x, w, s, p = cache
+    return im2col_backward(dy, (_columns(x, w.shape[0], s, p), w, s, p, x.shape))  # columns rebuilt
+
+
+# --- nchw-shift: the same offsets loop in NCHW ---------------------------------------------------
+def nchw_forward(x, w, b, s, p):
+    """x: (N, C_in, H, W); w: (C_out, C_in, k, k) (PyTorch layouts)."""
+    N, C, H, W = x.shape
+    Co, k = w.shape[0], w.shape[2]
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    xp_ = np.zeros((N, C, H + 2 * p, W + 2 * p), x.dtype)
+    xp_[:, :, p : p + H, p : p + W] = x
+    y = np.zeros((N, Co, Ho * Wo), x.dtype)
+    for i in range(k):
+        for j in range(k):
+            r, c = _win(i, j, s, Ho, Wo)
+            y += w[:, :, i, j] @ xp_[:, :, r, c].reshape(N, C, Ho * Wo)  # (Co, C) @ (N, C, HoWo)
+    return (y + b[:, None]).reshape(N, Co, Ho, Wo), (xp_, w, s, p, x.shape)
+
+
+def nchw_backward(dy, cache):
+    xp_, w, s, p, (N, C, H, W) = cache
+    Co, k = w.shape[0], w.shape[2]
+    Ho, Wo = dy.shape[2:]
+    dy3 = dy.reshape(N, Co, Ho * Wo)
+    dxp, dw = np.zeros_like(xp_), np.empty_like(w)
+    for i in range(k):
+        for j in range(k):
+            r, c = _win(i, j, s, Ho, Wo)
+            dw[:, :, i, j] = np.tensordot(dy3, xp_[:, :, r, c].reshape(N, C, Ho * Wo), axes=([0, 2], [0, 2]))
+            dxp[:, :, r, c] += (w[:, :, i, j].T @ dy3).reshape(N, C, Ho, Wo)
+    return dxp[:, :, p : p + H, p : p + W], dw, dy3.sum(axis=(0, 2))
+
+
+# --- flat-s1: contiguous row slices of the flattened padded input (stride 1) ---------------------
+def flat_forward(x, w, b, s, p):
+    N, H, W, C, k, Co, Ho, Wo = _geometry(x, w, s, p)
+    assert s == 1
+    Hp, Wp = H + 2 * p, W + 2 * p
+    rows = _pad(x, p).reshape(N * Hp * Wp, C)
+    L = N * Hp * Wp - (k - 1) * (Wp + 1)  # rows every offset can read
+    y = np.zeros((N * Hp * Wp, Co), x.dtype)
+    for i in range(k):
+        for j in range(k):
+            off = i * Wp + j
+            y[:L] += rows[off : off + L] @ w[i, j]
+    return (y.reshape(N, Hp, Wp, Co)[:, :Ho, :Wo, :] + b), (rows, w, p, x.shape)
+
+
+def flat_backward(dy, cache):
+    rows, w, p, (N, H, W, C) = cache
+    k, Co = w.shape[0], w.shape[3]
+    Hp, Wp = H + 2 * p, W + 2 * p
+    Ho, Wo = dy.shape[1:3]
+    L = N * Hp * Wp - (k - 1) * (Wp + 1)
+    dy_full = np.zeros((N, Hp, Wp, Co), dy.dtype)  # dy on the padded grid, 0 where no output is
+    dy_full[:, :Ho, :Wo, :] = dy
+    dy_rows = dy_full.reshape(-1, Co)[:L]
+    drows, dw = np.zeros_like(rows), np.empty_like(w)
+    for i in range(k):
+        for j in range(k):
+            off = i * Wp + j
+            dw[i, j] = rows[off : off + L].T @ dy_rows
+            drows[off : off + L] += dy_rows @ w[i, j].T
+    return drows.reshape(N, Hp, Wp, C)[:, p : p + H, p : p + W, :], dw, dy.reshape(-1, Co).sum(0)
+
+
+def library_forward(x, w, b, s, p):
+    return conv2d_forward(x, w, b, stride=s, padding=p)
+
+
+VARIANTS = {
+    "library": (library_forward, conv2d_backward, "nhwc"),
+    "shift-2d": (shift2d_forward, shift2d_backward, "nhwc"),
+    "im2col": (im2col_forward, im2col_backward, "nhwc"),
+    "im2col-x": (im2colx_forward, im2colx_backward, "nhwc"),
+    "nchw-shift": (nchw_forward, nchw_backward, "nchw"),
+    "flat-s1": (flat_forward, flat_backward, "nhwc"),
+}
+
+
+def gemm_peak(repeats: int) -> float:
+    """GFLOP/s of a float32 (2048 x 2048) @ (2048 x 2048) matmul."""
+    a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
+    return 2 * 2048**3 / _time(lambda: a @ a, repeats) / 1e9
+
+
+def _case(x, w, dy, layout):
+    """The variant's arguments in its layout, and the maps that bring its (y, dx, dw, db) back to ours."""
+    if layout == "nhwc":
+        return (x, w), dy, (lambda a: a,) * 4
+    to_nchw = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2))  # noqa: E731
+    from_nchw = lambda a: a.transpose(0, 2, 3, 1)  # noqa: E731
+    return ((to_nchw(x), np.ascontiguousarray(w.transpose(3, 2, 0, 1))), to_nchw(dy),
+            (from_nchw, from_nchw, lambda a: a.transpose(2, 3, 1, 0), lambda a: a))
+
+
+def bench_shape(shape, repeats: int, peak: float) -> None:
+    """Check every variant against the library, then time them round-robin (noise hits all alike)."""
+    N, H, W, C, Co, k, s = shape
+    p = k // 2
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, H, W, C), dtype=np.float32)
+    w = rng.standard_normal((k, k, C, Co), dtype=np.float32) / np.sqrt(k * k * C, dtype=np.float32)
+    b = rng.standard_normal(Co, dtype=np.float32)
+    y_ref, cache = conv2d_forward(x, w, b, stride=s, padding=p)
+    dy = rng.standard_normal(y_ref.shape, dtype=np.float32)
+    expected = (y_ref, *conv2d_backward(dy, cache))
+    Ho, Wo = y_ref.shape[1:3]
+    flops = 2 * N * Ho * Wo * k * k * C * Co
+    calls = {}
+    for name, (forward, backward, layout) in VARIANTS.items():
+        if name == "flat-s1" and s != 1:
+            continue
+        args, dy_v, back = _case(x, w, dy, layout)
+        y, c = forward(*args, b, s, p)
+        for fix, got, ref in zip(back, (y, *backward(dy_v, c)), expected):
+            np.testing.assert_allclose(fix(got), ref, rtol=1e-3, atol=1e-3 * float(np.max(np.abs(ref))))
+        calls[name] = (lambda f=forward, a=args: f(*a, b, s, p), lambda g=backward, d=dy_v, c=c: g(d, c))
+    times = {name: ([], []) for name in calls}
+    for _ in range(repeats):
+        for name, (fwd, bwd) in calls.items():
+            for fn, record in zip((fwd, bwd), times[name]):
+                start = time.perf_counter()
+                fn()
+                record.append(time.perf_counter() - start)
+    label = f"{N}x{H}x{W}x{C}->{Co} k{k} s{s}"
+    for name, (t_fwd, t_bwd) in times.items():
+        t_f, t_b = min(t_fwd), min(t_bwd)  # fastest run: other tenants only ever add time
+        pct = 100 * 3 * flops / (t_f + t_b) / 1e9 / peak
+        print(f"| {label:<24} | {name:<10} | {t_f * 1e3:8.2f} | {flops / t_f / 1e9:6.0f} | {t_b * 1e3:8.2f} "
+              f"| {2 * flops / t_b / 1e9:6.0f} | {pct:5.0f}% |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=25)
+    parser.add_argument("--threads", type=int, default=None, help="limit BLAS threads (threadpoolctl)")
+    args = parser.parse_args()
+    with threadpool_limits(limits=args.threads, user_api="blas"):
+        blas = [f"{d['internal_api']} {d.get('version', '')} ({d['num_threads']} threads)"
+                for d in threadpool_info() if d["user_api"] == "blas"]
+        print(f"NumPy {np.__version__}, BLAS: {', '.join(blas)}")
+        peak = gemm_peak(args.repeats)
+        print(f"float32 GEMM peak (2048^3 matmul): {peak:.0f} GFLOP/s")
+        print("| shape (N x H x W x C_in -> C_out) | variant | fwd ms | fwd GF/s | bwd ms | bwd GF/s "
+              "| fwd+bwd % peak |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for shape in SHAPES:
+            bench_shape(shape, args.repeats, peak)
+
+
+if __name__ == "__main__":
+    main()
