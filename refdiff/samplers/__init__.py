@@ -3,6 +3,9 @@
 from refdiff.samplers.common import SampleStep, final
 from refdiff.samplers.ddim import ddim_invert_loop, ddim_invert_step, ddim_loop, ddim_sigma, ddim_step
 from refdiff.samplers.ddpm import ddpm_loop, ddpm_step
+from refdiff.samplers.editing import inpaint_loop, repaint_moves, sdedit_loop, sdedit_start
+from refdiff.samplers.guidance import classifier_free_guidance, classifier_guidance
 
 __all__ = ["SampleStep", "final", "ddpm_step", "ddpm_loop", "ddim_step", "ddim_loop", "ddim_sigma",
-           "ddim_invert_step", "ddim_invert_loop"]
+           "ddim_invert_step", "ddim_invert_loop", "classifier_free_guidance", "classifier_guidance",
+           "inpaint_loop", "repaint_moves", "sdedit_loop", "sdedit_start"]

@@ -39,6 +39,23 @@ def step_t(k: int, x: Any):
     return xp.full((x.shape[0],), k, dtype=xp.int64, device=device(x))
 
 
+def reverse_chain(model: Model, schedule: Schedule, x: Any, y: Any, cond_fn: Callable | None, start: int,
+                  step: Callable) -> Iterator[SampleStep]:
+    """The loop every reverse sampler shares, for k = start, ..., 0:
+
+        output = model(x, timestep_map[k], y);  g = cond_fn(x, t, y) or None;  x, x0 = step(output, x, k, g)
+
+    yielding SampleStep(k, t, x, x0) after each update. Loops validate their arguments and then return
+    this generator, so bad arguments raise when the loop is created, not at its first step.
+    """
+    for k in range(start, -1, -1):
+        t = model_t(schedule, k, x)
+        output = model(x, t, y)
+        cond_grad = None if cond_fn is None else cond_fn(x, t, y)
+        x, x0 = step(output, x, k, cond_grad)
+        yield SampleStep(k, t, x, x0)
+
+
 def final(loop: Iterator[SampleStep]):
     """Run a sampling loop to its end and return the last sample."""
     step = None

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterator
 
-from refdiff.backend import Generator, gather
-from refdiff.diffusion import p_mean_variance, predict_eps_from_x0, predict_x0_from_eps
+from refdiff.backend import Generator
+from refdiff.diffusion import p_mean_variance, predict_eps_from_x0
 from refdiff.samplers.common import (Model, SampleStep, check_finite, check_sample, check_start, model_t,
-                                     step_t)
+                                     reverse_chain, step_t)
 from refdiff.schedules import Schedule
 
 
@@ -45,10 +45,12 @@ def ddim_step(schedule: Schedule, model_output: Any, xt: Any, k: int, noise: Any
     out = p_mean_variance(schedule, model_output, xt, t, **options)
     x0 = out.x0
     eps = predict_eps_from_x0(schedule, xt, t, x0) if rederive_eps else out.eps
-    if cond_grad is not None:
-        eps = eps - gather(schedule.sqrt_one_minus_alpha_bar, t, xt) * cond_grad
-        x0 = predict_x0_from_eps(schedule, xt, t, eps)
     ab = float(schedule.alpha_bar[k])
+    if cond_grad is not None:
+        # eps <- eps - sqrt(1 - ab) g moves x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) by (1 - ab) / sqrt(ab) g;
+        # shifting x0 directly keeps its clipping and is exact for g = 0.
+        eps = eps - math.sqrt(1.0 - ab) * cond_grad
+        x0 = x0 + (1.0 - ab) / math.sqrt(ab) * cond_grad
     ab_prev = float(schedule.alpha_bar_prev[k] if alpha_bar_prev is None else alpha_bar_prev)
     sigma = ddim_sigma(ab, ab_prev, eta)
     x_prev = math.sqrt(ab_prev) * x0 + math.sqrt(1.0 - ab_prev - sigma**2) * eps
@@ -74,14 +76,13 @@ def ddim_loop(model: Model, schedule: Schedule, x: Any, y: Any = None, eta: floa
     final_alpha_bar = check_finite("final_alpha_bar", final_alpha_bar, low=0.0)
     if eta > 0 and generator is None:
         raise ValueError(f"generator is required when eta > 0, got eta={eta!r} and no generator")
-    for k in range(k0, -1, -1):
-        t = model_t(schedule, k, x)
-        output = model(x, t, y)
-        cond_grad = None if cond_fn is None else cond_fn(x, t, y)
+
+    def step(output, x, k, cond_grad):
         noise = generator.normal(x.shape, like=x) if eta > 0 and k > 0 else None
         ab_prev = final_alpha_bar if k == 0 else None
-        x, x0 = ddim_step(schedule, output, x, k, noise, eta, cond_grad, alpha_bar_prev=ab_prev, **options)
-        yield SampleStep(k, t, x, x0)
+        return ddim_step(schedule, output, x, k, noise, eta, cond_grad, alpha_bar_prev=ab_prev, **options)
+
+    return reverse_chain(model, schedule, x, y, cond_fn, k0, step)
 
 
 def ddim_invert_step(schedule: Schedule, model_output: Any, x: Any, k: int, **options) -> tuple[Any, Any]:
@@ -106,7 +107,11 @@ def ddim_invert_loop(model: Model, schedule: Schedule, x0: Any, y: Any = None, e
     ddim_loop with eta = 0 maps back to (approximately) x0. Yields a SampleStep per update."""
     check_sample(x0)
     k_end = check_start(schedule, end)
-    x = x0
+    return _invert_chain(model, schedule, x0, y, k_end, options)
+
+
+def _invert_chain(model: Model, schedule: Schedule, x: Any, y: Any, k_end: int, options: dict) -> Iterator[SampleStep]:
+    """Levels 0, ..., k_end of the inversion, one SampleStep each (the generator behind ddim_invert_loop)."""
     for k in range(0, k_end + 1):
         t = model_t(schedule, max(k - 1, 0), x)
         x, x0_hat = ddim_invert_step(schedule, model(x, t, y), x, k, **options)

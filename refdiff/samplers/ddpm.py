@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator
 
 from refdiff.backend import Generator, namespace
 from refdiff.diffusion import p_mean_variance
-from refdiff.samplers.common import Model, SampleStep, check_sample, check_start, model_t, step_t
+from refdiff.samplers.common import Model, SampleStep, check_sample, check_start, reverse_chain, step_t
 from refdiff.schedules import Schedule
 
 
@@ -41,10 +41,9 @@ def ddpm_loop(model: Model, schedule: Schedule, x: Any, generator: Generator, y:
     """
     check_sample(x)
     k0 = check_start(schedule, start)
-    for k in range(k0, -1, -1):
-        t = model_t(schedule, k, x)
-        output = model(x, t, y)
-        cond_grad = None if cond_fn is None else cond_fn(x, t, y)
+
+    def step(output, x, k, cond_grad):
         noise = generator.normal(x.shape, like=x) if k > 0 else None
-        x, x0 = ddpm_step(schedule, output, x, k, noise, cond_grad, **options)
-        yield SampleStep(k, t, x, x0)
+        return ddpm_step(schedule, output, x, k, noise, cond_grad, **options)
+
+    return reverse_chain(model, schedule, x, y, cond_fn, k0, step)

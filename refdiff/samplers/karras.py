@@ -1,0 +1,442 @@
+"""Sigma-space samplers: Euler and Heun (Karras et al. 2022, EDM, Alg. 2, with churn), Euler-ancestral
+(diffusers' EulerAncestralDiscreteScheduler) and DPM-Solver++(2M) (Lu et al. 2022, Alg. 2).
+
+Sigma space. A discrete model trained on a Schedule sees x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps.
+Dividing by sqrt(alpha_bar_t) gives the variance-exploding form of EDM (Karras et al. 2022, eq. 1 ff.):
+
+    x = x_t / sqrt(alpha_bar_t) = x0 + sigma_t eps,    sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t),
+
+whose probability-flow ODE is dx / dsigma = (x - D(x; sigma)) / sigma with the denoiser D(x; sigma) = E[x0 | x]
+(EDM eq. 3 with s = 1). ``karras_denoiser`` builds D from a model: it feeds the model x_t = x / sqrt(1 + sigma^2)
+at the timestep of sigma and converts the output (eps, x0 or v) to x0 (``x0_from_output``: refdiff.diffusion's
+identities written in sigma).
+
+Every loop here takes and yields x in the **sigma scale** (x = x0 + sigma eps); at sigma = 0 that is the data
+scale, so the final sample of a loop ending at sigma = 0 is x0. Start a loop from x = sigmas[0] * noise (EDM,
+diffusers' ``init_noise_sigma`` with linspace / trailing spacing) or from ``to_sigma_scale(x_T, sigmas[0])`` with
+x_T ~ N(0, I) (the exact prior of a discrete model; diffusers' leading spacing).
+
+Timesteps of noise levels (host NumPy, float64, as diffusers computes them):
+  * a sigma of the schedule's own grid has its integer step t, and the model is fed int64 t;
+  * any other sigma (Karras grids, churned sigmas) gets a fractional t interpolated in log sigma between its two
+    neighbouring steps (``sigma_to_t``, diffusers' ``_sigma_to_t``), and the model is fed a float t;
+  * a fractional timestep grid (diffusers' Euler with linspace spacing: 1099, 976.9, ...) gets its sigma
+    interpolated linearly in sigma (``t_to_sigma``, diffusers' ``np.interp(timesteps, arange(T), sigmas)``).
+  The two interpolations agree at integer t and differ slightly between steps; both are diffusers' conventions.
+Model protocol: for these samplers t may be a float (N,) array in x's dtype (fractional steps); a model that only
+accepts integers can be used on the schedule's own grid (``schedule_grid``) without churn.
+
+Schedules with zero terminal SNR (sigma = inf at t = T - 1) have no sigma-space form; use DDIM for them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from refdiff.backend import Generator, device, namespace
+from refdiff.diffusion import PREDICTIONS, VARIANCES, dynamic_threshold
+from refdiff.samplers.common import Model, SampleStep, check_finite, check_sample
+from refdiff.schedules import Schedule, karras_sigmas, timesteps
+
+# A denoiser D(x, sigma, t) -> x0_hat: x (N, ...) in the sigma scale, sigma a positive float, t the (possibly
+# fractional) schedule step of sigma or None to derive it from sigma.
+Denoiser = Callable[..., Any]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scales and noise-level conversions
+
+
+def to_sigma_scale(xt: Any, sigma: float):
+    """x = x_t / sqrt(alpha_bar) = x_t * sqrt(1 + sigma^2): from the model's scale to the sigma scale."""
+    return xt * math.sqrt(1.0 + sigma * sigma)
+
+
+def to_xt_scale(x: Any, sigma: float):
+    """x_t = x * sqrt(alpha_bar) = x / sqrt(1 + sigma^2): from the sigma scale to the model's scale."""
+    return x / math.sqrt(1.0 + sigma * sigma)
+
+
+def _check_schedule(schedule: Schedule) -> np.ndarray:
+    """The schedule's (T,) sigmas, refusing zero terminal SNR (sigma = inf has no sigma-space form)."""
+    sigmas = schedule.sigmas
+    if not np.all(np.isfinite(sigmas)) or not sigmas[0] > 0:
+        raise ValueError("schedule must have finite sigmas in (0, inf) (no zero terminal SNR) for sigma-space "
+                         f"samplers, got sigma range [{sigmas[0]!r}, {sigmas[-1]!r}]")
+    return sigmas
+
+
+def sigma_to_t(schedule: Schedule, sigma) -> np.ndarray:
+    """Fractional schedule step(s) of noise level(s) sigma, by linear interpolation in log sigma.
+
+    Math: t = k + (log sigma - log sigma_k) / (log sigma_{k+1} - log sigma_k) for sigma_k <= sigma <= sigma_{k+1},
+          clamped to [0, T - 1] outside the schedule's range (diffusers' ``_sigma_to_t``)
+    Exact integer t for sigma on the schedule's grid. sigma: float or array (host). Returns float64 like sigma.
+    """
+    sigmas = _check_schedule(schedule)
+    log_sigma = np.log(np.maximum(np.asarray(sigma, dtype=np.float64), 1e-10))
+    return np.interp(log_sigma, np.log(sigmas), np.arange(schedule.T, dtype=np.float64))
+
+
+def t_to_sigma(schedule: Schedule, t) -> np.ndarray:
+    """Noise level(s) at fractional schedule step(s) t, by linear interpolation in sigma.
+
+    Math: sigma(t) = (1 - w) sigma_k + w sigma_{k+1},  k = floor(t), w = t - k
+    (diffusers' ``np.interp(timesteps, arange(T), sigmas)``). t: float or array in [0, T - 1] (host).
+    """
+    sigmas = _check_schedule(schedule)
+    return np.interp(np.asarray(t, dtype=np.float64), np.arange(schedule.T, dtype=np.float64), sigmas)
+
+
+def model_timesteps(schedule: Schedule, t: float, x: Any):
+    """(N,) array of the step the model is fed at (possibly fractional) schedule step t, on x's device.
+
+    Integral t: int64 ``timestep_map[t]``, what a discrete model was trained on. Fractional t: ``timestep_map``
+    interpolated linearly (t itself for an unrespaced schedule), in x's floating dtype.
+    """
+    xp = namespace(x)
+    N = x.shape[0]
+    if float(t) == round(t):
+        return xp.full((N,), int(schedule.timestep_map[int(round(t))]), dtype=xp.int64, device=device(x))
+    mapped = float(np.interp(t, np.arange(schedule.T), schedule.timestep_map))
+    return xp.full((N,), mapped, dtype=x.dtype, device=device(x))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sigma grids (host NumPy float64, decreasing; the loops append the final sigma)
+
+
+def _check_steps(steps, high: int | None = None) -> int:
+    bad = isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1
+    if bad or (high is not None and steps > high):
+        allowed = "an integer >= 1" if high is None else f"an integer in [1, {high}]"
+        raise ValueError(f"steps must be {allowed}, got {steps!r}")
+    return int(steps)
+
+
+def karras_grid(schedule: Schedule, steps: int, rho: float = 7.0) -> np.ndarray:
+    """(steps,) Karras sigmas from the schedule's sigma_max = sigma_{T-1} down to sigma_min = sigma_0.
+
+    Math: sigma_i = (sigma_max^(1/rho) + i / (steps - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho
+    (Karras et al. 2022, eq. 5; ``refdiff.schedules.karras_sigmas``); one step is [sigma_max] (as diffusers).
+    """
+    steps = _check_steps(steps)
+    sigmas = _check_schedule(schedule)
+    if steps == 1:
+        return sigmas[-1:].copy()
+    return karras_sigmas(steps, float(sigmas[0]), float(sigmas[-1]), rho)
+
+
+def schedule_grid(schedule: Schedule, steps: int, spacing: str = "leading") -> np.ndarray:
+    """(steps,) sigmas of the schedule's own steps ``timesteps(T, steps, spacing)``, decreasing.
+
+    ``sigma_to_t`` maps them back to their integer steps exactly, so a loop feeds the model integer t.
+    """
+    steps = _check_steps(steps, schedule.T) if spacing in ("leading", "trailing", "linspace") else steps
+    return _check_schedule(schedule)[timesteps(schedule.T, steps, spacing)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The denoiser D(x; sigma) of a discrete model
+
+
+def x0_from_output(out: Any, x: Any, sigma: float, prediction: str = "eps"):
+    """x0_hat from a model output at x_t = x / sqrt(1 + sigma^2), for x in the sigma scale.
+
+    Math: with a = sqrt(alpha_bar) = 1 / sqrt(1 + sigma^2) and b = sqrt(1 - alpha_bar) = sigma a,
+          eps: x0 = (x_t - b eps) / a = x - sigma eps                  (refdiff.diffusion.predict_x0_from_eps)
+          x0:  x0 = out
+          v:   x0 = a x_t - b v = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) v     (predict_x0_from_v)
+    The same identities as refdiff.diffusion's, written in sigma instead of gathered alpha_bar tables, so they hold
+    between the schedule's steps and at sigmas whose alpha_bar rounds to 1 (sigma < 1e-8) or 0.
+    out, x: (N, C, ...). Returns x0_hat like x.
+    """
+    if prediction == "eps":
+        return x - sigma * out
+    if prediction == "x0":
+        return out
+    return x / (1.0 + sigma * sigma) - (sigma / math.sqrt(1.0 + sigma * sigma)) * out
+
+
+def _check_denoiser_options(prediction: str, variance: str, clip_x0, threshold) -> None:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {', '.join(VARIANCES)}, got {variance!r}")
+    if clip_x0 is not None and not 0 < clip_x0 < math.inf:
+        raise ValueError(f"clip_x0 must be None or a positive finite bound, got {clip_x0!r}")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be None or a quantile in (0, 1], got {threshold!r}")
+    if clip_x0 is not None and threshold is not None:
+        raise ValueError("clip_x0 and threshold are exclusive: dynamic thresholding already bounds x0")
+
+
+def karras_denoiser(model: Model, schedule: Schedule, y: Any = None, prediction: str = "eps",
+                    variance: str = "fixed_small", clip_x0: float | None = None,
+                    threshold: float | None = None) -> Denoiser:
+    """The denoiser D(x, sigma, t=None) -> x0_hat of a model trained on ``schedule``.
+
+    Math: x_t = x / sqrt(1 + sigma^2);  out = model(x_t, t, y);  x0_hat = x0_from_output(out, x, sigma)
+    t is the schedule step fed to the model (``model_timesteps``), ``sigma_to_t(schedule, sigma)`` when None.
+    prediction: "eps", "x0" or "v"; variance: "learned" / "learned_range" only split off the model's C variance
+    channels (N, 2C, ...), which sigma-space samplers do not use; clip_x0 clips x0_hat to [-clip_x0, clip_x0];
+    threshold applies dynamic thresholding at that quantile (``refdiff.diffusion.dynamic_threshold``).
+    x: (N, C, ...) in the sigma scale. Returns x0_hat like x.
+    """
+    _check_schedule(schedule)
+    _check_denoiser_options(prediction, variance, clip_x0, threshold)
+    learned = variance in ("learned", "learned_range")
+
+    def denoise(x: Any, sigma: float, t: float | None = None):
+        t = float(sigma_to_t(schedule, sigma)) if t is None else float(t)
+        out = model(to_xt_scale(x, sigma), model_timesteps(schedule, t, x), y)
+        expected = (x.shape[0], 2 * x.shape[1], *x.shape[2:]) if learned else tuple(x.shape)
+        if tuple(out.shape) != expected or out.dtype != x.dtype:
+            raise ValueError(f"model_output must have shape {expected} and dtype {x.dtype} for "
+                             f"variance={variance!r}, got {tuple(out.shape)}, {out.dtype}")
+        if learned:
+            out = out[:, : x.shape[1], ...]  # the prediction channels; the variance channels are unused
+        x0 = x0_from_output(out, x, float(sigma), prediction)
+        if threshold is not None:
+            return dynamic_threshold(x0, threshold)
+        if clip_x0 is not None:
+            return namespace(x0).clip(x0, -clip_x0, clip_x0)
+        return x0
+
+    return denoise
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Steps: one update each, every input explicit (noise included). x is in the sigma scale.
+
+
+def churn_gamma(sigma: float, n: int, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf) -> float:
+    """gamma_i = min(S_churn / n, sqrt(2) - 1) if S_tmin <= sigma_i <= S_tmax else 0   (Karras et al. 2022, Alg. 2)"""
+    return min(s_churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= sigma <= s_tmax else 0.0
+
+
+def _churn(x: Any, sigma: float, t: float | None, gamma: float, noise: Any, s_noise: float):
+    """x_hat = x + sqrt(sigma_hat^2 - sigma^2) S_noise eps, sigma_hat = (1 + gamma) sigma   (Alg. 2, lines 5-6).
+
+    Returns (x_hat, sigma_hat, t_hat); t_hat = None (derive it from sigma_hat) when gamma > 0.
+    """
+    if gamma <= 0:
+        return x, sigma, t
+    if noise is None:
+        raise ValueError(f"noise is required when gamma > 0 (gamma={gamma!r}, sigma={sigma!r})")
+    sigma_hat = (1.0 + gamma) * sigma
+    return x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * noise, sigma_hat, None
+
+
+def euler_step(denoiser: Denoiser, x: Any, sigma: float, sigma_next: float, t: float | None = None,
+               gamma: float = 0.0, noise: Any = None, s_noise: float = 1.0) -> tuple[Any, Any]:
+    """One Euler step of the probability-flow ODE from sigma to sigma_next, after optional churn.
+
+    Math: x_hat, sigma_hat = churn(x, sigma, gamma, noise)                   (Karras et al. 2022, Alg. 2, 5-6)
+          d = (x_hat - D(x_hat; sigma_hat)) / sigma_hat                                              (line 7)
+          x_next = x_hat + (sigma_next - sigma_hat) d                                                (line 8)
+    With gamma = 0 this is DDIM's eta = 0 update in the sigma scale: x_next = x0 + sigma_next eps_hat.
+
+    t: the schedule step of sigma (None: from sigma); noise: like x, needed when gamma > 0.
+    Returns (x_next, x0_hat), both like x.
+    """
+    sigma, sigma_next = float(sigma), float(sigma_next)  # Python floats keep float32 arrays float32
+    x_hat, sigma_hat, t_hat = _churn(x, sigma, t, gamma, noise, s_noise)
+    x0 = denoiser(x_hat, sigma_hat, t_hat)
+    d = (x_hat - x0) / sigma_hat
+    return x_hat + (sigma_next - sigma_hat) * d, x0
+
+
+def heun_step(denoiser: Denoiser, x: Any, sigma: float, sigma_next: float, t: float | None = None,
+              t_next: float | None = None, gamma: float = 0.0, noise: Any = None,
+              s_noise: float = 1.0) -> tuple[Any, Any]:
+    """One step of Heun's second-order method (Karras et al. 2022, Alg. 2), after optional churn.
+
+    Math: x_hat, sigma_hat = churn(x, sigma, gamma, noise)                                   (lines 5-6)
+          d = (x_hat - D(x_hat; sigma_hat)) / sigma_hat;  x_next = x_hat + (sigma_next - sigma_hat) d  (7-8)
+          if sigma_next != 0:                                                                (line 9)
+              d' = (x_next - D(x_next; sigma_next)) / sigma_next                            (line 10)
+              x_next = x_hat + (sigma_next - sigma_hat) (d + d') / 2                         (line 11)
+    t, t_next: schedule steps of sigma and sigma_next (None: from sigma). Returns (x_next, x0_hat) with x0_hat the
+    first evaluation D(x_hat; sigma_hat).
+    """
+    sigma, sigma_next = float(sigma), float(sigma_next)  # Python floats keep float32 arrays float32
+    x_hat, sigma_hat, t_hat = _churn(x, sigma, t, gamma, noise, s_noise)
+    x0 = denoiser(x_hat, sigma_hat, t_hat)
+    d = (x_hat - x0) / sigma_hat
+    x_next = x_hat + (sigma_next - sigma_hat) * d
+    if sigma_next > 0:  # the last step to sigma = 0 stays Euler: D(x; 0) is not defined for a discrete model
+        d_next = (x_next - denoiser(x_next, sigma_next, t_next)) / sigma_next
+        x_next = x_hat + (sigma_next - sigma_hat) * (0.5 * (d + d_next))
+    return x_next, x0
+
+
+def ancestral_sigmas(sigma: float, sigma_next: float) -> tuple[float, float]:
+    """(sigma_down, sigma_up) of an ancestral step from sigma to sigma_next.
+
+    Math: sigma_up = sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2),  sigma_down = sqrt(sigma_next^2 - sigma_up^2)
+          (= sigma_next^2 / sigma): noise of variance sigma_up^2 added after a deterministic step to sigma_down
+          lands on sigma_next (diffusers' EulerAncestralDiscreteScheduler; k-diffusion with eta = 1).
+    """
+    sigma_up = math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)
+    return sigma_next**2 / sigma, sigma_up
+
+
+def euler_ancestral_step(denoiser: Denoiser, x: Any, sigma: float, sigma_next: float, t: float | None = None,
+                         noise: Any = None) -> tuple[Any, Any]:
+    """One Euler-ancestral step from sigma to sigma_next.
+
+    Math: d = (x - D(x; sigma)) / sigma;  x_next = x + (sigma_down - sigma) d + sigma_up noise   (ancestral_sigmas)
+    noise: like x, needed when sigma_next > 0. Returns (x_next, x0_hat).
+    """
+    sigma, sigma_next = float(sigma), float(sigma_next)
+    sigma_down, sigma_up = ancestral_sigmas(sigma, sigma_next)
+    x0 = denoiser(x, sigma, t)
+    x_next = x + (sigma_down - sigma) * ((x - x0) / sigma)
+    if sigma_up > 0:
+        if noise is None:
+            raise ValueError(f"noise is required when sigma_next > 0 (sigma_next={sigma_next!r})")
+        x_next = x_next + sigma_up * noise
+    return x_next, x0
+
+
+def dpmpp_2m_step(denoiser: Denoiser, x: Any, sigma: float, sigma_next: float, t: float | None = None,
+                  x0_prev: Any = None, sigma_prev: float | None = None) -> tuple[Any, Any]:
+    """One multistep DPM-Solver++(2M) step (Lu et al. 2022, Alg. 2, data prediction) in the sigma scale.
+
+    Math: lambda = -log sigma (half the log-SNR), h = lambda_next - lambda = log(sigma / sigma_next);
+          dividing Alg. 2's x_t-scale update by alpha_next gives
+              x_next = (sigma_next / sigma) x + (1 - sigma_next / sigma) D_i          (1 - e^{-h} = 1 - sigma_next / sigma)
+          first order (x0_prev None, or sigma_next = 0):  D_i = x0_i                     (= DDIM, = Euler)
+          second order: r = h_prev / h,  D_i = (1 + 1 / (2 r)) x0_i - 1 / (2 r) x0_{i-1}
+    x0_prev, sigma_prev: the previous step's x0_hat and sigma. Returns (x_next, x0_hat) where x0_hat = x0_i.
+    """
+    sigma, sigma_next = float(sigma), float(sigma_next)
+    x0 = denoiser(x, sigma, t)
+    ratio = sigma_next / sigma  # e^{-h}
+    D = x0
+    if x0_prev is not None and sigma_next > 0:
+        r = math.log(sigma_prev / sigma) / math.log(sigma / sigma_next)  # h_prev / h
+        D = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+    return ratio * x + (1.0 - ratio) * D, x0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loops: generators yielding one SampleStep per update, x in the sigma scale
+
+
+def _grid(schedule: Schedule, x: Any, sigmas, timesteps, final_sigma: float) -> tuple[list, list]:
+    """Validate a loop's grid: (n + 1,) sigmas with final_sigma appended, and the (n,) schedule steps."""
+    check_sample(x)
+    _check_schedule(schedule)
+    s = np.asarray(sigmas, dtype=np.float64)
+    if s.ndim != 1 or s.shape[0] < 1 or not np.all(np.isfinite(s)) or not np.all(s > 0) or np.any(np.diff(s) >= 0):
+        raise ValueError(f"sigmas must be a non-empty 1-D array of finite positive, strictly decreasing noise "
+                         f"levels, got {sigmas!r}")
+    final_sigma = check_finite("final_sigma", final_sigma, low=0.0)
+    if not final_sigma < s[-1]:
+        raise ValueError(f"final_sigma must lie in [0, {s[-1]!r}) (below the last of sigmas), got {final_sigma!r}")
+    if timesteps is None:
+        t = sigma_to_t(schedule, s)
+    else:
+        t = np.asarray(timesteps, dtype=np.float64)
+        if t.shape != s.shape or not np.all((t >= 0) & (t <= schedule.T - 1)):
+            raise ValueError(f"timesteps must be None or {s.shape[0]} steps in [0, {schedule.T - 1}] matching "
+                             f"sigmas, got {timesteps!r}")
+    # Python floats: a NumPy float64 scalar would upcast float32 arrays (NEP 50), a Python float does not.
+    return [float(v) for v in np.append(s, final_sigma)], [float(v) for v in t]
+
+
+def _check_churn(s_churn: float, s_tmin: float, s_tmax: float, s_noise: float, generator) -> None:
+    s_churn = check_finite("s_churn", s_churn, low=0.0)
+    check_finite("s_tmin", s_tmin, low=0.0)
+    check_finite("s_noise", s_noise, low=0.0)
+    if isinstance(s_tmax, bool) or not isinstance(s_tmax, (int, float)) or not s_tmax >= s_tmin:
+        raise ValueError(f"s_tmax must be a number >= s_tmin = {s_tmin!r} (inf allowed), got {s_tmax!r}")
+    if s_churn > 0 and generator is None:
+        raise ValueError(f"generator is required when s_churn > 0, got s_churn={s_churn!r} and no generator")
+
+
+def _edm_loop(step: Callable, model: Model, schedule: Schedule, x: Any, sigmas, y, timesteps, final_sigma: float,
+              s_churn: float, s_tmin: float, s_tmax: float, s_noise: float, generator: Generator | None,
+              options: dict) -> Iterator[SampleStep]:
+    """Karras et al. 2022, Alg. 2 over a grid, with ``step`` = euler_step or heun_step."""
+    s, t = _grid(schedule, x, sigmas, timesteps, final_sigma)
+    _check_churn(s_churn, s_tmin, s_tmax, s_noise, generator)
+    denoiser = karras_denoiser(model, schedule, y, **options)
+    n = len(t)
+    for i in range(n):
+        gamma = churn_gamma(s[i], n, s_churn, s_tmin, s_tmax)
+        noise = generator.normal(x.shape, like=x) if gamma > 0 else None
+        kwargs = dict(t_next=t[i + 1] if i + 1 < n else None) if step is heun_step else {}
+        x, x0 = step(denoiser, x, s[i], s[i + 1], t[i], gamma=gamma, noise=noise, s_noise=s_noise, **kwargs)
+        yield SampleStep(n - 1 - i, model_timesteps(schedule, t[i], x), x, x0)
+
+
+def euler_loop(model: Model, schedule: Schedule, x: Any, sigmas, y: Any = None, timesteps=None,
+               final_sigma: float = 0.0, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+               s_noise: float = 1.0, generator: Generator | None = None, **options) -> Iterator[SampleStep]:
+    """Euler sampling (Karras et al. 2022, Alg. 2 without line 9-11's correction) from sigmas[0] to final_sigma.
+
+    x: (N, C, ...) in the sigma scale at sigmas[0]; sigmas: (n,) decreasing positive levels (``karras_grid``,
+    ``schedule_grid``); timesteps: (n,) schedule steps fed to the model, default ``sigma_to_t(sigmas)``;
+    final_sigma: the level after the last step, 0 (EDM; the result is x0) or in (0, sigmas[-1]).
+    Churn (stochastic when s_churn > 0, needs a generator): gamma_i = min(s_churn / n, sqrt(2) - 1) on levels in
+    [s_tmin, s_tmax]; s_noise scales the added noise. ``options`` go to ``karras_denoiser``.
+    Yields SampleStep(k = n - 1 - i, t fed at level i, x at level i + 1 in the sigma scale, x0_hat).
+    """
+    return _edm_loop(euler_step, model, schedule, x, sigmas, y, timesteps, final_sigma, s_churn, s_tmin, s_tmax,
+                     s_noise, generator, options)
+
+
+def heun_loop(model: Model, schedule: Schedule, x: Any, sigmas, y: Any = None, timesteps=None,
+              final_sigma: float = 0.0, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+              s_noise: float = 1.0, generator: Generator | None = None, **options) -> Iterator[SampleStep]:
+    """Heun sampling (Karras et al. 2022, Alg. 2): as ``euler_loop`` with the second-order correction on every
+    step whose target level is not 0 (2n - 1 model evaluations to final_sigma = 0, 2n otherwise)."""
+    return _edm_loop(heun_step, model, schedule, x, sigmas, y, timesteps, final_sigma, s_churn, s_tmin, s_tmax,
+                     s_noise, generator, options)
+
+
+def euler_ancestral_loop(model: Model, schedule: Schedule, x: Any, sigmas, generator: Generator, y: Any = None,
+                         timesteps=None, final_sigma: float = 0.0, **options) -> Iterator[SampleStep]:
+    """Euler-ancestral sampling (diffusers' EulerAncestralDiscreteScheduler) from sigmas[0] to final_sigma.
+
+    Each step moves deterministically to sigma_down and adds fresh noise of std sigma_up (``ancestral_sigmas``);
+    no noise on a step to sigma = 0. Arguments as ``euler_loop``. Yields a SampleStep per update.
+    """
+    s, t = _grid(schedule, x, sigmas, timesteps, final_sigma)
+    if generator is None:
+        raise ValueError("generator is required for ancestral sampling, got None")
+    denoiser = karras_denoiser(model, schedule, y, **options)
+    n = len(t)
+    for i in range(n):
+        noise = generator.normal(x.shape, like=x) if s[i + 1] > 0 else None
+        x, x0 = euler_ancestral_step(denoiser, x, s[i], s[i + 1], t[i], noise)
+        yield SampleStep(n - 1 - i, model_timesteps(schedule, t[i], x), x, x0)
+
+
+def dpmpp_2m_loop(model: Model, schedule: Schedule, x: Any, sigmas, y: Any = None, timesteps=None,
+                  final_sigma: float = 0.0, lower_order_final: bool = True, **options) -> Iterator[SampleStep]:
+    """DPM-Solver++(2M) sampling (Lu et al. 2022, Alg. 2) from sigmas[0] to final_sigma.
+
+    The first step is first order (no previous x0); so is the last when lower_order_final (diffusers' default,
+    which it applies below 15 steps) or when final_sigma = 0 (h = inf there). diffusers' test configuration is
+    lower_order_final=False, final_sigma = schedule.sigmas[0] ("final_sigmas_type=sigma_min").
+    Arguments as ``euler_loop``. Yields SampleStep(k, t, x in the sigma scale, x0_hat) per update.
+    """
+    s, t = _grid(schedule, x, sigmas, timesteps, final_sigma)
+    if not isinstance(lower_order_final, bool):
+        raise ValueError(f"lower_order_final must be a bool, got {lower_order_final!r}")
+    denoiser = karras_denoiser(model, schedule, y, **options)
+    n = len(t)
+    x0_prev = sigma_prev = None
+    for i in range(n):
+        first_order = i == 0 or (lower_order_final and i == n - 1)
+        x_next, x0 = dpmpp_2m_step(denoiser, x, s[i], s[i + 1], t[i], None if first_order else x0_prev, sigma_prev)
+        x0_prev, sigma_prev = x0, s[i]
+        x = x_next
+        yield SampleStep(n - 1 - i, model_timesteps(schedule, t[i], x), x, x0)
