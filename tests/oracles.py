@@ -101,3 +101,48 @@ class GaussianMixtureDenoiser:
         log_k = np.log(self.weights) - 0.5 * np.sum(np.log(2 * math.pi * var) + diff**2 / var, axis=2)
         top = log_k.max(axis=1, keepdims=True)
         return (top + np.log(np.exp(log_k - top).sum(axis=1, keepdims=True)))[:, 0]
+
+    def classifier_grad(self, xt, t, y):
+        """The exact classifier gradient grad_x log p(y | x_t) (N, D) at integer steps t (N,).
+
+        Math: p(y | x_t) = p(x_t | y) p(y) / p(x_t), so grad_x log p(y | x_t) = score(x_t | y) - score(x_t),
+        with score(x_t) the unconditional mixture's (the null label K). Labels y must be components (< K).
+        """
+        alpha_bar = gather(self.schedule.alpha_bar, t, xt)         # (N, 1)
+        return self.score(xt, alpha_bar, y) - self.score(xt, alpha_bar, None)
+
+    # Fractional steps and noise levels, for the sigma-space samplers of refdiff.samplers.karras (additions:
+    # __call__ above is unchanged and still takes integer t only).
+
+    def alpha_bar_at(self, t, xt):
+        """(N, 1) alpha_bar at steps t (N,): gathered for integer t; for float t, 1 / (1 + sigma^2) with log sigma
+        interpolated linearly between the two neighbouring steps, the inverse of karras.sigma_to_t, so a
+        sampler's off-grid sigma is met exactly."""
+        xp = namespace(xt)
+        if xp.isdtype(t.dtype, "integral"):
+            return gather(self.schedule.alpha_bar, t, xt)
+        T = self.schedule.T
+        t = xp.clip(t, 0.0, float(T - 1))
+        lo = xp.astype(xp.clip(xp.floor(t), 0.0, float(max(T - 2, 0))), xp.int64)   # (N,)
+        hi = xp.clip(lo + 1, 0, T - 1)
+        w = xp.reshape(t - xp.astype(lo, t.dtype), (-1,) + (1,) * (xt.ndim - 1))    # (N, 1)
+        log_sigma = np.log(self.schedule.sigmas)
+        log_s = (1.0 - w) * gather(log_sigma, lo, xt) + w * gather(log_sigma, hi, xt)
+        return 1.0 / (1.0 + xp.exp(2.0 * log_s))
+
+    def continuous_t(self, xt, t, y=None):
+        """The optimal model output (eps, x0 or v) at (x_t, t) for integer or float (fractional) steps t."""
+        xp = namespace(xt)
+        alpha_bar = self.alpha_bar_at(t, xt)
+        x0 = self.x0_mean(xt, alpha_bar, y)
+        a, b = xp.sqrt(alpha_bar), xp.sqrt(1.0 - alpha_bar)
+        eps = (xt - a * x0) / b
+        return {"eps": eps, "x0": x0, "v": a * eps - b * x0}[self.prediction]
+
+    def denoise(self, x, sigma, t=None, y=None):
+        """The exact denoiser D(x; sigma) = E[x0 | x0 + sigma eps = x] for x (N, D) in the sigma scale, with the
+        signature of a karras step's denoiser (t is not needed: sigma says everything)."""
+        xp = namespace(x)
+        alpha_bar = 1.0 / (1.0 + float(sigma) ** 2)
+        ab = xp.full((x.shape[0], 1), alpha_bar, dtype=x.dtype, device=device(x))
+        return self.x0_mean(x * math.sqrt(alpha_bar), ab, y)
