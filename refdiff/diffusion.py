@@ -247,7 +247,7 @@ def p_mean_variance(
     first C channels, variance values in the last C); xt: (N, C, ...); t: (N,).
     ``convention`` picks OpenAI's or diffusers' variance at t = 0 (docs/conventions.md).
     """
-    _check_options(prediction, variance, clip_x0, threshold, convention)
+    check_options(prediction, variance, clip_x0, threshold, convention)
     _check_float("xt", xt)
     check_t(schedule, t, xt)
     C = xt.shape[1] if xt.ndim > 1 else None
@@ -273,7 +273,8 @@ def p_mean_variance(
     return PMeanVariance(_q_posterior_mean(schedule, x0, xt, t), var, log_var, x0, eps)
 
 
-def _check_options(prediction, variance, clip_x0, threshold, convention) -> None:
+def check_options(prediction, variance, clip_x0=None, threshold=None, convention="openai") -> None:
+    """Raise unless the reverse-step options are valid (names each argument and its allowed values)."""
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
     if variance not in VARIANCES:

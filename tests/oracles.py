@@ -21,6 +21,11 @@ from refdiff.backend import asarray, device, gather, namespace
 from refdiff.schedules import Schedule
 
 
+# Data used across the sampler tests: one 2-D Gaussian, and two well-separated 2-D components.
+GAUSSIAN = dict(weights=[1.0], means=[[0.5, -0.3]], stds=[[0.3, 0.8]])
+MIXTURE = dict(weights=[0.3, 0.7], means=[[-2.0, 0.0], [2.0, 1.0]], stds=[[0.3, 0.5], [0.4, 0.3]])
+
+
 class GaussianMixtureDenoiser:
     """The optimal denoiser of a diagonal Gaussian mixture in D dimensions; a refdiff model callable.
 
@@ -146,3 +151,16 @@ class GaussianMixtureDenoiser:
         alpha_bar = 1.0 / (1.0 + float(sigma) ** 2)
         ab = xp.full((x.shape[0], 1), alpha_bar, dtype=x.dtype, device=device(x))
         return self.x0_mean(x * math.sqrt(alpha_bar), ab, y)
+
+
+def diffusers_dummy_model(x, t, y=None):
+    """diffusers' scheduler-test model: model(x, t) = x * t / (t + 1), t broadcast over x."""
+    xp = namespace(x)
+    t = xp.reshape(xp.astype(t, x.dtype), (-1,) + (1,) * (x.ndim - 1))
+    return x * t / (t + 1)
+
+
+def diffusers_dummy_sample(backend, dtype):
+    """diffusers' deterministic sample: arange(768) as (3, 8, 8, 4) / 768, axes (3, 0, 1, 2) -> (4, 3, 8, 8)."""
+    host = (np.arange(768).reshape(3, 8, 8, 4) / 768).transpose(3, 0, 1, 2)
+    return backend.asarray(host, dtype=backend.dtype(dtype))

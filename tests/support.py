@@ -1,6 +1,7 @@
 """Shared test helpers: tolerances by dtype, host comparison, and hypothesis strategies."""
 
 import contextlib
+import math
 
 import numpy as np
 from hypothesis import strategies as st
@@ -76,3 +77,13 @@ def schedule_strategy(draw, min_T: int = 1, max_T: int = 300, zero_terminal: boo
 def host_data(seed: int, shape, dtype="float64", scale: float = 1.0) -> np.ndarray:
     """Reproducible standard normal host data of ``shape`` (times ``scale``)."""
     return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(dtype)
+
+
+def assert_moments_match(samples: np.ndarray, mean, std):
+    """Sample mean, standard deviation and correlation of (N, 2) draws match a diagonal Gaussian within
+    5 standard errors: se(mean) = s / sqrt(n), se(std) = s / sqrt(2n), se(corr) = 1 / sqrt(n)."""
+    n = samples.shape[0]
+    mean, std = np.asarray(mean), np.asarray(std)
+    assert np.all(np.abs(samples.mean(0) - mean) < 5 * std / math.sqrt(n)), samples.mean(0)
+    assert np.all(np.abs(samples.std(0, ddof=1) - std) < 5 * std / math.sqrt(2 * n)), samples.std(0)
+    assert abs(np.corrcoef(samples.T)[0, 1]) < 5 / math.sqrt(n)

@@ -7,25 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oracles import GaussianMixtureDenoiser
+from oracles import GAUSSIAN, MIXTURE, GaussianMixtureDenoiser, diffusers_dummy_model, diffusers_dummy_sample
 from refdiff import schedules as S
 from refdiff.backend import Generator, to_numpy
 from refdiff.samplers import ddim_invert_loop, ddim_loop, ddim_step, ddpm_loop, ddpm_step, final
-from support import assert_close, assert_same_array_kind
+from support import assert_close, assert_moments_match, assert_same_array_kind
 
 N_SAMPLES = 4000
-GAUSSIAN = dict(weights=[1.0], means=[[0.5, -0.3]], stds=[[0.3, 0.8]])
-MIXTURE = dict(weights=[0.3, 0.7], means=[[-2.0, 0.0], [2.0, 1.0]], stds=[[0.3, 0.5], [0.4, 0.3]])
-
-
-def assert_moments_match(samples: np.ndarray, mean, std):
-    """Sample mean, standard deviation and correlation of (N, 2) draws match a diagonal Gaussian within
-    5 standard errors: se(mean) = s / sqrt(n), se(std) = s / sqrt(2n), se(corr) = 1 / sqrt(n)."""
-    n = samples.shape[0]
-    mean, std = np.asarray(mean), np.asarray(std)
-    assert np.all(np.abs(samples.mean(0) - mean) < 5 * std / math.sqrt(n)), samples.mean(0)
-    assert np.all(np.abs(samples.std(0, ddof=1) - std) < 5 * std / math.sqrt(2 * n)), samples.std(0)
-    assert abs(np.corrcoef(samples.T)[0, 1]) < 5 / math.sqrt(n)
 
 
 def _start(backend, n=N_SAMPLES, seed=0, dims=2):
@@ -112,19 +100,6 @@ def test_ddim_inversion_then_sampling_reconstructs_x0_converging_at_first_order(
     assert errors[-1] < 0.02 and all(r < 0.65 for r in ratios), (errors, ratios)
 
 
-def _dummy_model(x, t, y=None):
-    """diffusers' scheduler-test model: model(x, t) = x * t / (t + 1), t broadcast over x."""
-    xp = x.__array_namespace__() if hasattr(x, "__array_namespace__") else np
-    t = xp.reshape(xp.astype(t, x.dtype), (-1,) + (1,) * (x.ndim - 1))
-    return x * t / (t + 1)
-
-
-def _dummy_sample(backend, dtype):
-    """diffusers' deterministic sample: arange(768) as (3, 8, 8, 4) / 768, axes (3, 0, 1, 2) -> (4, 3, 8, 8)."""
-    host = (np.arange(768).reshape(3, 8, 8, 4) / 768).transpose(3, 0, 1, 2)
-    return backend.asarray(host, dtype=backend.dtype(dtype))
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize(
     "prediction, beta_start, set_alpha_to_one, abs_sum, abs_mean",
@@ -139,7 +114,7 @@ def test_ddim_reproduces_diffusers_published_numbers(backend, dtype, prediction,
     full = S.linear(1000, beta_start=beta_start, beta_end=0.02, rescale=False)
     schedule = S.respace(full, S.timesteps(1000, 10, "leading"))
     final_alpha_bar = 1.0 if set_alpha_to_one else float(full.alpha_bar[0])
-    x = final(ddim_loop(_dummy_model, schedule, _dummy_sample(backend, dtype), prediction=prediction,
+    x = final(ddim_loop(diffusers_dummy_model, schedule, diffusers_dummy_sample(backend, dtype), prediction=prediction,
                         clip_x0=1.0, rederive_eps=False, final_alpha_bar=final_alpha_bar))
     result = np.abs(to_numpy(x))
     assert abs(result.sum() - abs_sum) < 1e-3 and abs(result.mean() - abs_mean) < 1e-4

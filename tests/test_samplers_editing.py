@@ -16,7 +16,7 @@ from refdiff.samplers import ddim_loop, ddpm_loop, final
 from refdiff.samplers.common import step_t
 from refdiff.samplers.editing import inpaint_loop, repaint_moves, sdedit_loop, sdedit_start
 from support import assert_same_array_kind, no_float64_intermediates
-from test_samplers import GAUSSIAN, MIXTURE
+from oracles import GAUSSIAN, MIXTURE
 
 # Which of the two dims is known, as a (1, 2) mask broadcast over the batch.
 KNOWN_FIRST = np.array([[1.0, 0.0]])

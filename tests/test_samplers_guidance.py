@@ -17,7 +17,8 @@ from refdiff.backend import Generator, to_numpy
 from refdiff.samplers import ddim_loop, ddim_step, ddpm_loop, ddpm_step, final
 from refdiff.samplers.guidance import classifier_free_guidance, classifier_guidance
 from support import assert_close, assert_same_array_kind
-from test_samplers import MIXTURE, assert_moments_match
+from oracles import MIXTURE
+from support import assert_moments_match
 
 NULL = 2  # the oracle's null label: K = 2 components
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from refdiff.backend import Generator, device, namespace
-from refdiff.diffusion import PREDICTIONS, VARIANCES, dynamic_threshold
+from refdiff.diffusion import PREDICTIONS, check_options, dynamic_threshold
 from refdiff.samplers.common import Model, SampleStep, check_finite, check_sample
 from refdiff.schedules import Schedule, karras_sigmas, timesteps
 
@@ -161,19 +161,6 @@ def x0_from_output(out: Any, x: Any, sigma: float, prediction: str = "eps"):
     return x / (1.0 + sigma * sigma) - (sigma / math.sqrt(1.0 + sigma * sigma)) * out
 
 
-def _check_denoiser_options(prediction: str, variance: str, clip_x0, threshold) -> None:
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
-    if variance not in VARIANCES:
-        raise ValueError(f"variance must be one of {', '.join(VARIANCES)}, got {variance!r}")
-    if clip_x0 is not None and not 0 < clip_x0 < math.inf:
-        raise ValueError(f"clip_x0 must be None or a positive finite bound, got {clip_x0!r}")
-    if threshold is not None and not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be None or a quantile in (0, 1], got {threshold!r}")
-    if clip_x0 is not None and threshold is not None:
-        raise ValueError("clip_x0 and threshold are exclusive: dynamic thresholding already bounds x0")
-
-
 def karras_denoiser(model: Model, schedule: Schedule, y: Any = None, prediction: str = "eps",
                     variance: str = "fixed_small", clip_x0: float | None = None,
                     threshold: float | None = None) -> Denoiser:
@@ -187,7 +174,7 @@ def karras_denoiser(model: Model, schedule: Schedule, y: Any = None, prediction:
     x: (N, C, ...) in the sigma scale. Returns x0_hat like x.
     """
     _check_schedule(schedule)
-    _check_denoiser_options(prediction, variance, clip_x0, threshold)
+    check_options(prediction, variance, clip_x0, threshold)
     learned = variance in ("learned", "learned_range")
 
     def denoise(x: Any, sigma: float, t: float | None = None):
@@ -277,9 +264,10 @@ def heun_step(denoiser: Denoiser, x: Any, sigma: float, sigma_next: float, t: fl
 def ancestral_sigmas(sigma: float, sigma_next: float) -> tuple[float, float]:
     """(sigma_down, sigma_up) of an ancestral step from sigma to sigma_next.
 
-    Math: sigma_up = sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2),  sigma_down = sqrt(sigma_next^2 - sigma_up^2)
-          (= sigma_next^2 / sigma): noise of variance sigma_up^2 added after a deterministic step to sigma_down
-          lands on sigma_next (diffusers' EulerAncestralDiscreteScheduler; k-diffusion with eta = 1).
+    Math: sigma_up = sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2)
+          sigma_down = sqrt(sigma_next^2 - sigma_up^2) = sigma_next^2 / sigma
+    A deterministic step to sigma_down plus fresh noise of std sigma_up lands on sigma_next
+    (diffusers' EulerAncestralDiscreteScheduler; k-diffusion's with eta = 1).
     """
     sigma_up = math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)
     return sigma_next**2 / sigma, sigma_up
@@ -309,12 +297,14 @@ def dpmpp_2m_step(denoiser: Denoiser, x: Any, sigma: float, sigma_next: float, t
 
     Math: lambda = -log sigma (half the log-SNR), h = lambda_next - lambda = log(sigma / sigma_next);
           dividing Alg. 2's x_t-scale update by alpha_next gives
-              x_next = (sigma_next / sigma) x + (1 - sigma_next / sigma) D_i          (1 - e^{-h} = 1 - sigma_next / sigma)
+              x_next = (sigma_next / sigma) x + (1 - sigma_next / sigma) D_i         (e^{-h} = sigma_next / sigma)
           first order (x0_prev None, or sigma_next = 0):  D_i = x0_i                     (= DDIM, = Euler)
           second order: r = h_prev / h,  D_i = (1 + 1 / (2 r)) x0_i - 1 / (2 r) x0_{i-1}
     x0_prev, sigma_prev: the previous step's x0_hat and sigma. Returns (x_next, x0_hat) where x0_hat = x0_i.
     """
     sigma, sigma_next = float(sigma), float(sigma_next)
+    if x0_prev is not None and sigma_prev is None:
+        raise ValueError("sigma_prev is required with x0_prev (the previous step's noise level), got None")
     x0 = denoiser(x, sigma, t)
     ratio = sigma_next / sigma  # e^{-h}
     D = x0
@@ -325,7 +315,8 @@ def dpmpp_2m_step(denoiser: Denoiser, x: Any, sigma: float, sigma_next: float, t
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Loops: generators yielding one SampleStep per update, x in the sigma scale
+# Loops: validate their arguments, then return a generator yielding one SampleStep per update (x in the sigma
+# scale), so bad arguments raise when the loop is created, as the other samplers' loops do.
 
 
 def _grid(schedule: Schedule, x: Any, sigmas, timesteps, final_sigma: float) -> tuple[list, list]:
@@ -360,20 +351,27 @@ def _check_churn(s_churn: float, s_tmin: float, s_tmax: float, s_noise: float, g
         raise ValueError(f"generator is required when s_churn > 0, got s_churn={s_churn!r} and no generator")
 
 
-def _edm_loop(step: Callable, model: Model, schedule: Schedule, x: Any, sigmas, y, timesteps, final_sigma: float,
+def _edm_loop(heun: bool, model: Model, schedule: Schedule, x: Any, sigmas, y, timesteps, final_sigma: float,
               s_churn: float, s_tmin: float, s_tmax: float, s_noise: float, generator: Generator | None,
               options: dict) -> Iterator[SampleStep]:
-    """Karras et al. 2022, Alg. 2 over a grid, with ``step`` = euler_step or heun_step."""
+    """Karras et al. 2022, Alg. 2 over a grid: heun_step, or euler_step when not ``heun``."""
     s, t = _grid(schedule, x, sigmas, timesteps, final_sigma)
     _check_churn(s_churn, s_tmin, s_tmax, s_noise, generator)
     denoiser = karras_denoiser(model, schedule, y, **options)
     n = len(t)
-    for i in range(n):
-        gamma = churn_gamma(s[i], n, s_churn, s_tmin, s_tmax)
-        noise = generator.normal(x.shape, like=x) if gamma > 0 else None
-        kwargs = dict(t_next=t[i + 1] if i + 1 < n else None) if step is heun_step else {}
-        x, x0 = step(denoiser, x, s[i], s[i + 1], t[i], gamma=gamma, noise=noise, s_noise=s_noise, **kwargs)
-        yield SampleStep(n - 1 - i, model_timesteps(schedule, t[i], x), x, x0)
+
+    def chain(x):
+        for i in range(n):
+            gamma = churn_gamma(s[i], n, s_churn, s_tmin, s_tmax)
+            noise = generator.normal(x.shape, like=x) if gamma > 0 else None
+            if heun:
+                t_next = t[i + 1] if i + 1 < n else None  # final_sigma is off the grid: its t comes from sigma
+                x, x0 = heun_step(denoiser, x, s[i], s[i + 1], t[i], t_next, gamma, noise, s_noise)
+            else:
+                x, x0 = euler_step(denoiser, x, s[i], s[i + 1], t[i], gamma, noise, s_noise)
+            yield SampleStep(n - 1 - i, model_timesteps(schedule, t[i], x), x, x0)
+
+    return chain(x)
 
 
 def euler_loop(model: Model, schedule: Schedule, x: Any, sigmas, y: Any = None, timesteps=None,
@@ -385,10 +383,12 @@ def euler_loop(model: Model, schedule: Schedule, x: Any, sigmas, y: Any = None, 
     ``schedule_grid``); timesteps: (n,) schedule steps fed to the model, default ``sigma_to_t(sigmas)``;
     final_sigma: the level after the last step, 0 (EDM; the result is x0) or in (0, sigmas[-1]).
     Churn (stochastic when s_churn > 0, needs a generator): gamma_i = min(s_churn / n, sqrt(2) - 1) on levels in
-    [s_tmin, s_tmax]; s_noise scales the added noise. ``options`` go to ``karras_denoiser``.
-    Yields SampleStep(k = n - 1 - i, t fed at level i, x at level i + 1 in the sigma scale, x0_hat).
+    [s_tmin, s_tmax]; s_noise scales the added noise. The model is then fed the step of sigma_hat = (1 + gamma)
+    sigma, clamped to T - 1: keep (1 + gamma) s_tmax within the schedule's sigma_{T-1}. ``options`` go to
+    ``karras_denoiser``. Yields SampleStep(k = n - 1 - i, t of level i, x at level i + 1 in the sigma scale,
+    x0_hat).
     """
-    return _edm_loop(euler_step, model, schedule, x, sigmas, y, timesteps, final_sigma, s_churn, s_tmin, s_tmax,
+    return _edm_loop(False, model, schedule, x, sigmas, y, timesteps, final_sigma, s_churn, s_tmin, s_tmax,
                      s_noise, generator, options)
 
 
@@ -397,7 +397,7 @@ def heun_loop(model: Model, schedule: Schedule, x: Any, sigmas, y: Any = None, t
               s_noise: float = 1.0, generator: Generator | None = None, **options) -> Iterator[SampleStep]:
     """Heun sampling (Karras et al. 2022, Alg. 2): as ``euler_loop`` with the second-order correction on every
     step whose target level is not 0 (2n - 1 model evaluations to final_sigma = 0, 2n otherwise)."""
-    return _edm_loop(heun_step, model, schedule, x, sigmas, y, timesteps, final_sigma, s_churn, s_tmin, s_tmax,
+    return _edm_loop(True, model, schedule, x, sigmas, y, timesteps, final_sigma, s_churn, s_tmin, s_tmax,
                      s_noise, generator, options)
 
 
@@ -413,10 +413,14 @@ def euler_ancestral_loop(model: Model, schedule: Schedule, x: Any, sigmas, gener
         raise ValueError("generator is required for ancestral sampling, got None")
     denoiser = karras_denoiser(model, schedule, y, **options)
     n = len(t)
-    for i in range(n):
-        noise = generator.normal(x.shape, like=x) if s[i + 1] > 0 else None
-        x, x0 = euler_ancestral_step(denoiser, x, s[i], s[i + 1], t[i], noise)
-        yield SampleStep(n - 1 - i, model_timesteps(schedule, t[i], x), x, x0)
+
+    def chain(x):
+        for i in range(n):
+            noise = generator.normal(x.shape, like=x) if s[i + 1] > 0 else None
+            x, x0 = euler_ancestral_step(denoiser, x, s[i], s[i + 1], t[i], noise)
+            yield SampleStep(n - 1 - i, model_timesteps(schedule, t[i], x), x, x0)
+
+    return chain(x)
 
 
 def dpmpp_2m_loop(model: Model, schedule: Schedule, x: Any, sigmas, y: Any = None, timesteps=None,
@@ -433,10 +437,13 @@ def dpmpp_2m_loop(model: Model, schedule: Schedule, x: Any, sigmas, y: Any = Non
         raise ValueError(f"lower_order_final must be a bool, got {lower_order_final!r}")
     denoiser = karras_denoiser(model, schedule, y, **options)
     n = len(t)
-    x0_prev = sigma_prev = None
-    for i in range(n):
-        first_order = i == 0 or (lower_order_final and i == n - 1)
-        x_next, x0 = dpmpp_2m_step(denoiser, x, s[i], s[i + 1], t[i], None if first_order else x0_prev, sigma_prev)
-        x0_prev, sigma_prev = x0, s[i]
-        x = x_next
-        yield SampleStep(n - 1 - i, model_timesteps(schedule, t[i], x), x, x0)
+
+    def chain(x):
+        x0_prev = sigma_prev = None
+        for i in range(n):
+            first_order = i == 0 or (lower_order_final and i == n - 1)
+            x, x0 = dpmpp_2m_step(denoiser, x, s[i], s[i + 1], t[i], None if first_order else x0_prev, sigma_prev)
+            x0_prev, sigma_prev = x0, s[i]
+            yield SampleStep(n - 1 - i, model_timesteps(schedule, t[i], x), x, x0)
+
+    return chain(x)
