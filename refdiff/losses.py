@@ -1,0 +1,440 @@
+"""Training objectives and their gradients with respect to the model output; timestep samplers.
+
+L_simple for eps / x0 / v targets (Ho et al. 2020, eq. 14; Salimans & Ho 2022), min-SNR weighting
+(Hang et al. 2023, gamma = 5), the hybrid L_simple + lambda L_vlb and the pure L_vlb with learned
+variances (Nichol & Dhariwal 2021, Sec. 3.1, eq. 16), and importance sampling of t by the loss's
+second moment (Sec. 3.3). Every loss returns d loss / d model_output, derived by hand in
+docs/derivations/losses.md, which the model's backward then takes.
+
+Units: the VLB term L_t is in bits/dim (``likelihood.vlb_term_bpd``). One draw of t estimates
+L_vlb = sum_t L_t as T * L_t, so per sample the hybrid loss is mse + vlb_weight * T * L_t and the
+"kl" loss is T * L_t: improved DDPM's RESCALED_MSE (its ``vb * num_timesteps / 1000`` is lambda * T
+with lambda = 0.001) and RESCALED_KL.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from refdiff.backend import asarray, device, gather, namespace, to_numpy
+from refdiff.diffusion import (
+    CONVENTIONS,
+    DIFFUSERS_MIN_VARIANCE,
+    PREDICTIONS,
+    check_t,
+    p_mean_variance,
+    predict_v,
+    q_posterior,
+    q_sample,
+)
+from refdiff.likelihood import CDFS, MIN_PROB, vlb_term_bpd
+from refdiff.schedules import Schedule
+
+LOSSES = ("mse", "hybrid", "kl")
+WEIGHTINGS = ("none", "min_snr")
+LEARNED_VARIANCES = ("learned_range", "learned")
+MIN_SNR_GAMMA = 5.0  # the gamma Hang et al. 2023 recommend
+
+
+class LossTerms(NamedTuple):
+    """Per-sample terms of a training loss, for logging and for the importance sampler."""
+
+    loss: Any  # (N,) per-sample loss before the importance weights (LossSecondMomentSampler.update)
+    mse: Any   # (N,) mean over non-batch axes of (prediction - target)^2, unweighted
+    vlb: Any   # (N,) the VLB term L_t in bits/dim; None for loss="mse"
+
+
+def training_loss(schedule: Schedule, model_output: Any, x0: Any, t: Any, eps: Any,
+                  prediction: str = "eps", loss: str = "mse", weighting: str = "none",
+                  vlb_weight: float = 0.001, levels: int = 256, *, weights: Any = None,
+                  snr_gamma: float = MIN_SNR_GAMMA, variance: str = "learned_range",
+                  convention: str = "openai", cdf: str = "approx"):
+    """The training loss at x_t = q_sample(x0, t, eps), and its gradient w.r.t. model_output.
+
+    Math, per sample n (w_n the min-SNR weight or 1, c_n the importance weight or 1):
+      mse:     L_n = w_n mean((out_n - target_n)^2)                      (Ho et al. 2020, eq. 14)
+      hybrid:  L_n = w_n mse_n + vlb_weight * T * L_t(sg[mean], var)     (Nichol & Dhariwal, eq. 16)
+      kl:      L_n = T * L_t(mean, var)
+      loss = (1/N) sum_n c_n L_n
+    sg[.] stops the gradient: the VLB term of the hybrid loss trains only the variance channels.
+
+    model_output: (N, C, ...) for "mse", (N, 2C, ...) for "hybrid" / "kl" (prediction in the first
+    C channels, variance values in the last C, read as ``variance``); x0, eps: (N, C, ...);
+    t: (N,) int; weights: (N,) like x0's dtype, e.g. from ``sample_timesteps``.
+    Returns (loss 0-d, dout like model_output, LossTerms of (N,) arrays), on x0's backend.
+    """
+    _check_loss_args(schedule, model_output, x0, t, eps, prediction, loss, weighting, vlb_weight,
+                     levels, weights, snr_gamma, variance, convention, cdf)
+    xp = namespace(x0, model_output)
+    C = x0.shape[1]
+    out = model_output[:, :C, ...] if loss != "mse" else model_output
+    mse, dmse = mse_with_grad(out, mse_target(schedule, prediction, x0, t, eps))
+    w = min_snr_weights(schedule, t, x0, prediction, snr_gamma) if weighting == "min_snr" else None
+    per_sample = mse if w is None else w * mse
+    dout = dmse if w is None else _per_sample(w, dmse) * dmse
+    vlb = None
+    if loss != "mse":
+        xt = q_sample(schedule, x0, t, eps)
+        vlb, dmean_out, dvar_out = vlb_with_grad(schedule, model_output, x0, xt, t, prediction,
+                                                 variance, convention, levels, cdf)
+        scale = schedule.T * (vlb_weight if loss == "hybrid" else 1.0)
+        if loss == "hybrid":  # the mean is a constant here: only the variance channels learn from L_vlb
+            per_sample = per_sample + scale * vlb
+        else:
+            per_sample, dout = scale * vlb, scale * dmean_out
+        dout = xp.concat([dout, scale * dvar_out], axis=1)                     # (N, 2C, ...)
+    # loss = (1/N) sum_n c_n L_n: each sample's gradient carries c_n / N.
+    weighted = per_sample if weights is None else weights * per_sample
+    coef = 1.0 / x0.shape[0] if weights is None else _per_sample(weights, dout) / x0.shape[0]
+    return xp.mean(weighted), coef * dout, LossTerms(per_sample, mse, vlb)
+
+
+def mse_target(schedule: Schedule, prediction: str, x0: Any, t: Any, eps: Any):
+    """The regression target of a prediction kind: eps, x0, or v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0."""
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x0
+    return predict_v(schedule, x0, t, eps)
+
+
+def mse_with_grad(out: Any, target: Any):
+    """Per-sample mean squared error and its gradient w.r.t. out.
+
+    Math: mse_n = (1/M) sum_i (out_ni - target_ni)^2,  d mse_n / d out_ni = (2/M) (out_ni - target_ni)
+    out, target: (N, ...), M = prod of the non-batch axes. Returns ((N,), like out).
+    """
+    xp = namespace(out)
+    diff = out - target
+    M = math.prod(out.shape[1:])
+    return xp.mean(diff * diff, axis=tuple(range(1, out.ndim))), (2.0 / M) * diff
+
+
+def min_snr_weight_table(schedule: Schedule, prediction: str, gamma: float = MIN_SNR_GAMMA) -> np.ndarray:
+    """(T,) float64 min-SNR-gamma weights of each step for a prediction kind (Hang et al. 2023).
+
+    Math: eps: min(SNR_t, gamma) / SNR_t;  x0: min(SNR_t, gamma);  v: min(SNR_t, gamma) / (SNR_t + 1)
+    Each turns its target's squared error into min(SNR_t, gamma) ||x0 - x0_hat||^2, since
+    ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1) ||x0 - x0_hat||^2.
+    The eps weight is computed as min(1, gamma / SNR_t): 1 where SNR_t = 0 (zero terminal SNR).
+    """
+    snr = schedule.snr
+    if prediction == "eps":
+        with np.errstate(divide="ignore"):
+            return np.minimum(1.0, gamma / snr)
+    if prediction == "x0":
+        return np.minimum(snr, gamma)
+    return np.minimum(snr, gamma) / (snr + 1.0)
+
+
+def min_snr_weights(schedule: Schedule, t: Any, like: Any, prediction: str, gamma: float = MIN_SNR_GAMMA):
+    """(N,) min-SNR weights at t (see ``min_snr_weight_table``), in like's library, device and dtype."""
+    xp = namespace(like)
+    return xp.take(asarray(min_snr_weight_table(schedule, prediction, gamma), like=like, dtype=like.dtype), t)
+
+
+def _per_sample(w: Any, x: Any):
+    """(N,) -> (N, 1, ..., 1) to broadcast against x."""
+    xp = namespace(w)
+    return xp.reshape(w, (w.shape[0],) + (1,) * (x.ndim - 1))
+
+
+# --- the VLB term and its gradient ------------------------------------------------------------
+
+
+def vlb_with_grad(schedule: Schedule, model_output: Any, x0: Any, xt: Any, t: Any, prediction: str,
+                  variance: str, convention: str, levels: int, cdf: str):
+    """The VLB term L_t in bits/dim and its gradients w.r.t. both halves of a learned-variance output.
+
+    Math (docs/derivations/losses.md): mean = A_t out + B_t (mu~_t of the predicted x0, eq. 7 of
+    Ho et al. 2020, linear in out), log_var = a_t + S_t var_out (eq. 15 of Nichol & Dhariwal), so
+      d L_t / d out     = A_t * d L_t / d mean
+      d L_t / d var_out = S_t * d L_t / d log_var
+
+    model_output: (N, 2C, ...); x0, xt: (N, C, ...); t: (N,).
+    Returns (vlb (N,), d vlb / d out (N, C, ...), d vlb / d var_out (N, C, ...)).
+    """
+    p = p_mean_variance(schedule, model_output, xt, t, prediction, variance, convention=convention)
+    vlb = vlb_term_bpd(schedule, x0, xt, t, p.mean, p.log_variance, levels, cdf)     # forward: likelihood.py
+    dmean, dlog_var = vlb_backward(schedule, x0, xt, t, p.mean, p.log_variance, levels, cdf)
+    dout = gather(mean_slope_table(schedule, prediction), t, x0) * dmean
+    if variance == "learned":
+        return vlb, dout, dlog_var                                                  # log_var = var_out
+    return vlb, dout, gather(learned_range_slope_table(schedule, convention), t, x0) * dlog_var
+
+
+def vlb_backward(schedule: Schedule, x0: Any, xt: Any, t: Any, mean: Any, log_variance: Any,
+                 levels: int = 256, cdf: str = "approx"):
+    """Gradients of ``likelihood.vlb_term_bpd`` w.r.t. the model's mean and log-variance, elementwise.
+
+    Math: vlb_n = (1 / (M ln 2)) sum_i ell_ni with ell = KL(q || p) for t > 0 and
+          ell = -log p(x0 | x_t) for t = 0 (the decoder, with log_scale = log_var / 2), so
+          d vlb_n / d mean_ni = (1 / (M ln 2)) d ell_ni / d mean_ni, and likewise for log_var.
+
+    x0, xt, mean: (N, ...); log_variance: (N, ...); t: (N,). Returns (dmean, dlog_variance) like mean.
+    """
+    xp = namespace(x0, mean)
+    scale = 1.0 / (math.prod(x0.shape[1:]) * math.log(2.0))
+    true_mean, _, true_log_variance = q_posterior(schedule, x0, xt, t)
+    dkl_dmean, dkl_dlog_var = normal_kl_backward(true_mean, true_log_variance, mean, log_variance)
+    dll_dmean, dll_dlog_scale = discretized_gaussian_log_likelihood_backward(
+        x0, mean, 0.5 * log_variance, levels, cdf)
+    decoder = _per_sample(t == 0, x0)                                               # (N, 1, ..., 1)
+    dmean = xp.where(decoder, -dll_dmean, dkl_dmean)
+    dlog_var = xp.where(decoder, -0.5 * dll_dlog_scale, dkl_dlog_var)              # d log_scale / d log_var = 1/2
+    return scale * dmean, scale * dlog_var
+
+
+def normal_kl_backward(mean1: Any, logvar1: Any, mean2: Any, logvar2: Any):
+    """Gradients of KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) w.r.t. the second Gaussian.
+
+    Math: KL = 0.5 (-1 + logvar2 - logvar1 + e^(logvar1 - logvar2) + (mean1 - mean2)^2 e^(-logvar2))
+          dKL / d mean2   = (mean2 - mean1) e^(-logvar2)
+          dKL / d logvar2 = 0.5 (1 - e^(logvar1 - logvar2) - (mean1 - mean2)^2 e^(-logvar2))
+    1 - e^d is computed as -expm1(d), exact at d = 0. Arrays broadcast; returns both at full shape.
+    """
+    xp = namespace(mean1, mean2)
+    precision2 = xp.exp(-logvar2)
+    diff = mean2 - mean1
+    return diff * precision2, 0.5 * (-xp.expm1(logvar1 - logvar2) - diff * diff * precision2)
+
+
+def mean_slope_table(schedule: Schedule, prediction: str) -> np.ndarray:
+    """(T,) float64 A_t = d mean / d out: mean = coef1 x0_hat + coef2 x_t with x0_hat linear in out.
+
+    Math: eps: x0_hat = sqrt(1/alpha_bar) x_t - sqrt(1/alpha_bar - 1) out  -> A = -coef1 sqrt(1/alpha_bar - 1)
+          x0:  x0_hat = out                                                -> A = coef1
+          v:   x0_hat = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) out      -> A = -coef1 sqrt(1 - alpha_bar)
+    coef1 = posterior_mean_coef1 (Ho et al. 2020, eq. 7). No clipping of x0_hat in training.
+    """
+    coef1 = schedule.posterior_mean_coef1
+    if prediction == "eps":
+        return -coef1 * schedule.sqrt_recipm1_alpha_bar
+    if prediction == "x0":
+        return coef1
+    return -coef1 * schedule.sqrt_one_minus_alpha_bar
+
+
+def learned_range_slope_table(schedule: Schedule, convention: str) -> np.ndarray:
+    """(T,) float64 S_t = d log_var / d var_out of the learned-range variance (Nichol & Dhariwal, eq. 15).
+
+    Math: log_var = f log beta_t + (1 - f) min_log_t, f = (var_out + 1) / 2
+          -> S_t = (log beta_t - min_log_t) / 2
+    min_log_t as in ``diffusion.p_mean_variance``: log beta~_t with beta~_1 at t = 0 ("openai") or
+    log max(beta~_t, 1e-20) ("diffusers").
+    """
+    if convention == "openai":
+        min_log = schedule.posterior_log_variance_clipped
+    else:
+        min_log = np.log(np.maximum(schedule.posterior_variance, DIFFUSERS_MIN_VARIANCE))
+    return 0.5 * (np.log(schedule.betas) - min_log)
+
+
+# --- the discretized Gaussian decoder's gradient ----------------------------------------------
+
+_TANH_K = math.sqrt(2.0 / math.pi)
+_TANH_C = 0.044715
+
+
+def approx_standard_normal_pdf(u: Any):
+    """Derivative of the tanh approximation of Phi (``likelihood.approx_standard_normal_cdf``).
+
+    Math: Phi(u) ~= (1 + tanh(z)) / 2, z = k (u + c u^3), k = sqrt(2 / pi), c = 0.044715
+          Phi'(u) = k (1 + 3 c u^2) sech^2(z) / 2,  sech^2(z) = 4 a / (1 + a)^2, a = exp(-2 |z|)
+    The exp(-2|z|) form cannot overflow and stays accurate where tanh(z) rounds to +-1.
+    """
+    xp = namespace(u)
+    z = _TANH_K * (u + _TANH_C * u**3)
+    a = xp.exp(-2.0 * xp.abs(z))
+    return 0.5 * _TANH_K * (1.0 + 3.0 * _TANH_C * u * u) * (4.0 * a / ((1.0 + a) * (1.0 + a)))
+
+
+def standard_normal_pdf(u: Any):
+    """phi(u) = exp(-u^2 / 2) / sqrt(2 pi), the derivative of the exact Phi."""
+    xp = namespace(u)
+    return xp.exp(-0.5 * u * u) / math.sqrt(2.0 * math.pi)
+
+
+PDFS = {"approx": approx_standard_normal_pdf, "exact": standard_normal_pdf}
+
+
+def discretized_gaussian_log_likelihood_backward(x: Any, mean: Any, log_scale: Any, levels: int = 256,
+                                                 cdf: str = "approx"):
+    """Gradients of ``likelihood.discretized_gaussian_log_likelihood`` w.r.t. mean and log_scale.
+
+    Math: u+- = (x +- h - mean) / s, s = exp(log_scale), h = 1 / (levels - 1),
+          P = Phi(u+) - Phi(u-) with Phi(u-) := 0 in the lowest bin and Phi(u+) := 1 in the highest,
+          d log P / d mean      = -(phi(u+) - phi(u-)) / (s P)
+          d log P / d log_scale = -(u+ phi(u+) - u- phi(u-)) / P
+    with phi = Phi' of the same ``cdf`` (the tanh form's own derivative for "approx"), phi(u-) := 0
+    in the lowest bin, phi(u+) := 0 in the highest, and both gradients 0 where P <= MIN_PROB (the
+    forward's floor max(P, MIN_PROB) is constant there).
+
+    x: (N, ...) data on the grid; mean, log_scale: like x. Returns (dmean, dlog_scale) like x.
+    """
+    xp = namespace(x, mean)
+    Phi, phi = CDFS[cdf], PDFS[cdf]
+    h = 1.0 / (levels - 1)
+    inv_s = xp.exp(-log_scale)
+    u_plus, u_min = inv_s * (x - mean + h), inv_s * (x - mean - h)
+    lowest, highest = x < -1.0 + h, x > 1.0 - h                    # the bins extended to -inf / +inf
+    cdf_plus, cdf_min = Phi(u_plus), Phi(u_min)
+    prob = xp.where(lowest, cdf_plus, xp.where(highest, 1.0 - cdf_min, cdf_plus - cdf_min))  # as the forward
+    zero = xp.zeros_like(prob)
+    phi_plus = xp.where(highest, zero, phi(u_plus))
+    phi_min = xp.where(lowest, zero, phi(u_min))
+    floor = xp.full_like(prob, MIN_PROB)
+    inv_prob = xp.where(prob > floor, 1.0 / xp.maximum(prob, floor), zero)
+    dmean = -inv_s * (phi_plus - phi_min) * inv_prob
+    dlog_scale = -(u_plus * phi_plus - u_min * phi_min) * inv_prob
+    return dmean, dlog_scale
+
+
+# --- timestep sampling ------------------------------------------------------------------------
+
+
+class LossSecondMomentSampler:
+    """Importance sampling of t by the loss's second moment (Nichol & Dhariwal 2021, Sec. 3.3).
+
+    Math: p_t = (1 - u) sqrt(E[L_t^2]) / sum_s sqrt(E[L_s^2]) + u / T,  weight_t = 1 / (T p_t)
+    E[L_t^2] is the mean of the last ``history`` losses seen at t; p is uniform until every t has
+    ``history`` of them. u = ``uniform_prob`` (0.001 in improved DDPM's code) keeps every t drawn.
+    The weights keep the loss unbiased: E_{t~p}[weight_t L_t] = (1/T) sum_t L_t.
+
+    Lives on the host (NumPy float64). ``get_state`` / ``set_state`` round-trip it as two plain arrays
+    for checkpoints: "history" (T, history) float64 and "counts" (T,) int64.
+    """
+
+    def __init__(self, T: int, history: int = 10, uniform_prob: float = 0.001):
+        for name, value, low in (("T", T, 1), ("history", history, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not 0.0 <= uniform_prob <= 1.0:
+            raise ValueError(f"uniform_prob must lie in [0, 1], got {uniform_prob!r}")
+        self.T, self.history, self.uniform_prob = int(T), int(history), float(uniform_prob)
+        self._losses = np.zeros((self.T, self.history), dtype=np.float64)  # (T, history), oldest first
+        self._counts = np.zeros(self.T, dtype=np.int64)                     # (T,) losses seen, capped
+
+    @property
+    def warmed_up(self) -> bool:
+        """True once every step t has ``history`` losses."""
+        return bool(np.all(self._counts == self.history))
+
+    def probabilities(self) -> np.ndarray:
+        """(T,) float64 p_t: uniform before warm-up, then proportional to sqrt(E[L_t^2]) mixed with u."""
+        if not self.warmed_up:
+            return np.full(self.T, 1.0 / self.T)
+        rms = np.sqrt(np.mean(self._losses**2, axis=1))                     # (T,) sqrt(E[L_t^2])
+        return (1.0 - self.uniform_prob) * rms / np.sum(rms) + self.uniform_prob / self.T
+
+    def sample(self, N: int, generator) -> tuple[np.ndarray, np.ndarray]:
+        """N steps t ~ p by inverse CDF of one uniform draw each, and their weights 1 / (T p_t).
+
+        Returns (t (N,) int64, weights (N,) float64), host NumPy.
+        """
+        p = self.probabilities()
+        cdf = np.cumsum(p)
+        u = generator.uniform((N,)) * cdf[-1]                               # cdf[-1] == 1 up to rounding
+        t = np.minimum(np.searchsorted(cdf, u, side="right"), self.T - 1).astype(np.int64)
+        return t, 1.0 / (self.T * p[t])
+
+    def update(self, t: Any, losses: Any) -> None:
+        """Record per-sample losses (N,) at steps t (N,) (any backend); each t keeps its last ``history``."""
+        t, losses = to_numpy(t), to_numpy(losses).astype(np.float64)
+        if t.ndim != 1 or losses.shape != t.shape:
+            raise ValueError(f"t and losses must be (N,) arrays of one shape, got {t.shape}, {losses.shape}")
+        if t.size and (t.min() < 0 or t.max() >= self.T):
+            raise ValueError(f"t must lie in [0, {self.T}), got [{t.min()}, {t.max()}]")
+        if not np.all(np.isfinite(losses)):
+            raise ValueError("losses must be finite")
+        for step, value in zip(t.tolist(), losses.tolist()):
+            k = self._counts[step]
+            if k == self.history:                                            # drop the oldest
+                self._losses[step, :-1] = self._losses[step, 1:]
+                k -= 1
+            self._losses[step, k] = value
+            self._counts[step] = k + 1
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """{"history": (T, history) float64 losses, oldest first; "counts": (T,) int64}, copies."""
+        return {"history": self._losses.copy(), "counts": self._counts.copy()}
+
+    def set_state(self, state: dict) -> None:
+        """Restore a state saved by ``get_state``."""
+        losses, counts = np.asarray(state["history"], np.float64), np.asarray(state["counts"], np.int64)
+        if losses.shape != self._losses.shape or counts.shape != self._counts.shape:
+            raise ValueError(f"state must hold history {self._losses.shape} and counts {self._counts.shape}, "
+                             f"got {losses.shape} and {counts.shape}")
+        if np.any((counts < 0) | (counts > self.history)):
+            raise ValueError(f"state counts must lie in [0, {self.history}]")
+        self._losses, self._counts = losses.copy(), counts.copy()
+
+
+def sample_timesteps(T: int, N: int, generator, like: Any, method: Any = "uniform"):
+    """N training steps t in [0, T) and their importance weights, on like's backend.
+
+    method: "uniform" (t ~ U{0, ..., T-1}, weights 1) or a LossSecondMomentSampler (its p_t and
+    weights 1 / (T p_t)). Drawn on the host by ``generator`` (a refdiff.backend.Generator), so one
+    seed gives the same steps on every backend.
+    like: a floating array. Returns (t (N,) int64, weights (N,) in like's dtype).
+    """
+    if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 1:
+        raise ValueError(f"N must be an integer >= 1, got {N!r}")
+    xp = namespace(like)
+    if not xp.isdtype(like.dtype, "real floating"):
+        raise TypeError(f"like must be a real floating array, got dtype {like.dtype}")
+    if isinstance(method, LossSecondMomentSampler):
+        if method.T != T:
+            raise ValueError(f"the sampler has T={method.T}, but T={T!r} was asked for")
+        t, w = method.sample(N, generator)
+        return asarray(t, like=like), asarray(w, like=like, dtype=like.dtype)
+    if method != "uniform":
+        raise ValueError(f"method must be 'uniform' or a LossSecondMomentSampler, got {method!r}")
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
+        raise ValueError(f"T must be an integer >= 1, got {T!r}")
+    t = generator.integers(0, T, (N,), like=like)
+    return t, xp.ones((N,), dtype=like.dtype, device=device(like))
+
+
+# --- validation at the boundary ---------------------------------------------------------------
+
+
+def _check_loss_args(schedule, model_output, x0, t, eps, prediction, loss, weighting, vlb_weight,
+                     levels, weights, snr_gamma, variance, convention, cdf) -> None:
+    for name, value, allowed in (("prediction", prediction, PREDICTIONS), ("loss", loss, LOSSES),
+                                 ("weighting", weighting, WEIGHTINGS),
+                                 ("variance", variance, LEARNED_VARIANCES),
+                                 ("convention", convention, CONVENTIONS), ("cdf", cdf, tuple(CDFS))):
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    if weighting == "min_snr" and loss == "kl":
+        raise ValueError("weighting='min_snr' reweights the MSE term; loss='kl' has none: use weighting='none'")
+    if isinstance(vlb_weight, bool) or not 0.0 <= vlb_weight < math.inf:
+        raise ValueError(f"vlb_weight must be a finite number >= 0, got {vlb_weight!r}")
+    if not snr_gamma > 0:
+        raise ValueError(f"snr_gamma must be > 0 (math.inf allowed), got {snr_gamma!r}")
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 2:
+        raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
+    _check_loss_arrays(schedule, model_output, x0, t, eps, loss, weights)
+
+
+def _check_loss_arrays(schedule, model_output, x0, t, eps, loss, weights) -> None:
+    xp = namespace(x0)
+    if not xp.isdtype(x0.dtype, "real floating") or x0.ndim < 2 or x0.shape[0] < 1:
+        raise ValueError(f"x0 must be a real floating (N, C, ...) array with N >= 1, got shape {x0.shape}, "
+                         f"dtype {x0.dtype}")
+    if eps.shape != x0.shape or eps.dtype != x0.dtype:
+        raise ValueError(f"eps must match x0's shape {x0.shape} and dtype {x0.dtype}, got {eps.shape}, {eps.dtype}")
+    channels = x0.shape[1] if loss == "mse" else 2 * x0.shape[1]
+    expected = (x0.shape[0], channels, *x0.shape[2:])
+    if model_output.shape != expected or model_output.dtype != x0.dtype:
+        raise ValueError(f"model_output must have shape {expected} and dtype {x0.dtype} for loss={loss!r} "
+                         f"({'C' if loss == 'mse' else '2C'} channels), got {model_output.shape}, "
+                         f"{model_output.dtype}")
+    if weights is not None and (weights.shape != (x0.shape[0],) or weights.dtype != x0.dtype):
+        raise ValueError(f"weights must be None or ({x0.shape[0]},) of dtype {x0.dtype}, "
+                         f"got {weights.shape}, {weights.dtype}")
+    check_t(schedule, t, x0)
