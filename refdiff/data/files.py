@@ -1,0 +1,316 @@
+"""The user's own images: a NumPy .npz archive or a folder of image files; and a train/test split.
+
+Both loaders return x: (N, C, H, W) host NumPy float32 (or float64) in [-1, 1] and y: (N,) int64
+labels, or None for unlabelled data, and raise ValueError / FileNotFoundError naming the file and
+what is wrong. Archives are read with np.load(..., allow_pickle=False): object arrays are refused.
+
+Pixel values: uint8 (and other integer arrays within 0..255) map by x = (2k - 255) / 255, which is
+k / 255 * 2 - 1 with one rounding, so 0 -> -1 and 255 -> +1; float arrays must already lie in [-1, 1]
+(a warning is issued when they are all >= 0, the sign of [0, 1] data that still needs 2 x - 1).
+
+Channel axis of a rank-4 array (CHANNELS = 1, 3 or 4): it is (N, H, W, C) when the last axis is in
+CHANNELS and smaller than axis 1, otherwise (N, C, H, W), whose axis 1 must then be in CHANNELS.
+So (N, 32, 32, 3) and (N, 4, 4, 3) are channels-last, (N, 3, 32, 32) and (N, 1, 28, 28) are
+channels-first. A rank-3 array (N, H, W) is greyscale, C = 1.
+"""
+
+import math
+import warnings
+import zipfile
+from numbers import Integral, Real
+from pathlib import Path
+
+import numpy as np
+
+from refdiff.data.digits import _check_dtype
+
+IMAGE_KEYS = ("x", "images", "x_train")  # the image array of an archive has exactly one of these names
+LABEL_KEYS = ("y", "labels", "y_train")  # x pairs with y, images with labels, x_train with y_train
+CHANNELS = (1, 3, 4)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes read as one channel when colors=None
+
+
+# ---------------------------------------------------------------------------------------------
+# checks and conversions shared by both loaders
+
+
+def _existing(path, kind):
+    """path as a Path; FileNotFoundError if it does not exist, ValueError if it is not a `kind`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such {'folder' if kind == 'dir' else 'file'}")
+    if kind == "file" and path.is_dir():
+        raise ValueError(f"{path}: is a folder, expected an .npz file (for a folder of images use load_image_folder)")
+    if kind == "dir" and not path.is_dir():
+        raise ValueError(f"{path}: is a file, expected a folder of images (for an .npz file use load_npz)")
+    return path
+
+
+def _to_nchw(a, where):
+    """(N, H, W), (N, H, W, C) or (N, C, H, W) -> (N, C, H, W) by the channel rule of the module docstring."""
+    if a.ndim == 3:
+        return a[:, None]  # (N, 1, H, W)
+    if a.ndim != 4:
+        raise ValueError(
+            f"{where}: images must have rank 3 (N, H, W) or 4 (N, H, W, C) / (N, C, H, W), got shape {a.shape}"
+        )
+    if a.shape[-1] in CHANNELS and a.shape[-1] < a.shape[1]:
+        return np.moveaxis(a, -1, 1)  # (N, H, W, C) -> (N, C, H, W)
+    if a.shape[1] in CHANNELS:
+        return a
+    raise ValueError(f"{where}: cannot find a channel axis of size {CHANNELS} in shape {a.shape} (axis 1 or last)")
+
+
+def _scale_pixels(a, where, dtype):
+    """Integer pixels in 0..255 -> (2k - 255) / 255; float pixels checked to be finite and in [-1, 1]."""
+    if a.dtype.kind in "iu":
+        low, high = int(a.min()), int(a.max())
+        if low < 0 or high > 255:
+            raise ValueError(f"{where}: integer images must lie in 0..255 (uint8), got values in [{low}, {high}]")
+        # (2k - 255) / 255: the numerator is exact, so one correctly rounded division: -1 and +1 are
+        # hit exactly, and float32 results equal float32(float64 results) (double rounding of a
+        # quotient is innocuous from binary64 to binary32)
+        x = a.astype(dtype)
+        x *= 2
+        x -= 255
+        x /= 255
+        return x
+    if a.dtype.kind != "f":
+        raise ValueError(f"{where}: images must be uint8 or float, got dtype {a.dtype}")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{where}: {int(bad.sum())} non-finite values (NaN or inf) in the images, first at {first}")
+    low, high = float(a.min()), float(a.max())
+    if low < -1 - 1e-6 or high > 1 + 1e-6:
+        raise ValueError(
+            f"{where}: float images must lie in [-1, 1], got values in [{low:.6g}, {high:.6g}]; "
+            "rescale them (2 x - 1 for [0, 1] data, x / 127.5 - 1 for 0..255 data) or save 0..255 data as uint8"
+        )
+    if low >= 0:
+        warnings.warn(f"{where}: float images lie in [{low:.3g}, {high:.3g}], none negative: if they are [0, 1] data, "
+                      "rescale them by 2 x - 1 to [-1, 1]", UserWarning, stacklevel=4)  # the caller of load_npz
+    return np.clip(a, -1, 1).astype(dtype)  # the clip only removes rounding beyond +-1 (<= 1e-6)
+
+
+def _check_images(a, where, dtype):
+    """Any accepted image array -> (N, C, H, W) of dtype in [-1, 1]; ValueError for empty data."""
+    x = _to_nchw(a, where)
+    if x.size == 0:
+        raise ValueError(f"{where}: empty dataset, images have shape {a.shape}")
+    return _scale_pixels(x, where, dtype)
+
+
+def _check_labels(b, n, where, num_classes):
+    """Labels (N,) or (N, 1), integer (or whole floats), in [0, num_classes) -> (N,) int64."""
+    if b.ndim == 2 and b.shape[1] == 1:
+        b = b[:, 0]
+    if b.ndim != 1:
+        hint = " (one-hot labels? store labels.argmax(1))" if b.ndim == 2 else ""
+        raise ValueError(f"{where}: labels must have shape (N,), got {b.shape}{hint}")
+    if b.shape[0] != n:
+        raise ValueError(f"{where}: {b.shape[0]} labels for {n} images, the lengths must match")
+    if b.dtype.kind == "f" and not (np.isfinite(b).all() and np.array_equal(b, np.round(b))):
+        raise ValueError(f"{where}: labels must be whole numbers, got non-integer or non-finite float labels")
+    if b.dtype.kind not in "iuf":
+        raise ValueError(f"{where}: labels must be integers, got dtype {b.dtype}")
+    low, high = b.min(), b.max()
+    upper = np.iinfo(np.int64).max if num_classes is None else num_classes - 1
+    if low < 0 or high > upper:
+        allowed = "integers >= 0" if num_classes is None else f"integers in [0, {num_classes})"
+        raise ValueError(f"{where}: labels must be {allowed}, got values in [{low}, {high}]")
+    return b.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# .npz archives
+
+
+def _pick_keys(names, where):
+    """(image key, label key or None) among the archive's array names; ValueError if none or ambiguous."""
+    found = [k for k in IMAGE_KEYS if k in names]
+    if not found:
+        raise ValueError(f"{where}: no image array named one of {IMAGE_KEYS}; the archive holds {sorted(names)}")
+    if len(found) > 1:
+        raise ValueError(f"{where}: several image arrays {found}, expected exactly one of {IMAGE_KEYS}")
+    labels = [k for k in LABEL_KEYS if k in names]
+    partner = LABEL_KEYS[IMAGE_KEYS.index(found[0])]
+    if partner in labels or not labels:
+        return found[0], (partner if partner in labels else None)
+    if len(labels) > 1:
+        raise ValueError(f"{where}: several label arrays {labels} and none is {partner!r}, the partner of {found[0]!r}")
+    return found[0], labels[0]
+
+
+def _read_array(npz, key, where):
+    try:
+        return npz[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # object arrays need pickle: refused
+        raise ValueError(f"{where}: cannot read array {key!r} ({e})") from e
+
+
+def load_npz(path, dtype=np.float32, num_classes=None):
+    """Load images (and labels, when present) from a NumPy .npz archive.
+
+    Math: x = (2k - 255) / 255 for integer pixels k in 0..255; float pixels are taken as they are.
+
+    path: the .npz file, holding one image array named `x`, `images` or `x_train` (rank 3 or 4,
+    channel axis by the rule of the module docstring) and optionally labels named `y`, `labels` or
+    `y_train` (the partner name is preferred; `x_test` and other arrays are ignored).
+    dtype: np.float32 or np.float64; num_classes: labels must lie in [0, num_classes), or only be
+    >= 0 when None.
+    Returns x: (N, C, H, W) of dtype in [-1, 1]; y: (N,) int64, or None without a label array.
+    """
+    _check_dtype(dtype)
+    path = _existing(path, "file")
+    with open(path, "rb") as f:  # our own handle: closed even when np.load fails half-way
+        try:
+            npz = np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path}: not a readable .npz archive ({e})") from e
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path}: holds one .npy array, expected an .npz archive (np.savez(path, x=..., y=...))")
+        with npz:
+            image_key, label_key = _pick_keys(npz.files, path)
+            a = _read_array(npz, image_key, path)
+            b = None if label_key is None else _read_array(npz, label_key, path)
+    x = _check_images(a, f"{path}: array {image_key!r}", np.dtype(dtype))
+    y = None if b is None else _check_labels(b, x.shape[0], f"{path}: array {label_key!r}", num_classes)
+    return x, y
+
+
+# ---------------------------------------------------------------------------------------------
+# folders of images (Pillow, imported only here)
+
+
+def _import_pillow():
+    try:
+        from PIL import Image, ImageOps
+    except ImportError as e:
+        raise ImportError("load_image_folder reads images with Pillow, not installed: pip install pillow") from e
+    return Image, ImageOps
+
+
+def _image_files(folder):
+    """Image files directly in folder (by extension, case-insensitive; hidden files skipped), sorted."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _class_folders(root):
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def image_folder_classes(path):
+    """The class names of an image folder: its subfolder names, sorted (label k is names[k]); () if none."""
+    return tuple(p.name for p in _class_folders(_existing(path, "dir")))
+
+
+def _folder_listing(root):
+    """(files, labels or None): every image with its class index, or the images of root unlabelled."""
+    classes, top = _class_folders(root), _image_files(root)
+    if classes and top:
+        raise ValueError(f"{root}: holds both images ({top[0].name}, ...) and subfolders ({classes[0].name}, ...); "
+                         "put every image in a class subfolder, or remove the subfolders")
+    if not classes:
+        if not top:
+            raise ValueError(f"{root}: empty dataset, no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        return top, None
+    files, labels = [], []
+    for k, folder in enumerate(classes):
+        mine = _image_files(folder)
+        if not mine:
+            raise ValueError(f"{folder}: class folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        files += mine
+        labels += [k] * len(mine)
+    return files, np.asarray(labels, dtype=np.int64)
+
+
+def _check_size(size):
+    """None, an int S (-> (S, S)) or a pair (H, W) of ints >= 1 -> None or (H, W)."""
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, Integral) else size
+    if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+            or not all(isinstance(v, Integral) and not isinstance(v, bool) and v >= 1 for v in pair)):
+        raise ValueError(f"size must be None, an int >= 1 or a pair (H, W) of ints >= 1, got {size!r}")
+    return tuple(int(v) for v in pair)
+
+
+def _read_image(Image, ImageOps, file, mode, size):
+    """One file -> (H, W) or (H, W, 3) uint8, upright (EXIF), in `mode` ("L" / "RGB"), resized if asked."""
+    try:
+        with Image.open(file) as im:
+            grey = im.mode in _GREY_MODES
+            im = ImageOps.exif_transpose(im).convert(mode or ("L" if grey else "RGB"))
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.Resampling.LANCZOS)  # Pillow sizes are (W, H)
+            return np.asarray(im)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{file}: cannot read as an image ({e})") from e
+
+
+def load_image_folder(path, size=None, colors=None, dtype=np.float32):
+    """Load a folder of images: one subfolder per class gives labels, a flat folder gives none.
+
+    Math: x = (2k - 255) / 255 for the 8-bit pixel values k (alpha channels are dropped).
+
+    path: a folder either of class subfolders (label k = k-th subfolder name in sorted order, see
+    image_folder_classes; hidden entries skipped) or of images only; files are read in sorted order
+    and recognised by extension (IMAGE_EXTENSIONS). size: None (all images must then share one size),
+    an int S or a pair (H, W): every image is resized to it (Lanczos; the aspect ratio is not kept).
+    colors: 1 (grey) or 3 (RGB), or None for 1 when every file is greyscale, else 3.
+    dtype: np.float32 or np.float64. Needs Pillow (pip install pillow), imported only here.
+    Returns x: (N, colors, H, W) of dtype in [-1, 1]; y: (N,) int64, or None for a flat folder.
+    """
+    _check_dtype(dtype)
+    size = _check_size(size)
+    if colors not in (None, 1, 3):
+        raise ValueError(f"colors must be None, 1 (grey) or 3 (RGB), got {colors!r}")
+    root = _existing(path, "dir")
+    files, y = _folder_listing(root)
+    Image, ImageOps = _import_pillow()
+    mode = {None: None, 1: "L", 3: "RGB"}[colors]
+    images = [_read_image(Image, ImageOps, f, mode, size) for f in files]  # (H, W) grey or (H, W, 3)
+    for f, im in zip(files, images):
+        if im.shape[:2] != images[0].shape[:2]:
+            raise ValueError(f"{root}: images differ in size: {files[0]} is {images[0].shape[1]}x{images[0].shape[0]}, "
+                             f"{f} is {im.shape[1]}x{im.shape[0]} (width x height); pass size= to resize them all")
+    if any(im.ndim == 3 for im in images):  # some colour files: grey ones become R = G = B, as Pillow does
+        images = [im if im.ndim == 3 else np.repeat(im[..., None], 3, axis=-1) for im in images]
+    a = np.stack(images)  # (N, H, W) or (N, H, W, 3) uint8
+    x = np.moveaxis(a, -1, 1) if a.ndim == 4 else a[:, None]  # (N, C, H, W)
+    return _scale_pixels(x, str(root), np.dtype(dtype)), y
+
+
+# ---------------------------------------------------------------------------------------------
+# held-out split
+
+
+def train_test_split(x, y=None, test_fraction=0.1, seed=0):
+    """Split rows of x (and y) at random into a training part and a held-out test part.
+
+    Math: perm = default_rng(seed).permutation(N); test = sorted(perm[:n_test]), train = the rest,
+    with n_test = round(test_fraction * N) kept within [1, N - 1]. Both parts keep the original order.
+
+    x: (N, ...) NumPy array, N >= 2; y: (N,) or None; test_fraction: in (0, 1); seed: int >= 0.
+    Returns x_train, x_test, y_train, y_test (scikit-learn's order); the y parts are None when y is.
+    """
+    x = np.asarray(x)
+    if x.ndim < 1 or x.shape[0] < 2:
+        raise ValueError(f"x must have at least 2 rows to split, got shape {x.shape}")
+    n = x.shape[0]
+    if y is not None and (np.ndim(y) < 1 or np.shape(y)[0] != n):
+        raise ValueError(f"y must have one entry per row of x ({n}), got shape {np.shape(y)}")
+    if not isinstance(test_fraction, Real) or not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
+    if not isinstance(seed, Integral) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    n_test = min(max(math.floor(test_fraction * n + 0.5), 1), n - 1)  # round half up, then clamp
+    perm = np.random.default_rng(seed).permutation(n)
+    test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    if y is None:
+        return x[train], x[test], None, None
+    y = np.asarray(y)
+    return x[train], x[test], y[train], y[test]
