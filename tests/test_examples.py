@@ -46,3 +46,42 @@ def test_forward_chain_example_runs_on_strict_fake_device(tmp_path):
     pytest.importorskip("array_api_strict")
     done = _run_example("forward_chain.py", "--out", str(tmp_path), "--backend", "array_api_strict")
     _assert_pngs(tmp_path, FORWARD_CHAIN_PNGS, done)
+
+
+# The sampler examples: each runs with --quick (small sample counts and step counts, a few seconds) and writes
+# its PNGs; the full defaults are what a reader runs by hand (under a minute each on a laptop CPU).
+EXAMPLE_PNGS = {
+    "toy2d.py": ("trajectories_ddpm.png", "trajectories_ddim.png", "samples.png"),
+    "samplers.py": ("samplers_grid.png", "quality_vs_steps.png"),
+    "guidance.py": ("guidance.png",),
+    "inpainting.py": ("inpainting.png", "sdedit.png"),
+}
+
+
+@pytest.mark.parametrize("script", sorted(EXAMPLE_PNGS))
+def test_sampler_examples_write_their_pngs_quickly(tmp_path, script):
+    """``python examples/<script> --quick --out DIR`` exits 0 and writes its PNGs to DIR: valid PNG signatures,
+    more than MIN_PNG_BYTES each, paths printed."""
+    done = _run_example(script, "--quick", "--out", str(tmp_path))
+    _assert_pngs(tmp_path, EXAMPLE_PNGS[script], done)
+
+
+def test_samplers_example_prints_a_finite_distance_for_every_sampler_and_step_count(tmp_path):
+    """The printed table has a row per sampler with one finite sliced-Wasserstein value per step count (5, 10 in
+    --quick mode), each above 0, and Heun's row gives its 2n - 1 model calls."""
+    done = _run_example("samplers.py", "--quick", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines() if line.strip()}
+    for name in ("DDPM", "DDIM", "Euler", "Heun", "Euler-a", "DPM++(2M)"):
+        values = [float(v) for v in rows[name] if not v.startswith("[")]
+        assert len(values) == 2 and all(0 < v < 10 for v in values), (name, rows[name])
+    assert "[9]" in rows["Heun"] and "[19]" in rows["Heun"]
+
+
+@pytest.mark.parametrize("script", ["toy2d.py", "inpainting.py"])
+def test_sampler_examples_run_on_strict_fake_device(tmp_path, script):
+    """With ``--backend array_api_strict`` (arrays on a fake non-CPU device, which refuses host/device mixing)
+    the 2-D example and the digits example exit 0 and write the same valid PNGs."""
+    pytest.importorskip("array_api_strict")
+    done = _run_example(script, "--quick", "--out", str(tmp_path), "--backend", "array_api_strict")
+    _assert_pngs(tmp_path, EXAMPLE_PNGS[script], done)
