@@ -124,10 +124,10 @@ def init_state(cfg: TrainConfig, model_cfg: Any) -> TrainState:
     return TrainState(params, ema, adamw_init(params), 0, generator, [])
 
 
-def save_state(path: Path, cfg: TrainConfig, model_cfg: Any, state: TrainState) -> Path:
-    """Write the run's checkpoint atomically (refdiff.checkpoint)."""
-    config = {"train": dataclasses.asdict(cfg), "model": {"kind": type(model_cfg).__name__,
-                                                          **dataclasses.asdict(model_cfg)}}
+def save_state(path: Path, cfg: TrainConfig, model_cfg: Any, state: TrainState, data_shape: tuple) -> Path:
+    """Write the run's checkpoint atomically (refdiff.checkpoint); data_shape is one sample's shape."""
+    config = {"train": dataclasses.asdict(cfg), "data_shape": list(data_shape),
+              "model": {"kind": type(model_cfg).__name__, **dataclasses.asdict(model_cfg)}}
     groups = {"params": _to_host(state.params), "ema": _to_host(state.ema), "opt": _to_host(state.opt),
               "log": {"loss": np.asarray(state.losses, dtype=np.float64)}}
     return save_checkpoint(path, config, state.step, state.generator.get_state(), groups)
@@ -200,7 +200,7 @@ def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
         while state.step < end:
             loss = train_step(cfg, model_cfg, schedule, state, x, y)
             if state.step % cfg.checkpoint_every == 0 or state.step == end:
-                save_state(path, cfg, model_cfg, state)
+                save_state(path, cfg, model_cfg, state, x.shape[1:])
             rate = cfg.batch_size * (state.step - start_step) / max(time.perf_counter() - start_time, 1e-9)
             bar.set_postfix(loss=f"{loss:.4f}", img_per_s=f"{rate:.0f}", refresh=False)
             bar.update(1)

@@ -54,3 +54,45 @@ def test_python_dash_m_refdiff_prints_version():
                           text=True, timeout=60, env={**os.environ, "PYTHONPATH": path})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"refdiff {__version__}"
+
+
+def test_demo_writes_its_figures_samples_and_checkpoint(tmp_path, capsys):
+    """`refdiff demo` (a few steps) writes forward_chain.png, loss_curve.png, samples.png, checkpoint.npz
+    and samples.npz with images in [-1, 1] of shape (10 classes * per-class, 1, 8, 8) and their labels."""
+    import numpy as np
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "6", "--per-class", "2", "--sample-steps", "3"]) == 0
+    for name in ("forward_chain.png", "loss_curve.png", "samples.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    with np.load(out / "samples.npz", allow_pickle=False) as npz:
+        assert npz["images"].shape == (20, 1, 8, 8) and np.all(np.abs(npz["images"]) <= 1.0)
+        np.testing.assert_array_equal(npz["labels"], np.repeat(np.arange(10), 2))
+    assert str(out / "samples.png") in capsys.readouterr().out
+
+
+def test_train_then_sample_on_a_toy_set_and_resume(tmp_path):
+    """`refdiff train --data toy2d:two_moons --preset mlp` writes a checkpoint, `--resume` continues it to
+    more steps, and `refdiff sample` turns it into an .npz of labelled 2-D points."""
+    import numpy as np
+
+    from refdiff.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    common = ["train", "--data", "toy2d:two_moons", "--preset", "mlp", "--batch-size", "32", "--T", "50",
+              "--checkpoint-every", "5", "--out", str(out)]
+    assert main(common + ["--steps", "5"]) == 0
+    assert main(common + ["--steps", "10", "--resume"]) == 0
+    assert load_checkpoint(out / "checkpoint.npz")["step"] == 10
+    samples = tmp_path / "s.npz"
+    assert main(["sample", str(out / "checkpoint.npz"), "--steps", "5", "--count", "3", "--out", str(samples)]) == 0
+    with np.load(samples, allow_pickle=False) as npz:
+        assert npz["images"].shape == (6, 2) and list(npz["labels"]) == [0, 0, 0, 1, 1, 1]
+
+
+def test_cli_errors_name_what_to_fix(tmp_path, capsys):
+    """Unknown data and a missing checkpoint exit with status 1 and one line on stderr saying what was wrong."""
+    assert main(["train", "--data", "mnist", "--out", str(tmp_path)]) == 1
+    assert "--data must be digits, shapes, toy2d:NAME or a .npz file" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path / "none.npz")]) == 1
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,557 @@
+"""ADM-style U-Net denoiser with hand-derived backprop (Dhariwal & Nichol 2021; Nichol & Dhariwal 2021).
+
+The architecture of guided-diffusion's ``UNetModel`` with conv resampling, composed of the blocks of
+refdiff.models.blocks; the data flow, where gradients add up and what the caches hold are drawn in
+docs/derivations/unet.md. In short (L = len(channel_mult) levels, R = num_res_blocks):
+
+    emb = silu(fc2(silu(fc1(sinusoid(t, base)))) [+ table[y]])            (N, E), shared by all ResBlocks
+    h = conv_in(x)                                              skips = [h]
+    level l = 0..L-1:  R x (ResBlock [+ Attn]) -> push; Downsample -> push (but after the last level)
+    middle:            ResBlock, Attn, ResBlock
+    level l = L-1..0:  (R + 1) x (concat(h, skips.pop()) -> ResBlock [+ Attn]); Upsample (but at l = 0)
+    out = conv(silu(GN(h)))                                                (N, C_out or 2 C_out, H, W)
+
+Images are NCHW at the boundary (the data's and the samplers' layout) and NHWC inside (the layers'
+layout): x is permuted once on the way in and the output once on the way out. Parameters are a
+flat dict with dotted keys (param_shapes): "time_embed.fc1.w", "label_embed.table", "input.conv.w",
+"down.<level>.res.<i>.conv1.w", "down.<level>.attn.<i>.w_qkv", "down.<level>.downsample.conv.w",
+"mid.res.0...", "mid.attn...", "mid.res.1...", "up.<level>.res.<i>...", "up.<level>.upsample.conv.w",
+"out.norm.gamma", "out.conv.w". Levels are numbered by resolution (H / 2^level) on both paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from refdiff.backend import Generator, asarray, device, host_dtype, namespace, to_numpy
+from refdiff.layers.basic import LinearCache, SiluCache, linear_backward, linear_forward, silu_backward, silu_forward
+from refdiff.layers.conv import conv2d_backward, conv2d_forward
+from refdiff.layers.embed import ORDERS, EmbeddingCache, embedding_backward, embedding_forward, timestep_embedding
+from refdiff.models import blocks as B
+
+KINDS = ("conv_in", "res", "attn", "down", "up", "head")
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _int_tuple(name: str, value: Any, low: int, allow_empty: bool) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name} must be a tuple of integers >= {low}, got {value!r}")
+    items = tuple(value)
+    for v in items:
+        _check_int(f"every entry of {name}", v, low)
+    if not items and not allow_empty:
+        raise ValueError(f"{name} must have at least one entry, got {value!r}")
+    return tuple(int(v) for v in items)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of the U-Net; validated on construction (lists become tuples)."""
+
+    in_channels: int = 1            # C of the data
+    out_channels: int = 1           # channels of the prediction (eps, x0 or v); learn_sigma doubles them
+    image_size: int = 28            # the resolution attention_resolutions refers to (ADM's image_size)
+    base_channels: int = 32         # ADM's model_channels: level l has base_channels * channel_mult[l]
+    channel_mult: tuple = (1, 2, 2)  # one entry per level; L entries give L - 1 downsamplings
+    num_res_blocks: int = 1         # ResBlocks per level going down; num_res_blocks + 1 going up (ADM)
+    attention_resolutions: tuple = ()  # resolutions (pixels) whose ResBlocks get attention; the middle has it always
+    heads: int = 1                  # attention heads (must divide the channels of every attention block)
+    dropout: float = 0.0            # drop probability inside every ResBlock, while training
+    groups: int = 8                 # GroupNorm groups (must divide every normalized channel count)
+    num_classes: int | None = None  # K; the label table has K + 1 rows, row K the null label
+    learn_sigma: bool = False       # also output out_channels variance channels (learned-range variance)
+    scale_shift_norm: bool = True   # AdaGN (ADM) if True, else the embedding is added before GN2 (DDPM)
+    time_embed_dim: int | None = None  # E; None means 4 * base_channels (ADM)
+    time_embed_order: str = "cos_sin"  # "cos_sin" (OpenAI, default) or "sin_cos" (diffusers)
+
+    def __post_init__(self):
+        for name in ("in_channels", "out_channels", "image_size", "base_channels", "num_res_blocks", "heads",
+                     "groups"):
+            _check_int(name, getattr(self, name), 1)
+        object.__setattr__(self, "channel_mult", _int_tuple("channel_mult", self.channel_mult, 1, False))
+        attn = _int_tuple("attention_resolutions", self.attention_resolutions, 1, True)
+        object.__setattr__(self, "attention_resolutions", attn)
+        if self.time_embed_dim is None:
+            object.__setattr__(self, "time_embed_dim", 4 * self.base_channels)
+        _check_int("time_embed_dim", self.time_embed_dim, 1)
+        if self.num_classes is not None:
+            _check_int("num_classes", self.num_classes, 1)
+        for name in ("learn_sigma", "scale_shift_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
+            raise ValueError(f"dropout must be a drop probability in [0, 1), got {d!r}")
+        if self.time_embed_order not in ORDERS:
+            raise ValueError(f"time_embed_order must be one of {', '.join(ORDERS)}, got {self.time_embed_order!r}")
+        _check_architecture(self)
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of the output: out_channels, or 2 out_channels with learn_sigma."""
+        return 2 * self.out_channels if self.learn_sigma else self.out_channels
+
+    @property
+    def downsample_factor(self) -> int:
+        """2^(L - 1): H and W of the input must be multiples of it."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+
+def _check_architecture(cfg: UNetConfig) -> None:
+    """image_size, attention_resolutions, groups and heads fit the levels' channel counts."""
+    f = cfg.downsample_factor
+    if cfg.image_size % f:
+        raise ValueError(f"image_size must be a multiple of 2^(len(channel_mult) - 1) = {f}, got {cfg.image_size}")
+    sizes = [cfg.image_size // 2**level for level in range(len(cfg.channel_mult))]
+    for r in cfg.attention_resolutions:
+        if r not in sizes:
+            raise ValueError(f"attention_resolutions must hold resolutions of the levels {sizes}, got {r}")
+    for step in unet_plan(cfg):
+        normalized = {"res": (step.c_in, step.c_out), "attn": (step.c_in,), "head": (step.c_in,)}.get(step.kind, ())
+        for c in normalized:
+            if c % cfg.groups:
+                raise ValueError(f"groups must divide every normalized channel count ({step.name} has {c}), "
+                                 f"got {cfg.groups}")
+        if step.kind == "attn" and step.c_in % cfg.heads:
+            raise ValueError(f"heads must divide the channels of every attention block ({step.name} has "
+                             f"{step.c_in}), got {cfg.heads}")
+
+
+# ----------------------------------------------------------------------------------- the plan
+
+class Step(NamedTuple):
+    """One block of the U-Net, in forward order."""
+
+    kind: str    # one of KINDS
+    name: str    # its parameter prefix, e.g. "down.0.res.0"
+    c_in: int    # input channels (for a decoder ResBlock: h's channels plus the skip's)
+    c_out: int   # output channels
+    level: int   # the input's resolution level: (H / 2^level, W / 2^level)
+    skip: int    # channels of the encoder activation concatenated to h before this block (0: none)
+    push: bool   # the output is kept as a skip connection for the decoder
+
+
+@functools.lru_cache(maxsize=64)
+def unet_plan(cfg: UNetConfig) -> tuple[Step, ...]:
+    """The U-Net's blocks in forward order (guided-diffusion's UNetModel.__init__, conv_resample=True)."""
+    base, mult, R, last = cfg.base_channels, cfg.channel_mult, cfg.num_res_blocks, len(cfg.channel_mult) - 1
+    steps = [Step("conv_in", "input.conv", cfg.in_channels, base, 0, 0, True)]
+    skips, ch = [base], base  # channels of the pushed activations
+    for level, m in enumerate(mult):
+        attn = cfg.image_size // 2**level in cfg.attention_resolutions
+        for i in range(R):
+            steps.append(Step("res", f"down.{level}.res.{i}", ch, base * m, level, 0, not attn))
+            ch = base * m
+            if attn:
+                steps.append(Step("attn", f"down.{level}.attn.{i}", ch, ch, level, 0, True))
+            skips.append(ch)
+        if level < last:
+            steps.append(Step("down", f"down.{level}.downsample", ch, ch, level, 0, True))
+            skips.append(ch)
+    steps += [Step("res", "mid.res.0", ch, ch, last, 0, False), Step("attn", "mid.attn", ch, ch, last, 0, False),
+              Step("res", "mid.res.1", ch, ch, last, 0, False)]
+    for level in reversed(range(last + 1)):
+        attn = cfg.image_size // 2**level in cfg.attention_resolutions
+        for i in range(R + 1):
+            s = skips.pop()
+            steps.append(Step("res", f"up.{level}.res.{i}", ch + s, base * mult[level], level, s, False))
+            ch = base * mult[level]
+            if attn:
+                steps.append(Step("attn", f"up.{level}.attn.{i}", ch, ch, level, 0, False))
+        if level > 0:
+            steps.append(Step("up", f"up.{level}.upsample", ch, ch, level, 0, False))
+    steps.append(Step("head", "out", ch, cfg.output_channels, 0, 0, False))
+    return tuple(steps)
+
+
+def _step_shapes(step: Step, cfg: UNetConfig) -> dict[str, tuple[int, ...]]:
+    """The step's parameters under the block's short keys."""
+    if step.kind == "res":
+        return B.resblock_shapes(step.c_in, step.c_out, cfg.time_embed_dim, cfg.scale_shift_norm)
+    if step.kind == "attn":
+        return B.attnblock_shapes(step.c_in)
+    if step.kind == "head":
+        return B.head_shapes(step.c_in, step.c_out)
+    if step.kind == "conv_in":
+        return B.conv_shapes(step.c_in, step.c_out)
+    return {f"conv.{k}": v for k, v in B.conv_shapes(step.c_in, step.c_out).items()}  # down, up
+
+
+@functools.lru_cache(maxsize=64)
+def _param_shapes(cfg: UNetConfig) -> dict[str, tuple[int, ...]]:
+    E = cfg.time_embed_dim
+    shapes = {"time_embed.fc1.w": (cfg.base_channels, E), "time_embed.fc1.b": (E,),
+              "time_embed.fc2.w": (E, E), "time_embed.fc2.b": (E,)}
+    if cfg.num_classes is not None:
+        shapes["label_embed.table"] = (cfg.num_classes + 1, E)  # row K is the null label
+    for step in unet_plan(cfg):
+        shapes.update({f"{step.name}.{k}": v for k, v in _step_shapes(step, cfg).items()})
+    return shapes
+
+
+def param_shapes(cfg: UNetConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every parameter, in forward order (the order of init_params and unet_backward)."""
+    return dict(_param_shapes(cfg))
+
+
+def param_count(cfg: UNetConfig) -> int:
+    """Number of scalar parameters of the model ``cfg`` describes (no arrays are built)."""
+    return sum(math.prod(shape) for shape in _param_shapes(cfg).values())
+
+
+def _block_params(params: dict, step: Step, cfg: UNetConfig) -> dict:
+    """The step's parameters under the block's short keys: params[name + "." + key]."""
+    return {k: params[f"{step.name}.{k}"] for k in _step_shapes(step, cfg)}
+
+
+# --------------------------------------------------------------------------------- parameters
+
+def _zero_init(key: str) -> bool:
+    """ADM's zero_module: each ResBlock's last conv, each AttnBlock's output projection, the output conv."""
+    return key.endswith((".conv2.w", ".w_out")) or key == "out.conv.w"
+
+
+def init_params(cfg: UNetConfig, generator: Generator, dtype: Any = np.float32) -> dict[str, np.ndarray]:
+    """Initial parameters as NumPy host arrays of ``dtype``, in param_shapes' order.
+
+    Math: w ~ N(0, 1 / fan_in), fan_in = k k C_in (conv) or C_in (linear)   (LeCun normal: unit gain
+              for unit-variance inputs, which every GroupNorm in front of a conv provides)
+          biases = 0;  GN gamma = 1, beta = 0;  label_embed.table ~ N(0, 1)   (nn.Embedding's default)
+          zero (ADM's zero_module): "*.conv2.w" of every ResBlock, "*.w_out" of every AttnBlock and
+          "out.conv.w", so every residual branch starts as the identity and a fresh model outputs 0.
+
+    Draws are made in float64 and cast, so float32 and float64 parameters from one seed agree to
+    float32 rounding. ``params_to(params, like)`` moves them to another backend.
+    """
+    if not isinstance(cfg, UNetConfig):
+        raise ValueError(f"cfg must be a UNetConfig, got {type(cfg).__name__}")
+    if not isinstance(generator, Generator):
+        raise ValueError(f"generator must be a refdiff.backend.Generator, got {type(generator).__name__}")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind != "f":
+        raise ValueError(f"dtype must be a NumPy real floating dtype (float32, float64), got {dtype!r}")
+    params = {}
+    for key, shape in _param_shapes(cfg).items():
+        if key == "label_embed.table":
+            params[key] = generator.normal(shape, dtype=dt)
+        elif key.endswith(("gamma",)):
+            params[key] = np.ones(shape, dtype=dt)
+        elif key.endswith((".w", ".w_qkv", ".w_out")) and not _zero_init(key):
+            fan_in = math.prod(shape[:-1])  # (k, k, C_in, C_out) or (C_in, C_out)
+            params[key] = (generator.normal(shape, dtype=np.float64) / math.sqrt(fan_in)).astype(dt)
+        else:
+            params[key] = np.zeros(shape, dtype=dt)
+    return params
+
+
+def params_to(params: dict, like: Any) -> dict:
+    """Parameters moved to the library, device and dtype of the array ``like`` (cast on the host)."""
+    return {k: asarray(to_numpy(v), like=like, dtype=like.dtype) for k, v in params.items()}
+
+
+# ------------------------------------------------------------------------------------ forward
+
+class EmbedCache(NamedTuple):
+    fc1: LinearCache
+    silu1: SiluCache
+    fc2: LinearCache
+    label: EmbeddingCache | None  # None for an unconditional model
+    silu2: SiluCache              # ADM's emb_layers' SiLU, applied once for every ResBlock
+
+
+class UNetCache(NamedTuple):
+    cfg: UNetConfig
+    embed: EmbedCache
+    steps: tuple  # one block cache per unet_plan(cfg) step
+    dtype: Any    # the forward's dtype, for checking dout
+    out_shape: tuple[int, ...]  # (N, C_out, H, W)
+
+
+def _embed_forward(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any):
+    """emb = silu(fc2(silu(fc1(sinusoid(t)))) + table[y]): ADM's time_embed, label_emb and the SiLU
+    that starts every ResBlock's emb_layers, computed once. Returns (N, E) like x, and an EmbedCache."""
+    xp = namespace(x)
+    s = timestep_embedding(t, cfg.base_channels, order=cfg.time_embed_order, dtype=x.dtype)  # (N, base)
+    a, fc1 = linear_forward(s, params["time_embed.fc1.w"], params["time_embed.fc1.b"])  # (N, E)
+    a, silu1 = silu_forward(a)
+    emb, fc2 = linear_forward(a, params["time_embed.fc2.w"], params["time_embed.fc2.b"])  # (N, E)
+    label = None
+    if cfg.num_classes is not None:
+        if y is None:  # no label = the null label K (classifier-free guidance's unconditional model)
+            y = xp.full((x.shape[0],), cfg.num_classes, dtype=xp.int64, device=device(x))
+        e, label = embedding_forward(y, params["label_embed.table"])  # (N, E)
+        emb = emb + e
+    emb, silu2 = silu_forward(emb)
+    return emb, EmbedCache(fc1, silu1, fc2, label, silu2)
+
+
+def _step_forward(step: Step, params: dict, cfg: UNetConfig, h: Any, emb: Any, train: bool, generator: Any):
+    """Run one block of the plan on h (N, H, W, c_in); returns (h, cache)."""
+    p = _block_params(params, step, cfg)
+    if step.kind == "res":
+        return B.resblock_forward(p, h, emb, cfg.groups, cfg.scale_shift_norm, cfg.dropout, train, generator)
+    if step.kind == "attn":
+        return B.attnblock_forward(p, h, cfg.heads, cfg.groups)
+    if step.kind == "down":
+        return B.downsample_forward(p, h)
+    if step.kind == "up":
+        return B.upsample_forward(p, h)
+    if step.kind == "conv_in":
+        return conv2d_forward(h, p["w"], p["b"])
+    return B.head_forward(p, h, cfg.groups)
+
+
+def unet_forward(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any = None, train: bool = False,
+                 generator: Generator | None = None, keep_cache: bool = True):
+    """The U-Net's prediction (eps, x0 or v, then the variance channels if learn_sigma).
+
+    Math: module docstring; every block in refdiff.models.blocks.
+
+    params: dict of param_shapes(cfg), arrays of x's library, device and dtype; x: (N, C_in, H, W) with
+    H, W multiples of cfg.downsample_factor; t: (N,) integer or float steps; y: (N,) labels in [0, K]
+    or None (the null label K of a class-conditional model); train, generator: dropout in every
+    ResBlock when train, masks drawn from generator. keep_cache=False keeps no activations (sampling)
+    and returns None for the cache. Returns out (N, output_channels, H, W) like x, and a UNetCache.
+    """
+    _check_forward(params, cfg, x, t, y, train, generator)
+    xp = namespace(x)
+    emb, embed_cache = _embed_forward(params, cfg, x, t, y)  # (N, E)
+    h = xp.permute_dims(x, (0, 2, 3, 1))  # (N, C, H, W) -> (N, H, W, C)
+    skips, caches = [], []
+    for step in unet_plan(cfg):
+        if step.skip:  # ADM's th.cat([h, hs.pop()], dim=1)
+            h = xp.concat((h, skips.pop()), axis=-1)  # (N, H', W', c_in) = [h | skip]
+        h, cache = _step_forward(step, params, cfg, h, emb, train, generator)
+        if step.push:
+            skips.append(h)
+        if keep_cache:
+            caches.append(cache)
+    out = xp.permute_dims(h, (0, 3, 1, 2))  # (N, H, W, C_out) -> (N, C_out, H, W)
+    if not keep_cache:
+        return out, None
+    return out, UNetCache(cfg, embed_cache, tuple(caches), x.dtype, tuple(out.shape))
+
+
+# ----------------------------------------------------------------------------------- backward
+
+def _step_backward(step: Step, dh: Any, cache: Any):
+    """Gradients of one block: returns (dh_in, demb or None, grads under the block's short keys)."""
+    if step.kind == "res":
+        return B.resblock_backward(dh, cache)
+    if step.kind == "conv_in":
+        dx, dw, db = conv2d_backward(dh, cache)  # dx is computed by the layer whether needed or not
+        return dx, None, {"w": dw, "b": db}
+    backward = {"attn": B.attnblock_backward, "down": B.downsample_backward, "up": B.upsample_backward,
+                "head": B.head_backward}[step.kind]
+    dx, grads = backward(dh, cache)
+    return dx, None, grads
+
+
+def _embed_backward(demb: Any, c: EmbedCache) -> dict:
+    """Gradients of _embed_forward's parameters from demb (N, E), the sum over every ResBlock."""
+    g = {}
+    de = silu_backward(demb, c.silu2)  # emb = time_mlp + table[y]: de reaches both terms
+    if c.label is not None:
+        g["label_embed.table"] = embedding_backward(de, c.label)
+    da, g["time_embed.fc2.w"], g["time_embed.fc2.b"] = linear_backward(de, c.fc2)
+    da = silu_backward(da, c.silu1)
+    _, g["time_embed.fc1.w"], g["time_embed.fc1.b"] = linear_backward(da, c.fc1)  # t gets no gradient
+    return g
+
+
+def unet_backward(dout: Any, cache: UNetCache, need_dx: bool = False):
+    """Gradients of unet_forward: the plan's blocks in reverse, each block's backward.
+
+    Math: gradients add up where one activation has several consumers:
+      - every pushed encoder activation feeds the next block and, through a concatenation, a decoder
+        ResBlock: its gradient is the next block's dx plus the decoder's slice of d[h | skip];
+      - every ResBlock and AttnBlock adds its branch to a residual: dx = dy + dbranch (in blocks.py);
+      - the embedding emb feeds every ResBlock: demb is the sum of the blocks' demb.
+
+    dout: (N, output_channels, H, W) like the output. Returns grads (params' keys and order, like the
+    params); with need_dx also dx (N, C_in, H, W), the gradient with respect to x (the noisy
+    classifier's guidance gradient needs it).
+    """
+    if not isinstance(cache, UNetCache):
+        raise ValueError("cache must be the UNetCache of unet_forward(..., keep_cache=True), "
+                         f"got {type(cache).__name__}")
+    if tuple(dout.shape) != cache.out_shape or dout.dtype != cache.dtype:
+        raise ValueError(f"dout must have the output's shape {cache.out_shape} and dtype {cache.dtype}, "
+                         f"got shape {tuple(dout.shape)} and dtype {dout.dtype}")
+    cfg, xp = cache.cfg, namespace(dout)
+    dh = xp.permute_dims(dout, (0, 2, 3, 1))  # (N, C_out, H, W) -> (N, H, W, C_out)
+    grads, demb, dskips = {}, None, []
+    for step, c in zip(reversed(unet_plan(cfg)), reversed(cache.steps)):
+        if step.push:  # this output also went to the decoder as a skip: the two gradients add up
+            dh = dh + dskips.pop()
+        dh, demb_step, g = _step_backward(step, dh, c)
+        grads.update({f"{step.name}.{k}": v for k, v in g.items()})
+        if demb_step is not None:  # the shared embedding: every ResBlock's contribution adds up
+            demb = demb_step if demb is None else demb + demb_step
+        if step.skip:  # d[h | skip] splits into the two concatenated parts
+            c_h = step.c_in - step.skip
+            dskips.append(dh[..., c_h:])  # (N, H', W', skip), for the encoder block that pushed it
+            dh = dh[..., :c_h]  # (N, H', W', c_h)
+    grads.update(_embed_backward(demb, cache.embed))
+    grads = {k: grads[k] for k in _param_shapes(cfg)}  # params' order
+    if not need_dx:
+        return grads
+    return grads, xp.permute_dims(dh, (0, 3, 1, 2))  # (N, H, W, C_in) -> (N, C_in, H, W)
+
+
+# --------------------------------------------------------------------------- sampling adapter
+
+def unet_model(params: dict, cfg: UNetConfig):
+    """The sampler protocol ``model(xt, t, y=None) -> output`` (refdiff.samplers.common): evaluation
+    mode, no activations kept (keep_cache=False). params must already be arrays of the library,
+    device and dtype the sampler's xt will have (params_to)."""
+    _check_params(params, cfg)
+
+    def model(xt: Any, t: Any, y: Any = None):
+        return unet_forward(params, cfg, xt, t, y, keep_cache=False)[0]
+
+    return model
+
+
+# ------------------------------------------------------------------ cost: FLOPs and memory
+
+def flops(cfg: UNetConfig, image_size: int | None = None) -> tuple[list[tuple[str, int]], int]:
+    """Multiply-adds of one forward pass for one image, per layer, from the config alone.
+
+    Counts the matrix products: a k x k conv from C_in to C_out channels at Ho x Wo output pixels is
+    k^2 C_in C_out Ho Wo; a linear layer C_in C_out per row; attention over L = H W tokens of C
+    channels is L 3C^2 (qkv) + 2 L^2 C (scores and A v) + L C^2 (output). GroupNorm, SiLU and the
+    residual adds (a few operations per activation) are left out. One multiply-add is 2 FLOPs in a
+    benchmark's GFLOP/s; a training step's backward costs about twice the forward.
+
+    image_size: H = W of the input (a multiple of cfg.downsample_factor); cfg.image_size if None.
+    Returns ([(layer name, multiply-adds), ...] in forward order, total).
+    """
+    S = cfg.image_size if image_size is None else image_size
+    _check_int("image_size", S, 1)
+    if S % cfg.downsample_factor:
+        raise ValueError(f"image_size must be a multiple of {cfg.downsample_factor}, got {S}")
+    E = cfg.time_embed_dim
+    layers = [("time_embed.fc1", cfg.base_channels * E), ("time_embed.fc2", E * E)]
+    for step in unet_plan(cfg):
+        n, ci, co = step.name, step.c_in, step.c_out
+        L = (S // 2**step.level) ** 2  # pixels at the input's level
+        if step.kind == "res":
+            layers += [(f"{n}.conv1", 9 * ci * co * L), (f"{n}.emb", E * (2 * co if cfg.scale_shift_norm else co)),
+                       (f"{n}.conv2", 9 * co * co * L)]
+            if ci != co:
+                layers.append((f"{n}.skip", ci * co * L))
+        elif step.kind == "attn":
+            layers += [(f"{n}.qkv", L * ci * 3 * ci), (f"{n}.attention", 2 * L * L * ci), (f"{n}.out", L * ci * ci)]
+        elif step.kind in ("conv_in", "head"):
+            layers.append((n if step.kind == "conv_in" else f"{n}.conv", 9 * ci * co * L))
+        else:  # down: output at L / 4 pixels; up: at 4 L
+            layers.append((f"{n}.conv", 9 * ci * co * (L // 4 if step.kind == "down" else 4 * L)))
+    return layers, sum(count for _, count in layers)
+
+
+def cache_nbytes(cache: Any, params: dict | None = None) -> int:
+    """Bytes of the distinct arrays a cache holds, the arrays of ``params`` (and views of them) not
+    counted: the activation memory a training step keeps between forward and backward.
+
+    Views are charged to the array that owns their memory, once (NumPy and CuPy ``.base``); other
+    libraries count each array object once.
+    """
+    def owner(a: Any) -> Any:
+        while getattr(a, "base", None) is not None and hasattr(a.base, "shape"):
+            a = a.base
+        return a
+
+    excluded = {id(owner(v)) for v in (params or {}).values()}
+    seen: dict[int, int] = {}
+
+    def visit(obj: Any) -> None:
+        if isinstance(obj, tuple):  # NamedTuple caches, tuples of caches, shape tuples
+            for item in obj:
+                visit(item)
+        elif hasattr(obj, "shape") and hasattr(obj, "dtype") and not isinstance(obj, (int, float)):
+            root = owner(obj)
+            if id(root) not in excluded:
+                seen[id(root)] = math.prod(root.shape) * host_dtype(root.dtype, namespace(root)).itemsize
+
+    visit(cache)
+    return sum(seen.values())
+
+
+def summary(cfg: UNetConfig, image_size: int | None = None) -> str:
+    """A text report of the config, its parameter count and its per-layer multiply-adds
+    (what ``refdiff info --model NAME`` prints)."""
+    S = cfg.image_size if image_size is None else image_size
+    layers, total = flops(cfg, S)
+    n = param_count(cfg)
+    width = max(len(name) for name, _ in layers)
+    lines = [repr(cfg),
+             f"parameters: {n:,} ({n * 4 / 2**20:.2f} MiB in float32)",
+             f"forward, one {cfg.in_channels}x{S}x{S} image: {total / 1e6:.1f} M multiply-adds "
+             f"= {2 * total / 1e6:.1f} MFLOP (backward about twice that)",
+             f"{'layer':<{width}}  {'multiply-adds':>14}  share"]
+    lines += [f"{name:<{width}}  {count:>14,}  {100 * count / total:5.1f}%" for name, count in layers]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- checks
+
+def _same_library(a: Any, x: Any) -> bool:
+    """a is an array of x's library on x's device."""
+    try:
+        return namespace(a, x) is namespace(x) and device(a) == device(x)
+    except TypeError:  # array_api_compat refuses to mix libraries
+        return False
+
+
+def _check_params(params: Any, cfg: Any) -> None:
+    if not isinstance(cfg, UNetConfig):
+        raise ValueError(f"cfg must be a UNetConfig, got {type(cfg).__name__}")
+    if not isinstance(params, dict):
+        raise ValueError(f"params must be a dict of arrays, got {type(params).__name__}")
+    shapes = _param_shapes(cfg)
+    missing, extra = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))
+    if missing or extra:  # the first few of each: a wrong config misses dozens
+        raise ValueError(f"params must have the keys of this UNetConfig: missing {missing[:5]} "
+                         f"({len(missing)} in all), unexpected {extra[:5]} ({len(extra)} in all)")
+    for key, shape in shapes.items():
+        if tuple(params[key].shape) != shape:
+            raise ValueError(f"params[{key!r}] must have shape {shape}, got {tuple(params[key].shape)}")
+
+
+def _check_forward(params, cfg, x, t, y, train, generator) -> None:
+    _check_params(params, cfg)
+    xp = namespace(x)
+    if not xp.isdtype(x.dtype, "real floating") or x.ndim != 4 or x.shape[1] != cfg.in_channels:
+        raise ValueError(f"x must be a real floating (N, {cfg.in_channels}, H, W) array (NCHW), got shape "
+                         f"{tuple(x.shape)} and dtype {x.dtype}")
+    N, H, W, f = x.shape[0], x.shape[2], x.shape[3], cfg.downsample_factor
+    if H % f or W % f or H == 0 or W == 0:
+        raise ValueError(f"x's height and width must be positive multiples of 2^(len(channel_mult) - 1) = {f}, "
+                         f"got (H, W) = {(H, W)}")
+    for key, p in params.items():
+        if not _same_library(p, x) or p.dtype != x.dtype:
+            raise ValueError(f"params[{key!r}] must be an array of x's library, device and dtype ({x.dtype}), "
+                             f"got {type(p).__name__} of dtype {p.dtype}")
+    if not _same_library(t, x) or t.ndim != 1 or t.shape[0] != N:
+        raise ValueError(f"t must be an (N,) array of x's library and device with N = {N} (x's batch), "
+                         f"got {type(t).__name__} of shape {tuple(t.shape)}")
+    if cfg.num_classes is None and y is not None:
+        raise ValueError("y must be None for an unconditional model (cfg.num_classes is None)")
+    if y is not None and (not _same_library(y, x) or y.ndim != 1 or y.shape[0] != N):
+        raise ValueError(f"y must be an (N,) array of labels of x's library and device with N = {N} (x's batch), "
+                         f"got {type(y).__name__} of shape {tuple(y.shape)}")
+    if train and cfg.dropout > 0 and generator is None:
+        raise ValueError(f"generator is required when train=True and cfg.dropout > 0 (got {cfg.dropout})")
