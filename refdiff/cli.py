@@ -64,6 +64,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Print versions, usable backends and BLAS threads, one ``label: value`` per line."""
     from refdiff.backend import available_backends
 
+    if args.model is not None:
+        from refdiff.models.presets import PRESETS
+        from refdiff.models.unet import summary
+
+        if args.model not in PRESETS:
+            raise ValueError(f"--model must be one of {', '.join(PRESETS)}, got {args.model!r}")
+        print(summary(PRESETS[args.model]()))
+        return 0
     rows = _versions() + [("backends", ", ".join(available_backends()))] + _blas_rows()
     for label, value in rows:
         print(f"{label + ':':<18} {value}")
@@ -76,6 +84,9 @@ def _add_info(subparsers: argparse._SubParsersAction) -> None:
         "info", help="show versions, backends and BLAS threads",
         description="Show refdiff, Python and library versions, the usable array backends "
                     "and the BLAS libraries with their thread counts.")
+    parser.add_argument("--model", default=None, metavar="PRESET",
+                        help="instead, print a U-Net preset's config, parameter count and per-layer FLOPs "
+                             "(digits8, mnist28, shapes32)")
     parser.set_defaults(func=cmd_info)
 
 

@@ -96,3 +96,14 @@ def test_cli_errors_name_what_to_fix(tmp_path, capsys):
     assert "--data must be digits, shapes, toy2d:NAME or a .npz file" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "none.npz")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_info_model_prints_parameters_and_flops_of_a_preset(capsys):
+    """`refdiff info --model mnist28` prints the preset's parameter count and its per-layer multiply-adds."""
+    from refdiff.models.presets import PRESETS
+    from refdiff.models.unet import param_count
+
+    assert main(["info", "--model", "mnist28"]) == 0
+    out = capsys.readouterr().out
+    assert f"parameters: {param_count(PRESETS['mnist28']()):,}" in out and "multiply-adds" in out
+    assert main(["info", "--model", "unknown"]) == 1
