@@ -56,9 +56,10 @@ def test_python_dash_m_refdiff_prints_version():
     assert done.stdout.strip() == f"refdiff {__version__}"
 
 
-def test_demo_writes_its_figures_samples_and_checkpoint(tmp_path, capsys):
+def test_demo_writes_its_figures_samples_and_checkpoint_and_eval_reads_it(tmp_path, capsys):
     """`refdiff demo` (a few steps) writes forward_chain.png, loss_curve.png, samples.png, checkpoint.npz
-    and samples.npz with images in [-1, 1] of shape (10 classes * per-class, 1, 8, 8) and their labels."""
+    and samples.npz with images in [-1, 1] of shape (10 classes * per-class, 1, 8, 8) and their labels;
+    `refdiff eval` on that checkpoint reports a finite, positive bits/dim on the digits' held-out split."""
     import numpy as np
 
     out = tmp_path / "demo"
@@ -69,6 +70,11 @@ def test_demo_writes_its_figures_samples_and_checkpoint(tmp_path, capsys):
         assert npz["images"].shape == (20, 1, 8, 8) and np.all(np.abs(npz["images"]) <= 1.0)
         np.testing.assert_array_equal(npz["labels"], np.repeat(np.arange(10), 2))
     assert str(out / "samples.png") in capsys.readouterr().out
+    assert main(["eval", str(out / "checkpoint.npz"), "--count", "2", "--batch-size", "2"]) == 0
+    report = capsys.readouterr().out
+    assert "bits/dim on 2 held-out samples (17 levels" in report
+    bpd = float(report.split("levels, fixed_large variance): ")[1].split()[0])
+    assert 0 < bpd < float("inf")  # six training steps: a loose but finite bound
 
 
 def test_train_then_sample_on_a_toy_set_and_resume(tmp_path):
