@@ -11,6 +11,8 @@ from typing import Callable
 
 import numpy as np
 
+from refdiff.backend import to_numpy
+
 # Centered differences have error O(h^2 f''') + O(eps / h); h = 1e-5 balances them in float64.
 STEP = 1e-5
 # Relative error allowed between the analytic and the numerical gradient (DESIGN: below 1e-6).
@@ -63,3 +65,11 @@ def assert_gradients_match(loss: Callable[[dict], float], arrays: dict[str, np.n
         analytic = np.tensordot(directions, grad, axes=grad.ndim)  # <grad, v> for every direction
         error = relative_error(analytic, numerical)
         assert error < rtol, f"{name}: relative error {error:.2e} >= {rtol:.0e}"
+
+
+def fake_loss(backend, forward, dy):
+    """L(arrays) = sum(forward(**arrays) * dy) on ``backend``, from float64 host arrays to a float."""
+    def loss(arrays):
+        y = forward(**{k: backend.asarray(v) for k, v in arrays.items()})
+        return float(to_numpy(backend.xp.sum(y * backend.asarray(dy))))
+    return loss

@@ -62,6 +62,11 @@ def no_float64_intermediates():
         _array_object.Array._new = original
 
 
+def float64_tripwire(backend):
+    """no_float64_intermediates on array_api_strict (the only backend it can watch), else nothing."""
+    return no_float64_intermediates() if backend.name == "array_api_strict" else contextlib.nullcontext()
+
+
 @st.composite
 def schedule_strategy(draw, min_T: int = 1, max_T: int = 300, zero_terminal: bool = False):
     """A schedule of every kind refdiff builds, T in [min_T, max_T] (linear needs T > 20)."""

@@ -1,16 +1,15 @@
 """Specification of refdiff.layers.attention: multi-head self-attention over spatial positions."""
 
-import contextlib
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradcheck import assert_gradients_match
+from gradcheck import assert_gradients_match, fake_loss
 from refdiff.backend import to_numpy
 from refdiff.layers import attention as At
-from support import DTYPES, assert_close, assert_same_array_kind, host_data, no_float64_intermediates
+from support import DTYPES, assert_close, assert_same_array_kind, host_data, float64_tripwire
 
 seeds = st.integers(0, 2**16)
 NAMES = ("x", "w_qkv", "b_qkv", "w_out", "b_out")
@@ -31,19 +30,6 @@ def attention_arrays(shape, seed, dtype="float64", weight_scale=1.0):
     return {"x": host_data(seed, shape, dtype), "w_qkv": host_data(seed + 1, (C, 3 * C), dtype, w),
             "b_qkv": host_data(seed + 2, (3 * C,), dtype, 0.1), "w_out": host_data(seed + 3, (C, C), dtype, w),
             "b_out": host_data(seed + 4, (C,), dtype, 0.1)}
-
-
-def fake_loss(backend, forward, dy):
-    """L(arrays) = sum(forward(**arrays) * dy) on ``backend``, from float64 host arrays to a float."""
-    def loss(arrays):
-        y = forward(**{k: backend.asarray(v) for k, v in arrays.items()})
-        return float(to_numpy(backend.xp.sum(y * backend.asarray(dy))))
-    return loss
-
-
-def float64_tripwire(backend):
-    """no_float64_intermediates on array_api_strict (the only backend it can watch), else nothing."""
-    return no_float64_intermediates() if backend.name == "array_api_strict" else contextlib.nullcontext()
 
 
 @settings(max_examples=20)  # each example runs ~200 forwards

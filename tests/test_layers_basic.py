@@ -1,6 +1,5 @@
 """Specification of refdiff.layers.basic: linear, SiLU and inverted dropout forward/backward pairs."""
 
-import contextlib
 import math
 
 import numpy as np
@@ -9,27 +8,14 @@ import scipy.special
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gradcheck import assert_gradients_match
+from gradcheck import assert_gradients_match, fake_loss
 from refdiff.backend import Generator, get_backend, to_numpy
 from refdiff.layers import basic as B
-from support import DTYPES, assert_close, assert_same_array_kind, host_data, no_float64_intermediates
+from support import DTYPES, assert_close, assert_same_array_kind, host_data, float64_tripwire
 
 seeds = st.integers(0, 2**16)
 lead_shapes = st.lists(st.integers(1, 3), min_size=0, max_size=2).map(tuple)  # the (...) of (..., C)
 channels = st.integers(1, 4)
-
-
-def fake_loss(backend, forward, dy):
-    """L(arrays) = sum(forward(**arrays) * dy) on ``backend``, from float64 host arrays to a float."""
-    def loss(arrays):
-        y = forward(**{k: backend.asarray(v) for k, v in arrays.items()})
-        return float(to_numpy(backend.xp.sum(y * backend.asarray(dy))))
-    return loss
-
-
-def float64_tripwire(backend):
-    """no_float64_intermediates on array_api_strict (the only backend it can watch), else nothing."""
-    return no_float64_intermediates() if backend.name == "array_api_strict" else contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------------------- linear

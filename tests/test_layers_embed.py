@@ -1,6 +1,5 @@
 """Specification of refdiff.layers.embed: sinusoidal timestep embeddings and class-label embeddings."""
 
-import contextlib
 import math
 
 import numpy as np
@@ -11,15 +10,10 @@ from hypothesis import strategies as st
 from gradcheck import assert_gradients_match
 from refdiff.backend import to_numpy
 from refdiff.layers import embed as E
-from support import DTYPES, assert_close, assert_same_array_kind, host_data, no_float64_intermediates
+from support import DTYPES, assert_close, assert_same_array_kind, host_data, float64_tripwire
 
 seeds = st.integers(0, 2**16)
 steps = st.lists(st.integers(0, 999), min_size=1, max_size=5)
-
-
-def float64_tripwire(backend):
-    """no_float64_intermediates on array_api_strict (the only backend it can watch), else nothing."""
-    return no_float64_intermediates() if backend.name == "array_api_strict" else contextlib.nullcontext()
 
 
 def host_timestep_embedding(t, dim, max_period=10000.0):

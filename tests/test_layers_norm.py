@@ -1,6 +1,5 @@
 """Specification of refdiff.layers.norm: group normalization and scale-shift (AdaGN) modulation."""
 
-import contextlib
 import math
 
 import numpy as np
@@ -8,10 +7,10 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from gradcheck import assert_gradients_match
+from gradcheck import assert_gradients_match, fake_loss
 from refdiff.backend import to_numpy
 from refdiff.layers import norm as Nm
-from support import DTYPES, assert_close, assert_same_array_kind, host_data, no_float64_intermediates
+from support import DTYPES, assert_close, assert_same_array_kind, host_data, float64_tripwire
 
 seeds = st.integers(0, 2**16)
 spatial_shapes = st.lists(st.integers(1, 3), min_size=0, max_size=2).map(tuple)  # the (...) of (N, ..., C)
@@ -22,19 +21,6 @@ def group_shapes(draw):
     """(shape, groups): shape (N, ..., C) with C = groups * channels per group."""
     groups, per_group = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     return (draw(st.integers(1, 2)),) + draw(spatial_shapes) + (groups * per_group,), groups
-
-
-def fake_loss(backend, forward, dy):
-    """L(arrays) = sum(forward(**arrays) * dy) on ``backend``, from float64 host arrays to a float."""
-    def loss(arrays):
-        y = forward(**{k: backend.asarray(v) for k, v in arrays.items()})
-        return float(to_numpy(backend.xp.sum(y * backend.asarray(dy))))
-    return loss
-
-
-def float64_tripwire(backend):
-    """no_float64_intermediates on array_api_strict (the only backend it can watch), else nothing."""
-    return no_float64_intermediates() if backend.name == "array_api_strict" else contextlib.nullcontext()
 
 
 def host_group_norm(x, gamma, beta, groups, eps=1e-5):

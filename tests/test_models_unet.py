@@ -39,6 +39,12 @@ def small_configs(draw, dropout=(0.0,)):
 FULL = U.UNetConfig(in_channels=1, out_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2),
                     num_res_blocks=1, attention_resolutions=(4,), heads=2, dropout=0.3, groups=4, num_classes=3,
                     learn_sigma=True, scale_shift_norm=True, time_embed_dim=12)
+# The other switches: embedding added before GN2 (mnist28's mode), no labels, one head at 8x8,
+# diffusers' sin/cos order, two channels, 2 groups.
+FULL_ADD = U.UNetConfig(in_channels=2, out_channels=2, image_size=8, base_channels=8, channel_mult=(1, 2),
+                        num_res_blocks=1, attention_resolutions=(8,), heads=1, dropout=0.3, groups=2,
+                        num_classes=None, learn_sigma=False, scale_shift_norm=False, time_embed_dim=12,
+                        time_embed_order="sin_cos")
 
 
 @st.composite
@@ -127,14 +133,17 @@ def test_unet_backward_matches_finite_differences(backend, data, cfg, seed):
     check_gradients(backend, cfg, params, x, t, y, dout, seed, keys)
 
 
-def test_unet_backward_matches_finite_differences_for_every_parameter():
-    """The same identity for every one of the ~130 parameters of a config with every feature on
-    (labels, learn_sigma, AdaGN, two-head attention in the encoder, middle and decoder, dropout),
-    on NumPy: a fixed draw, so the slow part of the check runs once."""
-    x, t, y = host_data(0, (2, 1, 8, 8)), np.array([3, 871]), np.array([2, 3])
-    params = random_params(FULL, 1)
-    dout = host_data(2, (2, FULL.output_channels, 8, 8))
-    check_gradients(_NUMPY, FULL, params, x, t, y, dout, 5, sorted(params))
+@pytest.mark.parametrize("cfg", [FULL, FULL_ADD], ids=["adagn", "added"])
+def test_unet_backward_matches_finite_differences_for_every_parameter(cfg):
+    """The same identity for every one of the ~130 parameters of two configs that between them set
+    every switch both ways (FULL: labels, learn_sigma, AdaGN, two-head attention at 4x4 in the
+    encoder, middle and decoder; FULL_ADD: the embedding added, no labels, attention at 8x8, sin/cos
+    order, two channels), with dropout, on NumPy: fixed draws, so the slow part runs twice only."""
+    x, t = host_data(0, (2, cfg.in_channels, 8, 8)), np.array([3, 871])
+    y = None if cfg.num_classes is None else np.array([2, 3])
+    params = random_params(cfg, 1)
+    dout = host_data(2, (2, cfg.output_channels, 8, 8))
+    check_gradients(_NUMPY, cfg, params, x, t, y, dout, 5, sorted(params))
 
 
 @settings(max_examples=5)
