@@ -223,8 +223,9 @@ def _zero_init(key: str) -> bool:
 def init_params(cfg: UNetConfig, generator: Generator, dtype: Any = np.float32) -> dict[str, np.ndarray]:
     """Initial parameters as NumPy host arrays of ``dtype``, in param_shapes' order.
 
-    Math: w ~ N(0, 1 / fan_in), fan_in = k k C_in (conv) or C_in (linear)   (LeCun normal: unit gain
-              for unit-variance inputs, which every GroupNorm in front of a conv provides)
+    Math: w ~ N(0, 1 / fan_in), fan_in = k k C_in (conv) or C_in (linear)   (LeCun normal: a layer
+              keeps the variance of unit-variance inputs; PyTorch's default U(+-1/sqrt(fan_in)),
+              which ADM inherits, has a third of this variance)
           biases = 0;  GN gamma = 1, beta = 0;  label_embed.table ~ N(0, 1)   (nn.Embedding's default)
           zero (ADM's zero_module): "*.conv2.w" of every ResBlock, "*.w_out" of every AttnBlock and
           "out.conv.w", so every residual branch starts as the identity and a fresh model outputs 0.
@@ -246,7 +247,7 @@ def init_params(cfg: UNetConfig, generator: Generator, dtype: Any = np.float32) 
     for key, shape in _param_shapes(cfg).items():
         if key == "label_embed.table":
             params[key] = generator.normal(shape, dtype=dt)
-        elif key.endswith(("gamma",)):
+        elif key.endswith("gamma"):
             params[key] = np.ones(shape, dtype=dt)
         elif key.endswith((".w", ".w_qkv", ".w_out")) and not _zero_init(key):
             fan_in = math.prod(shape[:-1])  # (k, k, C_in, C_out) or (C_in, C_out)
