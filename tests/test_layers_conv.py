@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradcheck import assert_gradients_match
-from refdiff.backend import get_backend, to_numpy
+from refdiff.backend import to_numpy
 from refdiff.layers import conv as Cv
 from refdiff.layers import resample as Rs
 from support import DTYPES, assert_close, assert_same_array_kind, host_data, no_float64_intermediates

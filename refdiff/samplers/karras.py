@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from refdiff.backend import Generator, device, namespace
-from refdiff.diffusion import PREDICTIONS, check_options, dynamic_threshold
+from refdiff.diffusion import check_options, dynamic_threshold
 from refdiff.samplers.common import Model, SampleStep, check_finite, check_sample
 from refdiff.schedules import Schedule, karras_sigmas, timesteps
 
