@@ -28,14 +28,25 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from refdiff.backend import Generator, device, namespace
-from refdiff.layers.basic import (DropoutCache, LinearCache, SiluCache, dropout_backward, dropout_forward,
-                                  linear_backward, linear_forward, silu_backward, silu_forward)
-from refdiff.layers.embed import ORDERS, EmbeddingCache, embedding_backward, embedding_forward, timestep_embedding
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+from refdiff.layers.basic import (
+    DropoutCache,
+    LinearCache,
+    SiluCache,
+    dropout_backward,
+    dropout_forward,
+    linear_backward,
+    linear_forward,
+    silu_backward,
+    silu_forward,
+)
+from refdiff.layers.embed import (
+    ORDERS,
+    EmbeddingCache,
+    embedding_backward,
+    embedding_forward,
+    timestep_embedding,
+)
+from refdiff.models.common import check_init, check_int, check_params, same_library
 
 
 @dataclass(frozen=True)
@@ -52,12 +63,12 @@ class MLPConfig:
     time_embed_order: str = "cos_sin"  # "cos_sin" (OpenAI, default) or "sin_cos" (diffusers)
 
     def __post_init__(self):
-        _check_int("data_dim", self.data_dim, 1)
-        _check_int("hidden", self.hidden, 1)
-        _check_int("depth", self.depth, 0)
-        _check_int("time_embed_dim", self.time_embed_dim, 1)
+        check_int("data_dim", self.data_dim, 1)
+        check_int("hidden", self.hidden, 1)
+        check_int("depth", self.depth, 0)
+        check_int("time_embed_dim", self.time_embed_dim, 1)
         if self.num_classes is not None:
-            _check_int("num_classes", self.num_classes, 1)
+            check_int("num_classes", self.num_classes, 1)
         if not isinstance(self.learn_sigma, bool):
             raise ValueError(f"learn_sigma must be a bool, got {self.learn_sigma!r}")
         d = self.dropout
@@ -101,16 +112,7 @@ def init_params(cfg: MLPConfig, generator: Generator, dtype: Any = np.float32) -
     Draws are made in float64 and cast, so float32 and float64 parameters from one seed agree to
     float32 rounding. Move them to a backend with ``{k: backend.asarray(v) for k, v in params.items()}``.
     """
-    if not isinstance(cfg, MLPConfig):
-        raise ValueError(f"cfg must be an MLPConfig, got {type(cfg).__name__}")
-    if not isinstance(generator, Generator):
-        raise ValueError(f"generator must be a refdiff.backend.Generator, got {type(generator).__name__}")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt is None or dt.kind != "f":
-        raise ValueError(f"dtype must be a NumPy real floating dtype (float32, float64), got {dtype!r}")
+    dt = check_init(cfg, MLPConfig, generator, dtype)
     shapes, params = param_shapes(cfg), {}
     for key, shape in shapes.items():
         if key.startswith("out."):
@@ -240,25 +242,7 @@ def mlp_model(params: dict, cfg: MLPConfig):
 
 
 def _check_params(params: Any, cfg: Any) -> None:
-    if not isinstance(cfg, MLPConfig):
-        raise ValueError(f"cfg must be an MLPConfig, got {type(cfg).__name__}")
-    if not isinstance(params, dict):
-        raise ValueError(f"params must be a dict of arrays, got {type(params).__name__}")
-    shapes = param_shapes(cfg)
-    missing, extra = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))
-    if missing or extra:
-        raise ValueError(f"params must have the keys of this MLPConfig: missing {missing}, unexpected {extra}")
-    for key, shape in shapes.items():
-        if tuple(params[key].shape) != shape:
-            raise ValueError(f"params[{key!r}] must have shape {shape}, got {tuple(params[key].shape)}")
-
-
-def _same_library(a: Any, x: Any) -> bool:
-    """a is an array of x's library on x's device."""
-    try:
-        return namespace(a, x) is namespace(x) and device(a) == device(x)
-    except TypeError:  # array_api_compat refuses to mix libraries
-        return False
+    check_params(params, cfg, MLPConfig, param_shapes(cfg) if isinstance(cfg, MLPConfig) else {})
 
 
 def _check_forward(params, cfg, x, t, y, train, generator) -> None:
@@ -268,16 +252,16 @@ def _check_forward(params, cfg, x, t, y, train, generator) -> None:
         raise ValueError(f"x must be a real floating (N, {cfg.data_dim}) array, got shape {tuple(x.shape)} "
                          f"and dtype {x.dtype}")
     for key, p in params.items():
-        if not _same_library(p, x) or p.dtype != x.dtype:
+        if not same_library(p, x) or p.dtype != x.dtype:
             raise ValueError(f"params[{key!r}] must be an array of x's library, device and dtype ({x.dtype}), "
                              f"got {type(p).__name__} of dtype {p.dtype}")
     N = x.shape[0]
-    if not _same_library(t, x) or t.ndim != 1 or t.shape[0] != N:
+    if not same_library(t, x) or t.ndim != 1 or t.shape[0] != N:
         raise ValueError(f"t must be an (N,) array of x's library and device with N = {N} (x's batch), "
                          f"got {type(t).__name__} of shape {tuple(t.shape)}")
     if cfg.num_classes is None and y is not None:
         raise ValueError("y must be None for an unconditional model (cfg.num_classes is None)")
-    if y is not None and (not _same_library(y, x) or y.ndim != 1 or y.shape[0] != N):
+    if y is not None and (not same_library(y, x) or y.ndim != 1 or y.shape[0] != N):
         raise ValueError(f"y must be an (N,) array of labels of x's library and device with N = {N} (x's batch), "
                          f"got {type(y).__name__} of shape {tuple(y.shape)}")
     if train and cfg.dropout > 0 and cfg.depth > 0 and generator is None:

@@ -29,17 +29,26 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from refdiff.backend import Generator, asarray, device, host_dtype, namespace, to_numpy
-from refdiff.layers.basic import LinearCache, SiluCache, linear_backward, linear_forward, silu_backward, silu_forward
+from refdiff.layers.basic import (
+    LinearCache,
+    SiluCache,
+    linear_backward,
+    linear_forward,
+    silu_backward,
+    silu_forward,
+)
 from refdiff.layers.conv import conv2d_backward, conv2d_forward
-from refdiff.layers.embed import ORDERS, EmbeddingCache, embedding_backward, embedding_forward, timestep_embedding
+from refdiff.layers.embed import (
+    ORDERS,
+    EmbeddingCache,
+    embedding_backward,
+    embedding_forward,
+    timestep_embedding,
+)
 from refdiff.models import blocks as B
+from refdiff.models.common import check_init, check_int, check_params, same_library
 
 KINDS = ("conv_in", "res", "attn", "down", "up", "head")
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _int_tuple(name: str, value: Any, low: int, allow_empty: bool) -> tuple[int, ...]:
@@ -47,7 +56,7 @@ def _int_tuple(name: str, value: Any, low: int, allow_empty: bool) -> tuple[int,
         raise ValueError(f"{name} must be a tuple of integers >= {low}, got {value!r}")
     items = tuple(value)
     for v in items:
-        _check_int(f"every entry of {name}", v, low)
+        check_int(f"every entry of {name}", v, low)
     if not items and not allow_empty:
         raise ValueError(f"{name} must have at least one entry, got {value!r}")
     return tuple(int(v) for v in items)
@@ -76,15 +85,15 @@ class UNetConfig:
     def __post_init__(self):
         for name in ("in_channels", "out_channels", "image_size", "base_channels", "num_res_blocks", "heads",
                      "groups"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         object.__setattr__(self, "channel_mult", _int_tuple("channel_mult", self.channel_mult, 1, False))
         attn = _int_tuple("attention_resolutions", self.attention_resolutions, 1, True)
         object.__setattr__(self, "attention_resolutions", attn)
         if self.time_embed_dim is None:
             object.__setattr__(self, "time_embed_dim", 4 * self.base_channels)
-        _check_int("time_embed_dim", self.time_embed_dim, 1)
+        check_int("time_embed_dim", self.time_embed_dim, 1)
         if self.num_classes is not None:
-            _check_int("num_classes", self.num_classes, 1)
+            check_int("num_classes", self.num_classes, 1)
         for name in ("learn_sigma", "scale_shift_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -233,16 +242,7 @@ def init_params(cfg: UNetConfig, generator: Generator, dtype: Any = np.float32) 
     Draws are made in float64 and cast, so float32 and float64 parameters from one seed agree to
     float32 rounding. ``params_to(params, like)`` moves them to another backend.
     """
-    if not isinstance(cfg, UNetConfig):
-        raise ValueError(f"cfg must be a UNetConfig, got {type(cfg).__name__}")
-    if not isinstance(generator, Generator):
-        raise ValueError(f"generator must be a refdiff.backend.Generator, got {type(generator).__name__}")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt is None or dt.kind != "f":
-        raise ValueError(f"dtype must be a NumPy real floating dtype (float32, float64), got {dtype!r}")
+    dt = check_init(cfg, UNetConfig, generator, dtype)
     params = {}
     for key, shape in _param_shapes(cfg).items():
         if key == "label_embed.table":
@@ -441,7 +441,7 @@ def flops(cfg: UNetConfig, image_size: int | None = None) -> tuple[list[tuple[st
     Returns ([(layer name, multiply-adds), ...] in forward order, total).
     """
     S = cfg.image_size if image_size is None else image_size
-    _check_int("image_size", S, 1)
+    check_int("image_size", S, 1)
     if S % cfg.downsample_factor:
         raise ValueError(f"image_size must be a multiple of {cfg.downsample_factor}, got {S}")
     E = cfg.time_embed_dim
@@ -509,27 +509,8 @@ def summary(cfg: UNetConfig, image_size: int | None = None) -> str:
 
 # ------------------------------------------------------------------------------------- checks
 
-def _same_library(a: Any, x: Any) -> bool:
-    """a is an array of x's library on x's device."""
-    try:
-        return namespace(a, x) is namespace(x) and device(a) == device(x)
-    except TypeError:  # array_api_compat refuses to mix libraries
-        return False
-
-
 def _check_params(params: Any, cfg: Any) -> None:
-    if not isinstance(cfg, UNetConfig):
-        raise ValueError(f"cfg must be a UNetConfig, got {type(cfg).__name__}")
-    if not isinstance(params, dict):
-        raise ValueError(f"params must be a dict of arrays, got {type(params).__name__}")
-    shapes = _param_shapes(cfg)
-    missing, extra = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))
-    if missing or extra:  # the first few of each: a wrong config misses dozens
-        raise ValueError(f"params must have the keys of this UNetConfig: missing {missing[:5]} "
-                         f"({len(missing)} in all), unexpected {extra[:5]} ({len(extra)} in all)")
-    for key, shape in shapes.items():
-        if tuple(params[key].shape) != shape:
-            raise ValueError(f"params[{key!r}] must have shape {shape}, got {tuple(params[key].shape)}")
+    check_params(params, cfg, UNetConfig, _param_shapes(cfg) if isinstance(cfg, UNetConfig) else {})
 
 
 def _check_forward(params, cfg, x, t, y, train, generator) -> None:
@@ -543,15 +524,15 @@ def _check_forward(params, cfg, x, t, y, train, generator) -> None:
         raise ValueError(f"x's height and width must be positive multiples of 2^(len(channel_mult) - 1) = {f}, "
                          f"got (H, W) = {(H, W)}")
     for key, p in params.items():
-        if not _same_library(p, x) or p.dtype != x.dtype:
+        if not same_library(p, x) or p.dtype != x.dtype:
             raise ValueError(f"params[{key!r}] must be an array of x's library, device and dtype ({x.dtype}), "
                              f"got {type(p).__name__} of dtype {p.dtype}")
-    if not _same_library(t, x) or t.ndim != 1 or t.shape[0] != N:
+    if not same_library(t, x) or t.ndim != 1 or t.shape[0] != N:
         raise ValueError(f"t must be an (N,) array of x's library and device with N = {N} (x's batch), "
                          f"got {type(t).__name__} of shape {tuple(t.shape)}")
     if cfg.num_classes is None and y is not None:
         raise ValueError("y must be None for an unconditional model (cfg.num_classes is None)")
-    if y is not None and (not _same_library(y, x) or y.ndim != 1 or y.shape[0] != N):
+    if y is not None and (not same_library(y, x) or y.ndim != 1 or y.shape[0] != N):
         raise ValueError(f"y must be an (N,) array of labels of x's library and device with N = {N} (x's batch), "
                          f"got {type(y).__name__} of shape {tuple(y.shape)}")
     if train and cfg.dropout > 0 and generator is None:
