@@ -72,7 +72,7 @@ def forward_tolerance_scale(t):
 
 @given(data=st.data(), cfg=small_configs(dropout=(0.0, 0.4)), seed=seeds)
 def test_mlp_backward_matches_finite_differences(backend, data, cfg, seed):
-    """grads, dx = mlp_backward(dout, return_dx=True) equal the gradients of sum(mlp_forward(x) * dout)
+    """grads, dx = mlp_backward(dout, need_dx=True) equal the gradients of sum(mlp_forward(x) * dout)
     for every parameter and for x (float64), in training mode with the same dropout mask each time."""
     x, t, y = data.draw(batches(cfg))
     arrays = dict(random_params(cfg, seed), x=x)
@@ -85,7 +85,7 @@ def test_mlp_backward_matches_finite_differences(backend, data, cfg, seed):
     def loss(arrays):
         return float(to_numpy(backend.xp.sum(run(arrays)[0] * backend.asarray(dout))))
 
-    grads, dx = M.mlp_backward(backend.asarray(dout), run(arrays)[1], return_dx=True)
+    grads, dx = M.mlp_backward(backend.asarray(dout), run(arrays)[1], need_dx=True)
     analytic = {k: to_numpy(v) for k, v in grads.items()}
     assert_gradients_match(loss, arrays, dict(analytic, x=to_numpy(dx)))
 
@@ -99,7 +99,7 @@ def test_grads_have_the_params_keys_shapes_and_array_kind(backend, cfg, seed):
     out, cache = M.mlp_forward(params, cfg, x, backend.asarray(np.array([0, 5, 999])), train=True,
                                generator=Generator(seed))
     assert tuple(out.shape) == (3, cfg.out_dim)
-    grads, dx = M.mlp_backward(out, cache, return_dx=True)
+    grads, dx = M.mlp_backward(out, cache, need_dx=True)
     assert list(grads) == list(params) == list(M.param_shapes(cfg))
     for k in params:
         assert_same_array_kind(grads[k], params[k])
@@ -217,7 +217,7 @@ def test_float32_creates_no_float64(backend):
     t, y = backend.asarray(np.array([0, 10, 500, 999])), backend.asarray(np.array([0, 3, 1, 2]))
     with float64_tripwire(backend):
         out, cache = M.mlp_forward(params, cfg, x, t, y, train=True, generator=Generator(1))
-        grads, dx = M.mlp_backward(out + 1.0, cache, return_dx=True)
+        grads, dx = M.mlp_backward(out + 1.0, cache, need_dx=True)
     for a in (out, dx, *grads.values()):
         assert a.dtype == backend.xp.float32
 

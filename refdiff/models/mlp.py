@@ -189,7 +189,7 @@ def mlp_forward(params: dict, cfg: MLPConfig, x: Any, t: Any, y: Any = None, tra
 
 # ----------------------------------------------------------------------------------- backward
 
-def mlp_backward(dout: Any, cache: MLPCache, return_dx: bool = False):
+def mlp_backward(dout: Any, cache: MLPCache, need_dx: bool = False):
     """Gradients of mlp_forward: the steps of the forward pass in reverse.
 
     Math: every layer's own backward (refdiff.layers); the sums are where one activation feeds two
@@ -197,7 +197,7 @@ def mlp_backward(dout: Any, cache: MLPCache, return_dx: bool = False):
     gradient dh_0 reaches both the input layer and the conditioning (time MLP and label table).
 
     dout: (N, out_dim) like the output. Returns grads, a dict with params' keys in params' order and
-    their shapes; with return_dx also dx (N, D), the gradient with respect to x.
+    their shapes; with need_dx also dx (N, D), the gradient with respect to x.
     """
     cfg = cache.cfg
     N = cache.input.x2.shape[0]
@@ -223,7 +223,7 @@ def mlp_backward(dout: Any, cache: MLPCache, return_dx: bool = False):
     da = silu_backward(da, cache.time_silu)
     _, grads["time_embed.fc1.w"], grads["time_embed.fc1.b"] = linear_backward(da, cache.time_fc1)  # no dt
     grads = {key: grads[key] for key in param_shapes(cfg)}  # params' order
-    return (grads, dx) if return_dx else grads
+    return (grads, dx) if need_dx else grads
 
 
 # --------------------------------------------------------------------------- model and checks
