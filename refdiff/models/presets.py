@@ -5,6 +5,10 @@ Each preset is a function ``preset(num_classes=None, learn_sigma=False, **overri
 other field (``mnist28(dropout=0.1)``). ``refdiff info --model NAME`` prints
 ``refdiff.models.unet.summary(PRESETS[NAME]())``: the config, the parameter count and the
 multiply-adds of every layer.
+
+``CLASSIFIER_PRESETS`` names the noisy classifiers (refdiff.models.classifier) that go with them:
+``preset(num_classes=10, **overrides) -> ClassifierConfig``, each the encoder of the U-Net preset of
+the same data (same channels, levels, embedding), pooled to ``num_classes`` logits.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from refdiff.models.classifier import ClassifierConfig
 from refdiff.models.unet import UNetConfig
 
 
@@ -48,3 +53,35 @@ def shapes32(num_classes: int | None = None, learn_sigma: bool = False, **overri
 
 
 PRESETS: dict[str, Callable[..., UNetConfig]] = {"digits8": digits8, "mnist28": mnist28, "shapes32": shapes32}
+
+
+def _classifier_of(unet: UNetConfig, num_classes: int, overrides: dict) -> ClassifierConfig:
+    """The classifier whose encoder is ``unet``'s encoder, with ``num_classes`` logits."""
+    fields = ("in_channels", "image_size", "base_channels", "channel_mult", "num_res_blocks", "attention_resolutions",
+              "heads", "groups", "dropout", "scale_shift_norm", "time_embed_dim", "time_embed_order")
+    cfg = ClassifierConfig(num_classes=num_classes, **{name: getattr(unet, name) for name in fields})
+    return dataclasses.replace(cfg, **overrides)
+
+
+def digits8_classifier(num_classes: int = 10, **overrides) -> ClassifierConfig:
+    """1x8x8 digits: digits8's encoder (levels 8, 4 with 16 and 32 channels, AdaGN, attention in the
+    middle block at 4x4), pooled to 32 features. 83k parameters; as the noisy classifier for guidance
+    and, trained at t = 0, as refdiff.metrics' digit classifier."""
+    return _classifier_of(digits8(), num_classes, overrides)
+
+
+def mnist28_classifier(num_classes: int = 10, **overrides) -> ClassifierConfig:
+    """1x28x28: mnist28's encoder (levels 28, 14, 7 with 32, 64, 64 channels, embedding added, attention in
+    the middle block at 7x7), pooled to 64 features."""
+    return _classifier_of(mnist28(), num_classes, overrides)
+
+
+def shapes32_classifier(num_classes: int = 10, **overrides) -> ClassifierConfig:
+    """3x32x32: shapes32's encoder (levels 32, 16, 8 with 32, 64, 64 channels, AdaGN, attention at 8x8),
+    pooled to 64 features."""
+    return _classifier_of(shapes32(), num_classes, overrides)
+
+
+CLASSIFIER_PRESETS: dict[str, Callable[..., ClassifierConfig]] = {
+    "digits8_classifier": digits8_classifier, "mnist28_classifier": mnist28_classifier,
+    "shapes32_classifier": shapes32_classifier}
