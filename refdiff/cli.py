@@ -122,16 +122,26 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a preset on a dataset (refdiff.train), resuming when asked."""
+    """Train a preset on a dataset (refdiff.train), resuming when asked; data-parallel under mpirun."""
+    from refdiff.distributed import get_communicator
     from refdiff.train import TrainConfig, train
 
-    x, y, num_classes = _load_dataset(args.data, args.seed)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema,
-                      warmup_steps=min(100, args.steps - 1), schedule=args.schedule, T=args.T,
-                      prediction=args.prediction, loss=args.loss, seed=args.seed, backend=args.backend,
-                      dtype=args.dtype, checkpoint_every=args.checkpoint_every)
-    train(cfg, _model_config(args.preset, x, num_classes, args.loss), x, y, args.out, resume=args.resume)
-    print(f"checkpoint: {args.out}/checkpoint.npz")
+    comm = get_communicator(args.mpi_timeout)
+    try:
+        x, y, num_classes = _load_dataset(args.data, args.seed)
+        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema,
+                          warmup_steps=min(100, args.steps - 1), schedule=args.schedule, T=args.T,
+                          prediction=args.prediction, loss=args.loss, timesteps=args.timesteps, seed=args.seed,
+                          backend=args.backend, dtype=args.dtype, checkpoint_every=args.checkpoint_every,
+                          sample_every=args.sample_every)
+        train(cfg, _model_config(args.preset, x, num_classes, args.loss), x, y, args.out, resume=args.resume,
+              comm=comm)
+    except (ValueError, FileNotFoundError, RuntimeError):
+        if comm.rank == 0:  # every rank raises these alike: rank 0 alone reports (main's one line)
+            raise
+        return 1
+    if comm.rank == 0:
+        print(f"checkpoint: {args.out}/checkpoint.npz" + (f" ({comm.size} ranks)" if comm.size > 1 else ""))
     return 0
 
 
@@ -172,7 +182,9 @@ def _model_config(preset: str, x, num_classes, loss: str):
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
     """Register ``refdiff train``."""
     parser = subparsers.add_parser("train", help="train a denoiser", description="Train a denoiser; "
-                                   "checkpoints go to OUT/checkpoint.npz and --resume continues from there.")
+                                   "checkpoints go to OUT/checkpoint.npz and --resume continues from there. "
+                                   "Under `mpirun -n N` the ranks split every batch (--batch-size is the "
+                                   "global batch); see docs/scaling.md.")
     parser.add_argument("--data", default="digits",
                         help="digits, shapes, toy2d:NAME (swiss_roll, two_moons, 8gaussians, checkerboard, "
                              "rings) or a .npz file (default: digits)")
@@ -191,26 +203,53 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="out/train")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    parser.add_argument("--timesteps", default="uniform", choices=("uniform", "importance"),
+                        help="t uniform, or importance-sampled by the loss's second moment once every t has "
+                             "10 losses (improved DDPM; meant for --loss kl) (default: uniform)")
+    parser.add_argument("--sample-every", type=int, default=0, metavar="N",
+                        help="every N steps write OUT/samples_stepN.png (DDIM 20 steps, EMA weights) and "
+                             "OUT/loss_curve.png (default: 0, never)")
+    _add_mpi_timeout(parser)
     parser.set_defaults(func=cmd_train)
 
 
+def _add_mpi_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mpi-timeout", type=float, default=None, metavar="S",
+                        help="under mpirun: seconds a rank waits for the others before it aborts the job "
+                             "(default: $REFDIFF_MPI_TIMEOUT or 900)")
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
-    """Sample from a checkpoint into a .png grid or a .npz of images and labels."""
+    """Sample from a checkpoint into a .png grid or a .npz of images and labels.
+
+    Under mpirun each rank generates its rows of the samples (the same numbers one process would give
+    them) and rank 0 gathers and writes them.
+    """
     import numpy as np
 
-    from refdiff.generate import generate, load_model
+    from refdiff.checkpoint import load_checkpoint
+    from refdiff.distributed import get_communicator, shard
+    from refdiff.generate import generate, model_from_checkpoint
 
-    loaded = load_model(args.checkpoint, use_ema=not args.raw, backend=args.backend)
-    num_classes = getattr(loaded.model_cfg, "num_classes", None)
-    labels = None
-    if num_classes is not None:
-        classes = range(num_classes) if args.cls is None else [args.cls]
-        labels = np.repeat(np.asarray(list(classes)), args.count)
-    n = args.count if labels is None else labels.size
-    shape = (n, *loaded.data_shape)
-    images = generate(loaded, shape, labels, args.sampler, args.steps, args.eta, args.guidance, args.seed)
-    _write_samples(args.out, images, labels, args.count)
-    print(f"samples: {args.out}")
+    comm = get_communicator(args.mpi_timeout)
+    with comm.abort_on_error():
+        if args.backend == "cupy":
+            comm.use_local_gpu()
+        ckpt = comm.bcast(load_checkpoint(args.checkpoint) if comm.rank == 0 else None)
+        loaded = model_from_checkpoint(ckpt, use_ema=not args.raw, backend=args.backend)
+        num_classes = getattr(loaded.model_cfg, "num_classes", None)
+        labels = None
+        if num_classes is not None:
+            classes = range(num_classes) if args.cls is None else [args.cls]
+            labels = np.repeat(np.asarray(list(classes)), args.count)
+        n = args.count if labels is None else labels.size
+        shape, rows = (n, *loaded.data_shape), None if comm.size == 1 else shard(n, comm.rank, comm.size)
+        images = generate(loaded, shape, labels, args.sampler, args.steps, args.eta, args.guidance, args.seed,
+                          rows=rows)
+        images = comm.gather_rows(images, what="gathering the samples")
+        if comm.rank == 0:
+            _write_samples(args.out, images, labels, args.count)
+            print(f"samples: {args.out}" + (f" ({comm.size} ranks)" if comm.size > 1 else ""))
     return 0
 
 
@@ -232,7 +271,8 @@ def _write_samples(out: str, images, labels, per_row: int) -> None:
 def _add_sample(subparsers: argparse._SubParsersAction) -> None:
     """Register ``refdiff sample``."""
     parser = subparsers.add_parser("sample", help="sample from a checkpoint",
-                                   description="Sample from a checkpoint (EMA weights unless --raw).")
+                                   description="Sample from a checkpoint (EMA weights unless --raw). Under "
+                                               "`mpirun -n N` the ranks split the samples; rank 0 writes them.")
     parser.add_argument("checkpoint", help="path to checkpoint.npz")
     parser.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm", "euler", "heun", "dpmpp_2m"))
     parser.add_argument("--steps", type=int, default=50)
@@ -244,6 +284,7 @@ def _add_sample(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     parser.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
     parser.add_argument("--out", default="samples.png", help="a .png grid or a .npz (images, labels)")
+    _add_mpi_timeout(parser)
     parser.set_defaults(func=cmd_sample)
 
 

@@ -1,11 +1,15 @@
 """From a checkpoint to samples: rebuild the model, pick a sampler, apply guidance, return host arrays.
 
 This is what ``refdiff sample`` and ``refdiff demo`` run; library users can call the same functions.
+``write_preview`` draws the sample grid and loss curve that training writes every ``sample_every`` steps.
+Under ``mpirun -n N refdiff sample`` each rank generates its rows of the requested samples
+(``generate(..., rows=(lo, hi))``) with the noise a one-process run would give those rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -13,10 +17,16 @@ import numpy as np
 from refdiff import schedules
 from refdiff.backend import Generator, asarray, get_backend, to_numpy
 from refdiff.checkpoint import load_checkpoint
+from refdiff.distributed import ShardedGenerator
 from refdiff.samplers import (classifier_free_guidance, ddim_loop, ddpm_loop, dpmpp_2m_loop, euler_loop, final,
                               heun_loop, karras_grid, to_sigma_scale)
 
 SAMPLERS = ("ddim", "ddpm", "euler", "heun", "dpmpp_2m")
+# The grid training writes every sample_every steps: a fast deterministic DDIM from the EMA weights.
+PREVIEW_STEPS = 20
+PREVIEW_PER_ROW = 8      # images per class row (or per row, unconditional: PREVIEW_ROWS rows)
+PREVIEW_ROWS = 4
+PREVIEW_POINTS = 1000    # 2-D data: points drawn over the data
 
 
 def model_config_from_dict(model: dict) -> Any:
@@ -58,7 +68,12 @@ class LoadedModel:
 
 def load_model(path: str, use_ema: bool = True, backend: str = "numpy", dtype: str = "float32") -> LoadedModel:
     """The model of a checkpoint (EMA weights by default) on ``backend`` in ``dtype``."""
-    ckpt = load_checkpoint(path)
+    return model_from_checkpoint(load_checkpoint(path), use_ema, backend, dtype)
+
+
+def model_from_checkpoint(ckpt: dict, use_ema: bool = True, backend: str = "numpy",
+                          dtype: str = "float32") -> LoadedModel:
+    """The model of a checkpoint already read by refdiff.checkpoint.load_checkpoint (e.g. broadcast by rank 0)."""
     b = get_backend(backend)
     like = b.asarray(np.zeros(1), dtype=b.dtype(dtype))
     weights = ckpt["ema"] if use_ema else ckpt["params"]
@@ -71,23 +86,31 @@ def load_model(path: str, use_ema: bool = True, backend: str = "numpy", dtype: s
 
 
 def generate(loaded: LoadedModel, shape: tuple[int, ...], labels: np.ndarray | None = None, sampler: str = "ddim",
-             steps: int = 50, eta: float = 0.0, guidance: float = 1.0, seed: int = 0, clip_x0: float | None = 1.0):
+             steps: int = 50, eta: float = 0.0, guidance: float = 1.0, seed: int = 0, clip_x0: float | None = 1.0,
+             rows: tuple[int, int] | None = None):
     """Samples of ``shape`` (N, ...) from a loaded model, as a host float array, with labels (N,) or None.
 
     guidance: the classifier-free guidance scale s (1: the conditional model; needs num_classes).
     DDIM and DDPM run on the schedule respaced to ``steps`` (trailing spacing); the sigma-space samplers
     on a Karras grid of ``steps`` levels. clip_x0 bounds the predicted x0 (images live in [-1, 1]).
+    rows: only rows [lo, hi) of the N samples, (hi - lo, ...), equal to those rows of the whole
+    (every draw is made for all N rows and sliced: refdiff.distributed.ShardedGenerator).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    lo, hi = (0, shape[0]) if rows is None else rows
+    if not 0 <= lo <= hi <= shape[0]:
+        raise ValueError(f"rows must satisfy 0 <= lo <= hi <= {shape[0]}, got {rows!r}")
+    if hi == lo:
+        return np.zeros((0, *shape[1:]), dtype=to_numpy(loaded.like).dtype)
     model, num_classes = loaded.model, getattr(loaded.model_cfg, "num_classes", None)
-    y = None if labels is None else asarray(np.asarray(labels, dtype=np.int64), like=loaded.like)
+    y = None if labels is None else asarray(np.asarray(labels, dtype=np.int64)[lo:hi], like=loaded.like)
     if guidance != 1.0:
         if num_classes is None or y is None:
             raise ValueError(f"guidance {guidance} needs a class-conditional model and labels")
         model = classifier_free_guidance(model, guidance, null_label=num_classes)
-    generator = Generator(seed)
-    x = generator.normal(shape, like=loaded.like)
+    generator = Generator(seed) if rows is None else ShardedGenerator(Generator(seed), lo, hi, shape[0])
+    x = generator.normal((hi - lo, *shape[1:]), like=loaded.like)
     prediction = loaded.train_cfg["prediction"]
     if sampler in ("ddim", "ddpm"):
         schedule = schedules.respace(loaded.schedule, schedules.timesteps(loaded.schedule.T, steps, "trailing"))
@@ -101,3 +124,41 @@ def generate(loaded: LoadedModel, shape: tuple[int, ...], labels: np.ndarray | N
         loop = loop_fn(model, loaded.schedule, to_sigma_scale(x, float(sigmas[0])), sigmas, y, prediction=prediction,
                        clip_x0=clip_x0)
     return to_numpy(final(loop))
+
+
+def write_preview(out_dir, step: int, weights: dict, model_cfg: Any, train_cfg: dict, x: np.ndarray,
+                  losses: list[float]) -> dict[str, Any]:
+    """``samples_step{step}.png`` and ``loss_curve.png`` in out_dir, for watching a run train.
+
+    Images: a grid from DDIM (PREVIEW_STEPS steps, eta 0) with ``weights`` (the EMA), one row per class
+    for a class-conditional model; 2-D data: PREVIEW_POINTS samples over the data x. The noise comes
+    from a generator seeded with train_cfg["seed"], the same at every step (the grids are comparable)
+    and apart from the training stream. Returns {"samples": path, "loss_curve": path}.
+    """
+    from refdiff.plot import curves, image_grid, scatter_2d
+
+    out_dir, like = Path(out_dir), next(iter(weights.values()))
+    loaded = LoadedModel(model_callable(weights, model_cfg), model_cfg, train_cfg, tuple(x.shape[1:]),
+                         schedules.by_name(train_cfg["schedule"], train_cfg["T"]), like)
+    num_classes = getattr(model_cfg, "num_classes", None)
+    if x.ndim == 2:                                     # points over the data, every class in turn
+        n = PREVIEW_POINTS
+        labels = None if num_classes is None else np.arange(n) % num_classes
+    elif num_classes is not None:                       # one row per class
+        labels = np.repeat(np.arange(num_classes), PREVIEW_PER_ROW)
+        n = labels.size
+    else:
+        labels, n = None, PREVIEW_PER_ROW * PREVIEW_ROWS
+    samples = generate(loaded, (n, *x.shape[1:]), labels, "ddim", PREVIEW_STEPS, seed=train_cfg["seed"])
+    path = out_dir / f"samples_step{step}.png"
+    if x.ndim == 2:
+        scatter_2d({f"step {step}, DDIM {PREVIEW_STEPS}, EMA": samples}, path,
+                   reference=np.asarray(x[:5000], dtype=np.float64))
+    else:
+        rows = None if labels is None else [str(k) for k in range(num_classes)]
+        title = f"step {step}: DDIM {PREVIEW_STEPS} steps, EMA weights" + (", one row per class" if rows else "")
+        image_grid(samples, nrow=PREVIEW_PER_ROW, path=path, title=title, row_labels=rows)
+    ys = np.asarray(losses, dtype=np.float64)
+    curve = curves({"training loss": (np.arange(1, ys.size + 1), ys)}, out_dir / "loss_curve.png",
+                   xlabel="step", ylabel="loss", logy=bool(ys.size and np.all(ys > 0)))
+    return {"samples": path, "loss_curve": curve}

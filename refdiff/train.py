@@ -3,16 +3,24 @@
 One step (Ho et al. 2020, Alg. 1; improved DDPM for the hybrid loss and importance sampling):
 
     x0, y   <- a batch drawn by the generator; y -> null label with probability label_dropout
-    t, w    <- uniform (or importance-sampled) steps;  eps ~ N(0, I)
+    t, w    <- uniform steps (w = 1), or t ~ p_t by the loss's second moment, w = 1 / (T p_t)
+    eps     ~ N(0, I)
     x_t      = q_sample(x0, t, eps)
     out      = model(x_t, t, y)                       (forward, cache kept)
-    L, dout  = training_loss(out, x0, t, eps)         (loss and its gradient w.r.t. out)
+    L, dout  = training_loss(out, x0, t, eps, w)      (loss (1/B) sum_n w_n L_n and its gradient)
     grads    = model_backward(dout)                   (hand-derived)
-    params  <- AdamW(clip(grads)); ema <- EMA(params)
+    grads    = allreduce over ranks                   (one flat buffer; nothing with one process)
+    params  <- AdamW(clip(grads)); ema <- EMA(params); the t-sampler records every L_n
 
 All randomness comes from one refdiff Generator whose state is checkpointed with the parameters, the
-optimizer state, the EMA and the loss log, so a resumed run repeats an uninterrupted one bit for bit
-on NumPy (DESIGN rule 9). A non-finite loss stops training with an error naming the step.
+optimizer state, the EMA, the timestep sampler's loss history and the loss log, so a resumed run
+repeats an uninterrupted one bit for bit on NumPy (DESIGN rule 9). A non-finite loss stops training
+with an error naming the step.
+
+Under ``mpirun -n N`` every rank draws the whole global batch's random numbers and keeps its rows
+(refdiff.distributed): the generator, the parameters and the checkpoint do not depend on N, so N ranks
+give the parameters of one process to float tolerance, and a checkpoint resumes on any N. Rank 0 alone
+writes checkpoints, figures and the progress bar.
 """
 
 from __future__ import annotations
@@ -27,11 +35,14 @@ from typing import Any, Callable
 import numpy as np
 
 from refdiff import schedules
-from refdiff.backend import Generator, asarray, get_backend, to_numpy
+from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
 from refdiff.checkpoint import load_checkpoint, save_checkpoint
 from refdiff.diffusion import q_sample
-from refdiff.losses import training_loss
+from refdiff.distributed import SINGLE_PROCESS, ShardedGenerator, allreduce_batch, check_batch, get_communicator, shard
+from refdiff.losses import LossSecondMomentSampler, sample_timesteps, training_loss
 from refdiff.optim import adamw_init, adamw_step, clip_grad_norm, ema_update, learning_rate
+
+TIMESTEPS = ("uniform", "importance")
 
 
 class TrainingError(RuntimeError):
@@ -43,7 +54,7 @@ class TrainConfig:
     """Everything that decides a training run besides the model's architecture and the data."""
 
     steps: int = 2000
-    batch_size: int = 64
+    batch_size: int = 64             # the global batch: split over the ranks under mpirun
     lr: float = 2e-3
     warmup_steps: int = 100
     lr_decay: str = "cosine"        # "constant" | "cosine" | "linear" after the warm-up
@@ -55,23 +66,29 @@ class TrainConfig:
     prediction: str = "eps"          # "eps" | "x0" | "v"
     loss: str = "mse"                # "mse" | "hybrid" | "kl" (hybrid and kl need learn_sigma)
     weighting: str = "none"          # "none" | "min_snr"
+    timesteps: str = "uniform"       # "uniform" | "importance" (by the loss's second moment, improved DDPM)
     label_dropout: float = 0.1       # probability of training on the null label (classifier-free guidance)
     seed: int = 0
     backend: str = "numpy"
     dtype: str = "float32"
     checkpoint_every: int = 500
+    sample_every: int = 0            # write samples_step{N}.png and loss_curve.png every N steps (0: never)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "T", "checkpoint_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.sample_every, bool) or not isinstance(self.sample_every, int) or self.sample_every < 0:
+            raise ValueError(f"sample_every must be an integer >= 0 (0: no sample grids), got {self.sample_every!r}")
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
             raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.timesteps not in TIMESTEPS:
+            raise ValueError(f"timesteps must be one of {', '.join(TIMESTEPS)}, got {self.timesteps!r}")
 
     def schedule_obj(self) -> schedules.Schedule:
         """The noise schedule this run trains on."""
@@ -80,7 +97,7 @@ class TrainConfig:
 
 @dataclass
 class TrainState:
-    """What a checkpoint holds: parameters, EMA, optimizer state, step, generator and loss log."""
+    """What a checkpoint holds: parameters, EMA, optimizer state, step, generator, loss log, t-sampler."""
 
     params: dict
     ema: dict
@@ -88,6 +105,7 @@ class TrainState:
     step: int
     generator: Generator
     losses: list[float]
+    sampler: LossSecondMomentSampler | None = None  # importance sampling of t; None for uniform t
 
 
 def model_functions(model_cfg: Any) -> tuple[Callable, Callable, Callable]:
@@ -113,6 +131,11 @@ def _to_host(d: dict) -> dict:
     return {k: to_numpy(v) for k, v in d.items()}
 
 
+def _new_sampler(cfg: TrainConfig) -> LossSecondMomentSampler | None:
+    """improved DDPM's sampler (10 losses per t, uniform_prob 0.001) for timesteps="importance", else None."""
+    return LossSecondMomentSampler(cfg.T) if cfg.timesteps == "importance" else None
+
+
 def init_state(cfg: TrainConfig, model_cfg: Any) -> TrainState:
     """Fresh parameters (from the run's generator), EMA = params, zeroed AdamW state, step 0."""
     init_params, _, _ = model_functions(model_cfg)
@@ -121,86 +144,136 @@ def init_state(cfg: TrainConfig, model_cfg: Any) -> TrainState:
     like = backend.asarray(np.zeros(1), dtype=backend.dtype(cfg.dtype))
     params = _to_device(init_params(model_cfg, generator, dtype=np.dtype(cfg.dtype)), like)
     ema = {k: v for k, v in params.items()}
-    return TrainState(params, ema, adamw_init(params), 0, generator, [])
+    return TrainState(params, ema, adamw_init(params), 0, generator, [], _new_sampler(cfg))
 
 
-def save_state(path: Path, cfg: TrainConfig, model_cfg: Any, state: TrainState, data_shape: tuple) -> Path:
-    """Write the run's checkpoint atomically (refdiff.checkpoint); data_shape is one sample's shape."""
-    config = {"train": dataclasses.asdict(cfg), "data_shape": list(data_shape),
+def save_state(path: Path, cfg: TrainConfig, model_cfg: Any, state: TrainState, data_shape: tuple,
+               ranks: int = 1) -> Path:
+    """Write the run's checkpoint atomically (refdiff.checkpoint); data_shape is one sample's shape.
+
+    ranks (the processes that trained it) is recorded for information: any number of ranks resumes it.
+    """
+    config = {"train": dataclasses.asdict(cfg), "data_shape": list(data_shape), "ranks": ranks,
               "model": {"kind": type(model_cfg).__name__, **dataclasses.asdict(model_cfg)}}
     groups = {"params": _to_host(state.params), "ema": _to_host(state.ema), "opt": _to_host(state.opt),
               "log": {"loss": np.asarray(state.losses, dtype=np.float64)}}
+    if state.sampler is not None:
+        groups["sampler"] = state.sampler.get_state()
     return save_checkpoint(path, config, state.step, state.generator.get_state(), groups)
 
 
-def load_state(path: Path, cfg: TrainConfig) -> TrainState:
-    """The TrainState of a checkpoint, on cfg's backend and dtype."""
-    ckpt = load_checkpoint(path)
+def load_state(path: Path, cfg: TrainConfig, comm: Any = SINGLE_PROCESS) -> TrainState:
+    """The TrainState of a checkpoint, on cfg's backend and dtype (rank 0 reads it, every rank gets it).
+
+    A checkpoint without a sampler history starts importance sampling from an empty one.
+    """
+    ckpt = comm.bcast(load_checkpoint(path) if comm.rank == 0 else None)
     backend = get_backend(cfg.backend)
     like = backend.asarray(np.zeros(1), dtype=backend.dtype(cfg.dtype))
     generator = Generator(cfg.seed)
     generator.set_state(ckpt["rng"])
+    sampler = _new_sampler(cfg)
+    if sampler is not None and ckpt["sampler"]:
+        sampler.set_state(ckpt["sampler"])
     opt = _to_device(ckpt["opt"], like)
     return TrainState(_to_device(ckpt["params"], like), _to_device(ckpt["ema"], like), opt, ckpt["step"],
-                      generator, list(ckpt["log"].get("loss", np.zeros(0))))
+                      generator, list(ckpt["log"].get("loss", np.zeros(0))), sampler)
 
 
 def draw_batch(cfg: TrainConfig, x: np.ndarray, y: np.ndarray | None, num_classes: int | None,
-               generator: Generator, like: Any):
-    """A batch (x0, y) on like's backend: indices uniform over the data, labels dropped to the null label
-    (index num_classes) with probability cfg.label_dropout."""
-    idx = generator.integers(0, x.shape[0], (cfg.batch_size,))             # host (B,)
-    x0 = asarray(x[idx].astype(cfg.dtype), like=like)                       # (B, C, H, W)
+               generator: Generator, like: Any, rows: tuple[int, int] | None = None):
+    """Rows [lo, hi) of a batch (x0, y) on like's backend: indices uniform over the data, labels dropped
+    to the null label (index num_classes) with probability cfg.label_dropout.
+
+    The whole batch's numbers are drawn (cfg.batch_size of each), whatever ``rows`` keeps (default: all).
+    """
+    lo, hi = (0, cfg.batch_size) if rows is None else rows
+    idx = generator.integers(0, x.shape[0], (cfg.batch_size,))[lo:hi]      # host (n,)
+    x0 = asarray(x[idx].astype(cfg.dtype), like=like)                       # (n, C, H, W)
     if y is None or num_classes is None:
         return x0, None
-    drop = generator.uniform((cfg.batch_size,)) < cfg.label_dropout         # host (B,)
+    drop = generator.uniform((cfg.batch_size,))[lo:hi] < cfg.label_dropout  # host (n,)
     labels = np.where(drop, num_classes, y[idx]).astype(np.int64)
     return x0, asarray(labels, like=like)
 
 
+def _draw_timesteps(cfg: TrainConfig, state: TrainState, like: Any):
+    """Steps t and weights w = 1 / (T p_t) of the whole batch, (B,) each; w is None for uniform t."""
+    method = "uniform" if state.sampler is None else state.sampler
+    t, w = sample_timesteps(cfg.T, cfg.batch_size, state.generator, like, method)
+    return t, (None if state.sampler is None else w)
+
+
 def train_step(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule, state: TrainState,
-               x: np.ndarray, y: np.ndarray | None) -> float:
-    """One optimizer step on a fresh batch; updates ``state`` in place and returns the loss."""
+               x: np.ndarray, y: np.ndarray | None, comm: Any = SINGLE_PROCESS) -> float:
+    """One optimizer step on a fresh batch; updates ``state`` in place and returns the loss.
+
+    comm: this rank computes its rows of the global batch; one allreduce gives every rank the global
+    gradient and every per-sample loss (refdiff.distributed.allreduce_batch).
+    """
     _, forward, backward = model_functions(model_cfg)
     like = next(iter(state.params.values()))
-    g = state.generator
-    x0, labels = draw_batch(cfg, x, y, getattr(model_cfg, "num_classes", None), g, like)
-    t = g.integers(0, schedule.T, (cfg.batch_size,), like=like)
-    eps = g.normal(x0.shape, like=x0)
+    B, g = cfg.batch_size, state.generator
+    lo, hi = shard(B, comm.rank, comm.size)
+    x0, labels = draw_batch(cfg, x, y, getattr(model_cfg, "num_classes", None), g, like, (lo, hi))
+    t_all, w_all = _draw_timesteps(cfg, state, like)                        # (B,) each
+    t, w = t_all[lo:hi], None if w_all is None else w_all[lo:hi]
+    eps = asarray(g.normal((B, *x0.shape[1:]), dtype=np.dtype(cfg.dtype))[lo:hi], like=x0)
     xt = q_sample(schedule, x0, t, eps)
-    out, cache = forward(state.params, model_cfg, xt, t, labels, train=True, generator=g)
-    loss, dout, _ = training_loss(schedule, out, x0, t, eps, prediction=cfg.prediction, loss=cfg.loss,
-                                  weighting=cfg.weighting)
-    loss = float(to_numpy(loss))
+    rows = ShardedGenerator(g, lo, hi, B)                                   # dropout masks: the batch's rows
+    out, cache = forward(state.params, model_cfg, xt, t, labels, train=True, generator=rows)
+    _, dout, terms = training_loss(schedule, out, x0, t, eps, prediction=cfg.prediction, loss=cfg.loss,
+                                   weighting=cfg.weighting, weights=w)
+    grads, per_sample = allreduce_batch(comm, backward(dout, cache), terms.loss, lo, hi, B)
+    xp = namespace(per_sample)
+    loss = float(to_numpy(xp.mean(per_sample if w_all is None else w_all * per_sample)))  # (1/B) sum_n w_n L_n
     if not math.isfinite(loss):
         raise TrainingError(f"loss is {loss} at step {state.step}: training stopped")
-    grads, _ = clip_grad_norm(backward(dout, cache), cfg.grad_clip)
+    grads, _ = clip_grad_norm(grads, cfg.grad_clip)
     lr = learning_rate(state.step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.lr_decay)
     state.params, state.opt = adamw_step(state.params, grads, state.opt, lr, weight_decay=cfg.weight_decay)
     state.ema = ema_update(state.ema, state.params, cfg.ema_decay, state.step)
+    if state.sampler is not None:
+        state.sampler.update(t_all, per_sample)                            # every rank: the same B losses
     state.step += 1
     state.losses.append(loss)
     return loss
 
 
 def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None, out_dir: str | Path,
-          resume: bool = False, progress: bool = True, stop_at: int | None = None) -> TrainState:
+          resume: bool = False, progress: bool = True, stop_at: int | None = None, comm: Any = None) -> TrainState:
     """Train for cfg.steps steps (or until ``stop_at``), checkpointing to ``out_dir/checkpoint.npz``.
 
     x: (N, C, H, W) or (N, D) host data in [-1, 1]; y: (N,) labels or None. resume=True continues from
-    the checkpoint in out_dir. Returns the final TrainState; the checkpoint holds it too.
+    the checkpoint in out_dir. cfg.sample_every > 0 also writes sample grids and the loss curve there.
+    comm: a refdiff.distributed communicator; None picks MPI under mpirun, else one process. Rank 0
+    alone writes files and shows the progress bar; a failure on one rank aborts them all.
+    Returns the final TrainState (the same on every rank); the checkpoint holds it too.
     """
+    comm = get_communicator() if comm is None else comm
+    check_batch(cfg.batch_size, comm.size)
     path = Path(out_dir) / "checkpoint.npz"
-    state = load_state(path, cfg) if resume else init_state(cfg, model_cfg)
+    with comm.abort_on_error(collective=(TrainingError,)):
+        if cfg.backend == "cupy":
+            comm.use_local_gpu()
+        state = load_state(path, cfg, comm) if resume else init_state(cfg, model_cfg)
+        return _loop(cfg, model_cfg, x, y, path, state, progress and comm.rank == 0, stop_at, comm)
+
+
+def _loop(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None, path: Path, state: TrainState,
+          progress: bool, stop_at: int | None, comm: Any) -> TrainState:
+    """The steps of ``train``, with checkpoints and sample grids written by rank 0."""
     schedule = cfg.schedule_obj()
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     bar = _progress(state.step, end, progress)
     start_step, start_time = state.step, time.perf_counter()
     try:
         while state.step < end:
-            loss = train_step(cfg, model_cfg, schedule, state, x, y)
-            if state.step % cfg.checkpoint_every == 0 or state.step == end:
-                save_state(path, cfg, model_cfg, state, x.shape[1:])
+            loss = train_step(cfg, model_cfg, schedule, state, x, y, comm)
+            if comm.rank == 0 and (state.step % cfg.checkpoint_every == 0 or state.step == end):
+                save_state(path, cfg, model_cfg, state, x.shape[1:], comm.size)
+            if comm.rank == 0 and cfg.sample_every and state.step % cfg.sample_every == 0:
+                _write_preview(cfg, model_cfg, state, x, path.parent)
             rate = cfg.batch_size * (state.step - start_step) / max(time.perf_counter() - start_time, 1e-9)
             bar.set_postfix(loss=f"{loss:.4f}", img_per_s=f"{rate:.0f}", refresh=False)
             bar.update(1)
@@ -210,6 +283,17 @@ def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
     finally:
         bar.close()
     return state
+
+
+def _write_preview(cfg: TrainConfig, model_cfg: Any, state: TrainState, x: np.ndarray, out_dir: Path) -> None:
+    """samples_step{N}.png from the EMA weights and loss_curve.png (refdiff.generate.write_preview).
+
+    Sampling uses its own generator (seeded by cfg.seed), never the training stream: a run with
+    previews trains the same numbers as one without, and resumes exactly.
+    """
+    from refdiff.generate import write_preview  # figures sit above training (DESIGN layers): imported on use
+
+    write_preview(out_dir, state.step, state.ema, model_cfg, dataclasses.asdict(cfg), x, state.losses)
 
 
 def _progress(start: int, end: int, enabled: bool):

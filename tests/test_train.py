@@ -1,5 +1,7 @@
-"""Specification of training: exact resume, non-finite losses, and atomic checkpoints."""
+"""Specification of training: exact resume, importance-sampled t, sample grids, non-finite losses,
+and atomic checkpoints."""
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -8,9 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import refdiff.train as train_module
 from refdiff.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from refdiff.cli import main
 from refdiff.models.mlp import MLPConfig
-from refdiff.train import TrainConfig, TrainingError, train
+from refdiff.models.unet import UNetConfig
+from refdiff.train import TrainConfig, TrainingError, init_state, train, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +29,19 @@ def _toy_data():
 
 CONFIG = TrainConfig(steps=12, batch_size=16, lr=1e-3, warmup_steps=2, T=50, checkpoint_every=4)
 MODEL = MLPConfig(hidden=32, depth=2, time_embed_dim=16, num_classes=2, dropout=0.1)
+# T = 6 steps of 10 losses each: the importance sampler warms up after 6 of the 12 steps (60 of 192 draws).
+IMPORTANCE = dataclasses.replace(CONFIG, T=6, timesteps="importance")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_same_state(a, b):
+    """Two TrainStates hold the same step, losses, params, EMA and optimizer state, bit for bit."""
+    assert a.step == b.step and a.losses == b.losses
+    for group in ("params", "ema", "opt"):
+        x, y = getattr(a, group), getattr(b, group)
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(np.asarray(x[key]), np.asarray(y[key]), err_msg=f"{group}/{key}")
 
 
 @pytest.mark.parametrize("stop", [4, 7])
@@ -42,6 +60,92 @@ def test_resume_repeats_an_uninterrupted_run_bit_for_bit(tmp_path, stop):
         assert a.keys() == b.keys()
         for key in a:
             np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=f"{group}/{key}")
+
+
+def test_resume_with_importance_sampling_repeats_an_uninterrupted_run_bit_for_bit(tmp_path):
+    """With t importance-sampled by the loss's second moment, stopping before the sampler has warmed up
+    and resuming after the checkpoint gives the uninterrupted run bit for bit: the checkpoint holds the
+    sampler's loss history (sampler/history, sampler/counts), which decides p_t after the warm-up."""
+    x, y = _toy_data()
+    full = train(IMPORTANCE, MODEL, x, y, tmp_path / "full", progress=False)
+    train(IMPORTANCE, MODEL, x, y, tmp_path / "split", progress=False, stop_at=5)
+    resumed = train(IMPORTANCE, MODEL, x, y, tmp_path / "split", progress=False, resume=True)
+    _assert_same_state(full, resumed)
+    assert full.sampler.warmed_up  # the resumed half ran on the restored history
+    ckpt = load_checkpoint(tmp_path / "split" / "checkpoint.npz")
+    np.testing.assert_array_equal(ckpt["sampler"]["history"], full.sampler.get_state()["history"])
+    np.testing.assert_array_equal(ckpt["sampler"]["counts"], np.full(IMPORTANCE.T, 10))
+
+
+def test_importance_weights_are_one_until_the_sampler_warms_up_then_one_over_T_p(monkeypatch):
+    """Improved DDPM's rule: until every t has 10 losses, t is uniform and each sample's weight is 1;
+    afterwards t ~ p_t (proportional to sqrt(E[L_t^2]), mixed with 0.001 uniform) and the loss weights
+    are w = 1 / (T p_t), the p_t of the sampler before the step; the sampler records every step's losses."""
+    x, y = _toy_data()
+    seen = []
+    real_loss = train_module.training_loss
+
+    def spy(*args, weights=None, **kwargs):
+        seen.append((np.asarray(args[3]), None if weights is None else np.asarray(weights)))
+        return real_loss(*args, weights=weights, **kwargs)
+
+    monkeypatch.setattr(train_module, "training_loss", spy)
+    state, schedule = init_state(IMPORTANCE, MODEL), IMPORTANCE.schedule_obj()
+    warm_steps = 0
+    for _ in range(IMPORTANCE.steps):
+        warm, p = state.sampler.warmed_up, state.sampler.probabilities()
+        counts = state.sampler.get_state()["counts"]
+        train_step(IMPORTANCE, MODEL, schedule, state, x, y)
+        t, w = seen[-1]
+        expected = np.minimum(counts + np.bincount(t, minlength=IMPORTANCE.T), 10)
+        np.testing.assert_array_equal(state.sampler.get_state()["counts"], expected)
+        if not warm:
+            np.testing.assert_array_equal(w, np.ones_like(w))
+            continue
+        warm_steps += 1
+        assert not np.allclose(p, 1.0 / IMPORTANCE.T)
+        np.testing.assert_allclose(w, 1.0 / (IMPORTANCE.T * p[t]), rtol=1e-6)
+    assert 0 < warm_steps < IMPORTANCE.steps
+
+
+def test_sample_grids_and_loss_curve_do_not_disturb_training(tmp_path):
+    """sample_every = 4 writes samples_step4.png, samples_step8.png, samples_step12.png (a scatter over
+    the 2-D data) and loss_curve.png, and trains the same numbers bit for bit as sample_every = 0:
+    the grids draw from their own generator, never the training stream."""
+    x, y = _toy_data()
+    plain = train(CONFIG, MODEL, x, y, tmp_path / "plain", progress=False)
+    shown = train(dataclasses.replace(CONFIG, sample_every=4), MODEL, x, y, tmp_path / "shown", progress=False)
+    _assert_same_state(plain, shown)
+    for name in ("samples_step4.png", "samples_step8.png", "samples_step12.png", "loss_curve.png"):
+        assert (tmp_path / "shown" / name).read_bytes()[:8] == PNG, name
+    assert not list((tmp_path / "plain").glob("*.png"))
+
+
+def test_sample_grid_of_a_class_conditional_unet_has_one_row_per_class(tmp_path):
+    """A tiny class-conditional U-Net (3 classes) with sample_every = 2 writes samples_step2.png: a grid
+    of 3 rows (one per class) of 8 images: about 2.4 times as wide as tall (1 row: 5.4; 4 rows: 1.9)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    x, y = np.tanh(rng.normal(size=(30, 1, 8, 8))), np.arange(30) % 3
+    model = UNetConfig(in_channels=1, out_channels=1, image_size=8, base_channels=8, channel_mult=(1,),
+                       num_res_blocks=1, groups=4, num_classes=3, time_embed_dim=16)
+    cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=0, T=20, sample_every=2)
+    train(cfg, model, x, y, tmp_path, progress=False)
+    width, height = Image.open(tmp_path / "samples_step2.png").size
+    assert (tmp_path / "loss_curve.png").read_bytes()[:8] == PNG
+    assert 2.1 < width / height < 2.8  # 8 columns by 3 labelled rows plus a title
+
+
+def test_cli_train_takes_importance_sampling_and_sample_every(tmp_path):
+    """`refdiff train --timesteps importance --sample-every 3` trains with the sampler (its history is in
+    the checkpoint) and writes samples_step3.png and loss_curve.png."""
+    out = tmp_path / "run"
+    assert main(["train", "--data", "toy2d:two_moons", "--preset", "mlp", "--batch-size", "16", "--T", "20",
+                 "--steps", "3", "--timesteps", "importance", "--sample-every", "3", "--out", str(out)]) == 0
+    ckpt = load_checkpoint(out / "checkpoint.npz")
+    assert ckpt["sampler"]["counts"].shape == (20,) and ckpt["config"]["train"]["timesteps"] == "importance"
+    assert (out / "samples_step3.png").read_bytes()[:8] == PNG and (out / "loss_curve.png").exists()
 
 
 def test_checkpoint_holds_the_documented_plain_arrays(tmp_path):
@@ -109,6 +213,8 @@ def test_bad_train_config_raises_naming_the_argument():
     """Invalid settings are refused when the config is built."""
     for kwargs, match in [({"steps": 0}, "steps must be an integer >= 1"), ({"lr": -1.0}, "lr must be a positive"),
                           ({"label_dropout": 1.0}, r"label_dropout must lie in \[0, 1\)"),
-                          ({"dtype": "float16"}, "dtype must be float32 or float64")]:
+                          ({"dtype": "float16"}, "dtype must be float32 or float64"),
+                          ({"timesteps": "loss"}, "timesteps must be one of uniform, importance"),
+                          ({"sample_every": -1}, "sample_every must be an integer >= 0")]:
         with pytest.raises(ValueError, match=match):
             TrainConfig(**kwargs)
