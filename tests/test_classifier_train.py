@@ -81,7 +81,8 @@ def test_clean_training_uses_t_zero():
 def test_classifier_guidance_moves_samples_to_the_asked_class():
     """DDIM (25 steps) with the exact unconditional denoiser of the two-class mixture: unguided, about half
     the samples land in class 1; guided toward class 1 by a noisy classifier trained for 150 steps
-    (scale 1: the conditional p(x | y)), at least 90% do (the class read off the sign of the mean pixel, the Bayes rule here)."""
+    (scale 1: the conditional p(x | y)), at least 90% do (the class read off the sign of the mean pixel,
+    the Bayes rule here)."""
     full = S.cosine(1000)
     x, y = two_class_data(2048, 0)
     trained = train_classifier(ClassifierTrainConfig(steps=150, batch_size=64, lr=3e-3), TINY, x, y)

@@ -303,10 +303,12 @@ BASE = C.ClassifierConfig(image_size=8, base_channels=8, channel_mult=(1, 2), gr
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"x": np.zeros((3, 2, 8, 8))}, r"x must be a real floating \(N, 1, H, W\) array \(NCHW\), got shape \(3, 2, 8, 8\)"),
+    ({"x": np.zeros((3, 2, 8, 8))},
+     r"x must be a real floating \(N, 1, H, W\) array \(NCHW\), got shape \(3, 2, 8, 8\)"),
     ({"x": np.zeros((3, 8, 8, 1))}, r"x must be a real floating \(N, 1, H, W\) array"),
     ({"x": np.zeros((3, 1, 8, 8), dtype=np.int64)}, "x must be a real floating"),
-    ({"x": np.zeros((3, 1, 7, 8))}, r"x's height and width must be positive multiples of .* = 2, got \(H, W\) = \(7, 8\)"),
+    ({"x": np.zeros((3, 1, 7, 8))},
+     r"x's height and width must be positive multiples of .* = 2, got \(H, W\) = \(7, 8\)"),
     ({"t": np.zeros(2, dtype=np.int64)}, r"t must be an \(N,\) array .* N = 3"),
     ({"params": {"input.conv.w": np.zeros((3, 3, 1, 8))}},
      r"params must have the keys of this ClassifierConfig: missing \["),
@@ -354,8 +356,10 @@ def test_backward_bad_dlogits_raise(backend):
     ({"num_classes": None}, "num_classes must be an integer >= 1, got None"),
     ({"in_channels": 0}, "in_channels must be an integer >= 1, got 0"),
     ({"channel_mult": ()}, "channel_mult must have at least one entry"),
-    ({"image_size": 6, "channel_mult": (1, 2, 2)}, r"image_size must be a multiple of 2\^\(len\(channel_mult\) - 1\) = 4"),
-    ({"attention_resolutions": (5,)}, r"attention_resolutions must hold resolutions of the levels \[28, 14, 7\], got 5"),
+    ({"image_size": 6, "channel_mult": (1, 2, 2)},
+     r"image_size must be a multiple of 2\^\(len\(channel_mult\) - 1\) = 4"),
+    ({"attention_resolutions": (5,)},
+     r"attention_resolutions must hold resolutions of the levels \[28, 14, 7\], got 5"),
     ({"groups": 3}, r"groups must divide every normalized channel count \(down.0.res.0 has 32\), got 3"),
     ({"heads": 3}, r"heads must divide the channels of every attention block \(mid.attn has 64\)"),
     ({"dropout": 1.0}, r"dropout must be a drop probability in \[0, 1\), got 1.0"),
