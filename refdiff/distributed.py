@@ -67,8 +67,8 @@ def check_batch(batch_size: int, size: int) -> None:
     """Refuse a global batch that leaves a rank without samples; uneven shards follow ``shard``'s rule."""
     if batch_size < size:
         raise DistributedError(f"batch_size {batch_size} is smaller than the number of ranks {size}: every rank "
-                               f"needs at least one sample; use at most {batch_size} ranks or a batch of at "
-                               f"least {size}")
+                               f"needs at least one sample: start at most {batch_size} ranks, or use a batch of "
+                               f"at least {size}")
 
 
 class ShardedGenerator:

@@ -1,0 +1,333 @@
+"""Specification of data-parallel training and sampling (refdiff.distributed), with real MPI ranks.
+
+In-process tests pin the pieces (shards, sharded draws, sharded sampling, no mpi4py import without a
+launcher). The MPI tests launch ``mpiexec -n 2`` (the mpich wheel's, beside sys.executable) on this
+file run as a script, whose ``__main__`` part is the rank-side code of each scenario; they are skipped
+where mpi4py or mpiexec is missing. Every launch has a timeout and kills its whole process group.
+"""
+
+import dataclasses
+import hashlib
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import refdiff
+import refdiff.train as train_module
+from refdiff import schedules
+from refdiff.backend import Generator, to_numpy
+from refdiff.checkpoint import load_checkpoint
+from refdiff.cli import main
+from refdiff.distributed import (SINGLE_PROCESS, DistributedError, ShardedGenerator, check_batch, get_communicator,
+                                 shard)
+from refdiff.generate import LoadedModel, generate, model_callable
+from refdiff.models.mlp import MLPConfig, init_params
+from refdiff.train import TrainConfig, train
+
+HERE = Path(__file__).resolve()
+K = 8  # steps of the MPI training scenario
+# float64, so that "2 ranks == 1 rank" holds to 1e-9 whatever the reduction order; batch 15 on 2 ranks
+# gives uneven shards (8 and 7 rows); T = 4 warms the importance sampler up within the first steps;
+# dropout and label dropout make every rank depend on the shared generator.
+CFG = TrainConfig(steps=K, batch_size=15, lr=1e-2, warmup_steps=1, T=4, timesteps="importance", dtype="float64",
+                  checkpoint_every=2)
+MODEL = MLPConfig(hidden=16, depth=2, time_embed_dim=8, num_classes=2, dropout=0.1)
+TOL = dict(rtol=1e-9, atol=1e-12)
+
+
+def _toy_data():
+    """Two labelled 2-D clusters: x (200, 2), y (200,)."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal([-0.5, 0.0], 0.1, (100, 2)), rng.normal([0.5, 0.3], 0.1, (100, 2))])
+    return x, np.repeat([0, 1], 100)
+
+
+# ---------------------------------------------------------------------------------------- in-process
+
+
+@given(n=st.integers(1, 200), size=st.integers(1, 70))
+def test_shards_tile_the_batch_contiguously_and_differ_by_at_most_one_row(n, size):
+    """shard(n, r, N) for r = 0..N-1 are contiguous, in rank order, cover [0, n) exactly, and their sizes are
+    n // N or n // N + 1, the larger ones first (the documented remainder rule)."""
+    bounds = [shard(n, r, size) for r in range(size)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    sizes = [hi - lo for lo, hi in bounds]
+    assert set(sizes) <= {n // size, n // size + 1} and sizes == sorted(sizes, reverse=True)
+
+
+def test_sharded_draws_are_slices_of_the_one_process_draws_and_keep_generators_in_step():
+    """For every draw (normal, uniform, integers) the ranks' ShardedGenerator draws, concatenated in rank
+    order, equal one generator's draw for the whole batch, and every rank's generator ends in the same
+    state as the one-process generator."""
+    n, size = 7, 3
+    whole = Generator(5)
+    expected = [whole.normal((n, 2, 3)), whole.uniform((n, 4), low=-1.0), whole.integers(0, 9, (n,))]
+    parts, states = [[], [], []], []
+    for rank in range(size):
+        lo, hi = shard(n, rank, size)
+        g = ShardedGenerator(Generator(5), lo, hi, n)
+        for i, draw in enumerate([g.normal((hi - lo, 2, 3)), g.uniform((hi - lo, 4), low=-1.0),
+                                  g.integers(0, 9, (hi - lo,))]):
+            parts[i].append(draw)
+        states.append(g.generator.get_state())
+    for want, got in zip(expected, parts):
+        np.testing.assert_array_equal(np.concatenate(got), want)
+    for state in states:
+        np.testing.assert_array_equal(state, whole.get_state())
+    with pytest.raises(ValueError, match="batch as its leading axis"):
+        ShardedGenerator(Generator(0), 0, 2, 7).normal((3, 2))
+
+
+def test_sharded_sampling_gives_the_rows_of_the_whole_sample():
+    """generate(..., rows=(lo, hi)) over the shards of 3 ranks, concatenated, equals generate() of all rows:
+    DDPM draws fresh noise at every step, and each rank draws it for all rows and keeps its own."""
+    cfg = MLPConfig(hidden=16, depth=1, time_embed_dim=8, num_classes=2)
+    params = {k: v + 0.1 * Generator(1).normal(v.shape) for k, v in init_params(cfg, Generator(0), np.float64).items()}
+    schedule = schedules.by_name("cosine", 50)
+    loaded = LoadedModel(model_callable(params, cfg), cfg, {"prediction": "eps"}, (2,), schedule, params["out.w"])
+    labels = np.arange(10) % 2
+    whole = generate(loaded, (10, 2), labels, "ddpm", 6, seed=3)
+    parts = [generate(loaded, (10, 2), labels, "ddpm", 6, seed=3, rows=shard(10, r, 3)) for r in range(3)]
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-12, atol=1e-12)
+    assert generate(loaded, (10, 2), labels, "ddpm", 6, seed=3, rows=(4, 4)).shape == (0, 2)
+
+
+def test_a_batch_smaller_than_the_ranks_is_refused_naming_both():
+    """Every rank needs a sample: batch 3 on 4 ranks is an error naming both numbers; batch 4 is fine."""
+    with pytest.raises(DistributedError, match="batch_size 3 is smaller than the number of ranks 4"):
+        check_batch(3, 4)
+    check_batch(4, 4)
+
+
+def test_without_a_launcher_the_communicator_is_the_single_process(monkeypatch):
+    """No MPI launcher in the environment: get_communicator() is SINGLE_PROCESS (rank 0 of 1), whose
+    collectives return their inputs."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "REFDIFF_MPI"):
+        monkeypatch.delenv(var, raising=False)
+    comm = get_communicator()
+    assert comm is SINGLE_PROCESS and (comm.rank, comm.size) == (0, 1)
+    buf = np.arange(3.0)
+    assert comm.allreduce_sum(buf) is buf and comm.bcast("x") == "x"
+
+
+def _child_env(**extra) -> dict:
+    """The environment of a child process that imports the refdiff under test, with one BLAS thread."""
+    package_parent = str(Path(refdiff.__file__).resolve().parent.parent)
+    path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
+    env = {k: v for k, v in os.environ.items() if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_RANK")}
+    return {**env, "PYTHONPATH": path, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **extra}
+
+
+def test_single_process_training_never_imports_mpi4py_and_a_launcher_without_it_is_an_error():
+    """With mpi4py made unimportable, one process trains without touching it (no import at module level);
+    a process that an MPI launcher started (PMI_SIZE=2) stops with an error that says how to install it."""
+    code = """if True:
+        import sys
+        sys.modules["mpi4py"] = None  # importing mpi4py now raises ImportError, as if it were not installed
+        import numpy as np
+        from refdiff.models.mlp import MLPConfig
+        from refdiff.train import TrainConfig, train
+        x = np.random.default_rng(0).normal(size=(64, 2))
+        train(TrainConfig(steps=2, batch_size=8, warmup_steps=0, T=10), MLPConfig(hidden=8, depth=1), x, None,
+              sys.argv[1], progress=False)
+        print("trained", "mpi4py" in sys.modules and sys.modules["mpi4py"] is not None)
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        done = subprocess.run([sys.executable, "-c", code, out], capture_output=True, text=True, timeout=120,
+                              env=_child_env())
+        assert done.returncode == 0 and done.stdout.split() == ["trained", "False"], done.stderr
+        done = subprocess.run([sys.executable, "-c", code, out], capture_output=True, text=True, timeout=120,
+                              env=_child_env(PMI_SIZE="2"))
+    assert done.returncode != 0
+    assert "started by an MPI launcher (2 ranks) but mpi4py is not installed: pip install 'refdiff[mpi]'" in done.stderr
+
+
+# ------------------------------------------------------------------------------------ with mpiexec -n 2
+
+
+def _mpiexec() -> str | None:
+    """mpiexec beside this Python (the mpich wheel installs it there), else on PATH; None without mpi4py."""
+    if importlib.util.find_spec("mpi4py") is None:
+        return None
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+MPIEXEC = _mpiexec()
+
+
+def _require_mpi() -> None:
+    """Skip without mpi4py or mpiexec; fail instead where CI demands MPI (REFDIFF_REQUIRE_MPI=1, .ci/run)."""
+    if MPIEXEC is not None:
+        return
+    message = "needs mpi4py and mpiexec: pip install '.[mpi]'"
+    if os.environ.get("REFDIFF_REQUIRE_MPI") == "1":
+        pytest.fail(f"REFDIFF_REQUIRE_MPI=1, but this test {message}")
+    pytest.skip(message)
+
+
+def _launch(args: list[str], timeout: float = 120, **env) -> tuple[subprocess.CompletedProcess, float]:
+    """``mpiexec -n 2 python ARGS``: (the finished process, wall seconds); on timeout its whole process group
+    (launcher and ranks) is killed and the test fails."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_child_env(**env), start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"mpiexec {' '.join(args)} did not finish in {timeout} s:\n{out}\n{err}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), time.perf_counter() - start
+
+
+def _assert_close_states(a: dict, b: dict, groups=("params", "ema", "opt")) -> None:
+    for group in groups:
+        assert a[group].keys() == b[group].keys()
+        for key in a[group]:
+            np.testing.assert_allclose(a[group][key], b[group][key], **TOL, err_msg=f"{group}/{key}")
+
+
+@pytest.mark.mpi
+def test_two_ranks_train_like_one_and_checkpoints_resume_across_rank_counts(tmp_path):
+    """With the same seed and global batch (15: shards of 8 and 7 rows), float64, importance-sampled t,
+    dropout and label dropout:
+    - 2 ranks give the parameters, EMA and optimizer state of 1 rank after K steps, to 1e-9;
+    - after every step the 2 ranks hold bit-identical parameters, EMA, optimizer, generator and sampler
+      states (checked on the ranks: a mismatch fails the launch);
+    - a checkpoint written by 2 ranks holds the generator state a 1-rank run has at that step, bit for bit;
+    - it resumes on 1 rank, and a 1-rank checkpoint resumes on 2 ranks, to the 1-rank run's numbers."""
+    _require_mpi()
+    x, y = _toy_data()
+    one = train(CFG, MODEL, x, y, tmp_path / "one", progress=False, comm=SINGLE_PROCESS)
+    train(CFG, MODEL, x, y, tmp_path / "b", progress=False, stop_at=K // 2, comm=SINGLE_PROCESS)
+    rng_half = load_checkpoint(tmp_path / "b" / "checkpoint.npz")["rng"]
+    done, seconds = _launch([str(HERE), "steps", str(tmp_path)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    print(f"mpiexec -n 2 steps scenario: {seconds:.1f} s")
+    reference = {"params": one.params, "ema": one.ema, "opt": one.opt}
+    with np.load(tmp_path / "steps.npz") as npz:  # rank 0's state after K steps of train_step
+        stepped = {g: {k[len(g) + 1:]: npz[k] for k in npz.files if k.startswith(g + "/")} for g in reference}
+    _assert_close_states(stepped, reference)
+    two_half = load_checkpoint(tmp_path / "a" / "checkpoint.npz")
+    assert two_half["step"] == K // 2 and two_half["config"]["ranks"] == 2
+    np.testing.assert_array_equal(two_half["rng"], rng_half)
+    resumed_on_one = train(CFG, MODEL, x, y, tmp_path / "a", resume=True, progress=False, comm=SINGLE_PROCESS)
+    _assert_close_states(vars(resumed_on_one), reference)
+    resumed_on_two = load_checkpoint(tmp_path / "b" / "checkpoint.npz")
+    assert resumed_on_two["step"] == K and resumed_on_two["config"]["ranks"] == 2
+    _assert_close_states(resumed_on_two, reference)
+    np.testing.assert_allclose(resumed_on_two["log"]["loss"], one.losses, **TOL)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("failure", ["raise", "hang"])
+def test_a_failing_or_hanging_rank_ends_the_job_with_a_message_instead_of_a_hang(tmp_path, failure):
+    """Rank 1 raises at step 2 ("raise"): it prints its error and aborts the job. Rank 1 hangs at step 2
+    ("hang"): rank 0 gives up after the timeout (REFDIFF_MPI_TIMEOUT=2) in the gradient allreduce and
+    aborts. Either way mpiexec exits nonzero within seconds, with a message naming the rank."""
+    _require_mpi()
+    done, seconds = _launch([str(HERE), failure, str(tmp_path)], timeout=90, REFDIFF_MPI_TIMEOUT="2")
+    assert done.returncode != 0
+    expected = ("rank 1 of 2: RuntimeError: injected failure at step 2" if failure == "raise" else
+                "rank 0 of 2: waited 2 s for the other ranks in the gradient allreduce")
+    assert expected in done.stderr and "aborting all ranks" in done.stderr, done.stderr
+    assert seconds < 60
+
+
+@pytest.mark.mpi
+def test_cli_train_and_sample_under_mpiexec(tmp_path):
+    """`mpiexec -n 2 refdiff train` writes one checkpoint (rank 0 prints once) that records 2 ranks;
+    `mpiexec -n 2 refdiff sample --sampler ddpm` gathers every rank's rows into one .npz equal to the
+    one-process samples; a batch smaller than the ranks exits 1 with the error printed once."""
+    _require_mpi()
+    out = tmp_path / "run"
+    common = ["-m", "refdiff", "train", "--data", "toy2d:two_moons", "--preset", "mlp", "--batch-size", "16",
+              "--T", "20", "--out", str(out)]
+    done, _ = _launch(common + ["--steps", "3"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("checkpoint:") == 1 and "(2 ranks)" in done.stdout
+    ckpt = load_checkpoint(out / "checkpoint.npz")
+    assert ckpt["step"] == 3 and ckpt["config"]["ranks"] == 2
+    sample = ["sample", str(out / "checkpoint.npz"), "--sampler", "ddpm", "--steps", "5", "--count", "3"]
+    done, _ = _launch(["-m", "refdiff", *sample, "--out", str(tmp_path / "two.npz")])
+    assert done.returncode == 0 and done.stdout.count("samples:") == 1, done.stderr
+    assert main([*sample, "--out", str(tmp_path / "one.npz")]) == 0
+    with np.load(tmp_path / "two.npz") as two, np.load(tmp_path / "one.npz") as one:
+        assert two["images"].shape == (6, 2)
+        np.testing.assert_array_equal(two["labels"], one["labels"])
+        np.testing.assert_allclose(two["images"], one["images"], rtol=1e-5, atol=1e-5)
+    done, _ = _launch(common + ["--steps", "3", "--batch-size", "1"])
+    assert done.returncode == 1
+    assert done.stderr.count("batch_size 1 is smaller than the number of ranks 2") == 1, done.stderr
+
+
+# ------------------------------------------------------------------------- the ranks' side (mpiexec)
+
+
+def _digest(state) -> str:
+    """A hash of everything a step updates: params, EMA, optimizer, generator and sampler states."""
+    h = hashlib.sha256()
+    for group in (state.params, state.ema, state.opt):
+        for key in sorted(group):
+            h.update(np.ascontiguousarray(to_numpy(group[key])).tobytes())
+    h.update(state.generator.get_state().tobytes())
+    for value in state.sampler.get_state().values():
+        h.update(value.tobytes())
+    return h.hexdigest()
+
+
+def _rank_steps(out: Path) -> None:
+    """K steps of train_step, the ranks' digests compared after each; then train to K/2 in out/a, and
+    resume out/b (a 1-rank checkpoint at K/2) to K."""
+    comm = get_communicator()
+    assert comm.size == 2, comm.size
+    x, y = _toy_data()
+    state, schedule = train_module.init_state(CFG, MODEL), CFG.schedule_obj()
+    for step in range(K):
+        train_module.train_step(CFG, MODEL, schedule, state, x, y, comm)
+        digests = comm.comm.allgather(_digest(state))
+        if len(set(digests)) != 1:
+            raise AssertionError(f"ranks differ after step {step + 1}: {digests}")
+    if comm.rank == 0:
+        groups = {"params": state.params, "ema": state.ema, "opt": state.opt}
+        np.savez(out / "steps.npz", **{f"{g}/{k}": to_numpy(v) for g, d in groups.items() for k, v in d.items()})
+    train(CFG, MODEL, x, y, out / "a", progress=False, stop_at=K // 2)
+    train(CFG, MODEL, x, y, out / "b", progress=False, resume=True)
+
+
+def _rank_failure(out: Path, failure: str) -> None:
+    """Train, with rank 1 raising or hanging at step 2."""
+    real_step = train_module.train_step
+
+    def flaky(cfg, model_cfg, schedule, state, x, y, comm):
+        if comm.rank == 1 and state.step == 2:
+            if failure == "raise":
+                raise RuntimeError("injected failure at step 2")
+            time.sleep(300)
+        return real_step(cfg, model_cfg, schedule, state, x, y, comm)
+
+    train_module.train_step = flaky
+    x, y = _toy_data()
+    train(dataclasses.replace(CFG, steps=6), MODEL, x, y, out, progress=False)
+
+
+if __name__ == "__main__":
+    scenario, folder = sys.argv[1], Path(sys.argv[2])
+    if scenario == "steps":
+        _rank_steps(folder)
+    else:
+        _rank_failure(folder, scenario)
