@@ -1,0 +1,222 @@
+"""Specification of refdiff.metrics' image metrics: the Frechet distance between Gaussians (exact identities and
+SciPy's sqrtm as oracles), the feature and class-fraction helpers, and the digit classifier (trained from scratch
+here: its held-out accuracy, its cache, and the Frechet distance of its features). The sliced Wasserstein and MMD
+checks are in test_plot_metrics.py."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+import scipy.linalg
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refdiff.classifier_train import ClassifierTrainConfig
+from refdiff.metrics import (DIGIT_CLASSIFIER_TRAIN, class_fraction, digit_classifier, digit_sample_report, digit_split,
+                             features, frechet_distance, frechet_distance_of_samples, gaussian_statistics, psd_sqrt)
+from support import host_data
+
+seeds = st.integers(0, 2**16)
+dims = st.integers(1, 8)
+RTOL = 1e-9  # float64 eigendecompositions of well-conditioned matrices of size <= 8
+
+
+def random_spd(seed, D, rank=None):
+    """A random symmetric positive (semi-)definite D x D matrix A A^T / D with A (D, rank) standard normal."""
+    A = host_data(seed, (D, rank or D))
+    return A @ A.T / D + (1e-3 * np.eye(D) if rank is None else 0.0)
+
+
+def random_gaussian(seed, D):
+    return host_data(seed, (D,)), random_spd(seed + 1, D)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Frechet distance
+
+
+@given(seed=seeds, D=dims)
+def test_frechet_distance_of_a_gaussian_to_itself_is_zero(seed, D):
+    """d^2(N(mu, S), N(mu, S)) == 0 (to rounding) for full-rank and rank-deficient S (fewer samples than
+    dimensions gives such covariances); never negative."""
+    mu, S = random_gaussian(seed, D)
+    scale = np.trace(S)
+    assert 0.0 <= frechet_distance(mu, S, mu, S) < 1e-10 * scale
+    low_rank = random_spd(seed, D, rank=max(D // 2, 1))
+    assert 0.0 <= frechet_distance(mu, low_rank, mu, low_rank) < 1e-7 * max(np.trace(low_rank), 1.0)
+
+
+@given(seed=seeds, D=dims)
+def test_frechet_distance_of_diagonal_covariances_is_the_closed_form(seed, D):
+    """For S1 = diag(a), S2 = diag(b): d^2 = |mu1 - mu2|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2."""
+    mu1, mu2 = host_data(seed, (D,)), host_data(seed + 1, (D,))
+    a, b = np.exp(host_data(seed + 2, (D,))), np.exp(host_data(seed + 3, (D,)))
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert math.isclose(frechet_distance(mu1, np.diag(a), mu2, np.diag(b)), expected, rel_tol=RTOL, abs_tol=1e-12)
+
+
+@given(seed=seeds, D=dims)
+def test_frechet_distance_of_commuting_covariances_is_the_closed_form(seed, D):
+    """For S1 = V diag(a) V^T and S2 = V diag(b) V^T (same eigenvectors, so S1 S2 = S2 S1):
+    d^2 = |mu1 - mu2|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2, whatever the rotation V."""
+    V, _ = np.linalg.qr(host_data(seed, (D, D)))
+    a, b = np.exp(host_data(seed + 2, (D,))), np.exp(host_data(seed + 3, (D,)))
+    mu1, mu2 = host_data(seed + 4, (D,)), host_data(seed + 5, (D,))
+    S1, S2 = (V * a) @ V.T, (V * b) @ V.T
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert math.isclose(frechet_distance(mu1, S1, mu2, S2), expected, rel_tol=1e-8, abs_tol=1e-10)
+
+
+@given(seed=seeds, D=dims)
+def test_frechet_distance_is_symmetric(seed, D):
+    """d^2(P, Q) == d^2(Q, P): the formula is symmetric although the computation (S1^(1/2) S2 S1^(1/2)) is not."""
+    g1, g2 = random_gaussian(seed, D), random_gaussian(seed + 7, D)
+    assert math.isclose(frechet_distance(*g1, *g2), frechet_distance(*g2, *g1), rel_tol=RTOL, abs_tol=1e-12)
+
+
+@given(seed=seeds, D=dims)
+def test_frechet_distance_matches_scipy_sqrtm(seed, D):
+    """d^2 == |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 Re tr(scipy.linalg.sqrtm(S1 S2)) on random SPD covariances
+    (the FID reference computation)."""
+    (mu1, S1), (mu2, S2) = random_gaussian(seed, D), random_gaussian(seed + 7, D)
+    trace_sqrt = np.real(np.trace(scipy.linalg.sqrtm(S1 @ S2)))
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(S1) + np.trace(S2) - 2 * trace_sqrt
+    assert math.isclose(frechet_distance(mu1, S1, mu2, S2), expected, rel_tol=1e-7, abs_tol=1e-9)
+
+
+@given(seed=seeds, D=dims, c=st.floats(0.1, 10.0))
+def test_frechet_distance_scales_quadratically(seed, D, c):
+    """d^2(N(c mu1, c^2 S1), N(c mu2, c^2 S2)) == c^2 d^2(N(mu1, S1), N(mu2, S2)): scaling the features by c
+    scales the distance (a squared length) by c^2."""
+    (mu1, S1), (mu2, S2) = random_gaussian(seed, D), random_gaussian(seed + 7, D)
+    scaled = frechet_distance(c * mu1, c * c * S1, c * mu2, c * c * S2)
+    assert math.isclose(scaled, c * c * frechet_distance(mu1, S1, mu2, S2), rel_tol=1e-8, abs_tol=1e-10)
+
+
+@given(seed=seeds, D=dims)
+def test_psd_sqrt_squares_back(seed, D):
+    """psd_sqrt(S) is symmetric and psd_sqrt(S) @ psd_sqrt(S) == S."""
+    S = random_spd(seed, D)
+    R = psd_sqrt(S)
+    np.testing.assert_allclose(R, R.T, atol=1e-12)
+    np.testing.assert_allclose(R @ R, S, rtol=1e-9, atol=1e-12)
+
+
+@given(n=st.integers(2, 40), D=dims, seed=seeds)
+def test_gaussian_statistics_are_the_mean_and_unbiased_covariance(n, D, seed):
+    """gaussian_statistics(f) == (mean over rows, sum (f - mean)^T (f - mean) / (n - 1)), D x D even for D = 1."""
+    f = host_data(seed, (n, D))
+    mu, S = gaussian_statistics(f)
+    c = f - f.mean(axis=0)
+    np.testing.assert_allclose(mu, f.mean(axis=0), rtol=1e-12)
+    assert S.shape == (D, D)
+    np.testing.assert_allclose(S, c.T @ c / (n - 1), rtol=1e-10, atol=1e-14)
+
+
+@given(n=st.integers(3, 50), D=dims, seed=seeds, shift=st.floats(-3.0, 3.0))
+def test_frechet_distance_of_samples_of_a_shift_is_the_squared_shift(n, D, seed, shift):
+    """With the identity as feature map: FD(a, a) == 0, and FD(a, a + c) == |c|^2 (same covariance, means c
+    apart), batch by batch (batch_size 7) as in one piece."""
+    a = host_data(seed, (n, D))
+    c = np.full(D, shift)
+    assert frechet_distance_of_samples(lambda x: x, a, a, batch_size=7) < 1e-9 * max(np.sum(a**2), 1.0)
+    assert math.isclose(frechet_distance_of_samples(lambda x: x, a, a + c, batch_size=7), D * shift**2,
+                        rel_tol=1e-7, abs_tol=1e-8)
+
+
+def test_class_fraction_counts_the_samples_given_their_label():
+    """class_fraction(c, x, y) == mean(c(x) == y), batch by batch."""
+    x = np.arange(10)
+    assert class_fraction(lambda b: b % 3, x, np.arange(10) % 3, batch_size=4) == 1.0
+    assert class_fraction(lambda b: b % 3, x, np.zeros(10, np.int64), batch_size=4) == 0.4
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: frechet_distance(np.zeros(2), np.eye(3), np.zeros(2), np.eye(2)), r"sigma1 must be a finite \(2, 2\)"),
+    (lambda: frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3)), "the same dimension D, got 2 and 3"),
+    (lambda: frechet_distance(np.zeros((2, 1)), np.eye(2), np.zeros(2), np.eye(2)), r"mu1 must be a finite \(D,\)"),
+    (lambda: frechet_distance(np.zeros(2), np.eye(2), np.array([0, np.nan]), np.eye(2)), "mu2 must be a finite"),
+    (lambda: frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.array([[1, 1], [0, 1.0]])),
+     "sigma2 must be symmetric"),
+    (lambda: gaussian_statistics(np.zeros((1, 3))), "f needs at least 2 rows"),
+    (lambda: features(lambda b: b, np.zeros((0, 2))), r"x must hold at least one sample"),
+    (lambda: features(lambda b: b, np.zeros((3, 2)), batch_size=0), "batch_size must be an integer >= 1"),
+    (lambda: features(lambda b: b[:1], np.zeros((3, 2))), r"feature_fn must return \(n, D\) features"),
+    (lambda: class_fraction(lambda b: b, np.zeros(3), np.zeros(2, np.int64)), r"labels must be an \(3,\) integer"),
+])
+def test_bad_inputs_raise(call, message):
+    """Mismatched or non-finite means and covariances, a non-symmetric covariance, too few rows, an empty
+    input, a bad batch size, a feature map of the wrong output and labels of the wrong length raise ValueError."""
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The digit classifier (trained once for this module)
+
+
+@pytest.fixture(scope="module")
+def trained_digits(tmp_path_factory):
+    """(DigitClassifier trained from scratch with DIGIT_CLASSIFIER_TRAIN, wall seconds, its cache path)."""
+    path = tmp_path_factory.mktemp("classifier") / "digits.npz"
+    start = time.perf_counter()
+    classifier = digit_classifier(path)
+    return classifier, time.perf_counter() - start, path
+
+
+def test_digit_classifier_trained_from_scratch_reaches_97_percent(trained_digits):
+    """The digit classifier trained from scratch (600 steps, seed 0, t = 0, training split only) classifies at
+    least 97% of the 180 held-out digits right; the accuracy it stores is the one measured here."""
+    classifier, seconds, _ = trained_digits
+    _, x_test, _, y_test = digit_split()
+    accuracy = float(np.mean(classifier.predict(x_test) == y_test))
+    print(f"digit classifier: {accuracy:.2%} held-out accuracy, trained in {seconds:.1f} s")
+    assert accuracy >= 0.97
+    assert classifier.test_accuracy == accuracy and x_test.shape[0] == 180
+
+
+def test_digit_classifier_cache_gives_the_same_classifier(trained_digits):
+    """digit_classifier(path) on the file it wrote loads instead of training: the same features, the same
+    stored accuracy and training time; a cache holding another kind of classifier is refused."""
+    classifier, _, path = trained_digits
+    _, x_test, _, _ = digit_split()
+    loaded = digit_classifier(path)
+    np.testing.assert_array_equal(loaded.features(x_test[:20]), classifier.features(x_test[:20]))
+    assert loaded.test_accuracy == classifier.test_accuracy and loaded.train_seconds == classifier.train_seconds
+    assert loaded.trained.train_cfg.steps == DIGIT_CLASSIFIER_TRAIN.steps
+
+
+def test_digit_frechet_distance_is_zero_to_itself_and_grows_with_perturbation(trained_digits):
+    """On the classifier's pooled features: FD(held-out, held-out) ~ 0; the floor (two class-stratified
+    halves) and the class-matched real digits' FD are positive and small (< 1, where tr(S) is about 40);
+    FD(held-out + noise, held-out) increases with the noise's std and passes the floor;
+    the class fraction of the held-out digits with their own labels is the test accuracy, with shuffled
+    labels far lower."""
+    classifier, _, _ = trained_digits
+    x_train, x_test, y_train, y_test = digit_split()
+    report = digit_sample_report(classifier, x_test, y_test, (x_test, y_test), reference=(x_train, y_train))
+    print({k: round(v, 4) for k, v in report.items()})
+    assert report["fd"] < 1e-8 and 0 < report["fd_floor"] < 1 and 0 < report["fd_real"] < 1
+    assert report["class_fraction"] == classifier.test_accuracy
+    assert (report["samples"], report["held_out"]) == (180, 180)
+    rng = np.random.default_rng(0)
+    fds = [frechet_distance_of_samples(classifier.features, np.clip(x_test + s * rng.standard_normal(x_test.shape),
+                                                                    -1, 1).astype(np.float32), x_test)
+           for s in (0.1, 0.3, 0.6, 1.0)]
+    assert fds[0] < fds[1] < fds[2] < fds[3] and fds[3] > report["fd_floor"], (fds, report)
+    assert class_fraction(classifier.predict, x_test, rng.permutation(y_test)) < 0.3
+
+
+def test_digit_classifier_rejects_a_cache_of_another_classifier(tmp_path):
+    """A cache file holding a classifier of other data (here 2 classes) raises ValueError naming the file."""
+    cfg = ClassifierTrainConfig(steps=1, batch_size=4, noisy=False)
+    from refdiff.classifier_train import save_classifier, train_classifier
+    from refdiff.models.presets import digits8_classifier
+
+    x_train, _, y_train, _ = digit_split()
+    keep = y_train < 2
+    trained = train_classifier(cfg, digits8_classifier(num_classes=2), x_train[keep], y_train[keep])
+    save_classifier(tmp_path / "other.npz", trained)
+    with pytest.raises(ValueError, match="must hold a digit classifier"):
+        digit_classifier(tmp_path / "other.npz")
