@@ -289,7 +289,46 @@ def _add_sample(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Bits/dim of held-out data under a checkpoint's model: the full variational bound over all t."""
+    """Bits/dim of held-out data under a checkpoint's model, and/or the Frechet distance and class fraction
+    of a samples .npz (--samples) against the held-out digits."""
+    if args.checkpoint is None and args.samples is None:
+        raise ValueError("give a checkpoint (bits/dim of held-out data), --samples FILE (Frechet distance and "
+                         "class fraction of samples), or both")
+    if args.checkpoint is not None:
+        _eval_bits_per_dim(args)
+    if args.samples is not None:
+        _eval_samples(args)
+    return 0
+
+
+def _eval_samples(args: argparse.Namespace) -> None:
+    """Print digit_sample_report for the samples .npz of ``refdiff sample`` (images, labels)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from refdiff.metrics import digit_classifier, digit_sample_report, digit_split, format_sample_report
+
+    if args.data != "digits":
+        raise ValueError(f"--samples needs --data digits (the digit classifier knows the 8x8 digits), "
+                         f"got {args.data!r}")
+    if not Path(args.samples).is_file():
+        raise FileNotFoundError(f"--samples {args.samples} does not exist")
+    with np.load(args.samples, allow_pickle=False) as npz:
+        if "images" not in npz.files:
+            raise ValueError(f"--samples {args.samples} must hold an 'images' array (refdiff sample --out FILE.npz), "
+                             f"got {npz.files}")
+        images = npz["images"]
+        labels = npz["labels"] if "labels" in npz.files and npz["labels"].size else None
+    classifier = digit_classifier(args.classifier, progress=True)
+    x_train, x_test, y_train, y_test = digit_split()
+    report = digit_sample_report(classifier, images, labels, (x_test, y_test), reference=(x_train, y_train),
+                                 seed=args.seed)
+    print(format_sample_report(report))
+
+
+def _eval_bits_per_dim(args: argparse.Namespace) -> None:
+    """Print the bits/dim of held-out data under a checkpoint's model: the full variational bound over all t."""
     import numpy as np
 
     from refdiff.backend import Generator, asarray
@@ -309,7 +348,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     se = total.std(ddof=1) / np.sqrt(total.size) if total.size > 1 else float("nan")
     print(f"bits/dim on {total.size} held-out samples ({levels} levels, {args.variance} variance): "
           f"{total.mean():.4f} +- {se:.4f} (standard error)")
-    return 0
 
 
 def _held_out(spec: str):
@@ -328,11 +366,19 @@ def _held_out(spec: str):
 
 def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     """Register ``refdiff eval``."""
-    parser = subparsers.add_parser("eval", help="bits/dim of held-out data under a checkpoint",
-                                   description="Bits/dim of held-out data: the full variational bound (prior, "
-                                               "every KL term, the discretized decoder), with the null label "
-                                               "for class-conditional models.")
-    parser.add_argument("checkpoint", help="path to checkpoint.npz")
+    parser = subparsers.add_parser("eval", help="bits/dim of held-out data, Frechet distance of samples",
+                                   description="With a checkpoint: bits/dim of held-out data, the full variational "
+                                               "bound (prior, every KL term, the discretized decoder), with the null "
+                                               "label for class-conditional models. With --samples: the Frechet "
+                                               "distance of the samples vs the held-out digits on a digit "
+                                               "classifier's features (next to its floor) and the fraction of "
+                                               "samples classified as their label. The classifier is trained on "
+                                               "the training split on demand (seconds), or read from --classifier.")
+    parser.add_argument("checkpoint", nargs="?", default=None, help="path to checkpoint.npz (bits/dim)")
+    parser.add_argument("--samples", default=None, metavar="FILE",
+                        help="a samples .npz of `refdiff sample --out FILE.npz` (images, labels) to score")
+    parser.add_argument("--classifier", default=None, metavar="FILE",
+                        help="digit classifier cache: loaded when FILE exists, else trained and saved there")
     parser.add_argument("--data", default="digits", help="digits (its held-out split) or a .npz file")
     parser.add_argument("--count", type=int, default=180, help="held-out samples to evaluate (default: 180)")
     parser.add_argument("--batch-size", type=int, default=180)

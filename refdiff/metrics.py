@@ -337,10 +337,11 @@ def digit_sample_report(classifier: DigitClassifier, samples, labels, held_out, 
       class_fraction  the fraction of samples the classifier assigns to their label
       classifier_test_accuracy, samples, held_out   the classifier's held-out accuracy and the set sizes
 
-    samples: (N, 1, 8, 8) host images in [-1, 1], N >= 2; labels: (N,) ints; held_out: (x (M, 1, 8, 8), y (M,))
-    with at least 4 images in all.
+    samples: (N, 1, 8, 8) host images in [-1, 1], N >= 2; labels: (N,) ints in [0, 10), or None (unlabelled
+    samples: no class_fraction, and fd_real draws N reference digits at random); held_out: (x (M, 1, 8, 8),
+    y (M,)) with at least 4 images in all.
     """
-    samples, labels = np.asarray(samples), np.asarray(labels)
+    samples, labels = _check_digit_samples(samples, labels)
     x_held, y_held = (np.asarray(a) for a in held_out)
     if x_held.shape[0] < 4 or y_held.shape != (x_held.shape[0],):
         raise ValueError(f"held_out must be (x, y) with at least 4 images and one label each, got shapes "
@@ -352,12 +353,46 @@ def digit_sample_report(classifier: DigitClassifier, samples, labels, held_out, 
     report = {"fd": frechet_distance(*gaussian_statistics(classifier.features(samples)), *held),
               "fd_floor": frechet_distance(*gaussian_statistics(f_held[half_a]), *gaussian_statistics(f_held[half_b]))}
     if reference is not None:
-        real = _class_matched_draw(reference, labels, rng)
+        real = _class_matched_draw(reference, labels, rng) if labels is not None else \
+            np.asarray(reference[0])[rng.choice(len(reference[0]), samples.shape[0], replace=False)]
         report["fd_real"] = frechet_distance(*gaussian_statistics(classifier.features(real)), *held)
-    report.update({"class_fraction": class_fraction(classifier.predict, samples, labels),
-                   "classifier_test_accuracy": classifier.test_accuracy,
-                   "samples": int(samples.shape[0]), "held_out": int(x_held.shape[0])})
+    if labels is not None:
+        report["class_fraction"] = class_fraction(classifier.predict, samples, labels)
+    report.update({"classifier_test_accuracy": classifier.test_accuracy, "samples": int(samples.shape[0]),
+                   "held_out": int(x_held.shape[0])})
     return report
+
+
+def _check_digit_samples(samples, labels) -> tuple[np.ndarray, np.ndarray | None]:
+    """(samples (N, 1, 8, 8) finite floats, N >= 2; labels (N,) ints in [0, 10) or None), or a clear error."""
+    samples = np.asarray(samples)
+    if samples.ndim != 4 or samples.shape[1:] != (1, 8, 8) or samples.shape[0] < 2 or samples.dtype.kind != "f":
+        raise ValueError(f"samples must be (N, 1, 8, 8) floating images of the 8x8 digits with N >= 2 (the digit "
+                         f"classifier's input), got shape {samples.shape} and dtype {samples.dtype}")
+    if not np.all(np.isfinite(samples)):
+        raise ValueError(f"samples must be finite, got {int(np.sum(~np.isfinite(samples)))} NaN or inf values")
+    if labels is None:
+        return samples, None
+    labels = np.asarray(labels)
+    if labels.shape != (samples.shape[0],) or labels.dtype.kind not in "iu" or np.any((labels < 0) | (labels >= 10)):
+        raise ValueError(f"labels must be ({samples.shape[0]},) integers in [0, 10) (one per sample) or None, "
+                         f"got shape {labels.shape} and dtype {labels.dtype}")
+    return samples, labels
+
+
+def format_sample_report(report: dict[str, Any]) -> str:
+    """digit_sample_report's numbers as the lines ``refdiff eval --samples`` and ``refdiff demo`` print."""
+    n, m = report["samples"], report["held_out"]
+    rows = [(f"Frechet distance, {n} samples vs {m} held-out digits", f"{report['fd']:.4f}"),
+            ("  floor: two class-stratified halves of the held-out digits", f"{report['fd_floor']:.4f}")]
+    if "fd_real" in report:
+        which = "of the samples' class counts" if "class_fraction" in report else "at random"
+        rows.append((f"  {n} real training digits ({which}) vs held-out", f"{report['fd_real']:.4f}"))
+    if "class_fraction" in report:
+        rows.append(("class fraction: samples classified as their label", f"{report['class_fraction']:.2%}"))
+    rows.append(("digit classifier's held-out accuracy", f"{report['classifier_test_accuracy']:.2%}"))
+    width = max(len(label) for label, _ in rows) + 1
+    return "\n".join(f"{label + ':':<{width}} {value:>8}" for label, value in rows)
 
 
 def _stratified_halves(y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -56,20 +56,40 @@ def test_python_dash_m_refdiff_prints_version():
     assert done.stdout.strip() == f"refdiff {__version__}"
 
 
+def quick_digit_classifier(path):
+    """A digit classifier trained for 5 steps, cached at ``path`` (the real one takes seconds to train):
+    what the CLI tests hand to the demo and to ``refdiff eval --samples``."""
+    from refdiff.classifier_train import ClassifierTrainConfig
+    from refdiff.metrics import digit_classifier
+
+    digit_classifier(path, train_cfg=ClassifierTrainConfig(steps=5, noisy=False))
+    return path
+
+
 def test_demo_writes_its_figures_samples_and_checkpoint_and_eval_reads_it(tmp_path, capsys):
     """`refdiff demo` (a few steps) writes forward_chain.png, loss_curve.png, samples.png, checkpoint.npz
-    and samples.npz with images in [-1, 1] of shape (10 classes * per-class, 1, 8, 8) and their labels;
+    and samples.npz with images in [-1, 1] of shape (10 classes * per-class, 1, 8, 8) and their labels, and
+    metrics.json with the samples' Frechet distance, its floor and the class fraction, which it prints;
     `refdiff eval` on that checkpoint reports a finite, positive bits/dim on the digits' held-out split."""
+    import json
+
     import numpy as np
 
     out = tmp_path / "demo"
+    quick_digit_classifier(out / "digit_classifier.npz")  # the demo's cache: loaded, not trained
     assert main(["demo", "--out", str(out), "--steps", "6", "--per-class", "2", "--sample-steps", "3"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"fd", "fd_floor", "fd_real", "class_fraction", "classifier_test_accuracy", "demo_seconds"} <= set(metrics)
+    assert metrics["samples"] == 20 and metrics["held_out"] == 180 and 0 <= metrics["class_fraction"] <= 1
+    assert all(np.isfinite(metrics[k]) and metrics[k] >= 0 for k in ("fd", "fd_floor", "fd_real"))
     for name in ("forward_chain.png", "loss_curve.png", "samples.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     with np.load(out / "samples.npz", allow_pickle=False) as npz:
         assert npz["images"].shape == (20, 1, 8, 8) and np.all(np.abs(npz["images"]) <= 1.0)
         np.testing.assert_array_equal(npz["labels"], np.repeat(np.arange(10), 2))
-    assert str(out / "samples.png") in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert str(out / "samples.png") in printed and str(out / "metrics.json") in printed
+    assert "Frechet distance, 20 samples vs 180 held-out digits:" in printed and "class fraction" in printed
     assert main(["eval", str(out / "checkpoint.npz"), "--count", "2", "--batch-size", "2"]) == 0
     report = capsys.readouterr().out
     assert "bits/dim on 2 held-out samples (17 levels" in report
@@ -113,3 +133,52 @@ def test_info_model_prints_parameters_and_flops_of_a_preset(capsys):
     out = capsys.readouterr().out
     assert f"parameters: {param_count(PRESETS['mnist28']()):,}" in out and "multiply-adds" in out
     assert main(["info", "--model", "unknown"]) == 1
+
+
+def test_eval_samples_reports_frechet_distance_floor_and_class_fraction(tmp_path, capsys):
+    """`refdiff eval --samples FILE` on an .npz of labelled 8x8 images (here 30 held-out digits) prints the
+    Frechet distance vs the held-out digits, its floor, the class-matched real-digit reference, the class
+    fraction and the classifier's accuracy; with the held-out split itself the distance is 0. Unlabelled
+    samples (refdiff sample of an unconditional model writes empty labels) get no class fraction."""
+    import numpy as np
+
+    from refdiff.metrics import digit_classifier, digit_split
+
+    classifier = quick_digit_classifier(tmp_path / "classifier.npz")
+    _, x_test, _, y_test = digit_split()
+    np.savez(tmp_path / "s.npz", images=x_test[:30], labels=y_test[:30])
+    assert main(["eval", "--samples", str(tmp_path / "s.npz"), "--classifier", str(classifier)]) == 0
+    lines = dict(line.rsplit(":", 1) for line in capsys.readouterr().out.strip().splitlines())
+    assert set(lines) == {"Frechet distance, 30 samples vs 180 held-out digits",
+                          "  floor: two class-stratified halves of the held-out digits",
+                          "  30 real training digits (of the samples' class counts) vs held-out",
+                          "class fraction: samples classified as their label", "digit classifier's held-out accuracy"}
+    predicted = digit_classifier(classifier).predict(x_test[:30])
+    assert float(lines["class fraction: samples classified as their label"].strip(" %")) == \
+        round(100 * np.mean(predicted == y_test[:30]), 2)
+    np.savez(tmp_path / "all.npz", images=x_test, labels=np.asarray([]))
+    assert main(["eval", "--samples", str(tmp_path / "all.npz"), "--classifier", str(classifier)]) == 0
+    lines = dict(line.rsplit(":", 1) for line in capsys.readouterr().out.strip().splitlines())
+    assert not any("class fraction" in label for label in lines)
+    assert float(lines["Frechet distance, 180 samples vs 180 held-out digits"]) == 0.0
+    assert "  180 real training digits (at random) vs held-out" in lines
+
+
+def test_eval_errors_name_what_to_fix(tmp_path, capsys):
+    """`refdiff eval` with neither a checkpoint nor --samples, a missing samples file, an .npz without images,
+    samples that are not 8x8 digits and --samples with other data exit with status 1 and say why."""
+    import numpy as np
+
+    assert main(["eval"]) == 1
+    assert "give a checkpoint" in capsys.readouterr().err
+    assert main(["eval", "--samples", str(tmp_path / "none.npz")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    np.savez(tmp_path / "x.npz", x=np.zeros((4, 2)))
+    assert main(["eval", "--samples", str(tmp_path / "x.npz")]) == 1
+    assert "must hold an 'images' array" in capsys.readouterr().err
+    np.savez(tmp_path / "p.npz", images=np.zeros((4, 2), np.float32), labels=np.zeros(4, np.int64))
+    classifier = quick_digit_classifier(tmp_path / "classifier.npz")
+    assert main(["eval", "--samples", str(tmp_path / "p.npz"), "--classifier", str(classifier)]) == 1
+    assert r"samples must be (N, 1, 8, 8)" in capsys.readouterr().err
+    assert main(["eval", "--samples", str(tmp_path / "p.npz"), "--data", "d.npz"]) == 1
+    assert "--samples needs --data digits" in capsys.readouterr().err
