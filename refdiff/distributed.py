@@ -43,6 +43,8 @@ TIMEOUT_VAR = "REFDIFF_MPI_TIMEOUT"
 # Seconds a rank waits in a collective before it decides another rank failed or hangs. Rank 0 writes
 # checkpoints and preview grids while the others wait at the next allreduce, so this is generous.
 DEFAULT_TIMEOUT = 900.0
+# A waiting rank polls without sleeping this long (nonblocking MPI progresses only while polled).
+SPIN_SECONDS = 0.01
 
 
 class DistributedError(RuntimeError):
@@ -177,9 +179,12 @@ SINGLE_PROCESS = SingleProcess()
 class MPICommunicator:
     """MPI_COMM_WORLD through mpi4py, with a timeout on every wait and MPI_Abort on a failed rank.
 
-    Host (NumPy) buffers go through MPI. CuPy buffers go through NCCL where CuPy has it, else through
-    MPI directly where it is CUDA-aware, else through host memory with a warning. Counts the calls and
-    the seconds spent in ``allreduce_sum`` (for the benchmark).
+    Every wait for the other ranks is a nonblocking barrier polled under a timeout: a rank that
+    waits longer than ``timeout`` seconds aborts the job with a message, instead of hanging. The
+    transfer that follows (all ranks present) is a blocking allreduce: host (NumPy) buffers go through
+    MPI; CuPy buffers through NCCL where CuPy has it, else through MPI directly where it is
+    CUDA-aware, else through host memory with a warning. Counts the calls and the seconds spent in
+    ``allreduce_sum`` (for the benchmark).
     """
 
     def __init__(self, comm: Any, timeout: float = DEFAULT_TIMEOUT):
@@ -189,7 +194,7 @@ class MPICommunicator:
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.allreduce_seconds, self.allreduce_calls = 0.0, 0
         self._device_path: str | None = None  # "nccl" | "cuda-aware" | "host", agreed at the first device buffer
-        self._nccl = None
+        self._nccl, self._warned = None, False
 
     # --- failure handling
     def abort(self, message: str, code: int = 1) -> None:
@@ -214,33 +219,41 @@ class MPICommunicator:
             self.abort(f"{type(err).__name__}: {err}")
 
     def _wait(self, request: Any, what: str) -> None:
-        """Poll a non-blocking request until it completes; abort after ``timeout`` seconds."""
-        deadline, pause = time.monotonic() + self.timeout, 0.0
+        """Poll a non-blocking request until it completes; abort after ``timeout`` seconds.
+
+        Spins for SPIN_SECONDS (a rank a little behind), then sleeps up to 1 ms between polls (a rank
+        writing a checkpoint, or a failed one) so that a waiting rank leaves its core to the others.
+        """
+        start = time.monotonic()
+        pause = 0.0
         while not request.Test():
-            if time.monotonic() > deadline:
+            waited = time.monotonic() - start
+            if waited > self.timeout:
                 self.abort(f"waited {self.timeout:g} s for the other ranks in {what}: a rank failed or hangs "
                            f"(set {TIMEOUT_VAR} or --mpi-timeout to wait longer)")
-            time.sleep(pause)
-            pause = min(max(2.0 * pause, 1e-6), 1e-3)  # spin first, then back off to 1 ms
+            if waited > SPIN_SECONDS:
+                time.sleep(pause)
+                pause = min(max(2.0 * pause, 1e-5), 1e-3)
 
     # --- collectives
     def allreduce_sum(self, buf: Any, what: str = "an allreduce") -> Any:
         """The elementwise sum of a 1-D buffer over all ranks, on every rank, same library and device."""
         start = time.perf_counter()
+        self.barrier(what)  # every rank has arrived (or the timeout aborted): the transfer only moves data
         name = library_name(buf)
         if name == "numpy":
-            out = self._host_allreduce(np.ascontiguousarray(buf), what)
+            out = self._host_allreduce(np.ascontiguousarray(buf))
         elif name == "cupy":
-            out = self._device_allreduce(buf, what)
+            out = self._device_allreduce(buf)
         else:
             self._warn_host_copy(name)
-            out = asarray(self._host_allreduce(np.array(to_numpy(buf)), what), like=buf)
+            out = asarray(self._host_allreduce(np.array(to_numpy(buf))), like=buf)
         self.allreduce_seconds += time.perf_counter() - start
         self.allreduce_calls += 1
         return out
 
-    def _host_allreduce(self, buf: np.ndarray, what: str) -> np.ndarray:
-        self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM), what)
+    def _host_allreduce(self, buf: np.ndarray) -> np.ndarray:
+        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
         return buf
 
     def bcast(self, obj: Any) -> Any:
@@ -265,26 +278,27 @@ class MPICommunicator:
         local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED).Get_rank()
         cupy.cuda.Device(local % cupy.cuda.runtime.getDeviceCount()).use()
 
-    def _device_allreduce(self, buf: Any, what: str) -> Any:
+    def _device_allreduce(self, buf: Any) -> Any:
         if self._device_path is None:
             self._device_path = self._agree_device_path()
         if self._device_path == "nccl":
             return self._nccl_allreduce(buf)
         buf.device.synchronize()  # the kernels writing buf have finished before MPI reads it
         if self._device_path == "cuda-aware":
-            self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM), what)
+            self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
             return buf
-        return asarray(self._host_allreduce(to_numpy(buf), what), like=buf)
+        return asarray(self._host_allreduce(to_numpy(buf)), like=buf)  # to_numpy copies to a fresh host array
 
     def _agree_device_path(self) -> str:
         """The best path every rank has: NCCL, else CUDA-aware MPI, else host copies (with a warning)."""
-        paths = ("nccl", "cuda-aware", "host")
-        mine = 2
-        if _nccl_available():
-            mine = 0
-        elif _mpi_cuda_aware(self.MPI):
-            mine = 1
-        path = paths[self.comm.allreduce(mine, op=self.MPI.MAX)]
+        def everywhere(flag: bool) -> bool:
+            return bool(self.comm.allreduce(int(flag), op=self.MPI.MIN))
+
+        path = "host"
+        if everywhere(_nccl_available()):
+            path = "nccl"
+        elif everywhere(_mpi_cuda_aware(self.MPI)):
+            path = "cuda-aware"
         if path == "nccl":
             from cupy.cuda import nccl
 
@@ -306,7 +320,7 @@ class MPICommunicator:
         return buf
 
     def _warn_host_copy(self, library: str) -> None:
-        if self.rank == 0 and not getattr(self, "_warned", False):
+        if self.rank == 0 and not self._warned:
             warnings.warn(f"no NCCL and no CUDA-aware MPI for {library} buffers: every allreduce copies the "
                           "gradients to host memory and back (slower); install CuPy with NCCL "
                           "(pip install 'refdiff[gpu]') or use a CUDA-aware MPI", RuntimeWarning, stacklevel=3)
