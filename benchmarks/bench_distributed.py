@@ -13,9 +13,9 @@ timed after a barrier, so the table separates the time ranks wait for each other
 the time the allreduce itself takes. Medians over ``--steps`` steps after 2 warm-up steps; with
 ``--repeat R`` each row is run R times and the fastest run shown (other load on a shared machine only
 slows a run down).
-``--analysis`` measures instead, on one thread, what every rank repeats (clipping, AdamW, EMA, the
-batch's random draws: t_fixed) and what it divides (forward and backward per row: t_img), and prints
-the strong-scaling model of docs/scaling.md for mnist28 and shapes32 at 1, 8 and 64 ranks.
+``--analysis`` measures instead, on one thread, the step one rank takes with its B / N rows and the
+part of it every rank repeats (clipping, AdamW, EMA, the batch's random draws), and prints the
+strong-scaling model of docs/scaling.md for mnist28 and shapes32 at 1, 8 and 64 ranks.
 Benchmarks are not tests: nothing here asserts a timing.
 """
 
@@ -115,9 +115,10 @@ def _throughput(args) -> None:
 NETWORKS = (("shared memory", 1e-6, 5e9), ("10 GbE", 30e-6, 1.1e9), ("100 Gb/s InfiniBand", 2e-6, 11e9))
 
 
-def _costs(preset: str, batch: int) -> dict:
-    """One thread, this process: t_fixed (clip + AdamW + EMA over all parameters, and the whole batch's
-    random draws) and t_img (forward and backward per row, from steps at 2 and 10 rows), in seconds."""
+def _costs(preset: str, rows: list[int], batch: int) -> dict:
+    """One thread, this process: the step time at each row count (what one rank computes), and its part
+    every rank repeats whatever its rows (clip + AdamW + EMA over all parameters, the batch's random
+    draws), in seconds."""
     from refdiff.backend import Generator
     from refdiff.models.presets import PRESETS
     from refdiff.models.unet import param_count
@@ -126,8 +127,7 @@ def _costs(preset: str, batch: int) -> dict:
 
     model = PRESETS[preset](num_classes=10)
     shape = (model.in_channels, model.image_size, model.image_size)
-    cfg = TrainConfig(batch_size=batch, warmup_steps=0)
-    state = init_state(cfg, model)
+    state = init_state(TrainConfig(batch_size=batch, warmup_steps=0), model)
     grads = {k: v + 1e-3 for k, v in state.params.items()}
 
     def replicated():
@@ -137,15 +137,13 @@ def _costs(preset: str, batch: int) -> dict:
         g = Generator(0)
         g.integers(0, 512, (batch,)), g.uniform((batch,)), g.integers(0, 1000, (batch,)), g.normal((batch, *shape))
 
-    def step_time(rows: int) -> float:
-        c = TrainConfig(batch_size=rows, warmup_steps=0)
+    def step_time(n: int) -> float:
+        c = TrainConfig(batch_size=n, warmup_steps=0)
         s, schedule = init_state(c, model), c.schedule_obj()
-        x, y = np.zeros((64, *shape), np.float32), np.zeros(64, np.int64)
-        return _median_time(lambda: train_step(c, model, schedule, s, x, y), 4)
+        x, y = np.zeros((max(rows), *shape), np.float32), np.zeros(max(rows), np.int64)
+        return _median_time(lambda: train_step(c, model, schedule, s, x, y), 3)
 
-    t_fixed = _median_time(replicated, 5)
-    t_img = (step_time(10) - step_time(2)) / 8
-    return {"P": param_count(model), "t_fixed": t_fixed, "t_img": t_img}
+    return {"P": param_count(model), "t_fixed": _median_time(replicated, 5), "step": {n: step_time(n) for n in rows}}
 
 
 def _median_time(fn, repeat: int) -> float:
@@ -158,26 +156,28 @@ def _median_time(fn, repeat: int) -> float:
 
 
 def _analysis(args) -> None:
-    """The strong-scaling model t_step(N) = t_fixed + (B / N) t_img + t_comm(N), with measured costs."""
-    B = args.batch
-    print(f"t_step(N) = t_fixed + (B / N) t_img + t_comm(N), B = {B}; ring allreduce of S = 4 (P + B) bytes: "
-          "t_comm = 2 (N - 1) alpha + 2 (N - 1) / N * S / beta")
+    """The strong-scaling model t_step(N) = t_rank(ceil(B / N) rows) + t_comm(N), with measured t_rank."""
+    B, Ns = args.batch, args.analysis_ranks
+    print(f"t_step(N) = t_rank(B / N rows, measured on one thread) + t_comm(N), B = {B}; ring allreduce of "
+          "S = 4 (P + B) bytes: t_comm = 2 (N - 1) alpha + 2 (N - 1) / N * S / beta; efficiency t_step(1) / "
+          "(N t_step(N))")
     print("networks: " + "; ".join(f"{name}: alpha {1e6 * a:g} us, beta {b / 1e9:g} GB/s" for name, a, b in NETWORKS))
-    print("| preset | P | t_fixed (ms) | t_img (ms) | N | rows per rank | compute per rank (ms) | sent + received "
+    print("| preset | P | N | rows per rank | t_rank (ms) | of it repeated on every rank (ms) | sent + received "
           "per rank (MB) | " + " | ".join(f"comm, {name} (ms)" for name, _, _ in NETWORKS) + " | efficiency, "
           + " / ".join(name for name, _, _ in NETWORKS) + " |")
-    print("|" + "---|" * (9 + len(NETWORKS)))
+    print("|" + "---|" * (8 + len(NETWORKS)))
     for preset in args.presets:
-        c = _costs(preset, B)
-        S, one = 4 * (c["P"] + B), c["t_fixed"] + B * c["t_img"]
-        for N in args.analysis_ranks:
-            compute = c["t_fixed"] + B / N * c["t_img"]
+        rows = {N: -(-B // N) for N in Ns}  # the largest shard: the slowest rank
+        c = _costs(preset, sorted(set(rows.values())), B)
+        S, one = 4 * (c["P"] + B), None
+        for N in Ns:
+            compute = c["step"][rows[N]]
             volume = 2 * (N - 1) / N * S
             comm = [2 * (N - 1) * a + volume / b for _, a, b in NETWORKS]
-            eff = " / ".join(f"{100 * one / (N * (compute + t)):.0f}%" for t in comm)
-            print(f"| {preset} | {c['P']:,} | {1e3 * c['t_fixed']:.1f} | {1e3 * c['t_img']:.1f} | {N} | {B / N:g} | "
-                  f"{1e3 * compute:.0f} | {volume / 1e6:.2f} | " + " | ".join(f"{1e3 * t:.1f}" for t in comm)
-                  + f" | {eff} |", flush=True)
+            one = compute if N == 1 else one
+            eff = " / ".join(f"{100 * one / (N * (compute + t)):.0f}%" for t in comm) if one else "n/a"
+            print(f"| {preset} | {c['P']:,} | {N} | {rows[N]} | {1e3 * compute:.0f} | {1e3 * c['t_fixed']:.1f} | "
+                  f"{volume / 1e6:.2f} | " + " | ".join(f"{1e3 * t:.1f}" for t in comm) + f" | {eff} |", flush=True)
 
 
 def main() -> None:
@@ -189,7 +189,7 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=2, help="ranks, and the one process's threads (default: 2)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per row; the fastest is shown (default: 1)")
     parser.add_argument("--analysis", action="store_true",
-                        help="instead, measure t_fixed and t_img on one thread and print the scaling model")
+                        help="instead, measure one rank's step on one thread and print the scaling model")
     parser.add_argument("--analysis-ranks", nargs="+", type=int, default=[1, 8, 64])
     parser.add_argument("--worker", nargs=3, metavar=("PRESET", "BATCH", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()

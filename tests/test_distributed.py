@@ -284,16 +284,18 @@ def test_a_failing_or_hanging_rank_ends_the_job_with_a_message_instead_of_a_hang
 
 @pytest.mark.mpi
 def test_cli_train_and_sample_under_mpiexec(tmp_path):
-    """`mpiexec -n 2 refdiff train` writes one checkpoint (rank 0 prints once) that records 2 ranks;
+    """`mpiexec -n 2 refdiff train --sample-every 3` writes one checkpoint (rank 0 prints once) that records
+    2 ranks, and the sample grid and loss curve;
     `mpiexec -n 2 refdiff sample --sampler ddpm` gathers every rank's rows into one .npz equal to the
     one-process samples; a batch smaller than the ranks exits 1 with the error printed once."""
     _require_mpi()
     out = tmp_path / "run"
     common = ["-m", "refdiff", "train", "--data", "toy2d:two_moons", "--preset", "mlp", "--batch-size", "16",
               "--T", "20", "--out", str(out)]
-    done, _ = _launch(common + ["--steps", "3"])
+    done, _ = _launch(common + ["--steps", "3", "--sample-every", "3"])
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("checkpoint:") == 1 and "(2 ranks)" in done.stdout
+    assert (out / "samples_step3.png").exists() and (out / "loss_curve.png").exists()
     ckpt = load_checkpoint(out / "checkpoint.npz")
     assert ckpt["step"] == 3 and ckpt["config"]["ranks"] == 2
     sample = ["sample", str(out / "checkpoint.npz"), "--sampler", "ddpm", "--steps", "5", "--count", "3"]
