@@ -309,9 +309,9 @@ def _eval_samples(args: argparse.Namespace) -> None:
 
     from refdiff.metrics import digit_classifier, digit_sample_report, digit_split, format_sample_report
 
-    if args.data != "digits":
-        raise ValueError(f"--samples needs --data digits (the digit classifier knows the 8x8 digits), "
-                         f"got {args.data!r}")
+    if args.data != "digits" and not args.data.startswith("toy2d:"):
+        raise ValueError(f"--samples needs --data digits (the digit classifier knows the 8x8 digits) or "
+                         f"toy2d:NAME (2-D points), got {args.data!r}")
     if not Path(args.samples).is_file():
         raise FileNotFoundError(f"--samples {args.samples} does not exist")
     with np.load(args.samples, allow_pickle=False) as npz:
@@ -320,11 +320,37 @@ def _eval_samples(args: argparse.Namespace) -> None:
                              f"got {npz.files}")
         images = npz["images"]
         labels = npz["labels"] if "labels" in npz.files and npz["labels"].size else None
+    if args.data.startswith("toy2d:"):
+        print(_toy2d_report(args.data[len("toy2d:"):], images, args.seed))
+        return
     classifier = digit_classifier(args.classifier, progress=True)
     x_train, x_test, y_train, y_test = digit_split()
     report = digit_sample_report(classifier, images, labels, (x_test, y_test), reference=(x_train, y_train),
                                  seed=args.seed)
     print(format_sample_report(report))
+
+
+def _toy2d_report(name: str, samples, seed: int) -> str:
+    """Sliced W2 and MMD^2 of 2-D samples (n, 2) to n fresh points of toy2d NAME, next to the floor: the same
+    distances between two fresh draws of n points (finite samples are never at distance 0).
+
+    The fresh points come from seeds 10^6 + seed and 10^6 + seed + 1, which no ``refdiff train --data
+    toy2d:NAME --seed S`` (training draws seed S) with a small S shares.
+    """
+    import numpy as np
+
+    from refdiff.data import load_toy2d
+    from refdiff.metrics import mmd_rbf, sliced_wasserstein
+
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.ndim != 2 or samples.shape[1] != 2 or samples.shape[0] < 2:
+        raise ValueError(f"--samples must hold (n, 2) points with n >= 2 for toy2d data, got {samples.shape}")
+    n = samples.shape[0]
+    held_out, other = (load_toy2d(name, n, seed=10**6 + seed + k, dtype=np.float64)[0] for k in (0, 1))
+    rows = [("sliced W2", sliced_wasserstein(samples, held_out), sliced_wasserstein(other, held_out)),
+            ("MMD^2 (RBF, median bandwidth)", mmd_rbf(samples, held_out), mmd_rbf(other, held_out))]
+    return "\n".join([f"{n} samples vs {n} fresh {name} points (floor: {n} other fresh points vs the same):"] +
+                     [f"  {label}: {value:.4f} (floor {floor:.4f})" for label, value, floor in rows])
 
 
 def _eval_bits_per_dim(args: argparse.Namespace) -> None:
@@ -379,7 +405,9 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
                         help="a samples .npz of `refdiff sample --out FILE.npz` (images, labels) to score")
     parser.add_argument("--classifier", default=None, metavar="FILE",
                         help="digit classifier cache: loaded when FILE exists, else trained and saved there")
-    parser.add_argument("--data", default="digits", help="digits (its held-out split) or a .npz file")
+    parser.add_argument("--data", default="digits",
+                        help="digits (its held-out split), a .npz file (bits/dim), or toy2d:NAME (--samples of 2-D "
+                             "points: sliced W2 and MMD to fresh points, next to their floor)")
     parser.add_argument("--count", type=int, default=180, help="held-out samples to evaluate (default: 180)")
     parser.add_argument("--batch-size", type=int, default=180)
     parser.add_argument("--variance", default="fixed_large", choices=("fixed_small", "fixed_large"),

@@ -182,3 +182,27 @@ def test_eval_errors_name_what_to_fix(tmp_path, capsys):
     assert r"samples must be (N, 1, 8, 8)" in capsys.readouterr().err
     assert main(["eval", "--samples", str(tmp_path / "p.npz"), "--data", "d.npz"]) == 1
     assert "--samples needs --data digits" in capsys.readouterr().err
+
+
+def test_eval_samples_of_2d_data_reports_distances_next_to_their_floor(tmp_path, capsys):
+    """`refdiff eval --samples FILE --data toy2d:NAME` scores (n, 2) points against n fresh points of NAME:
+    points of the distribution itself land near the floor; points shifted by 1 are far above it; points that
+    are not (n, 2) are refused."""
+    from refdiff.data import load_toy2d
+
+    def distances(points: np.ndarray) -> dict[str, tuple[float, float]]:
+        np.savez(tmp_path / "p.npz", images=points.astype(np.float32), labels=np.asarray([]))
+        assert main(["eval", "--samples", str(tmp_path / "p.npz"), "--data", "toy2d:swiss_roll"]) == 0
+        rows = [line.strip() for line in capsys.readouterr().out.splitlines()[1:]]
+        return {label: (float(v.split(" (floor ")[0]), float(v.split(" (floor ")[1].rstrip(")")))
+                for label, v in (row.rsplit(": ", 1) for row in rows)}
+
+    same = load_toy2d("swiss_roll", 400, seed=7, dtype=np.float64)[0]
+    near = distances(same)
+    far = distances(same + 1.0)
+    for label, (value, floor) in near.items():
+        assert far[label][1] == floor                       # the floor depends only on n and the seed
+        assert value < 3 * abs(floor) + 0.02 < far[label][0]
+    np.savez(tmp_path / "q.npz", images=np.zeros((4, 1, 8, 8), np.float32))
+    assert main(["eval", "--samples", str(tmp_path / "q.npz"), "--data", "toy2d:swiss_roll"]) == 1
+    assert "must hold (n, 2) points" in capsys.readouterr().err
