@@ -64,6 +64,7 @@ class LoadedModel:
     data_shape: tuple[int, ...]  # one sample's shape, (C, H, W) or (D,)
     schedule: schedules.Schedule
     like: Any  # a 1-element array of the backend and dtype the parameters live on
+    data_bound: float | None = None  # max |x| of the training data (checkpoint config), None if unknown
 
 
 def load_model(path: str, use_ema: bool = True, backend: str = "numpy", dtype: str = "float32") -> LoadedModel:
@@ -82,17 +83,21 @@ def model_from_checkpoint(ckpt: dict, use_ema: bool = True, backend: str = "nump
     train_cfg = ckpt["config"]["train"]
     schedule = schedules.by_name(train_cfg["schedule"], train_cfg["T"])
     data_shape = tuple(ckpt["config"]["data_shape"])
-    return LoadedModel(model_callable(params, model_cfg), model_cfg, train_cfg, data_shape, schedule, like)
+    return LoadedModel(model_callable(params, model_cfg), model_cfg, train_cfg, data_shape, schedule, like,
+                       ckpt["config"].get("data_bound"))
 
 
 def generate(loaded: LoadedModel, shape: tuple[int, ...], labels: np.ndarray | None = None, sampler: str = "ddim",
-             steps: int = 50, eta: float = 0.0, guidance: float = 1.0, seed: int = 0, clip_x0: float | None = 1.0,
+             steps: int = 50, eta: float = 0.0, guidance: float = 1.0, seed: int = 0, clip_x0: float | str | None = "auto",
              rows: tuple[int, int] | None = None):
     """Samples of ``shape`` (N, ...) from a loaded model, as a host float array, with labels (N,) or None.
 
     guidance: the classifier-free guidance scale s (1: the conditional model; needs num_classes).
     DDIM and DDPM run on the schedule respaced to ``steps`` (trailing spacing); the sigma-space samplers
-    on a Karras grid of ``steps`` levels. clip_x0 bounds the predicted x0 (images live in [-1, 1]).
+    on a Karras grid of ``steps`` levels. clip_x0 bounds the predicted x0: "auto" is 1 for images
+    (N, C, H, W), which live in [-1, 1], and the training data's max |x| for points (N, D) (2-D toy data
+    reach beyond 1; without a bound, eps-models' x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) at the first
+    steps of a cosine schedule, where ab ~ 1e-8, sends a few points far away).
     rows: only rows [lo, hi) of the N samples, (hi - lo, ...), equal to those rows of the whole
     (every draw is made for all N rows and sliced: refdiff.distributed.ShardedGenerator).
     """
@@ -112,6 +117,8 @@ def generate(loaded: LoadedModel, shape: tuple[int, ...], labels: np.ndarray | N
     generator = Generator(seed) if rows is None else ShardedGenerator(Generator(seed), lo, hi, shape[0])
     x = generator.normal((hi - lo, *shape[1:]), like=loaded.like)
     prediction = loaded.train_cfg["prediction"]
+    if clip_x0 == "auto":
+        clip_x0 = 1.0 if len(shape) == 4 else loaded.data_bound
     if sampler in ("ddim", "ddpm"):
         schedule = schedules.respace(loaded.schedule, schedules.timesteps(loaded.schedule.T, steps, "trailing"))
         if sampler == "ddim":
@@ -139,7 +146,7 @@ def write_preview(out_dir, step: int, weights: dict, model_cfg: Any, train_cfg: 
 
     out_dir, like = Path(out_dir), next(iter(weights.values()))
     loaded = LoadedModel(model_callable(weights, model_cfg), model_cfg, train_cfg, tuple(x.shape[1:]),
-                         schedules.by_name(train_cfg["schedule"], train_cfg["T"]), like)
+                         schedules.by_name(train_cfg["schedule"], train_cfg["T"]), like, float(np.max(np.abs(x))))
     num_classes = getattr(model_cfg, "num_classes", None)
     if x.ndim == 2:                                     # points over the data, every class in turn
         n = PREVIEW_POINTS

@@ -148,12 +148,14 @@ def init_state(cfg: TrainConfig, model_cfg: Any) -> TrainState:
 
 
 def save_state(path: Path, cfg: TrainConfig, model_cfg: Any, state: TrainState, data_shape: tuple,
-               ranks: int = 1) -> Path:
+               ranks: int = 1, data_bound: float | None = None) -> Path:
     """Write the run's checkpoint atomically (refdiff.checkpoint); data_shape is one sample's shape.
 
     ranks (the processes that trained it) is recorded for information: any number of ranks resumes it.
+    data_bound, max |x| over the training data, is where samplers clip predicted points (refdiff.generate).
     """
     config = {"train": dataclasses.asdict(cfg), "data_shape": list(data_shape), "ranks": ranks,
+              "data_bound": data_bound,
               "model": {"kind": type(model_cfg).__name__, **dataclasses.asdict(model_cfg)}}
     groups = {"params": _to_host(state.params), "ema": _to_host(state.ema), "opt": _to_host(state.opt),
               "log": {"loss": np.asarray(state.losses, dtype=np.float64)}}
@@ -265,13 +267,14 @@ def _loop(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
     """The steps of ``train``, with checkpoints and sample grids written by rank 0."""
     schedule = cfg.schedule_obj()
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    data_bound = float(np.max(np.abs(x)))
     bar = _progress(state.step, end, progress)
     start_step, start_time = state.step, time.perf_counter()
     try:
         while state.step < end:
             loss = train_step(cfg, model_cfg, schedule, state, x, y, comm)
             if comm.rank == 0 and (state.step % cfg.checkpoint_every == 0 or state.step == end):
-                save_state(path, cfg, model_cfg, state, x.shape[1:], comm.size)
+                save_state(path, cfg, model_cfg, state, x.shape[1:], comm.size, data_bound)
             if comm.rank == 0 and cfg.sample_every and state.step % cfg.sample_every == 0:
                 _write_preview(cfg, model_cfg, state, x, path.parent)
             rate = cfg.batch_size * (state.step - start_step) / max(time.perf_counter() - start_time, 1e-9)

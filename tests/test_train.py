@@ -162,6 +162,22 @@ def test_checkpoint_holds_the_documented_plain_arrays(tmp_path):
     assert load_checkpoint(tmp_path / "checkpoint.npz")["config"]["train"]["steps"] == CONFIG.steps
 
 
+def test_samples_of_points_are_clipped_to_the_training_data_bound(tmp_path):
+    """The checkpoint records data_bound = max |x| of the training points; refdiff.generate's clip_x0="auto"
+    bounds predicted points by it (images by 1), so an undertrained model's points stay inside the data's
+    box, and clip_x0=None lets them out."""
+    from refdiff.generate import generate, load_model
+
+    x, y = _toy_data()
+    train(CONFIG, MODEL, x, y, tmp_path, progress=False)
+    loaded = load_model(tmp_path / "checkpoint.npz")
+    assert loaded.data_bound == float(np.max(np.abs(x)))
+    labels = np.arange(64) % 2
+    clipped = generate(loaded, (64, 2), labels, "ddim", 10)
+    free = generate(loaded, (64, 2), labels, "ddim", 10, clip_x0=None)
+    assert np.max(np.abs(clipped)) <= loaded.data_bound * (1 + 1e-6) < np.max(np.abs(free))
+
+
 def test_non_finite_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
     """A learning rate of 1e30 blows the parameters up; training stops with a TrainingError naming the
     step, and the last checkpoint written before it is intact and loadable."""
