@@ -1,8 +1,9 @@
 """Specification of refdiff.layers.conv and refdiff.layers.resample: NHWC convolution and 2x resampling.
 
-Oracles: conv2d_forward_naive (plain loops over output pixels, padding as a bounds test), loops over
-pixels written here for the resampling layers, the adjoint identity of a linear map, and centered
-finite differences of the fake loss sum(forward(...) * dy) in float64 (tests/gradcheck.py).
+Oracles: conv2d_forward_naive (plain loops over output pixels, padding as a bounds test),
+conv2d_backward_reference (the derivation page's loop, the spec of the fast conv2d_backward), loops
+over pixels written here for the resampling layers, the adjoint identity of a linear map, and
+centered finite differences of the fake loss sum(forward(...) * dy) in float64 (tests/gradcheck.py).
 """
 
 import contextlib
@@ -129,6 +130,23 @@ def test_conv2d_backward_matches_finite_differences(backend, case, seed):
         assert g.shape == arrays[name].shape
     loss = fake_loss(backend, lambda x, w, b: Cv.conv2d_forward(x, w, b, case.stride, case.padding)[0], dy)
     assert_gradients_match(loss, arrays, dict(zip("xwb", map(to_numpy, grads))))
+
+
+@given(case=conv_cases(), seed=seeds, dtype=dtypes)
+def test_conv2d_backward_equals_the_reference_loop(backend, case, seed, dtype):
+    """conv2d_backward (dw as one long product per offset; dx at stride 1 as the correlation of the
+    re-padded dy with the flipped kernel) == conv2d_backward_reference (the derivation page's loop:
+    per-image dw, dx scattered window by window), to the dtype's tolerance times the number of terms
+    each gradient entry sums, in dy's library, device and dtype."""
+    a = on_backend(backend, conv_arrays(case, seed, dtype), dtype)
+    y, cache = Cv.conv2d_forward(a["x"], a["w"], a["b"], stride=case.stride, padding=case.padding)
+    dy = backend.asarray(host_data(seed + 3, y.shape), dtype=y.dtype)
+    fast, reference = Cv.conv2d_backward(dy, cache), Cv.conv2d_backward_reference(dy, cache)
+    terms = (case.k * case.k * case.C_out, case.N * y.shape[1] * y.shape[2], case.N * y.shape[1] * y.shape[2])
+    for got, expected, n in zip(fast, reference, terms):
+        assert_same_array_kind(got, a["x"])
+        assert got.shape == expected.shape
+        assert_close(got, to_numpy(expected), scale=n)
 
 
 @given(k=st.sampled_from([1, 3, 5]), H=st.integers(5, 9), W=st.integers(5, 9))

@@ -282,6 +282,75 @@ def test_params_to_moves_and_casts(backend):
         np.testing.assert_array_equal(to_numpy(v), params[k].astype(np.float32))
 
 
+# --------------------------------------------------------------------------- split batch, threads
+
+def _parts(sizes):
+    """A batch_parts replacement that splits every batch into parts of the given sizes."""
+    def batch_parts(N, like):
+        bounds = np.cumsum([0] + list(sizes))
+        assert bounds[-1] == N
+        return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return batch_parts
+
+
+@pytest.mark.parametrize("cfg", [FULL, FULL_ADD], ids=["adagn", "added"])
+def test_a_split_batch_gives_the_whole_batch_results(backend, cfg, monkeypatch):
+    """unet_forward and unet_backward with the batch split into parts (1 + 2 samples; what the host
+    threads do, batch_parts / parallel_map) equal the unsplit batch: the same output, dx, and
+    parameter gradients (each the sum of the parts' gradients), float64 to 1e-12, on every backend,
+    in evaluation mode and in training mode without dropout (dropout keeps one part)."""
+    cfg = U.UNetConfig(**{**cfg.__dict__, "dropout": 0.0})
+    params, x, t = random_params(cfg, 0), host_data(1, (3, cfg.in_channels, 8, 8)), np.array([4, 500, 999])
+    y = None if cfg.num_classes is None else np.array([0, 3, 1])
+    dout = host_data(2, (3, cfg.output_channels, 8, 8))
+    results = []
+    for sizes in ([3], [1, 2]):
+        monkeypatch.setattr(U, "batch_parts", _parts(sizes))
+        out, cache = forward(backend, params, cfg, x, t, y, train=True, generator=Generator(0))
+        assert len(cache.parts) == len(sizes)
+        grads, dx = U.unet_backward(backend.asarray(dout), cache, need_dx=True)
+        assert_same_array_kind(out, backend.asarray(x))
+        results.append((to_numpy(out), to_numpy(dx), {k: to_numpy(g) for k, g in grads.items()}))
+    (out1, dx1, g1), (out2, dx2, g2) = results
+    np.testing.assert_allclose(out2, out1, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx2, dx1, rtol=1e-12, atol=1e-12)
+    for k in g1:
+        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-12, atol=1e-12, err_msg=k)
+
+
+def test_host_batches_run_in_parts_on_threads_and_dropout_keeps_one_part():
+    """On NumPy, batch_parts splits a batch into near-equal parts of at most PART_SIZE samples, at least
+    one per thread, that cover it in order; with 2 threads unet_forward runs them through
+    parallel_map and matches the 1-thread result; training with dropout keeps the batch whole (masks
+    drawn in the same order on every backend)."""
+    from refdiff import backend as bk
+
+    like = np.zeros(1)
+    threads = bk.get_num_threads()
+    try:
+        bk.set_num_threads(2)
+        for N in (1, 2, 3, 16, 17, 64, 100):
+            parts = bk.batch_parts(N, like)
+            assert parts[0].start == 0 and parts[-1].stop == N
+            assert all(a.stop == b.start for a, b in zip(parts[:-1], parts[1:]))
+            sizes = [p.stop - p.start for p in parts]
+            assert max(sizes) <= max(bk.PART_SIZE, -(-N // 2)) and max(sizes) - min(sizes) <= 1
+            assert len(parts) == min(N, max(2, -(-N // bk.PART_SIZE)))
+        assert bk.parallel_map(lambda v: v * v, [1, 2, 3]) == [1, 4, 9]
+        params, x, t = random_params(FULL, 0), host_data(1, (5, 1, 8, 8)), np.arange(5) * 100
+        out2, cache2 = U.unet_forward(params, FULL, x, t, train=False)
+        bk.set_num_threads(1)
+        out1, _ = U.unet_forward(params, FULL, x, t, train=False)
+        np.testing.assert_allclose(out2, out1, rtol=1e-12, atol=1e-12)
+        assert len(cache2.parts) == 2
+        _, cache = U.unet_forward(params, FULL, x, t, train=True, generator=Generator(0))  # dropout 0.3
+        assert len(cache.parts) == 1
+    finally:
+        bk.set_num_threads(threads)
+    with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
+        bk.set_num_threads(0)
+
+
 # ---------------------------------------------------------------------------------------- presets
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

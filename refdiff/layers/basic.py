@@ -11,13 +11,27 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from refdiff.backend import namespace
+from refdiff.backend import device, namespace
 
 
 def check_shape(name: str, a: Any, expected: tuple[int, ...]) -> None:
     """Raise a ValueError naming ``name`` unless ``a.shape == expected``."""
     if tuple(a.shape) != tuple(expected):
         raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(a.shape)}")
+
+
+def column_sums(a: Any) -> Any:
+    """Sums over the second-to-last axis: (..., M, C) -> (..., C).
+
+    Math: out[..., c] = sum_m a[..., m, c] = (1^T a)[..., c], a product with a ones vector
+
+    Written as the product because BLAS streams the M rows of C values through it at memory speed,
+    where NumPy's reduction along a non-last axis measured 2-9x slower (and it rounds less: the
+    product accumulates in blocks). Used for bias gradients and the per-channel sums of group norm.
+    """
+    xp = namespace(a)
+    ones = xp.ones((1, a.shape[-2]), dtype=a.dtype, device=device(a))  # (1, M)
+    return (ones @ a)[..., 0, :]  # (..., 1, C) -> (..., C)
 
 
 # ----------------------------------------------------------------------------------------- linear
@@ -61,7 +75,7 @@ def linear_backward(dy: Any, cache: LinearCache) -> tuple[Any, Any, Any]:
     dy2 = xp.reshape(dy, (x2.shape[0], w.shape[1]))  # (M, C_out)
     dx = xp.reshape(xp.matmul(dy2, xp.matrix_transpose(w)), x_shape)  # (M, C_in) -> (..., C_in)
     dw = xp.matmul(xp.matrix_transpose(x2), dy2)  # (C_in, M) @ (M, C_out) -> (C_in, C_out)
-    db = xp.sum(dy2, axis=0)  # (C_out,)
+    db = column_sums(dy2)  # (C_out,)
     return dx, dw, db
 
 
@@ -75,12 +89,19 @@ class SiluCache(NamedTuple):
 def sigmoid(x: Any) -> Any:
     """Logistic sigmoid 1 / (1 + exp(-x)), elementwise, without overflow.
 
-    exp(-|x|) lies in (0, 1] for every x, so neither branch can overflow (the naive form computes
-    exp(-x) = inf for x < -88 in float32); for x < 0 it uses the equal form exp(x) / (1 + exp(x)).
+    Math: sigmoid(x) = (1 + tanh(x / 2)) / 2
+
+    The same function written with tanh, which is bounded: no exp of a large number (the naive form
+    computes exp(-x) = inf for x < -88 in float32), one transcendental and three cheap passes
+    (4x faster on NumPy than exp(-|x|) with a where(); measured in docs/performance.md). The
+    absolute error is about one rounding of 1 (6e-8 in float32), so for x < -17 the float32 result
+    is 0 where the true value is below 3e-8.
     """
     xp = namespace(x)
-    z = xp.exp(-xp.abs(x))  # in (0, 1]
-    return xp.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
+    s = xp.tanh(x * 0.5)
+    s *= 0.5  # in place: one temporary for the whole function
+    s += 0.5
+    return s
 
 
 def silu_forward(x: Any) -> tuple[Any, SiluCache]:
@@ -100,7 +121,12 @@ def silu_backward(dy: Any, cache: SiluCache) -> Any:
     Math: dy/dx = sig + x * sig * (1 - sig) = sig * (1 + x * (1 - sig)),  sig' = sig * (1 - sig)
     """
     x, sig = cache
-    return dy * (sig * (1.0 + x * (1.0 - sig)))
+    g = 1.0 - sig  # g = sig * (1 + x * (1 - sig)) * dy, built in place in one temporary
+    g *= x
+    g += 1.0
+    g *= sig
+    g *= dy
+    return g
 
 
 # ---------------------------------------------------------------------------------------- dropout

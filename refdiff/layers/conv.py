@@ -8,7 +8,11 @@ with x_pad the input zero-padded by p on each side of H and W, stride s in {1, 2
 Ho = (H + 2p - k) // s + 1, Wo = (W + 2p - k) // s + 1. For each kernel offset (i, j) the window
 x_pad[:, i : i + s Ho : s, j : j + s Wo : s, :] is an (N, Ho, Wo, C_in) array and the sum over c is one
 matrix product with w[i, j] (C_in, C_out): "shifted GEMM", k*k products, no k*k-times-larger im2col
-buffer. The backward mirrors the same loop (derivation: docs/derivations/conv2d.md).
+buffer (except for thin inputs, k*k*C_in <= IM2COL_DEPTH, where that buffer is small and one deep
+product beats k*k shallow ones). ``conv2d_backward_reference`` mirrors the same loop step by step
+(derivation: docs/derivations/conv2d.md) and is the spec of ``conv2d_backward``, which computes the
+same gradients with larger products: dx at stride 1 as a correlation of dy with the flipped kernel,
+dw as one long product per offset (measurements: docs/performance.md).
 
 Layouts: activations (N, H, W, C) (NHWC, chosen by measurement, see the derivation page); weights
 (kH, kW, C_in, C_out); bias (C_out,). ``weight_from_torch`` / ``weight_to_torch`` convert to and from
@@ -22,6 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from refdiff.backend import device, namespace, to_numpy
+from refdiff.layers.basic import column_sums
 
 STRIDES = (1, 2)
 
@@ -74,6 +79,48 @@ def _window(a: Any, i: int, j: int, stride: int, Ho: int, Wo: int) -> Any:
     return a[:, rows, cols, :]
 
 
+def _pad(a: Any, p: int) -> Any:
+    """a (N, H, W, C) with p zeros on each side of H and W: (N, H + 2p, W + 2p, C); a itself if p = 0.
+
+    The Array API has no pad(), so this allocates zeros and copies a into the middle.
+    """
+    if p == 0:
+        return a
+    xp = namespace(a)
+    N, H, W, C = a.shape
+    out = xp.zeros((N, H + 2 * p, W + 2 * p, C), dtype=a.dtype, device=device(a))
+    out[:, p : p + H, p : p + W, :] = a
+    return out
+
+
+# Below this product depth (k*k*C_in) the input is thin enough to copy k*k times (im2col): the
+# U-Net's 1-channel input makes nine products of depth 1 otherwise, measured 20x slower.
+IM2COL_DEPTH = 64
+
+
+def _correlate(a_pad: Any, w: Any, stride: int, Ho: int, Wo: int) -> Any:
+    """sum over kernel offsets (i, j) of window_ij(a_pad) @ w[i, j]: (N, Ho, Wo, C_out), no bias.
+
+    One product per offset: the strided window goes to matmul as it is, a stack of (Wo, C_in)
+    matrices (no copy to (N Ho Wo, C_in), which measured slower). For thin inputs
+    (k > 1, k*k*C_in <= IM2COL_DEPTH) the k*k windows are laid side by side instead,
+    (N Ho Wo, k*k*C_in), and one product of that depth does it all (im2col).
+    """
+    xp = namespace(a_pad, w)
+    k, C_in, C_out = w.shape[0], w.shape[2], w.shape[3]
+    N = a_pad.shape[0]
+    if k > 1 and k * k * C_in <= IM2COL_DEPTH:
+        cols = xp.concat([_window(a_pad, i, j, stride, Ho, Wo) for i in range(k) for j in range(k)], axis=-1)
+        cols = xp.reshape(cols, (N * Ho * Wo, k * k * C_in))  # column (i, j, c) = offset (i, j), channel c
+        return xp.reshape(cols @ xp.reshape(w, (k * k * C_in, C_out)), (N, Ho, Wo, C_out))
+    # (N, Ho, Wo, C_in) @ (C_in, C_out) for each offset; the first product starts the sum
+    products = (_window(a_pad, i, j, stride, Ho, Wo) @ w[i, j, :, :] for i in range(k) for j in range(k))
+    y = next(products)
+    for product in products:
+        y += product
+    return y
+
+
 def conv2d_forward(x: Any, w: Any, b: Any, stride: int = 1, padding: int | None = None):
     """2-D convolution (cross-correlation) with zero padding, as k*k matrix products.
 
@@ -85,28 +132,84 @@ def conv2d_forward(x: Any, w: Any, b: Any, stride: int = 1, padding: int | None 
     dtype), and a Conv2dCache.
     """
     p = _check_geometry(x, w, b, stride, padding)
-    xp = namespace(x, w, b)
-    N, H, W, C_in = x.shape
-    k, C_out = w.shape[0], w.shape[3]
+    H, W = x.shape[1:3]
+    k = w.shape[0]
     Ho, Wo = (H + 2 * p - k) // stride + 1, (W + 2 * p - k) // stride + 1
-    # 1. zero padding: the Array API has no pad(), so allocate zeros and copy x into the middle.
-    x_pad = x
-    if p > 0:
-        x_pad = xp.zeros((N, H + 2 * p, W + 2 * p, C_in), dtype=x.dtype, device=device(x))
-        x_pad[:, p : p + H, p : p + W, :] = x
-    # 2. one matrix product per kernel offset, accumulated. The strided window goes to matmul as it
-    #    is, a stack of (Wo, C_in) matrices: no copy to (N Ho Wo, C_in), which measured slower.
-    y = xp.zeros((N, Ho, Wo, C_out), dtype=x.dtype, device=device(x))
-    for i in range(k):
-        for j in range(k):
-            y += _window(x_pad, i, j, stride, Ho, Wo) @ w[i, j, :, :]  # (N, Ho, Wo, C_in) @ (C_in, C_out)
-    # 3. bias, broadcast over (N, Ho, Wo).
-    y += b
+    x_pad = _pad(x, p)  # 1. zero padding: (N, H + 2p, W + 2p, C_in)
+    y = _correlate(x_pad, w, stride, Ho, Wo)  # 2. one matrix product per kernel offset, accumulated
+    y += b  # 3. bias, broadcast over (N, Ho, Wo)
     return y, Conv2dCache(x_pad, w, stride, p)
 
 
+def _check_dy(dy: Any, cache: Conv2dCache) -> tuple[int, int]:
+    """Raise unless dy has the forward output's shape and dtype; return (Ho, Wo)."""
+    x_pad, w, stride, _ = cache
+    N, Hp, Wp, _ = x_pad.shape
+    k, C_out = w.shape[0], w.shape[3]
+    Ho, Wo = (Hp - k) // stride + 1, (Wp - k) // stride + 1
+    if dy.shape != (N, Ho, Wo, C_out) or dy.dtype != x_pad.dtype:
+        raise ValueError(f"dy must have the forward output's shape {(N, Ho, Wo, C_out)} and dtype "
+                         f"{x_pad.dtype}, got {dy.shape}, {dy.dtype}")
+    return Ho, Wo
+
+
 def conv2d_backward(dy: Any, cache: Conv2dCache):
-    """Gradients of conv2d_forward: each forward step's chain rule, in the same loop.
+    """Gradients of conv2d_forward, each a few large matrix products (the fast path).
+
+    Math (for L with dL/dy = dy; derivation in docs/derivations/conv2d.md):
+        db = sum_{n, h, w} dy[n, h, w, :]
+        dw[i, j] = X_ij^T dY, X_ij the window of offset (i, j) as an (N Ho Wo, C_in) matrix
+        dx = the transposed convolution of dy; at stride 1 (and p <= k - 1) it is itself a
+             correlation: dx = conv(pad(dy, k - 1 - p), w~) with w~[i, j] = w[k-1-i, k-1-j]^T
+
+    The same gradients as conv2d_backward_reference (the plain loop of the derivation page, which
+    the tests hold this against); stride 2 takes that loop's scatter for dx. dy: (N, Ho, Wo, C_out)
+    like the forward's y. Returns fresh dx (N, H, W, C_in), dw (k, k, C_in, C_out), db (C_out,),
+    like the forward's inputs.
+    """
+    Ho, Wo = _check_dy(dy, cache)
+    x_pad, w, stride, p = cache
+    xp = namespace(dy, x_pad)
+    N, Hp, Wp, C_in = x_pad.shape
+    k, C_out = w.shape[0], w.shape[3]
+    dy_2d = xp.reshape(dy, (N * Ho * Wo, C_out))
+    db = column_sums(dy_2d)  # 3. bias: sum over (N, Ho, Wo)
+    dw = xp.zeros(w.shape, dtype=w.dtype, device=device(w))
+    for i in range(k):  # 2. weights: one (C_in, N Ho Wo) @ (N Ho Wo, C_out) product per offset
+        for j in range(k):
+            x_ij = xp.reshape(_window(x_pad, i, j, stride, Ho, Wo), (N * Ho * Wo, C_in))  # copied if strided
+            dw[i, j, :, :] = xp.matrix_transpose(x_ij) @ dy_2d
+    H, W = Hp - 2 * p, Wp - 2 * p
+    if stride == 1 and p <= k - 1:  # 1. input: a correlation of the re-padded dy, kernel flipped
+        w_flip = xp.permute_dims(xp.flip(w, axis=(0, 1)), (0, 1, 3, 2))  # (k, k, C_out, C_in), a view
+        # A row-major copy (reshaping the view to 1-D copies it in that order; the Array API has no
+        # ascontiguousarray): matmul with the strided view measured 2-3x slower.
+        w_flip = xp.reshape(xp.reshape(w_flip, (-1,)), w_flip.shape)
+        dx = _correlate(_pad(dy, k - 1 - p), w_flip, 1, H, W)
+    else:
+        dx = _input_gradient_by_taps(dy, w, stride, p, x_pad.shape)
+    return dx, dw, db
+
+
+def _input_gradient_by_taps(dy: Any, w: Any, stride: int, p: int, x_pad_shape: tuple) -> Any:
+    """dx of conv2d_forward by scattering each offset's dy @ w[i, j]^T into its window of dx_pad."""
+    xp = namespace(dy, w)
+    N, Hp, Wp, C_in = x_pad_shape
+    Ho, Wo = dy.shape[1:3]
+    k, C_out = w.shape[0], w.shape[3]
+    dy_2d = xp.reshape(dy, (N * Ho * Wo, C_out))
+    dx_pad = xp.zeros(x_pad_shape, dtype=dy.dtype, device=device(dy))
+    for i in range(k):
+        for j in range(k):
+            dx_ij = dy_2d @ xp.matrix_transpose(w[i, j, :, :])  # (N Ho Wo, C_out) @ (C_out, C_in)
+            # The windows of different offsets overlap, so their gradients add up (slice +=).
+            rows, cols = _window_slices(i, j, stride, Ho, Wo)
+            dx_pad[:, rows, cols, :] += xp.reshape(dx_ij, (N, Ho, Wo, C_in))
+    return dx_pad[:, p : Hp - p, p : Wp - p, :]  # undo the padding (a view of the fresh dx_pad)
+
+
+def conv2d_backward_reference(dy: Any, cache: Conv2dCache):
+    """Gradients of conv2d_forward: each forward step's chain rule, in the same loop (the spec).
 
     Math (for L with dL/dy = dy; derivation in docs/derivations/conv2d.md):
         db = sum_{n, h, w} dy[n, h, w, :]
@@ -116,16 +219,13 @@ def conv2d_backward(dy: Any, cache: Conv2dCache):
 
     dy: (N, Ho, Wo, C_out) like the forward's y. Returns fresh dx (N, H, W, C_in), dw (k, k, C_in,
     C_out), db (C_out,), like the forward's inputs. dx is the adjoint (transposed convolution) of the
-    map x -> conv2d_forward(x, w, 0).
+    map x -> conv2d_forward(x, w, 0). conv2d_backward computes the same faster.
     """
+    Ho, Wo = _check_dy(dy, cache)
     x_pad, w, stride, p = cache
     xp = namespace(dy, x_pad)
     N, Hp, Wp, C_in = x_pad.shape
     k, C_out = w.shape[0], w.shape[3]
-    Ho, Wo = (Hp - k) // stride + 1, (Wp - k) // stride + 1
-    if dy.shape != (N, Ho, Wo, C_out) or dy.dtype != x_pad.dtype:
-        raise ValueError(f"dy must have the forward output's shape {(N, Ho, Wo, C_out)} and dtype "
-                         f"{x_pad.dtype}, got {dy.shape}, {dy.dtype}")
     # 3. bias: y = ... + b broadcast over (N, Ho, Wo), so db sums dy over them.
     db = xp.sum(dy, axis=(0, 1, 2))
     # 2. every offset's product y += X_ij @ w[i, j] sends dy to w[i, j] and to the window X_ij.
@@ -136,8 +236,6 @@ def conv2d_backward(dy: Any, cache: Conv2dCache):
     for i in range(k):
         for j in range(k):
             x_ij = xp.reshape(_window(x_pad, i, j, stride, Ho, Wo), (N, Ho * Wo, C_in))
-            # X_ij^T dY as N per-image products summed over the batch: the same sum as one
-            # (C_in, N Ho Wo) @ (N Ho Wo, C_out) product, measured up to 1.8x faster on OpenBLAS.
             dw[i, j, :, :] = xp.sum(xp.matrix_transpose(x_ij) @ dy_3d, axis=0)  # (N, C_in, C_out) summed
             dx_ij = dy_2d @ xp.matrix_transpose(w[i, j, :, :])  # (N Ho Wo, C_out) @ (C_out, C_in)
             # The windows of different offsets overlap, so their gradients add up (slice +=).

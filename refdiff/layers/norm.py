@@ -10,7 +10,7 @@ import math
 from typing import Any, NamedTuple
 
 from refdiff.backend import namespace
-from refdiff.layers.basic import check_shape
+from refdiff.layers.basic import check_shape, column_sums
 
 
 class GroupNormCache(NamedTuple):
@@ -32,6 +32,19 @@ def _check_group_norm(x: Any, gamma: Any, beta: Any, groups: int, eps: float) ->
     check_shape("beta", beta, (C,))
 
 
+def _group_sum(a: Any, groups: int) -> Any:
+    """sum over the spatial axis and the channels of each group: (N, S, C) -> (N, 1, G, 1).
+
+    Two reductions, each over one axis: first over space (every channel separately, column_sums),
+    then over the C/G channels of each group in the small (N, G, C/G) result. The same sum as one
+    reduction over the (S, C/G) axes of (N, S, G, C/G), which NumPy runs 3-10x slower.
+    """
+    xp = namespace(a)
+    N, C = a.shape[0], a.shape[-1]
+    per_channel = xp.reshape(column_sums(a), (N, 1, groups, C // groups))  # (N, 1, G, C/G)
+    return xp.sum(per_channel, axis=3, keepdims=True)  # (N, 1, G, 1)
+
+
 def group_norm_forward(x: Any, gamma: Any, beta: Any, groups: int,
                        eps: float = 1e-5) -> tuple[Any, GroupNormCache]:
     """Group normalization, as torch.nn.GroupNorm (biased variance, eps inside the square root).
@@ -46,24 +59,30 @@ def group_norm_forward(x: Any, gamma: Any, beta: Any, groups: int,
     _check_group_norm(x, gamma, beta, groups, eps)
     xp = namespace(x, gamma, beta)
     N, C = x.shape[0], x.shape[-1]
-    S = math.prod(x.shape[1:-1])
-    xg = xp.reshape(x, (N, S, groups, C // groups))  # step 1: (N, S, G, C/G)
-    mu = xp.mean(xg, axis=(1, 3), keepdims=True)  # step 2: (N, 1, G, 1)
-    xc = xg - mu  # step 3: (N, S, G, C/G)
-    var = xp.mean(xc * xc, axis=(1, 3), keepdims=True)  # step 4: (N, 1, G, 1), biased
+    S, Cg = math.prod(x.shape[1:-1]), C // groups
+    M = S * Cg
+    x3 = xp.reshape(x, (N, S, C))  # step 1: (N, S, C), spatial axes flattened
+    mu = _group_sum(x3, groups) / M  # step 2: (N, 1, G, 1)
+    xc = xp.reshape(x3, (N, S, groups, Cg)) - mu  # step 3: (N, S, G, C/G)
+    var = _group_sum(xp.reshape(xc * xc, (N, S, C)), groups) / M  # step 4: (N, 1, G, 1), biased
     rstd = 1.0 / xp.sqrt(var + eps)  # step 5: (N, 1, G, 1)
-    xhat = xp.reshape(xc * rstd, tuple(x.shape))  # step 6: (N, ..., C)
-    y = xhat * gamma + beta  # step 7: (N, ..., C)
-    return y, GroupNormCache(xc, rstd, gamma, tuple(x.shape))
+    # steps 6-7: y = xc * (rstd * gamma) + beta; the (N, 1, G, C/G) factor is formed first, so the
+    # activation-sized arrays are touched twice instead of three times.
+    y = xc * (rstd * xp.reshape(gamma, (groups, Cg)))  # (N, S, G, C/G)
+    y += xp.reshape(beta, (groups, Cg))
+    return xp.reshape(y, tuple(x.shape)), GroupNormCache(xc, rstd, gamma, tuple(x.shape))
 
 
 def group_norm_backward(dy: Any, cache: GroupNormCache) -> tuple[Any, Any, Any]:
     """Gradients of group_norm_forward: returns (dx, dgamma, dbeta).
 
-    Math (docs/derivations/group_norm.md), per sample and group, means over its M entries:
-          dxhat = dy * gamma
+    Math (docs/derivations/group_norm.md derives it step by step through the forward's steps 7 to 1),
+    per sample and group, means over its M entries, dxhat = dy * gamma:
+          dgamma = sum over (N, ...) of dy * xhat,  dbeta = sum over (N, ...) of dy
           dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-    computed here as the chain rule through steps 7 to 1 of the forward, one step per line.
+    computed from two per-channel sums over space, sum(dy) and sum(dy * xc); with xhat = xc * rstd
+    the last line is dx = (rstd * gamma) * dy + b * xc + c, b and c one number per sample and group
+    (three passes over the activation instead of the step-by-step chain's dozen).
 
     dy: (N, ..., C). Returns dx (N, ..., C), dgamma (C,), dbeta (C,).
     """
@@ -71,26 +90,20 @@ def group_norm_backward(dy: Any, cache: GroupNormCache) -> tuple[Any, Any, Any]:
     xc, rstd, gamma, x_shape = cache
     N, S, G, Cg = xc.shape
     M = S * Cg
-    # step 7: y = xhat * gamma + beta
-    xhat = xp.reshape(xc * rstd, (N * S, G * Cg))  # (N*S, C)
-    dy2 = xp.reshape(dy, (N * S, G * Cg))  # (N*S, C)
-    dgamma = xp.sum(dy2 * xhat, axis=0)  # (C,)
-    dbeta = xp.sum(dy2, axis=0)  # (C,)
-    dxhat = xp.reshape(dy2 * gamma, (N, S, G, Cg))  # step 6 input: (N, S, G, C/G)
-    # step 6: xhat = xc * rstd  (xc and rstd both depend on x)
-    dxc = dxhat * rstd  # direct path, (N, S, G, C/G)
-    drstd = xp.sum(dxhat * xc, axis=(1, 3), keepdims=True)  # (N, 1, G, 1)
-    # step 5: rstd = (var + eps)^(-1/2)
-    dvar = -0.5 * rstd * rstd * rstd * drstd  # (N, 1, G, 1)
-    # step 4: var = mean(xc^2)
-    dxc = dxc + (2.0 / M) * xc * dvar
-    # step 3: xc = xg - mu
-    dmu = -xp.sum(dxc, axis=(1, 3), keepdims=True)  # (N, 1, G, 1)
-    # step 2: mu = mean(xg)
-    dxg = dxc + dmu / M  # (N, S, G, C/G)
-    # step 1: xg = reshape(x)
-    dx = xp.reshape(dxg, x_shape)  # (N, ..., C)
-    return dx, dgamma, dbeta
+    dy4 = xp.reshape(dy, (N, S, G, Cg))  # (N, S, G, C/G)
+    sum_dy = xp.reshape(column_sums(xp.reshape(dy, (N, S, G * Cg))), (N, 1, G, Cg))  # per channel
+    sum_dy_xc = xp.reshape(column_sums(xp.reshape(dy4 * xc, (N, S, G * Cg))), (N, 1, G, Cg))
+    # step 7: the parameters' gradients sum over samples and space; sum(dy * xhat) = rstd * sum(dy * xc)
+    dbeta = xp.reshape(xp.sum(sum_dy, axis=0), (G * Cg,))  # (C,)
+    dgamma = xp.reshape(xp.sum(sum_dy_xc * rstd, axis=0), (G * Cg,))  # (C,)
+    # steps 6-1 in closed form: mean(dxhat) and mean(dxhat * xhat) per sample and group
+    a = rstd * xp.reshape(gamma, (G, Cg))  # (N, 1, G, C/G): rstd * dxhat = a * dy
+    mean_a_dy = xp.sum(sum_dy * a, axis=3, keepdims=True) / M  # rstd * mean(dxhat): (N, 1, G, 1)
+    mean_dxhat_xhat = rstd * xp.sum(sum_dy_xc * a, axis=3, keepdims=True) / M  # rstd * mean(dxhat * xhat)
+    dx = dy4 * a  # (N, S, G, C/G); a * dy - mean(a * dy) cancels exactly for M = 1
+    dx += xc * (-rstd * mean_dxhat_xhat)  # - rstd * xhat * mean(dxhat * xhat)
+    dx += -mean_a_dy  # - rstd * mean(dxhat)
+    return xp.reshape(dx, x_shape), dgamma, dbeta
 
 
 # ------------------------------------------------------------------------------------ scale-shift
@@ -133,6 +146,6 @@ def scale_shift_backward(dy: Any, cache: ScaleShiftCache) -> tuple[Any, Any, Any
     h3, scale3, h_shape = cache
     dy3 = xp.reshape(dy, tuple(h3.shape))  # (N, S, C)
     dh = xp.reshape(dy3 * (1.0 + scale3), h_shape)  # (N, ..., C)
-    dscale = xp.sum(dy3 * h3, axis=1)  # (N, C)
-    dshift = xp.sum(dy3, axis=1)  # (N, C)
+    dscale = column_sums(dy3 * h3)  # (N, C), summed over space
+    dshift = column_sums(dy3)  # (N, C)
     return dh, dscale, dshift
