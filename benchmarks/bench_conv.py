@@ -1,12 +1,18 @@
-"""Speed of conv2d forward/backward variants on the host, float32, at mnist28-like U-Net shapes.
+"""Speed of conv2d forward/backward variants on the host, float32, at mnist28's U-Net shapes.
 
-Run: python benchmarks/bench_conv.py [--repeats 25] [--threads N]   (about 30 s on 2 cores)
+Run: python benchmarks/bench_conv.py [--batch 32] [--threads 1] [--repeats 15]   (about two minutes)
 
-Prints the BLAS library and its thread count (threadpoolctl), NumPy's float32 GEMM peak (a 2048 x
-2048 matmul), then for each convolution shape the fastest forward and backward time of ``repeats``
-runs, timed round-robin over the variants, and GFLOP/s of:
+The defaults are the setting the library runs in: the U-Net splits a host batch into parts of up to
+refdiff.backend.PART_SIZE = 32 images, each on one thread with BLAS on one thread. Prints the BLAS
+library and its thread count (threadpoolctl), NumPy's float32 GEMM peak (a 2048 x 2048 matmul) on
+those threads, then for each convolution shape the fastest forward and backward time of
+``repeats`` runs, timed round-robin over the variants, and GFLOP/s of:
 
-  library      refdiff.layers.conv (shifted GEMM, NHWC, one batched matmul per kernel offset)
+  library      refdiff.layers.conv: shifted GEMM in NHWC (one batched matmul per kernel offset, or
+               one im2col product for inputs of k*k*C_in <= 64); backward: dw one long product per
+               offset, dx at stride 1 the correlation of dy with the flipped kernel
+  reference    conv2d_forward + conv2d_backward_reference (per-image dw products summed over the
+               batch, dx scattered window by window): the code before issue 3
   shift-2d     shifted GEMM, NHWC, each window copied to (N*Ho*Wo, C_in) before a 2-D GEMM; dw as one
                long-K product (C_in, N*Ho*Wo) @ (N*Ho*Wo, C_out)
   im2col       NHWC im2col: one (N*Ho*Wo, k*k*C_in) buffer, one GEMM; caches it (k*k times x's memory)
@@ -14,26 +20,41 @@ runs, timed round-robin over the variants, and GFLOP/s of:
   nchw-shift   shifted GEMM in NCHW: per offset w[:, :, i, j] (C_out, C_in) @ x window (N, C_in, Ho*Wo)
   flat-s1      stride 1 only: the padded input flattened to rows, every offset a contiguous row slice
                (no window copy; computes on the padded grid and crops, (H+2p)(W+2p)/(H W) extra work)
+  flat-gemm    flat-s1 with every product accumulated in place by BLAS (gemm with beta = 1 through
+               scipy.linalg.blas): no temporaries, no separate additions
+  rows         the k offsets of a kernel row side by side along the channels: k products of depth
+               k*C_in instead of k*k of depth C_in (3 copies of the input)
+  winograd     Winograd F(2x2, 3x3) (Lavin & Gray 2016) for 3x3 stride 1, even H and W: 16 products
+               instead of 36 per 2x2 output tile, input and output transforms as strided adds; dx
+               the same on the flipped kernel; dw as the library's
 
-FLOPs: forward 2 N Ho Wo k^2 C_in C_out; backward twice that (dx and dw). Every variant's output is
-checked against the library's before it is timed. The variants other than the library are written
-here in plain NumPy; the decision they informed is in docs/derivations/conv2d.md.
+FLOPs: forward 2 N Ho Wo k^2 C_in C_out; backward twice that (dx and dw), counted for the direct
+convolution whatever the variant computes. Every variant's output is checked against the library's
+before it is timed. The variants other than library and reference are written here in plain NumPy;
+the measurements and the decisions are in docs/performance.md and docs/derivations/conv2d.md.
 """
 
 import argparse
+import os
 import time
 
 import numpy as np
+from scipy.linalg import blas  # SciPy's BLAS (flat-gemm), loaded before threadpool_limits
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from refdiff.layers.conv import conv2d_backward, conv2d_forward
+from refdiff.layers.conv import conv2d_backward, conv2d_backward_reference, conv2d_forward
 
-# (N, H, W, C_in, C_out, k, stride): mnist28-like convolutions at batch 64 (padding k // 2).
+# (H, W, C_in, C_out, k, stride) of mnist28's convolutions (padding k // 2); the batch is --batch.
 SHAPES = [
-    (64, 28, 28, 32, 32, 3, 1),
-    (64, 14, 14, 64, 64, 3, 1),
-    (64, 28, 28, 32, 64, 3, 2),
-    (64, 28, 28, 32, 64, 1, 1),
+    (28, 28, 1, 32, 3, 1),    # input conv
+    (28, 28, 32, 32, 3, 1),   # down.0 ResBlock, up.0 conv2
+    (28, 28, 96, 32, 3, 1),   # up.0.res.0.conv1
+    (28, 28, 64, 64, 3, 1),   # up.1.upsample (after nearest 2x)
+    (14, 14, 64, 64, 3, 1),   # level-1 ResBlocks
+    (14, 14, 128, 64, 3, 1),  # up.1.res.0.conv1
+    (7, 7, 64, 64, 3, 1),     # level-2 and middle ResBlocks
+    (28, 28, 32, 32, 3, 2),   # down.0.downsample
+    (28, 28, 96, 32, 1, 1),   # 1x1 skip of up.0.res.0
 ]
 
 
@@ -206,18 +227,144 @@ def flat_backward(dy, cache):
     return drows.reshape(N, Hp, Wp, C)[:, p : p + H, p : p + W, :], dw, dy.reshape(-1, Co).sum(0)
 
 
+# --- flat-gemm: flat-s1 with BLAS accumulating in place -----------------------------------------
+def _gemm_into(c, a, b, beta):
+    """c = a @ b + beta c in place for C-ordered 2-D arrays: BLAS on the transposed (Fortran) views.
+
+    SciPy links its own OpenBLAS: it must be loaded before threadpool_limits is entered (see the
+    import at the top), or its pool keeps its default threads beside NumPy's (measured 30-70x slower
+    on small products on 2 cores)."""
+    gemm = blas.sgemm if c.dtype == np.float32 else blas.dgemm
+    gemm(1.0, b.T, a.T, beta=beta, c=c.T, overwrite_c=1)
+
+
+def flatgemm_forward(x, w, b, s, p):
+    N, H, W, C, k, Co, Ho, Wo = _geometry(x, w, s, p)
+    assert s == 1
+    Hp, Wp = H + 2 * p, W + 2 * p
+    rows = _pad(x, p).reshape(N * Hp * Wp, C)
+    L = N * Hp * Wp - (k - 1) * (Wp + 1)
+    y = np.empty((N * Hp * Wp, Co), x.dtype)
+    for i in range(k):
+        for j in range(k):
+            off = i * Wp + j
+            _gemm_into(y[:L], rows[off : off + L], w[i, j], 0.0 if off == 0 else 1.0)
+    return (y.reshape(N, Hp, Wp, Co)[:, :Ho, :Wo, :] + b), (rows, w, p, x.shape)
+
+
+def flatgemm_backward(dy, cache):
+    rows, w, p, (N, H, W, C) = cache
+    k, Co = w.shape[0], w.shape[3]
+    Hp, Wp = H + 2 * p, W + 2 * p
+    Ho, Wo = dy.shape[1:3]
+    L = N * Hp * Wp - (k - 1) * (Wp + 1)
+    dy_full = np.zeros((N, Hp, Wp, Co), dy.dtype)
+    dy_full[:, :Ho, :Wo, :] = dy
+    dy_rows = dy_full.reshape(-1, Co)[:L]
+    drows, dw = np.zeros_like(rows), np.empty_like(w)
+    for i in range(k):
+        for j in range(k):
+            off = i * Wp + j
+            dw[i, j] = rows[off : off + L].T @ dy_rows
+            _gemm_into(drows[off : off + L], dy_rows, np.ascontiguousarray(w[i, j].T), 1.0)
+    return drows.reshape(N, Hp, Wp, C)[:, p : p + H, p : p + W, :], dw, dy.reshape(-1, Co).sum(0)
+
+
+# --- rows: the k offsets of a kernel row side by side -------------------------------------------
+def _rows_correlate(a_pad, w, Ho, Wo):
+    """stride-1 correlation of padded a_pad with w: cols (N, Hp, Wo, k C) once, k products."""
+    k, C, Co = w.shape[0], w.shape[2], w.shape[3]
+    cols = np.concatenate([a_pad[:, :, j : j + Wo, :] for j in range(k)], axis=-1)  # (N, Hp, Wo, k C)
+    y = cols[:, 0:Ho] @ w[0].reshape(k * C, Co)
+    for i in range(1, k):
+        y += cols[:, i : i + Ho] @ w[i].reshape(k * C, Co)
+    return y
+
+
+def _flipped(w):
+    """w~[i, j] = w[k-1-i, k-1-j]^T, contiguous: the kernel of the transposed convolution."""
+    return np.ascontiguousarray(np.transpose(w[::-1, ::-1], (0, 1, 3, 2)))
+
+
+def rows_forward(x, w, b, s, p):
+    N, H, W, C, k, Co, Ho, Wo = _geometry(x, w, s, p)
+    assert s == 1
+    x_pad = _pad(x, p)
+    return _rows_correlate(x_pad, w, Ho, Wo) + b, (x_pad, w, s, p)
+
+
+def rows_backward(dy, cache):
+    x_pad, w, s, p = cache
+    k = w.shape[0]
+    _, dw, db = conv2d_backward(dy, _library_cache(cache))
+    H, W = x_pad.shape[1] - 2 * p, x_pad.shape[2] - 2 * p
+    return _rows_correlate(_pad(dy, k - 1 - p), _flipped(w), H, W), dw, db
+
+
+# --- winograd: F(2x2, 3x3) ------------------------------------------------------------------------
+# Lavin & Gray 2016: y = A^T [(G g G^T) * (B^T d B)] A for a 4x4 input tile d and a 3x3 kernel g.
+WINO_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+
+
+def _wino_correlate(a_pad, w):
+    """stride-1 correlation of a_pad (N, H + 2, W + 2, C), H and W even, with a 3x3 w: (N, H, W, Co)."""
+    N, Hp, Wp, C = a_pad.shape
+    Co = w.shape[3]
+    Th, Tw = (Hp - 2) // 2, (Wp - 2) // 2
+    d = [[a_pad[:, r : r + 2 * Th : 2, c : c + 2 * Tw : 2, :] for c in range(4)] for r in range(4)]
+
+    def bt(v0, v1, v2, v3):  # B^T applied along one tile axis
+        return v0 - v2, v1 + v2, v2 - v1, v1 - v3
+
+    t = [bt(*[d[r][c] for r in range(4)]) for c in range(4)]  # t[c][r'], rows transformed
+    V = np.empty((4, 4, N, Th, Tw, C), a_pad.dtype)
+    for r in range(4):
+        for s_, v in enumerate(bt(*[t[c][r] for c in range(4)])):
+            V[r, s_] = v
+    U = np.einsum("ai,ijco,bj->abco", WINO_G.astype(w.dtype), w, WINO_G.astype(w.dtype))  # (4, 4, C, Co)
+    M = (V.reshape(16, N * Th * Tw, C) @ U.reshape(16, C, Co)).reshape(4, 4, N, Th, Tw, Co)
+    u = [(M[r, 0] + M[r, 1] + M[r, 2], M[r, 1] - M[r, 2] - M[r, 3]) for r in range(4)]  # A^T on columns
+    y = np.empty((N, Th, 2, Tw, 2, Co), a_pad.dtype)
+    for q in range(2):
+        y[:, :, 0, :, q] = u[0][q] + u[1][q] + u[2][q]
+        y[:, :, 1, :, q] = u[1][q] - u[2][q] - u[3][q]
+    return y.reshape(N, 2 * Th, 2 * Tw, Co)
+
+
+def winograd_forward(x, w, b, s, p):
+    assert s == 1 and w.shape[0] == 3 and p == 1 and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0
+    x_pad = _pad(x, p)
+    return _wino_correlate(x_pad, w) + b, (x_pad, w, s, p)
+
+
+def winograd_backward(dy, cache):
+    _, dw, db = conv2d_backward(dy, _library_cache(cache))
+    return _wino_correlate(_pad(dy, 1), _flipped(cache[1])), dw, db
+
+
+def _library_cache(cache):
+    from refdiff.layers.conv import Conv2dCache
+
+    return Conv2dCache(*cache)
+
+
 def library_forward(x, w, b, s, p):
     return conv2d_forward(x, w, b, stride=s, padding=p)
 
 
 VARIANTS = {
     "library": (library_forward, conv2d_backward, "nhwc"),
+    "reference": (library_forward, conv2d_backward_reference, "nhwc"),
     "shift-2d": (shift2d_forward, shift2d_backward, "nhwc"),
     "im2col": (im2col_forward, im2col_backward, "nhwc"),
     "im2col-x": (im2colx_forward, im2colx_backward, "nhwc"),
     "nchw-shift": (nchw_forward, nchw_backward, "nchw"),
     "flat-s1": (flat_forward, flat_backward, "nhwc"),
+    "flat-gemm": (flatgemm_forward, flatgemm_backward, "nhwc"),
+    "rows": (rows_forward, rows_backward, "nhwc"),
+    "winograd": (winograd_forward, winograd_backward, "nhwc"),
 }
+STRIDE_1_ONLY = ("flat-s1", "flat-gemm", "rows", "winograd")
 
 
 def gemm_peak(repeats: int) -> float:
@@ -236,9 +383,9 @@ def _case(x, w, dy, layout):
             (from_nchw, from_nchw, lambda a: a.transpose(2, 3, 1, 0), lambda a: a))
 
 
-def bench_shape(shape, repeats: int, peak: float) -> None:
+def bench_shape(shape, N: int, repeats: int, peak: float) -> dict:
     """Check every variant against the library, then time them round-robin (noise hits all alike)."""
-    N, H, W, C, Co, k, s = shape
+    H, W, C, Co, k, s = shape
     p = k // 2
     rng = np.random.default_rng(0)
     x = rng.standard_normal((N, H, W, C), dtype=np.float32)
@@ -251,7 +398,7 @@ def bench_shape(shape, repeats: int, peak: float) -> None:
     flops = 2 * N * Ho * Wo * k * k * C * Co
     calls = {}
     for name, (forward, backward, layout) in VARIANTS.items():
-        if name == "flat-s1" and s != 1:
+        if name in STRIDE_1_ONLY and (s != 1 or (name in ("rows", "winograd") and (k != 3 or H % 2 or W % 2))):
             continue
         args, dy_v, back = _case(x, w, dy, layout)
         y, c = forward(*args, b, s, p)
@@ -266,29 +413,40 @@ def bench_shape(shape, repeats: int, peak: float) -> None:
                 fn()
                 record.append(time.perf_counter() - start)
     label = f"{N}x{H}x{W}x{C}->{Co} k{k} s{s}"
+    rows = {}
     for name, (t_fwd, t_bwd) in times.items():
         t_f, t_b = min(t_fwd), min(t_bwd)  # fastest run: other tenants only ever add time
         pct = 100 * 3 * flops / (t_f + t_b) / 1e9 / peak
+        rows[name] = {"fwd_ms": 1e3 * t_f, "bwd_ms": 1e3 * t_b}
         print(f"| {label:<24} | {name:<10} | {t_f * 1e3:8.2f} | {flops / t_f / 1e9:6.0f} | {t_b * 1e3:8.2f} "
-              f"| {2 * flops / t_b / 1e9:6.0f} | {pct:5.0f}% |")
+              f"| {2 * flops / t_b / 1e9:6.0f} | {pct:5.0f}% |", flush=True)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=25)
-    parser.add_argument("--threads", type=int, default=None, help="limit BLAS threads (threadpoolctl)")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--batch", type=int, default=32, help="images per call (the library's part size)")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (threadpoolctl)")
     args = parser.parse_args()
     with threadpool_limits(limits=args.threads, user_api="blas"):
         blas = [f"{d['internal_api']} {d.get('version', '')} ({d['num_threads']} threads)"
                 for d in threadpool_info() if d["user_api"] == "blas"]
-        print(f"NumPy {np.__version__}, BLAS: {', '.join(blas)}")
+        print(f"NumPy {np.__version__}, BLAS: {', '.join(blas)}, load average {os.getloadavg()[0]:.2f}")
         peak = gemm_peak(args.repeats)
-        print(f"float32 GEMM peak (2048^3 matmul): {peak:.0f} GFLOP/s")
+        print(f"float32 GEMM peak (2048^3 matmul, {args.threads} BLAS threads): {peak:.0f} GFLOP/s")
         print("| shape (N x H x W x C_in -> C_out) | variant | fwd ms | fwd GF/s | bwd ms | bwd GF/s "
               "| fwd+bwd % peak |")
         print("|---|---|---:|---:|---:|---:|---:|")
+        totals = {}
         for shape in SHAPES:
-            bench_shape(shape, args.repeats, peak)
+            for name, r in bench_shape(shape, args.batch, args.repeats, peak).items():
+                if shape[5] == 1:  # totals over the stride-1 shapes every variant runs
+                    t = totals.setdefault(name, [0.0, 0.0])
+                    t[0], t[1] = t[0] + r["fwd_ms"], t[1] + r["bwd_ms"]
+        print("totals over the stride-1 shapes (ms, fwd + bwd):",
+              ", ".join(f"{name} {f:.1f} + {b:.1f} = {f + b:.1f}" for name, (f, b) in totals.items()))
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
