@@ -45,6 +45,10 @@ TIMEOUT_VAR = "REFDIFF_MPI_TIMEOUT"
 DEFAULT_TIMEOUT = 900.0
 # A waiting rank polls without sleeping this long (nonblocking MPI progresses only while polled).
 SPIN_SECONDS = 0.01
+# Seconds an aborting rank waits between printing its message and MPI_Abort: the launcher forwards a
+# rank's stderr asynchronously, and MPICH's hydra can drop what is still in the pipe when the abort
+# tears the job down (seen in CI: an empty stderr from the aborting rank).
+ABORT_GRACE_SECONDS = 1.0
 
 
 class DistributedError(RuntimeError):
@@ -200,6 +204,7 @@ class MPICommunicator:
     def abort(self, message: str, code: int = 1) -> None:
         """Print ``message`` naming this rank, then end every rank of the job (MPI_Abort)."""
         print(f"refdiff: rank {self.rank} of {self.size}: {message}; aborting all ranks", file=sys.stderr, flush=True)
+        time.sleep(ABORT_GRACE_SECONDS)  # let the launcher pass the message on before the abort
         self.comm.Abort(code)
 
     @contextlib.contextmanager

@@ -215,8 +215,9 @@ def _launch(args: list[str], timeout: float = 120, **env) -> tuple[subprocess.Co
     """``mpiexec -n 2 python ARGS``: (the finished process, wall seconds); on timeout its whole process group
     (launcher and ranks) is killed and the test fails."""
     start = time.perf_counter()
-    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_child_env(**env), start_new_session=True)
+    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env(**env),
+                            start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
