@@ -297,6 +297,29 @@ def available_backends() -> list[str]:
     return names
 
 
+# ------------------------------------------------------------------- CUDA devices and NCCL (for refdiff.distributed)
+
+
+def use_cuda_device(index: int) -> None:
+    """Make CUDA device ``index`` modulo this machine's GPU count CuPy's current device (one GPU per rank)."""
+    cp = importlib.import_module("cupy")
+    cp.cuda.Device(index % cp.cuda.runtime.getDeviceCount()).use()
+
+
+def nccl_binding() -> Any:
+    """CuPy's NCCL binding (``cupy.cuda.nccl``), or None without CuPy or without NCCL in it."""
+    try:
+        binding = importlib.import_module("cupy.cuda.nccl")
+    except Exception:  # no CuPy, or CuPy built without NCCL
+        return None
+    return binding if getattr(binding, "available", True) else None
+
+
+def current_stream_ptr() -> int:
+    """The raw pointer of CuPy's current CUDA stream, the stream NCCL calls are queued on."""
+    return importlib.import_module("cupy").cuda.get_current_stream().ptr
+
+
 class Generator:
     """Seeded randomness drawn on the host (NumPy PCG64) and moved to the target backend.
 

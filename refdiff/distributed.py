@@ -16,8 +16,8 @@ How ``mpirun -n N refdiff train`` splits a step of global batch B (docs/scaling.
 A Communicator is ``rank``, ``size`` and the few collectives training and sampling use.
 ``SingleProcess`` is the trivial one, so the training loop has one code path. mpi4py is imported
 only when the process was started by an MPI launcher with more than one rank (``get_communicator``).
-CuPy's NCCL binding and ``cupy.cuda.Device`` are imported here, lazily, for device buffers and GPU
-selection: the one place besides refdiff.backend that touches CuPy, and only for communication.
+CuPy's NCCL binding and the choice of a rank's GPU come from refdiff.backend (``nccl_binding``,
+``use_cuda_device``), the one place that imports CuPy.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from refdiff.backend import Generator, asarray, device, host_dtype, library_name, namespace, to_numpy
+from refdiff.backend import (Generator, asarray, current_stream_ptr, device, host_dtype, library_name, namespace,
+                             nccl_binding, to_numpy, use_cuda_device)
 
 # Environment variables an MPI launcher sets to the number of ranks: MPICH and Intel MPI (hydra, also
 # Slurm's PMI-2), Open MPI, MVAPICH2.
@@ -278,10 +279,7 @@ class MPICommunicator:
     # --- GPUs
     def use_local_gpu(self) -> None:
         """Make this rank's current CUDA device its node-local rank modulo the node's GPUs."""
-        import cupy
-
-        local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED).Get_rank()
-        cupy.cuda.Device(local % cupy.cuda.runtime.getDeviceCount()).use()
+        use_cuda_device(self.comm.Split_type(self.MPI.COMM_TYPE_SHARED).Get_rank())
 
     def _device_allreduce(self, buf: Any) -> Any:
         if self._device_path is None:
@@ -300,13 +298,12 @@ class MPICommunicator:
             return bool(self.comm.allreduce(int(flag), op=self.MPI.MIN))
 
         path = "host"
-        if everywhere(_nccl_available()):
+        if everywhere(nccl_binding() is not None):
             path = "nccl"
         elif everywhere(_mpi_cuda_aware(self.MPI)):
             path = "cuda-aware"
         if path == "nccl":
-            from cupy.cuda import nccl
-
+            nccl = nccl_binding()
             uid = self.comm.bcast(nccl.get_unique_id() if self.rank == 0 else None, root=0)
             self._nccl = nccl.NcclCommunicator(self.size, uid, self.rank)
         elif path == "host":
@@ -315,13 +312,10 @@ class MPICommunicator:
 
     def _nccl_allreduce(self, buf: Any) -> Any:
         """In-place NCCL sum on the current stream (later kernels on the stream see the result)."""
-        import cupy
-        from cupy.cuda import nccl
-
+        nccl = nccl_binding()
         types = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
         ptr = buf.data.ptr
-        self._nccl.allReduce(ptr, ptr, buf.size, types[np.dtype(buf.dtype)], nccl.NCCL_SUM,
-                             cupy.cuda.get_current_stream().ptr)
+        self._nccl.allReduce(ptr, ptr, buf.size, types[np.dtype(buf.dtype)], nccl.NCCL_SUM, current_stream_ptr())
         return buf
 
     def _warn_host_copy(self, library: str) -> None:
@@ -330,14 +324,6 @@ class MPICommunicator:
                           "gradients to host memory and back (slower); install CuPy with NCCL "
                           "(pip install 'refdiff[gpu]') or use a CUDA-aware MPI", RuntimeWarning, stacklevel=3)
         self._warned = True
-
-
-def _nccl_available() -> bool:
-    try:
-        from cupy.cuda import nccl
-    except Exception:  # no CuPy, or CuPy built without NCCL
-        return False
-    return bool(getattr(nccl, "available", True))
 
 
 def _mpi_cuda_aware(MPI: Any) -> bool:
