@@ -124,6 +124,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a preset on a dataset (refdiff.train), resuming when asked; data-parallel under mpirun."""
     from refdiff.distributed import get_communicator
+    from refdiff.generate import previewer
     from refdiff.train import TrainConfig, train
 
     comm = get_communicator(args.mpi_timeout)
@@ -134,8 +135,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                           prediction=args.prediction, loss=args.loss, timesteps=args.timesteps, seed=args.seed,
                           backend=args.backend, dtype=args.dtype, checkpoint_every=args.checkpoint_every,
                           sample_every=args.sample_every)
-        train(cfg, _model_config(args.preset, x, num_classes, args.loss), x, y, args.out, resume=args.resume,
-              comm=comm)
+        model_cfg = _model_config(args.preset, x, num_classes, args.loss)
+        preview = previewer(cfg, model_cfg, x, args.out) if args.sample_every else None
+        train(cfg, model_cfg, x, y, args.out, resume=args.resume, comm=comm, preview=preview)
     except (ValueError, FileNotFoundError, RuntimeError):
         if comm.rank == 0:  # every rank raises these alike: rank 0 alone reports (main's one line)
             raise

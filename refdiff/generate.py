@@ -1,7 +1,7 @@
 """From a checkpoint to samples: rebuild the model, pick a sampler, apply guidance, return host arrays.
 
 This is what ``refdiff sample`` and ``refdiff demo`` run; library users can call the same functions.
-``write_preview`` draws the sample grid and loss curve that training writes every ``sample_every`` steps.
+``previewer`` is training's hook that draws a sample grid and the loss curve every ``sample_every`` steps.
 Under ``mpirun -n N refdiff sample`` each rank generates its rows of the requested samples
 (``generate(..., rows=(lo, hi))``) with the noise a one-process run would give those rows.
 """
@@ -131,6 +131,17 @@ def generate(loaded: LoadedModel, shape: tuple[int, ...], labels: np.ndarray | N
         loop = loop_fn(model, loaded.schedule, to_sigma_scale(x, float(sigmas[0])), sigmas, y, prediction=prediction,
                        clip_x0=clip_x0)
     return to_numpy(final(loop))
+
+
+def previewer(cfg: Any, model_cfg: Any, x: np.ndarray, out_dir: str | Path) -> Callable[[Any], dict[str, Any]]:
+    """The ``preview`` hook of ``refdiff.train.train``: ``write_preview`` of the state's step, EMA weights
+    and losses into out_dir. cfg: the run's TrainConfig; x: its training data (for the 2-D scatter).
+
+    Sampling uses its own generator (seeded by cfg.seed), never the training stream: a run with
+    previews trains the same numbers as one without, and resumes exactly.
+    """
+    train_cfg = dataclasses.asdict(cfg)
+    return lambda state: write_preview(out_dir, state.step, state.ema, model_cfg, train_cfg, x, state.losses)
 
 
 def write_preview(out_dir, step: int, weights: dict, model_cfg: Any, train_cfg: dict, x: np.ndarray,

@@ -72,7 +72,7 @@ class TrainConfig:
     backend: str = "numpy"
     dtype: str = "float32"
     checkpoint_every: int = 500
-    sample_every: int = 0            # write samples_step{N}.png and loss_curve.png every N steps (0: never)
+    sample_every: int = 0            # call train's preview hook every N steps (0: never)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "T", "checkpoint_every"):
@@ -243,15 +243,20 @@ def train_step(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule, s
 
 
 def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None, out_dir: str | Path,
-          resume: bool = False, progress: bool = True, stop_at: int | None = None, comm: Any = None) -> TrainState:
+          resume: bool = False, progress: bool = True, stop_at: int | None = None, comm: Any = None,
+          preview: Callable[[TrainState], Any] | None = None) -> TrainState:
     """Train for cfg.steps steps (or until ``stop_at``), checkpointing to ``out_dir/checkpoint.npz``.
 
     x: (N, C, H, W) or (N, D) host data in [-1, 1]; y: (N,) labels or None. resume=True continues from
-    the checkpoint in out_dir. cfg.sample_every > 0 also writes sample grids and the loss curve there.
-    comm: a refdiff.distributed communicator; None picks MPI under mpirun, else one process. Rank 0
-    alone writes files and shows the progress bar; a failure on one rank aborts them all.
+    the checkpoint in out_dir. preview(state): called on rank 0 after every cfg.sample_every-th step
+    (``refdiff.generate.previewer`` writes a sample grid and the loss curve); it must not draw from
+    state.generator. comm: a refdiff.distributed communicator; None picks MPI under mpirun, else one
+    process. Rank 0 alone writes files and shows the progress bar; a failure on one rank aborts them all.
     Returns the final TrainState (the same on every rank); the checkpoint holds it too.
     """
+    if cfg.sample_every and preview is None:
+        raise ValueError(f"sample_every={cfg.sample_every} needs preview=, the hook it calls "
+                         "(refdiff.generate.previewer writes sample grids)")
     comm = get_communicator() if comm is None else comm
     check_batch(cfg.batch_size, comm.size)
     path = Path(out_dir) / "checkpoint.npz"
@@ -259,11 +264,11 @@ def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
         if cfg.backend == "cupy":
             comm.use_local_gpu()
         state = load_state(path, cfg, comm) if resume else init_state(cfg, model_cfg)
-        return _loop(cfg, model_cfg, x, y, path, state, progress and comm.rank == 0, stop_at, comm)
+        return _loop(cfg, model_cfg, x, y, path, state, progress and comm.rank == 0, stop_at, comm, preview)
 
 
 def _loop(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None, path: Path, state: TrainState,
-          progress: bool, stop_at: int | None, comm: Any) -> TrainState:
+          progress: bool, stop_at: int | None, comm: Any, preview: Callable[[TrainState], Any] | None) -> TrainState:
     """The steps of ``train``, with checkpoints and sample grids written by rank 0."""
     schedule = cfg.schedule_obj()
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
@@ -276,7 +281,7 @@ def _loop(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
             if comm.rank == 0 and (state.step % cfg.checkpoint_every == 0 or state.step == end):
                 save_state(path, cfg, model_cfg, state, x.shape[1:], comm.size, data_bound)
             if comm.rank == 0 and cfg.sample_every and state.step % cfg.sample_every == 0:
-                _write_preview(cfg, model_cfg, state, x, path.parent)
+                preview(state)
             rate = cfg.batch_size * (state.step - start_step) / max(time.perf_counter() - start_time, 1e-9)
             bar.set_postfix(loss=f"{loss:.4f}", img_per_s=f"{rate:.0f}", refresh=False)
             bar.update(1)
@@ -286,17 +291,6 @@ def _loop(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
     finally:
         bar.close()
     return state
-
-
-def _write_preview(cfg: TrainConfig, model_cfg: Any, state: TrainState, x: np.ndarray, out_dir: Path) -> None:
-    """samples_step{N}.png from the EMA weights and loss_curve.png (refdiff.generate.write_preview).
-
-    Sampling uses its own generator (seeded by cfg.seed), never the training stream: a run with
-    previews trains the same numbers as one without, and resumes exactly.
-    """
-    from refdiff.generate import write_preview  # figures sit above training (DESIGN layers): imported on use
-
-    write_preview(out_dir, state.step, state.ema, model_cfg, dataclasses.asdict(cfg), x, state.losses)
 
 
 def _progress(start: int, end: int, enabled: bool):

@@ -13,6 +13,7 @@ import pytest
 import refdiff.train as train_module
 from refdiff.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from refdiff.cli import main
+from refdiff.generate import previewer
 from refdiff.models.mlp import MLPConfig
 from refdiff.models.unet import UNetConfig
 from refdiff.train import TrainConfig, TrainingError, init_state, train, train_step
@@ -114,11 +115,21 @@ def test_sample_grids_and_loss_curve_do_not_disturb_training(tmp_path):
     the grids draw from their own generator, never the training stream."""
     x, y = _toy_data()
     plain = train(CONFIG, MODEL, x, y, tmp_path / "plain", progress=False)
-    shown = train(dataclasses.replace(CONFIG, sample_every=4), MODEL, x, y, tmp_path / "shown", progress=False)
+    cfg = dataclasses.replace(CONFIG, sample_every=4)
+    shown = train(cfg, MODEL, x, y, tmp_path / "shown", progress=False,
+                  preview=previewer(cfg, MODEL, x, tmp_path / "shown"))
     _assert_same_state(plain, shown)
     for name in ("samples_step4.png", "samples_step8.png", "samples_step12.png", "loss_curve.png"):
         assert (tmp_path / "shown" / name).read_bytes()[:8] == PNG, name
     assert not list((tmp_path / "plain").glob("*.png"))
+
+
+def test_sample_every_without_a_preview_hook_is_an_error_naming_both(tmp_path):
+    """train(cfg with sample_every > 0) without preview= raises before any step, naming both."""
+    x, y = _toy_data()
+    with pytest.raises(ValueError, match="sample_every=4 needs preview="):
+        train(dataclasses.replace(CONFIG, sample_every=4), MODEL, x, y, tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())
 
 
 def test_sample_grid_of_a_class_conditional_unet_has_one_row_per_class(tmp_path):
@@ -131,7 +142,7 @@ def test_sample_grid_of_a_class_conditional_unet_has_one_row_per_class(tmp_path)
     model = UNetConfig(in_channels=1, out_channels=1, image_size=8, base_channels=8, channel_mult=(1,),
                        num_res_blocks=1, groups=4, num_classes=3, time_embed_dim=16)
     cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=0, T=20, sample_every=2)
-    train(cfg, model, x, y, tmp_path, progress=False)
+    train(cfg, model, x, y, tmp_path, progress=False, preview=previewer(cfg, model, x, tmp_path))
     width, height = Image.open(tmp_path / "samples_step2.png").size
     assert (tmp_path / "loss_curve.png").read_bytes()[:8] == PNG
     assert 2.1 < width / height < 2.8  # 8 columns by 3 labelled rows plus a title

@@ -1,0 +1,50 @@
+"""The package's structure, checked on its source: DESIGN.md's layers and rule 1."""
+
+import ast
+from pathlib import Path
+
+import refdiff
+
+ROOT = Path(refdiff.__file__).parent
+# DESIGN.md's layers, bottom to top, with the modules the list leaves out placed where they sit:
+# distributed and checkpoint under train; classifier_train beside it; generate and demo under cli.
+LAYERS = ("backend", "schedules", "diffusion", "likelihood", "layers", "models", "losses", "optim", "samplers",
+          "data", "distributed", "checkpoint", "train", "classifier_train", "metrics", "plot", "generate", "demo",
+          "cli", "__main__")
+
+
+def _imports():
+    """(file relative to refdiff/, line, imported module) for every import in refdiff, lazy ones included."""
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module] + ([f"refdiff.{a.name}" for a in node.names] if node.module == "refdiff" else [])
+            else:
+                continue
+            yield from ((path.relative_to(ROOT), node.lineno, name) for name in names)
+
+
+def test_every_module_imports_only_layers_below_it():
+    """A module of layer L imports from refdiff only modules of layers listed before L (or its own)."""
+    upward, seen = [], set()
+    for rel, line, name in _imports():
+        layer = rel.parts[0].removesuffix(".py")
+        if layer == "__init__":
+            continue
+        assert layer in LAYERS, f"{rel} is not placed in LAYERS"
+        seen.add(layer)
+        parts = name.split(".")
+        if parts[0] == "refdiff" and len(parts) > 1 and parts[1] not in (layer, "__version__"):
+            if LAYERS.index(parts[1]) > LAYERS.index(layer):
+                upward.append(f"{rel}:{line} imports {name}")
+    assert not upward, upward
+    assert len(seen) > 15  # the scan saw the package
+
+
+def test_only_the_backend_module_imports_cupy():
+    """DESIGN rule 1: no module of refdiff but refdiff/backend.py imports CuPy (or cupyx), at any depth
+    (lazy imports inside functions count; importlib calls are the backend's own business)."""
+    found = [f"{rel}:{line}" for rel, line, name in _imports() if name.split(".")[0] in ("cupy", "cupyx")]
+    assert found and all(where.startswith("backend.py:") for where in found), found
