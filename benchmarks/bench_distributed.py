@@ -1,4 +1,4 @@
-"""Data-parallel training throughput: 1 process x R BLAS threads vs R MPI ranks x 1 BLAS thread.
+"""Data-parallel training throughput: 1 process x R threads vs R MPI ranks x 1 thread.
 
 Run (prints markdown tables; needs `pip install ".[mpi]"`):
 
@@ -7,8 +7,10 @@ Run (prints markdown tables; needs `pip install ".[mpi]"`):
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_distributed.py --analysis   # the model of docs/scaling.md
 
 For each preset it times ``refdiff.train.train_step`` (U-Net forward, backward, AdamW, EMA) on random
-data of the preset's shape with 10 classes: in one process with 1 and with ``--ranks`` BLAS threads
-(no MPI), and under ``mpiexec -n RANKS`` with one BLAS thread per rank. Under MPI each step's allreduce is
+data of the preset's shape with 10 classes: in one process with 1 and with ``--ranks`` threads
+(no MPI), and under ``mpiexec -n RANKS`` with one thread per rank. "Threads" are refdiff's own
+(REFDIFF_NUM_THREADS: the batch split into parts on host threads) and the BLAS library's when it
+runs alone (OPENBLAS_NUM_THREADS and friends), so a row with 1 thread uses one core. Under MPI each step's allreduce is
 timed after a barrier, so the table separates the time ranks wait for each other (imbalance) from
 the time the allreduce itself takes. Medians over ``--steps`` steps after 2 warm-up steps; with
 ``--repeat R`` each row is run R times and the fastest run shown (other load on a shared machine only
@@ -79,9 +81,9 @@ def _worker(preset: str, batch: int, steps: int) -> None:
 
 
 def _run(preset: str, batch: int, steps: int, ranks: int, threads: int) -> dict:
-    """One configuration in a fresh process (or mpiexec job) with ``threads`` BLAS threads per process."""
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads)}
+    """One configuration in a fresh process (or mpiexec job) with ``threads`` threads per process."""
+    env = {**os.environ, "REFDIFF_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
+           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cmd = [sys.executable, str(HERE), "--worker", preset, str(batch), str(steps)]
     if ranks > 1:
         mpiexec = Path(sys.executable).parent / "mpiexec"
@@ -101,7 +103,7 @@ def _throughput(args) -> None:
     for _ in range(args.repeat):  # interleaved, so that a burst of other load hits every row alike
         for preset, ranks, threads in configs:
             runs[(preset, ranks, threads)].append(_run(preset, args.batch, args.steps, ranks, threads))
-    print("| preset | parameters | ranks x BLAS threads | global batch | step (s) | images/s | "
+    print("| preset | parameters | ranks x threads | global batch | step (s) | images/s | "
           "wait for slowest rank (ms/step) | allreduce (ms/step) | allreduce share of step |")
     print("|---|---|---|---|---|---|---|---|---|")
     for (preset, ranks, threads), found in runs.items():
@@ -157,6 +159,9 @@ def _median_time(fn, repeat: int) -> float:
 
 def _analysis(args) -> None:
     """The strong-scaling model t_step(N) = t_rank(ceil(B / N) rows) + t_comm(N), with measured t_rank."""
+    from refdiff.backend import set_num_threads
+
+    set_num_threads(1)  # one rank's core: no batch parts (OPENBLAS_NUM_THREADS=1 limits the library)
     B, Ns = args.batch, args.analysis_ranks
     print(f"t_step(N) = t_rank(B / N rows, measured on one thread) + t_comm(N), B = {B}; ring allreduce of "
           "S = 4 (P + B) bytes: t_comm = 2 (N - 1) alpha + 2 (N - 1) / N * S / beta; efficiency t_step(1) / "
