@@ -65,12 +65,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     from refdiff.backend import available_backends
 
     if args.model is not None:
-        from refdiff.models.presets import PRESETS
-        from refdiff.models.unet import summary
+        from refdiff.models import classifier, unet
+        from refdiff.models.presets import CLASSIFIER_PRESETS, PRESETS
 
-        if args.model not in PRESETS:
-            raise ValueError(f"--model must be one of {', '.join(PRESETS)}, got {args.model!r}")
-        print(summary(PRESETS[args.model]()))
+        summaries = {**{name: (unet.summary, make) for name, make in PRESETS.items()},
+                     **{name: (classifier.summary, make) for name, make in CLASSIFIER_PRESETS.items()}}
+        if args.model not in summaries:
+            raise ValueError(f"--model must be one of {', '.join(summaries)}, got {args.model!r}")
+        summary, make = summaries[args.model]
+        print(summary(make()))
         return 0
     rows = _versions() + [("backends", ", ".join(available_backends()))] + _blas_rows()
     for label, value in rows:
@@ -85,8 +88,8 @@ def _add_info(subparsers: argparse._SubParsersAction) -> None:
         description="Show refdiff, Python and library versions, the usable array backends "
                     "and the BLAS libraries with their thread counts.")
     parser.add_argument("--model", default=None, metavar="PRESET",
-                        help="instead, print a U-Net preset's config, parameter count and per-layer FLOPs "
-                             "(digits8, mnist28, shapes32)")
+                        help="instead, print a preset's config, parameter count and per-layer FLOPs "
+                             "(digits8, mnist28, shapes32, and NAME_classifier for their noisy classifiers)")
     parser.set_defaults(func=cmd_info)
 
 

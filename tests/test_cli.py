@@ -125,14 +125,21 @@ def test_cli_errors_name_what_to_fix(tmp_path, capsys):
 
 
 def test_info_model_prints_parameters_and_flops_of_a_preset(capsys):
-    """`refdiff info --model mnist28` prints the preset's parameter count and its per-layer multiply-adds."""
-    from refdiff.models.presets import PRESETS
+    """`refdiff info --model mnist28` prints the preset's parameter count and its per-layer multiply-adds;
+    so does a classifier preset (its encoder's layers and the linear head, no decoder)."""
+    from refdiff.models import classifier
+    from refdiff.models.presets import CLASSIFIER_PRESETS, PRESETS
     from refdiff.models.unet import param_count
 
     assert main(["info", "--model", "mnist28"]) == 0
     out = capsys.readouterr().out
     assert f"parameters: {param_count(PRESETS['mnist28']()):,}" in out and "multiply-adds" in out
+    assert main(["info", "--model", "shapes32_classifier"]) == 0
+    out = capsys.readouterr().out
+    assert f"parameters: {classifier.param_count(CLASSIFIER_PRESETS['shapes32_classifier']()):,}" in out
+    assert "out.linear" in out and "up." not in out
     assert main(["info", "--model", "unknown"]) == 1
+    assert "mnist28_classifier" in capsys.readouterr().err
 
 
 def test_eval_samples_reports_frechet_distance_floor_and_class_fraction(tmp_path, capsys):

@@ -263,6 +263,33 @@ def test_param_count_is_the_number_of_scalars(cfg):
     assert C.param_count(cfg) == sum(v.size for v in C.init_params(cfg, Generator(0)).values())
 
 
+def test_flops_counts_every_matrix_product_of_the_encoder_and_head():
+    """flops of a one-level classifier counted by hand: time MLP 4*E + E*E, conv_in 9*1*4*S, three res
+    blocks (down.0.res.0, mid.res.0, mid.res.1) of 9*4*4*S + E*4 + 9*4*4*S each, the middle attention
+    S*4*12 + 2 S^2 4 + S*4*4 and the head 4*K; S = 4*4 pixels. No decoder layer is counted, and every
+    count but the attention scores belongs to a weight matrix of the classifier."""
+    cfg = C.ClassifierConfig(image_size=4, base_channels=4, channel_mult=(1,), groups=2, num_classes=3,
+                             scale_shift_norm=False, time_embed_dim=6)
+    S, E, K = 16, 6, 3
+    res = 9 * 4 * 4 * S + E * 4 + 9 * 4 * 4 * S
+    expected = 4 * E + E * E + 9 * 4 * S + 3 * res + (S * 4 * 12 + 2 * S * S * 4 + S * 4 * 4) + 4 * K
+    layers, total = C.flops(cfg)
+    assert total == expected == sum(c for _, c in layers)
+    weights = {k.removesuffix(".w").replace(".w_", ".") for k in C.param_shapes(cfg) if k.endswith(".w") or ".w_" in k}
+    assert {name for name, _ in layers if not name.endswith(".attention")} == weights
+
+
+def test_summary_reports_parameters_and_every_layer():
+    """summary(cfg) (what ``refdiff info --model mnist28_classifier`` prints) names the parameter count,
+    the total multiply-adds and every layer of flops(cfg)."""
+    cfg = CLASSIFIER_PRESETS["mnist28_classifier"]()
+    text = C.summary(cfg)
+    layers, total = C.flops(cfg)
+    assert f"parameters: {C.param_count(cfg):,}" in text and f"{total / 1e6:.1f} M multiply-adds" in text
+    for name, count in layers:
+        assert f"{count:,}" in text and name in text
+
+
 def test_init_is_seeded_and_zero_where_adm_zeros():
     """init_params(cfg, Generator(s)) is a function of s; float32 params are the float64 ones rounded;
     each ResBlock's conv2, each attention output projection and the head's linear weight are zero, as

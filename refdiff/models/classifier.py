@@ -116,6 +116,24 @@ def param_count(cfg: ClassifierConfig) -> int:
     return sum(math.prod(shape) for shape in _param_shapes(cfg).values())
 
 
+def flops(cfg: ClassifierConfig, image_size: int | None = None) -> tuple[list[tuple[str, int]], int]:
+    """Multiply-adds of one forward pass for one image, per layer, from the config alone: the U-Net's
+    count (``refdiff.models.unet.flops``) of the encoder's layers, then the linear head C K. The pooling
+    (GroupNorm, SiLU, mean) is left out like every elementwise pass. Returns ([(name, count), ...], total).
+    """
+    layers, _ = U.flops(_encoder_unet_config(cfg), image_size)
+    end = max(i for i, (name, _) in enumerate(layers) if name.startswith(f"{encoder_plan(cfg)[-1].name}."))
+    layers = layers[: end + 1] + [("out.linear", cfg.feature_channels * cfg.num_classes)]
+    return layers, sum(count for _, count in layers)
+
+
+def summary(cfg: ClassifierConfig, image_size: int | None = None) -> str:
+    """A text report of the config, its parameter count and its per-layer multiply-adds
+    (what ``refdiff info --model NAME_classifier`` prints)."""
+    S = cfg.image_size if image_size is None else image_size
+    return U.report(cfg, param_count(cfg), *flops(cfg, S), S)
+
+
 def init_params(cfg: ClassifierConfig, generator: Generator, dtype: Any = np.float32) -> dict[str, np.ndarray]:
     """Initial parameters as NumPy host arrays of ``dtype``, in param_shapes' order.
 

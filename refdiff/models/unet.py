@@ -537,8 +537,12 @@ def summary(cfg: UNetConfig, image_size: int | None = None) -> str:
     """A text report of the config, its parameter count and its per-layer multiply-adds
     (what ``refdiff info --model NAME`` prints)."""
     S = cfg.image_size if image_size is None else image_size
-    layers, total = flops(cfg, S)
-    n = param_count(cfg)
+    return report(cfg, param_count(cfg), *flops(cfg, S), S)
+
+
+def report(cfg: Any, n: int, layers: list[tuple[str, int]], total: int, S: int) -> str:
+    """The text of ``summary`` for any model config with in_channels: n parameters and the per-layer
+    multiply-adds ``layers`` (summing to ``total``) of one S x S image."""
     width = max(len(name) for name, _ in layers)
     lines = [repr(cfg),
              f"parameters: {n:,} ({n * 4 / 2**20:.2f} MiB in float32)",
