@@ -38,7 +38,7 @@ from refdiff.layers.embed import timestep_embedding
 from refdiff.layers.norm import GroupNormCache, group_norm_backward, group_norm_forward
 from refdiff.models import blocks as B
 from refdiff.models import unet as U
-from refdiff.models.common import check_init, check_int, check_params, same_library
+from refdiff.models.common import check_generator, check_image, check_init, check_inputs, check_int, check_params
 
 ENCODER_PREFIXES = ("time_embed.", "input.", "down.", "mid.")  # the U-Net's keys the classifier shares
 
@@ -342,20 +342,6 @@ def _check_params(params: Any, cfg: Any) -> None:
 
 def _check_forward(params, cfg, x, t, train, generator) -> None:
     _check_params(params, cfg)
-    xp = namespace(x)
-    if not xp.isdtype(x.dtype, "real floating") or x.ndim != 4 or x.shape[1] != cfg.in_channels:
-        raise ValueError(f"x must be a real floating (N, {cfg.in_channels}, H, W) array (NCHW), got shape "
-                         f"{tuple(x.shape)} and dtype {x.dtype}")
-    N, H, W, f = x.shape[0], x.shape[2], x.shape[3], cfg.downsample_factor
-    if H % f or W % f or H == 0 or W == 0:
-        raise ValueError(f"x's height and width must be positive multiples of 2^(len(channel_mult) - 1) = {f}, "
-                         f"got (H, W) = {(H, W)}")
-    for key, p in params.items():
-        if not same_library(p, x) or p.dtype != x.dtype:
-            raise ValueError(f"params[{key!r}] must be an array of x's library, device and dtype ({x.dtype}), "
-                             f"got {type(p).__name__} of dtype {p.dtype}")
-    if not same_library(t, x) or t.ndim != 1 or t.shape[0] != N:
-        raise ValueError(f"t must be an (N,) array of x's library and device with N = {N} (x's batch), "
-                         f"got {type(t).__name__} of shape {tuple(t.shape)}")
-    if train and cfg.dropout > 0 and generator is None:
-        raise ValueError(f"generator is required when train=True and cfg.dropout > 0 (got {cfg.dropout})")
+    check_image(x, cfg.in_channels, cfg.downsample_factor)
+    check_inputs(params, x, t)
+    check_generator(train, cfg.dropout, generator)

@@ -1,4 +1,4 @@
-"""Argument checks every model family shares (U-Net, MLP): one place for each message."""
+"""Argument checks every model family shares (U-Net, classifier, MLP): one place for each message."""
 
 from __future__ import annotations
 
@@ -57,3 +57,40 @@ def check_params(params: Any, cfg: Any, cfg_type: type, shapes: dict[str, tuple[
     for key, shape in shapes.items():
         if tuple(params[key].shape) != shape:
             raise ValueError(f"params[{key!r}] must have shape {shape}, got {tuple(params[key].shape)}")
+
+
+def check_image(x: Any, in_channels: int, factor: int) -> None:
+    """Raise unless x is a real floating (N, in_channels, H, W) array with H, W positive multiples of factor."""
+    xp = namespace(x)
+    if not xp.isdtype(x.dtype, "real floating") or x.ndim != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"x must be a real floating (N, {in_channels}, H, W) array (NCHW), got shape "
+                         f"{tuple(x.shape)} and dtype {x.dtype}")
+    H, W = x.shape[2], x.shape[3]
+    if H % factor or W % factor or H == 0 or W == 0:
+        raise ValueError(f"x's height and width must be positive multiples of 2^(len(channel_mult) - 1) = "
+                         f"{factor}, got (H, W) = {(H, W)}")
+
+
+def check_inputs(params: dict, x: Any, t: Any, y: Any = None, num_classes: int | None = None) -> None:
+    """What a model's forward requires once x's own shape is checked: params of x's library, device and
+    dtype; t an (N,) array of x's library and device; y None for an unconditional model (num_classes
+    None), else None or (N,) labels of x's library and device."""
+    for key, p in params.items():
+        if not same_library(p, x) or p.dtype != x.dtype:
+            raise ValueError(f"params[{key!r}] must be an array of x's library, device and dtype ({x.dtype}), "
+                             f"got {type(p).__name__} of dtype {p.dtype}")
+    N = x.shape[0]
+    if not same_library(t, x) or t.ndim != 1 or t.shape[0] != N:
+        raise ValueError(f"t must be an (N,) array of x's library and device with N = {N} (x's batch), "
+                         f"got {type(t).__name__} of shape {tuple(t.shape)}")
+    if num_classes is None and y is not None:
+        raise ValueError("y must be None for an unconditional model (cfg.num_classes is None)")
+    if y is not None and (not same_library(y, x) or y.ndim != 1 or y.shape[0] != N):
+        raise ValueError(f"y must be an (N,) array of labels of x's library and device with N = {N} (x's batch), "
+                         f"got {type(y).__name__} of shape {tuple(y.shape)}")
+
+
+def check_generator(train: bool, dropout: float, generator: Any) -> None:
+    """Raise unless a generator is given where training draws dropout masks (train and dropout > 0)."""
+    if train and dropout > 0 and generator is None:
+        raise ValueError(f"generator is required when train=True and cfg.dropout > 0 (got {dropout})")

@@ -46,7 +46,7 @@ from refdiff.layers.embed import (
     embedding_forward,
     timestep_embedding,
 )
-from refdiff.models.common import check_init, check_int, check_params, same_library
+from refdiff.models.common import check_generator, check_init, check_inputs, check_int, check_params
 
 
 @dataclass(frozen=True)
@@ -251,18 +251,5 @@ def _check_forward(params, cfg, x, t, y, train, generator) -> None:
     if not xp.isdtype(x.dtype, "real floating") or x.ndim != 2 or x.shape[1] != cfg.data_dim:
         raise ValueError(f"x must be a real floating (N, {cfg.data_dim}) array, got shape {tuple(x.shape)} "
                          f"and dtype {x.dtype}")
-    for key, p in params.items():
-        if not same_library(p, x) or p.dtype != x.dtype:
-            raise ValueError(f"params[{key!r}] must be an array of x's library, device and dtype ({x.dtype}), "
-                             f"got {type(p).__name__} of dtype {p.dtype}")
-    N = x.shape[0]
-    if not same_library(t, x) or t.ndim != 1 or t.shape[0] != N:
-        raise ValueError(f"t must be an (N,) array of x's library and device with N = {N} (x's batch), "
-                         f"got {type(t).__name__} of shape {tuple(t.shape)}")
-    if cfg.num_classes is None and y is not None:
-        raise ValueError("y must be None for an unconditional model (cfg.num_classes is None)")
-    if y is not None and (not same_library(y, x) or y.ndim != 1 or y.shape[0] != N):
-        raise ValueError(f"y must be an (N,) array of labels of x's library and device with N = {N} (x's batch), "
-                         f"got {type(y).__name__} of shape {tuple(y.shape)}")
-    if train and cfg.dropout > 0 and cfg.depth > 0 and generator is None:
-        raise ValueError(f"generator is required when train=True and cfg.dropout > 0 (got {cfg.dropout})")
+    check_inputs(params, x, t, y, cfg.num_classes)
+    check_generator(train, cfg.dropout if cfg.depth > 0 else 0.0, generator)
