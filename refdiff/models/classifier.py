@@ -38,7 +38,8 @@ from refdiff.layers.embed import timestep_embedding
 from refdiff.layers.norm import GroupNormCache, group_norm_backward, group_norm_forward
 from refdiff.models import blocks as B
 from refdiff.models import unet as U
-from refdiff.models.common import check_generator, check_image, check_init, check_inputs, check_int, check_params
+from refdiff.models.common import (check_backward, check_generator, check_image, check_init, check_inputs, check_int,
+                                   check_params)
 
 ENCODER_PREFIXES = ("time_embed.", "input.", "down.", "mid.")  # the U-Net's keys the classifier shares
 
@@ -300,12 +301,7 @@ def classifier_backward(dlogits: Any, cache: ClassifierCache, need_dx: bool = Fa
     need_dx also dx (N, C_in, H, W), the gradient with respect to x: with dlogits = onehot(y) -
     softmax(logits) it is grad_x log p_phi(y | x_t, t), classifier guidance's gradient.
     """
-    if not isinstance(cache, ClassifierCache):
-        raise ValueError("cache must be the ClassifierCache of classifier_forward(..., keep_cache=True), "
-                         f"got {type(cache).__name__}")
-    if tuple(dlogits.shape) != cache.out_shape or dlogits.dtype != cache.dtype:
-        raise ValueError(f"dlogits must have the logits' shape {cache.out_shape} and dtype {cache.dtype}, "
-                         f"got shape {tuple(dlogits.shape)} and dtype {dlogits.dtype}")
+    check_backward("dlogits", dlogits, cache, ClassifierCache, "classifier_forward", "logits'")
     cfg, xp = cache.cfg, namespace(dlogits)
     grads = {}
     df, grads["out.linear.w"], grads["out.linear.b"] = linear_backward(dlogits, cache.head)  # (N, C)

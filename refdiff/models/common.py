@@ -94,3 +94,14 @@ def check_generator(train: bool, dropout: float, generator: Any) -> None:
     """Raise unless a generator is given where training draws dropout masks (train and dropout > 0)."""
     if train and dropout > 0 and generator is None:
         raise ValueError(f"generator is required when train=True and cfg.dropout > 0 (got {dropout})")
+
+
+def check_backward(name: str, d: Any, cache: Any, cache_type: type, forward: str, output: str) -> None:
+    """Raise unless cache is a ``cache_type`` (from ``forward``) and the gradient d (argument ``name``)
+    has the shape and dtype of the forward's output (called ``output`` in the message)."""
+    if not isinstance(cache, cache_type):
+        raise ValueError(f"cache must be the {cache_type.__name__} of {forward}(..., keep_cache=True), "
+                         f"got {type(cache).__name__}")
+    if tuple(d.shape) != cache.out_shape or d.dtype != cache.dtype:
+        raise ValueError(f"{name} must have the {output} shape {cache.out_shape} and dtype {cache.dtype}, "
+                         f"got shape {tuple(d.shape)} and dtype {d.dtype}")

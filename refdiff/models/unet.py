@@ -47,7 +47,8 @@ from refdiff.layers.embed import (
     timestep_embedding,
 )
 from refdiff.models import blocks as B
-from refdiff.models.common import check_generator, check_image, check_init, check_inputs, check_int, check_params
+from refdiff.models.common import (check_backward, check_generator, check_image, check_init, check_inputs, check_int,
+                                   check_params)
 
 KINDS = ("conv_in", "res", "attn", "down", "up", "head")
 
@@ -416,12 +417,7 @@ def unet_backward(dout: Any, cache: UNetCache, need_dx: bool = False):
     params); with need_dx also dx (N, C_in, H, W), the gradient with respect to x (the noisy
     classifier's guidance gradient needs it).
     """
-    if not isinstance(cache, UNetCache):
-        raise ValueError("cache must be the UNetCache of unet_forward(..., keep_cache=True), "
-                         f"got {type(cache).__name__}")
-    if tuple(dout.shape) != cache.out_shape or dout.dtype != cache.dtype:
-        raise ValueError(f"dout must have the output's shape {cache.out_shape} and dtype {cache.dtype}, "
-                         f"got shape {tuple(dout.shape)} and dtype {dout.dtype}")
+    check_backward("dout", dout, cache, UNetCache, "unet_forward", "output's")
     cfg, xp = cache.cfg, namespace(dout)
     results = parallel_map(lambda part: _backward_part(dout[part.rows, ...], part, cfg), list(cache.parts))
     grads = results[0][0]
