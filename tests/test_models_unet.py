@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradcheck import assert_gradients_match
-from refdiff.backend import Generator, to_numpy
+from refdiff.backend import Generator, get_backend, to_numpy
 from refdiff.layers.embed import ORDERS
 from refdiff.models import unet as U
 from refdiff.models.presets import PRESETS
@@ -107,15 +107,7 @@ def check_gradients(backend, cfg, params, x, t, y, dout, seed, keys):
     assert_gradients_match(loss, arrays, dict(analytic, x=to_numpy(dx)))
 
 
-class _Numpy:
-    name = "numpy"
-
-    @staticmethod
-    def asarray(a):
-        return np.asarray(a)
-
-
-_NUMPY = _Numpy()
+_NUMPY = get_backend("numpy")
 
 
 # ------------------------------------------------------------------------------------- gradients
