@@ -84,6 +84,22 @@ def host_data(seed: int, shape, dtype="float64", scale: float = 1.0) -> np.ndarr
     return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(dtype)
 
 
+def random_params(shapes: dict, seed: int, dtype="float64") -> dict:
+    """Host arrays of ``shapes`` (a model's param_shapes), all random, the zero-initialised ones too (so
+    that every gradient is nonzero): weights N(0, 1/fan_in) with fan_in the product of all but the last
+    dimension (about unit gain per layer), 1-D parameters N(0, 1/4), GroupNorm gamma around 1."""
+    params = {}
+    for i, (key, shape) in enumerate(shapes.items()):
+        scale = 1 / math.sqrt(math.prod(shape[:-1])) if len(shape) > 1 else 0.5
+        params[key] = host_data(seed + i, shape, dtype, scale=scale) + (1.0 if key.endswith("gamma") else 0.0)
+    return {key: value.astype(dtype) for key, value in params.items()}
+
+
+def on(backend, arrays: dict) -> dict:
+    """A dict of host arrays moved to ``backend`` (None stays None)."""
+    return {k: (None if v is None else backend.asarray(v)) for k, v in arrays.items()}
+
+
 def assert_moments_match(samples: np.ndarray, mean, std):
     """Sample mean, standard deviation and correlation of (N, 2) draws match a diagonal Gaussian within
     5 standard errors: se(mean) = s / sqrt(n), se(std) = s / sqrt(2n), se(corr) = 1 / sqrt(n)."""

@@ -14,7 +14,7 @@ from refdiff.layers.embed import ORDERS
 from refdiff.models import classifier as C
 from refdiff.models import unet as U
 from refdiff.models.presets import CLASSIFIER_PRESETS
-from support import DTYPES, TOLERANCE, assert_same_array_kind, float64_tripwire, host_data
+from support import DTYPES, TOLERANCE, assert_same_array_kind, float64_tripwire, host_data, on, random_params
 
 seeds = st.integers(0, 2**16)
 
@@ -40,21 +40,6 @@ FULL = C.ClassifierConfig(in_channels=1, image_size=8, base_channels=8, channel_
 FULL_ADD = C.ClassifierConfig(in_channels=2, image_size=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=2,
                               attention_resolutions=(8,), heads=1, groups=2, dropout=0.3, num_classes=4,
                               scale_shift_norm=False, time_embed_dim=12, time_embed_order="sin_cos")
-
-
-def random_params(cfg, seed, dtype="float64"):
-    """Every parameter random, the zero-initialised ones too (so that every gradient is nonzero):
-    weights N(0, 1/fan_in), 1-D parameters N(0, 1/4), gamma around 1."""
-    params = {}
-    for i, (k, shape) in enumerate(C.param_shapes(cfg).items()):
-        scale = 1 / math.sqrt(math.prod(shape[:-1])) if len(shape) > 1 else 0.5
-        params[k] = host_data(seed + i, shape, dtype, scale=scale) + (1.0 if k.endswith("gamma") else 0.0)
-    return {k: v.astype(dtype) for k, v in params.items()}
-
-
-def on(backend, arrays):
-    """A dict of host arrays moved to ``backend``."""
-    return {k: backend.asarray(v) for k, v in arrays.items()}
 
 
 def forward(backend, params, cfg, x, t, **kwargs):
@@ -96,7 +81,7 @@ def test_classifier_backward_matches_finite_differences(backend, data, cfg, seed
     N = data.draw(st.integers(1, 2))
     x = host_data(seed, (N, cfg.in_channels, 8, 8))
     t = int_steps(data.draw(st.lists(st.integers(0, 999), min_size=N, max_size=N)))
-    params = random_params(cfg, seed)
+    params = random_params(C.param_shapes(cfg), seed)
     keys = data.draw(st.lists(st.sampled_from(sorted(params)), min_size=6, max_size=6, unique=True))
     check_gradients(backend, cfg, params, x, t, host_data(seed + 99, (N, cfg.num_classes)), seed, keys)
 
@@ -106,7 +91,7 @@ def test_classifier_backward_matches_finite_differences_for_every_parameter(cfg)
     """The same identity for every parameter of two configs that between them set every switch both
     ways, with dropout, on NumPy (the array_api_strict run of the property above covers the backend)."""
     x, t = host_data(0, (2, cfg.in_channels, 8, 8)), np.array([3, 871])
-    params = random_params(cfg, 1)
+    params = random_params(C.param_shapes(cfg), 1)
     check_gradients(_NUMPY, cfg, params, x, t, host_data(2, (2, cfg.num_classes)), 5, sorted(params))
 
 
@@ -118,7 +103,7 @@ _NUMPY = get_backend("numpy")
 def test_grads_have_the_params_keys_shapes_and_array_kind(backend, cfg, seed):
     """classifier_backward returns one gradient per parameter: the same keys in the same order, each of
     its parameter's shape, library, device and dtype; dx is like x; without need_dx only grads."""
-    params = on(backend, random_params(cfg, seed))
+    params = on(backend, random_params(C.param_shapes(cfg), seed))
     x = backend.asarray(host_data(seed, (3, cfg.in_channels, 8, 8)))
     logits, cache = C.classifier_forward(params, cfg, x, backend.asarray(np.array([0, 5, 999])), train=True,
                                          generator=Generator(seed))
@@ -143,7 +128,8 @@ def test_float32_forward_matches_float64(backend, data, cfg, seed):
     as for the U-Net)."""
     N = data.draw(st.integers(1, 3))
     t = int_steps(data.draw(st.lists(st.integers(0, 999), min_size=N, max_size=N)))
-    p32, x32 = random_params(cfg, seed, "float32"), host_data(seed, (N, cfg.in_channels, 8, 8), "float32")
+    p32 = random_params(C.param_shapes(cfg), seed, "float32")
+    x32 = host_data(seed, (N, cfg.in_channels, 8, 8), "float32")
     out32, _ = forward(backend, p32, cfg, x32, t)
     out64, _ = forward(backend, {k: v.astype(np.float64) for k, v in p32.items()}, cfg, x32.astype(np.float64), t)
     assert out32.dtype == backend.xp.float32
@@ -168,7 +154,7 @@ def test_fresh_classifier_outputs_zero_logits(backend, dtype):
 def test_time_conditioning_changes_the_logits(backend):
     """The same x at different t gives different logits (t reaches every ResBlock through the time
     embedding), and the time-embedding MLP gets a nonzero gradient."""
-    params = on(backend, random_params(FULL, 0))
+    params = on(backend, random_params(C.param_shapes(FULL), 0))
     x = backend.asarray(np.repeat(host_data(1, (1, 1, 8, 8)), 3, axis=0))
     logits, cache = C.classifier_forward(params, FULL, x, backend.asarray(np.array([0, 250, 999])))
     out = to_numpy(logits)
@@ -180,7 +166,7 @@ def test_time_conditioning_changes_the_logits(backend):
 def test_logits_are_the_linear_head_of_the_pooled_features(backend):
     """classifier_forward's logits == classifier_features(x, t) @ W + b, and classifier_model(params,
     cfg)(x, t) == classifier_forward(...)[0]; keep_cache=False returns None for the cache."""
-    host = random_params(FULL, 2)
+    host = random_params(C.param_shapes(FULL), 2)
     params = on(backend, host)
     x, t = backend.asarray(host_data(3, (4, 1, 8, 8))), backend.asarray(np.array([0, 1, 2, 900]))
     logits, _ = C.classifier_forward(params, FULL, x, t)
@@ -194,7 +180,7 @@ def test_logits_are_the_linear_head_of_the_pooled_features(backend):
 def test_samples_are_independent_and_any_multiple_of_the_downsampling_works(backend):
     """classifier_forward([a, b]) == [classifier_forward(a), classifier_forward(b)], and an (N, C, 8, 16)
     input gives (N, K) logits (the global average pool takes any H, W)."""
-    params = random_params(FULL, 3)
+    params = random_params(C.param_shapes(FULL), 3)
     x, t = host_data(4, (2, 1, 8, 16)), np.array([10, 500])
     out, _ = forward(backend, params, FULL, x, t)
     assert tuple(out.shape) == (2, 3)
@@ -206,7 +192,7 @@ def test_samples_are_independent_and_any_multiple_of_the_downsampling_works(back
 def test_dropout_is_off_when_not_training(backend):
     """With train=False a classifier with dropout p > 0 computes exactly the one with p = 0; with
     train=True the same generator seed gives the same logits, different from evaluation mode."""
-    params, x, t = random_params(FULL, 0), host_data(1, (2, 1, 8, 8)), np.array([1, 2])
+    params, x, t = random_params(C.param_shapes(FULL), 0), host_data(1, (2, 1, 8, 8)), np.array([1, 2])
     no_dropout = C.ClassifierConfig(**{**FULL.__dict__, "dropout": 0.0})
     eval_out = to_numpy(forward(backend, params, FULL, x, t)[0])
     np.testing.assert_array_equal(eval_out, to_numpy(forward(backend, params, no_dropout, x, t)[0]))
@@ -219,7 +205,7 @@ def test_dropout_is_off_when_not_training(backend):
 def test_float32_creates_no_float64(backend):
     """A float32 forward (training, dropout, integer t) and backward with dx return float32 and create no
     float64 array on the way (tripwire on array_api_strict)."""
-    params = on(backend, random_params(FULL, 0, "float32"))
+    params = on(backend, random_params(C.param_shapes(FULL), 0, "float32"))
     x = backend.asarray(host_data(1, (2, 1, 8, 8), "float32"))
     t = backend.asarray(np.array([0, 999]))
     with float64_tripwire(backend):

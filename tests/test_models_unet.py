@@ -1,7 +1,6 @@
 """Specification of refdiff.models.unet (and .blocks, .presets): the ADM-style U-Net, forward and
 hand-derived backward, on small configs (8x8 images, base 8, groups 2 or 4, two levels)."""
 
-import contextlib
 import math
 
 import numpy as np
@@ -14,7 +13,7 @@ from refdiff.backend import Generator, get_backend, to_numpy
 from refdiff.layers.embed import ORDERS
 from refdiff.models import unet as U
 from refdiff.models.presets import PRESETS
-from support import DTYPES, TOLERANCE, assert_same_array_kind, host_data, no_float64_intermediates
+from support import DTYPES, TOLERANCE, assert_same_array_kind, float64_tripwire, host_data, on, random_params
 
 seeds = st.integers(0, 2**16)
 
@@ -58,30 +57,10 @@ def batches(draw, cfg, N=None):
     return host_data(draw(seeds), (N, cfg.in_channels, 8, 8)), t, y
 
 
-def random_params(cfg, seed, dtype="float64"):
-    """Every parameter random, the zero-initialised ones too (so that every gradient is nonzero):
-    weights N(0, 1/fan_in) (about unit gain per layer), 1-D parameters N(0, 1/4), gamma around 1."""
-    params = {}
-    for i, (k, shape) in enumerate(U.param_shapes(cfg).items()):
-        scale = 1 / math.sqrt(math.prod(shape[:-1])) if len(shape) > 1 else 0.5
-        params[k] = host_data(seed + i, shape, dtype, scale=scale) + (1.0 if k.endswith("gamma") else 0.0)
-    return {k: v.astype(dtype) for k, v in params.items()}
-
-
-def on(backend, arrays):
-    """A dict of host arrays moved to ``backend``."""
-    return {k: backend.asarray(v) for k, v in arrays.items()}
-
-
 def forward(backend, params, cfg, x, t, y=None, **kwargs):
     """unet_forward on ``backend`` from host params and inputs; returns (out, cache)."""
     y = None if y is None else backend.asarray(y)
     return U.unet_forward(on(backend, params), cfg, backend.asarray(x), backend.asarray(t), y, **kwargs)
-
-
-def float64_tripwire(backend):
-    """no_float64_intermediates on array_api_strict (the only backend it can watch), else nothing."""
-    return no_float64_intermediates() if backend.name == "array_api_strict" else contextlib.nullcontext()
 
 
 def check_gradients(backend, cfg, params, x, t, y, dout, seed, keys):
@@ -119,7 +98,7 @@ def test_unet_backward_matches_finite_differences(backend, data, cfg, seed):
     sum(unet_forward(x) * dout) with respect to x and to 6 parameters drawn per example (every
     parameter is checked in the deterministic test below), in training mode."""
     x, t, y = data.draw(batches(cfg))
-    params = random_params(cfg, seed)
+    params = random_params(U.param_shapes(cfg), seed)
     keys = data.draw(st.lists(st.sampled_from(sorted(params)), min_size=6, max_size=6, unique=True))
     dout = host_data(seed + 99, (x.shape[0], cfg.output_channels, 8, 8))
     check_gradients(backend, cfg, params, x, t, y, dout, seed, keys)
@@ -133,7 +112,7 @@ def test_unet_backward_matches_finite_differences_for_every_parameter(cfg):
     order, two channels), with dropout, on NumPy: fixed draws, so the slow part runs twice only."""
     x, t = host_data(0, (2, cfg.in_channels, 8, 8)), np.array([3, 871])
     y = None if cfg.num_classes is None else np.array([2, 3])
-    params = random_params(cfg, 1)
+    params = random_params(U.param_shapes(cfg), 1)
     dout = host_data(2, (2, cfg.output_channels, 8, 8))
     check_gradients(_NUMPY, cfg, params, x, t, y, dout, 5, sorted(params))
 
@@ -143,7 +122,7 @@ def test_unet_backward_matches_finite_differences_for_every_parameter(cfg):
 def test_grads_have_the_params_keys_shapes_and_array_kind(backend, cfg, seed):
     """unet_backward returns one gradient per parameter: the same keys in the same order, each of its
     parameter's shape, library, device and dtype; dx is like x; without need_dx only grads."""
-    params = on(backend, random_params(cfg, seed))
+    params = on(backend, random_params(U.param_shapes(cfg), seed))
     x = backend.asarray(host_data(seed, (3, cfg.in_channels, 8, 8)))
     out, cache = U.unet_forward(params, cfg, x, backend.asarray(np.array([0, 5, 999])), train=True,
                                 generator=Generator(seed))
@@ -174,7 +153,7 @@ def test_float32_forward_matches_float64(backend, data, cfg, seed):
     """unet_forward in float32 == unet_forward in float64 on the same (float32-rounded) params and x,
     to float32 tolerance times the forward's condition (forward_tolerance_scale)."""
     x, t, y = data.draw(batches(cfg))
-    p32, x32 = random_params(cfg, seed, "float32"), x.astype(np.float32)
+    p32, x32 = random_params(U.param_shapes(cfg), seed, "float32"), x.astype(np.float32)
     out32, _ = forward(backend, p32, cfg, x32, t, y)
     out64, _ = forward(backend, {k: v.astype(np.float64) for k, v in p32.items()}, cfg, x32.astype(np.float64), t, y)
     assert out32.dtype == backend.xp.float32
@@ -199,7 +178,7 @@ def test_fresh_model_outputs_zero(backend, data, cfg, seed, dtype):
 def test_samples_in_a_batch_are_independent_and_the_layout_is_nchw(backend):
     """unet_forward([a, b]) == [unet_forward(a), unet_forward(b)] (no reshape mixes the batch), and an
     (N, C, H, W) input with H != W gives an (N, C_out, H, W) output (no transposed H and W)."""
-    params = random_params(FULL, 3)
+    params = random_params(U.param_shapes(FULL), 3)
     x, t, y = host_data(4, (2, 1, 8, 16)), np.array([10, 500]), np.array([1, 3])
     out, _ = forward(backend, params, FULL, x, t, y)
     assert tuple(out.shape) == (2, FULL.output_channels, 8, 16)
@@ -215,7 +194,7 @@ def test_null_label_is_used_when_y_is_none(backend, data, cfg, seed):
     null label of classifier-free guidance), and its gradient lands in row K of the label table."""
     cfg = U.UNetConfig(**{**cfg.__dict__, "num_classes": 3})
     x, t, _ = data.draw(batches(cfg))
-    params = random_params(cfg, seed)
+    params = random_params(U.param_shapes(cfg), seed)
     out_none, cache = forward(backend, params, cfg, x, t, None)
     out_null, _ = forward(backend, params, cfg, x, t, np.full(len(t), 3))
     np.testing.assert_array_equal(to_numpy(out_none), to_numpy(out_null))
@@ -228,7 +207,8 @@ def test_dropout_is_off_when_not_training(backend):
     """With train=False a model with dropout p > 0 computes exactly the model with p = 0 (and needs no
     generator); with train=True it draws masks from the generator: the same seed gives the same
     output, and it differs from evaluation mode."""
-    params, x, t, y = random_params(FULL, 0), host_data(1, (2, 1, 8, 8)), np.array([1, 2]), np.array([0, 1])
+    params, x = random_params(U.param_shapes(FULL), 0), host_data(1, (2, 1, 8, 8))
+    t, y = np.array([1, 2]), np.array([0, 1])
     no_dropout = U.UNetConfig(**{**FULL.__dict__, "dropout": 0.0})
     eval_out = to_numpy(forward(backend, params, FULL, x, t, y, train=False)[0])
     np.testing.assert_array_equal(eval_out, to_numpy(forward(backend, params, no_dropout, x, t, y)[0]))
@@ -241,7 +221,7 @@ def test_dropout_is_off_when_not_training(backend):
 def test_model_is_the_sampler_protocol_and_keeps_no_cache(backend):
     """unet_model(params, cfg)(xt, t, y) == unet_forward(params, cfg, xt, t, y)[0] in evaluation mode,
     an array like xt; keep_cache=False returns None for the cache."""
-    params = on(backend, random_params(FULL, 0, "float32"))
+    params = on(backend, random_params(U.param_shapes(FULL), 0, "float32"))
     xt = backend.asarray(host_data(1, (3, 1, 8, 8), "float32"))
     t, y = backend.asarray(np.array([0, 1, 999])), backend.asarray(np.array([0, 1, 3]))
     out = U.unet_model(params, FULL)(xt, t, y)
@@ -253,7 +233,7 @@ def test_model_is_the_sampler_protocol_and_keeps_no_cache(backend):
 def test_float32_creates_no_float64(backend):
     """A float32 forward (training, dropout, labels, integer t) and backward with dx return float32 and
     create no float64 array on the way (tripwire on array_api_strict)."""
-    params = on(backend, random_params(FULL, 0, "float32"))
+    params = on(backend, random_params(U.param_shapes(FULL), 0, "float32"))
     x = backend.asarray(host_data(1, (2, 1, 8, 8), "float32"))
     t, y = backend.asarray(np.array([0, 999])), backend.asarray(np.array([0, 3]))
     with float64_tripwire(backend):
@@ -292,7 +272,8 @@ def test_a_split_batch_gives_the_whole_batch_results(backend, cfg, monkeypatch):
     parameter gradients (each the sum of the parts' gradients), float64 to 1e-12, on every backend,
     in evaluation mode and in training mode without dropout (dropout keeps one part)."""
     cfg = U.UNetConfig(**{**cfg.__dict__, "dropout": 0.0})
-    params, x, t = random_params(cfg, 0), host_data(1, (3, cfg.in_channels, 8, 8)), np.array([4, 500, 999])
+    params, x = random_params(U.param_shapes(cfg), 0), host_data(1, (3, cfg.in_channels, 8, 8))
+    t = np.array([4, 500, 999])
     y = None if cfg.num_classes is None else np.array([0, 3, 1])
     dout = host_data(2, (3, cfg.output_channels, 8, 8))
     results = []
@@ -329,7 +310,7 @@ def test_host_batches_run_in_parts_on_threads_and_dropout_keeps_one_part():
             assert max(sizes) <= max(bk.PART_SIZE, -(-N // 2)) and max(sizes) - min(sizes) <= 1
             assert len(parts) == min(N, max(2, -(-N // bk.PART_SIZE)))
         assert bk.parallel_map(lambda v: v * v, [1, 2, 3]) == [1, 4, 9]
-        params, x, t = random_params(FULL, 0), host_data(1, (5, 1, 8, 8)), np.arange(5) * 100
+        params, x, t = random_params(U.param_shapes(FULL), 0), host_data(1, (5, 1, 8, 8)), np.arange(5) * 100
         out2, cache2 = U.unet_forward(params, FULL, x, t, train=False)
         bk.set_num_threads(1)
         out1, _ = U.unet_forward(params, FULL, x, t, train=False)
@@ -434,7 +415,7 @@ def test_init_is_seeded_fan_in_scaled_and_zero_where_adm_zeros():
 def test_cache_memory_is_linear_in_the_batch():
     """cache_nbytes(cache, params), the activation memory of a training step, is exactly proportional
     to the batch size (parameters held by the caches are not counted)."""
-    params = random_params(FULL, 0, "float32")
+    params = random_params(U.param_shapes(FULL), 0, "float32")
     sizes = []
     for N in (1, 3):
         x, t, y = host_data(0, (N, 1, 8, 8), "float32"), np.zeros(N, dtype=np.int64), np.zeros(N, dtype=np.int64)

@@ -11,7 +11,7 @@ import pytest
 from refdiff.backend import Generator
 from refdiff.models import unet as U
 from refdiff.models.presets import PRESETS
-from support import host_data
+from support import host_data, random_params
 
 torch = pytest.importorskip("torch")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -29,22 +29,13 @@ MNIST28 = PRESETS["mnist28"](num_classes=10)
 RTOL, ATOL = 1e-9, 1e-11
 
 
-def random_params(cfg, seed):
-    """Every parameter random and nonzero (ADM's zero-initialised ones too), about unit gain per layer."""
-    params = {}
-    for i, (key, shape) in enumerate(U.param_shapes(cfg).items()):
-        scale = 1 / np.sqrt(np.prod(shape[:-1])) if len(shape) > 1 else 0.5
-        params[key] = host_data(seed + i, shape, scale=scale) + (1.0 if key.endswith("gamma") else 0.0)
-    return params
-
-
 @pytest.mark.parametrize("cfg, N, S", [(ADAGN, 2, 8), (ADDED, 3, 8), (MNIST28, 2, 28)],
                          ids=["adagn", "added", "mnist28"])
 def test_unet_matches_the_torch_twin_outputs_and_gradients(cfg, N, S):
     """unet_forward(params, x, t, y) == torch_unet_forward(params_to_torch(params), x, t, y) and, for
     L = sum(out * dout), unet_backward(dout) == autograd's gradients of every parameter and of x
     (float64, relative 1e-9): the same architecture, layouts converted by weight_to_torch."""
-    params = random_params(cfg, 0)
+    params = random_params(U.param_shapes(cfg), 0)
     x, dout = host_data(1, (N, cfg.in_channels, S, S)), host_data(2, (N, cfg.output_channels, S, S))
     t = np.arange(N) * 397 % 1000
     y = None if cfg.num_classes is None else np.arange(N) % (cfg.num_classes + 1)
@@ -68,7 +59,7 @@ def test_activation_memory_counts_of_both_are_of_one_order():
     """The twin's saved-tensor count (torch_twin.SavedTensorBytes) and refdiff's cache_nbytes measure
     the same thing: both are positive and linear in the batch (the benchmark prints them side by side)."""
     cfg = ADAGN
-    params = random_params(cfg, 0)
+    params = random_params(U.param_shapes(cfg), 0)
     tparams = torch_twin.params_to_torch(params)
     sizes = []
     for N in (1, 2):
