@@ -1,8 +1,8 @@
 """The noisy classifier of ADM (Dhariwal & Nichol 2021, Sec. 4; guided-diffusion's ``EncoderUNetModel``),
 with hand-derived backprop: p_phi(y | x_t, t), whose input gradient guides a sampler.
 
-It is the U-Net's encoder half, built from the same plan and blocks (refdiff.models.unet's
-``unet_plan``, refdiff.models.blocks), followed by a pooling head (L = len(channel_mult) levels):
+It is the U-Net's encoder half, run by the same code (refdiff.models.unet's
+``unet_plan``, ``step_forward`` and ``step_backward``), followed by a pooling head (L = len(channel_mult) levels):
 
     emb = silu(fc2(silu(fc1(sinusoid(t, base)))))                    (N, E), shared by all ResBlocks
     h = conv_in(x);  level l = 0..L-1: R x (ResBlock [+ Attn]), Downsample (but after the last level)
@@ -33,10 +33,8 @@ import numpy as np
 
 from refdiff.backend import Generator, namespace
 from refdiff.layers.basic import LinearCache, SiluCache, linear_backward, linear_forward, silu_backward, silu_forward
-from refdiff.layers.conv import conv2d_backward, conv2d_forward
 from refdiff.layers.embed import timestep_embedding
 from refdiff.layers.norm import GroupNormCache, group_norm_backward, group_norm_forward
-from refdiff.models import blocks as B
 from refdiff.models import unet as U
 from refdiff.models.common import (check_backward, check_generator, check_image, check_init, check_inputs, check_int,
                                    check_params)
@@ -193,18 +191,6 @@ def _time_embed_forward(params: dict, cfg: ClassifierConfig, x: Any, t: Any):
     return emb, TimeEmbedCache(fc1, silu1, fc2, silu2)
 
 
-def _step_forward(step: U.Step, params: dict, cfg: ClassifierConfig, h: Any, emb: Any, train: bool, generator: Any):
-    """Run one encoder block on h (N, H, W, c_in) with blocks.py's functions; returns (h, cache)."""
-    p = {k[len(step.name) + 1:]: v for k, v in params.items() if k.startswith(step.name + ".")}
-    if step.kind == "res":
-        return B.resblock_forward(p, h, emb, cfg.groups, cfg.scale_shift_norm, cfg.dropout, train, generator)
-    if step.kind == "attn":
-        return B.attnblock_forward(p, h, cfg.heads, cfg.groups)
-    if step.kind == "down":
-        return B.downsample_forward(p, h)
-    return conv2d_forward(h, p["w"], p["b"])  # conv_in
-
-
 def _pool_forward(params: dict, cfg: ClassifierConfig, h: Any):
     """f = mean over (H, W) of silu(GN(h)) (ADM's "adaptive" pooling). h: (N, H, W, C) -> f (N, C)."""
     xp = namespace(h)
@@ -218,9 +204,9 @@ def _encode(params: dict, cfg: ClassifierConfig, x: Any, t: Any, train: bool, ge
     xp = namespace(x)
     emb, embed_cache = _time_embed_forward(params, cfg, x, t)  # (N, E)
     h = xp.permute_dims(x, (0, 2, 3, 1))  # (N, C, H, W) -> (N, H, W, C)
-    caches = []
-    for step in encoder_plan(cfg):
-        h, cache = _step_forward(step, params, cfg, h, emb, train, generator)
+    caches, encoder = [], _encoder_unet_config(cfg)
+    for step in encoder_plan(cfg):  # the U-Net's blocks (blocks.py through unet.step_forward)
+        h, cache = U.step_forward(step, params, encoder, h, emb, train, generator)
         if keep_cache:
             caches.append(cache)
     f, pool_cache = _pool_forward(params, cfg, h)  # (N, C)
@@ -255,18 +241,6 @@ def classifier_features(params: dict, cfg: ClassifierConfig, x: Any, t: Any):
 
 
 # ----------------------------------------------------------------------------------- backward
-
-def _step_backward(step: U.Step, dh: Any, cache: Any):
-    """Gradients of one encoder block: returns (dh_in, demb or None, grads under the block's short keys)."""
-    if step.kind == "res":
-        return B.resblock_backward(dh, cache)
-    if step.kind == "conv_in":
-        dx, dw, db = conv2d_backward(dh, cache)
-        return dx, None, {"w": dw, "b": db}
-    backward = B.attnblock_backward if step.kind == "attn" else B.downsample_backward
-    dx, grads = backward(dh, cache)
-    return dx, None, grads
-
 
 def _pool_backward(df: Any, c: PoolCache, grads: dict) -> Any:
     """Gradient of _pool_forward: df (N, C) -> dh (N, H, W, C); adds the GN parameters' to grads.
@@ -308,7 +282,7 @@ def classifier_backward(dlogits: Any, cache: ClassifierCache, need_dx: bool = Fa
     dh = _pool_backward(df, cache.pool, grads)  # (N, H', W', C)
     demb = None
     for step, c in zip(reversed(encoder_plan(cfg)), reversed(cache.steps)):
-        dh, demb_step, g = _step_backward(step, dh, c)
+        dh, demb_step, g = U.step_backward(step, dh, c)
         grads.update({f"{step.name}.{k}": v for k, v in g.items()})
         if demb_step is not None:  # the shared embedding: every ResBlock's contribution adds up
             demb = demb_step if demb is None else demb + demb_step

@@ -307,8 +307,9 @@ def _embed_forward(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any):
     return emb, EmbedCache(fc1, silu1, fc2, label, silu2)
 
 
-def _step_forward(step: Step, params: dict, cfg: UNetConfig, h: Any, emb: Any, train: bool, generator: Any):
-    """Run one block of the plan on h (N, H, W, c_in); returns (h, cache)."""
+def step_forward(step: Step, params: dict, cfg: UNetConfig, h: Any, emb: Any, train: bool, generator: Any):
+    """Run one block of the plan on h (N, H, W, c_in); returns (h, cache). The noisy classifier runs its
+    encoder's blocks with it too."""
     p = _block_params(params, step, cfg)
     if step.kind == "res":
         return B.resblock_forward(p, h, emb, cfg.groups, cfg.scale_shift_norm, cfg.dropout, train, generator)
@@ -366,7 +367,7 @@ def _forward_part(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any, train: 
     for step in unet_plan(cfg):
         if step.skip:  # ADM's th.cat([h, hs.pop()], dim=1)
             h = xp.concat((h, skips.pop()), axis=-1)  # (N, H', W', c_in) = [h | skip]
-        h, cache = _step_forward(step, params, cfg, h, emb, train, generator)
+        h, cache = step_forward(step, params, cfg, h, emb, train, generator)
         if step.push:
             skips.append(h)
         if keep_cache:
@@ -377,7 +378,7 @@ def _forward_part(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any, train: 
 
 # ----------------------------------------------------------------------------------- backward
 
-def _step_backward(step: Step, dh: Any, cache: Any):
+def step_backward(step: Step, dh: Any, cache: Any):
     """Gradients of one block: returns (dh_in, demb or None, grads under the block's short keys)."""
     if step.kind == "res":
         return B.resblock_backward(dh, cache)
@@ -437,7 +438,7 @@ def _backward_part(dout: Any, part: PartCache, cfg: UNetConfig):
     for step, c in zip(reversed(unet_plan(cfg)), reversed(part.steps)):
         if step.push:  # this output also went to the decoder as a skip: the two gradients add up
             dh = dh + dskips.pop()
-        dh, demb_step, g = _step_backward(step, dh, c)
+        dh, demb_step, g = step_backward(step, dh, c)
         grads.update({f"{step.name}.{k}": v for k, v in g.items()})
         if demb_step is not None:  # the shared embedding: every ResBlock's contribution adds up
             demb = demb_step if demb is None else demb + demb_step
