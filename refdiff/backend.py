@@ -156,8 +156,14 @@ _NUM_THREADS = _default_threads()
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 _POOL_SIZE = 0
 # Images per part when a host batch is split (parallel_map's items): parts this small keep a
-# block's activations in the cores' caches (measured in docs/performance.md).
+# block's activations in the cores' caches (measured in docs/performance.md) ...
 PART_SIZE = 32
+# ... and the same part in pixels (PART_SIZE images of 28 x 28): smaller images get more per part.
+PART_PIXELS = PART_SIZE * 28 * 28
+# A part of fewer pixels costs more in per-layer overhead (Python, the thread hand-off) than a second
+# core gains: 2 threads against 1 broke even between 2,000 and 3,200 pixels per part (digits8: 0.85-0.93x
+# at 2 x 32 images of 8 x 8, 1.07-1.20x at 2 x 50; mnist28: 0.84-0.95x at 2 x 2 images, 1.17-1.39x at 2 x 3).
+MIN_PART_PIXELS = 2500
 
 
 def set_num_threads(n: int) -> None:
@@ -181,15 +187,19 @@ def get_num_threads() -> int:
 
 
 def batch_parts(N: int, like: Any) -> list[slice]:
-    """How to split a batch of N samples for parallel_map: slices of the batch axis.
+    """How to split a batch of N samples for parallel_map: slices of the batch axis, near-equal, in order.
 
-    Host NumPy: parts of about PART_SIZE samples, at least one per thread (as N allows); even on one
-    thread, parts that fit the caches run faster than the whole batch. Every other case (a GPU,
-    array_api_strict): one part, the whole batch.
+    like: the (N, C, H, W) batch. Host NumPy: parts of about max(PART_SIZE, PART_PIXELS / (H W))
+    samples (even on one thread, parts that fit the caches run faster than the whole batch), at least
+    one per thread and a multiple of the threads (no core idle in the last round), but no more than
+    N H W / MIN_PART_PIXELS parts. Every other case (a GPU, array_api_strict): one part, the whole batch.
     """
     if N <= 1 or library_name(like) != "numpy":
         return [slice(0, N)]
-    count = min(N, max(_NUM_THREADS, -(-N // PART_SIZE)))
+    pixels = math.prod(like.shape[2:])                               # H * W of one sample
+    count = max(_NUM_THREADS, -(-N // max(PART_SIZE, PART_PIXELS // pixels)))
+    count = -(-count // _NUM_THREADS) * _NUM_THREADS
+    count = max(1, min(count, N, N * pixels // MIN_PART_PIXELS))
     bounds = [round(i * N / count) for i in range(count + 1)]  # near-equal sizes
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 

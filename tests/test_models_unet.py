@@ -291,33 +291,34 @@ def test_a_split_batch_gives_the_whole_batch_results(backend, cfg, monkeypatch):
         np.testing.assert_allclose(g2[k], g1[k], rtol=1e-12, atol=1e-12, err_msg=k)
 
 
-def test_host_batches_run_in_parts_on_threads_and_dropout_keeps_one_part():
-    """On NumPy, batch_parts splits a batch into near-equal parts of at most PART_SIZE samples, at least
-    one per thread, that cover it in order; with 2 threads unet_forward runs them through
-    parallel_map and matches the 1-thread result; training with dropout keeps the batch whole (masks
-    drawn in the same order on every backend)."""
+def test_host_batches_run_in_parts_on_threads_and_dropout_keeps_one_part(monkeypatch):
+    """On NumPy, batch_parts splits a batch into near-equal parts that cover it in order: cache-sized
+    (PART_SIZE 28 x 28 images, more of smaller ones), a multiple of the 2 threads, of MIN_PART_PIXELS
+    or more on average (so digits8's training batch of 64 stays whole); with 2 threads unet_forward runs
+    them through parallel_map and matches the 1-thread result; training with dropout keeps the batch
+    whole (masks drawn in the same order on every backend)."""
     from refdiff import backend as bk
 
-    like = np.zeros(1)
     threads = bk.get_num_threads()
     try:
         bk.set_num_threads(2)
-        for N in (1, 2, 3, 16, 17, 64, 100):
-            parts = bk.batch_parts(N, like)
+        for S, N, count in [(28, 1, 1), (28, 2, 1), (28, 4, 1), (28, 7, 2), (28, 64, 2), (28, 96, 4), (28, 256, 8),
+                            (8, 64, 1), (8, 100, 2), (8, 1024, 4), (32, 64, 2)]:
+            parts = bk.batch_parts(N, np.zeros((N, 1, S, S)))
             assert parts[0].start == 0 and parts[-1].stop == N
             assert all(a.stop == b.start for a, b in zip(parts[:-1], parts[1:]))
             sizes = [p.stop - p.start for p in parts]
-            assert max(sizes) <= max(bk.PART_SIZE, -(-N // 2)) and max(sizes) - min(sizes) <= 1
-            assert len(parts) == min(N, max(2, -(-N // bk.PART_SIZE)))
+            assert len(parts) == count and max(sizes) - min(sizes) <= 1, (S, N, sizes)
+            assert count == 1 or N * S * S / count >= bk.MIN_PART_PIXELS
         assert bk.parallel_map(lambda v: v * v, [1, 2, 3]) == [1, 4, 9]
+        monkeypatch.setattr(bk, "MIN_PART_PIXELS", 1)  # the small test batch in two parts, on two threads
         params, x, t = random_params(U.param_shapes(FULL), 0), host_data(1, (5, 1, 8, 8)), np.arange(5) * 100
         out2, cache2 = U.unet_forward(params, FULL, x, t, train=False)
+        _, cache = U.unet_forward(params, FULL, x, t, train=True, generator=Generator(0))  # dropout 0.3
         bk.set_num_threads(1)
         out1, _ = U.unet_forward(params, FULL, x, t, train=False)
         np.testing.assert_allclose(out2, out1, rtol=1e-12, atol=1e-12)
-        assert len(cache2.parts) == 2
-        _, cache = U.unet_forward(params, FULL, x, t, train=True, generator=Generator(0))  # dropout 0.3
-        assert len(cache.parts) == 1
+        assert len(cache2.parts) == 2 and len(cache.parts) == 1
     finally:
         bk.set_num_threads(threads)
     with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
