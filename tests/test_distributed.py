@@ -9,12 +9,15 @@ where mpi4py or mpiexec is missing. Every launch has a timeout and kills its who
 import dataclasses
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -312,6 +315,30 @@ def test_cli_train_and_sample_under_mpiexec(tmp_path):
     assert done.stderr.count("batch_size 1 is smaller than the number of ranks 2") == 1, done.stderr
 
 
+@pytest.mark.mpi
+def test_device_buffers_take_nccl_else_cuda_aware_mpi_else_host_copies_with_one_warning(tmp_path):
+    """CuPy buffers on 2 ranks, with stand-ins for CuPy (a NumPy array with .data.ptr and .device) and for
+    its NCCL binding (whose allReduce sums through MPI): the ranks agree on the best path they all have.
+    - NCCL on both: one NcclCommunicator(2, rank 0's unique id, rank) per rank, and every allreduce is one
+      in-place allReduce(ptr, ptr, size, the dtype's code, SUM, the current stream), no host copy;
+    - NCCL on rank 1 only, CUDA-aware MPI on both: MPI reads the device buffer after a synchronize;
+    - NCCL on rank 0 only, no CUDA-aware MPI: host copies (after a synchronize too), and rank 0 alone
+      warns, once for two calls.
+    Every path gives the elementwise sum over the ranks, in float32 and float64."""
+    _require_mpi()
+    done, _ = _launch([str(HERE), "device", str(tmp_path)], timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = json.loads((tmp_path / "device.json").read_text())  # per path: each rank's record
+    for path in ("nccl", "cuda-aware", "host"):
+        for rank, record in enumerate(seen[path]):
+            assert record["sums_ok"] == [True, True], (path, rank)
+            assert record["nccl_comms"] == ([[2, [0, "unique id"], rank]] if path == "nccl" else []), (path, rank)
+            assert record["nccl_calls"] == ([["same ptr", 5, 8, 0, 77], ["same ptr", 5, 7, 0, 77]]
+                                            if path == "nccl" else []), (path, rank)
+            assert record["syncs"] == (0 if path == "nccl" else 2), (path, rank)  # MPI reads after the kernels
+            assert record["warnings"] == (1 if path == "host" and rank == 0 else 0), (path, rank)
+
+
 # ------------------------------------------------------------------------- the ranks' side (mpiexec)
 
 
@@ -362,9 +389,82 @@ def _rank_failure(out: Path, failure: str) -> None:
     train(dataclasses.replace(CFG, steps=6), MODEL, x, y, out, progress=False)
 
 
+class _DeviceLike(np.ndarray):
+    """A NumPy array dressed as a CuPy one: ``.data.ptr`` is its address, ``.device.synchronize()`` counts."""
+
+    syncs = 0
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
+    @property
+    def device(self):
+        return types.SimpleNamespace(synchronize=_DeviceLike._synchronize)
+
+    @staticmethod
+    def _synchronize():
+        _DeviceLike.syncs += 1
+
+
+class _FakeNccl:
+    """CuPy's NCCL binding, as far as refdiff uses it: records its calls; allReduce sums through MPI."""
+
+    NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM = 7, 8, 0
+
+    def __init__(self, world, buffers: dict):
+        self.world, self.buffers, self.comms, self.calls = world, buffers, [], []
+
+    def get_unique_id(self):
+        return (self.world.Get_rank(), "unique id")
+
+    def NcclCommunicator(self, size, uid, rank):  # noqa: N802 (CuPy's name)
+        self.comms.append([size, list(uid), rank])
+        return self
+
+    def allReduce(self, send, recv, count, dtype, op, stream):  # noqa: N802 (CuPy's name)
+        self.calls.append(["same ptr" if send == recv else "two ptrs", count, dtype, op, stream])
+        from mpi4py import MPI
+        self.world.Allreduce(MPI.IN_PLACE, np.asarray(self.buffers[recv]), op=MPI.SUM)
+
+
+def _rank_device_paths(out: Path) -> None:
+    """Two allreduces of a (5,) device buffer (float64, then float32) on each of three setups of NCCL and
+    CUDA-aware MPI; rank 0 writes every rank's record to out/device.json."""
+    from mpi4py import MPI
+
+    import refdiff.distributed as distributed
+
+    world, rank = MPI.COMM_WORLD, MPI.COMM_WORLD.Get_rank()
+    real_library_name = distributed.library_name
+    distributed.library_name = lambda x: "cupy" if isinstance(x, _DeviceLike) else real_library_name(x)
+    distributed.current_stream_ptr = lambda: 77
+    setups = {"nccl": ([True, True], False), "cuda-aware": ([False, True], True), "host": ([True, False], False)}
+    seen = {}
+    for path, (has_nccl, cuda_aware) in setups.items():
+        buffers = {}
+        nccl = _FakeNccl(world, buffers)
+        distributed.nccl_binding = lambda: nccl if has_nccl[rank] else None
+        distributed._mpi_cuda_aware = lambda MPI: cuda_aware
+        comm, _DeviceLike.syncs, sums_ok = distributed.MPICommunicator(world), 0, []
+        with comm.abort_on_error(), warnings.catch_warnings(record=True) as caught:  # a failure ends both ranks
+            warnings.simplefilter("always")
+            for dtype in (np.float64, np.float32):
+                buf = (np.arange(5, dtype=dtype) + 10 * rank).view(_DeviceLike)
+                buffers[buf.data.ptr] = buf
+                total = to_numpy(comm.allreduce_sum(buf))
+                sums_ok.append(bool(np.array_equal(total, 2 * np.arange(5) + 10)) and total.dtype == dtype)
+        seen[path] = world.gather({"sums_ok": sums_ok, "nccl_comms": nccl.comms, "nccl_calls": nccl.calls,
+                                   "syncs": _DeviceLike.syncs, "warnings": len(caught)}, root=0)
+    if rank == 0:
+        (out / "device.json").write_text(json.dumps(seen))
+
+
 if __name__ == "__main__":
     scenario, folder = sys.argv[1], Path(sys.argv[2])
     if scenario == "steps":
         _rank_steps(folder)
+    elif scenario == "device":
+        _rank_device_paths(folder)
     else:
         _rank_failure(folder, scenario)
