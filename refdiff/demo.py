@@ -11,7 +11,8 @@ Steps (each prints what it writes):
      held-out digits) and to real training digits of the same class counts, and the fraction of samples
      classified as their label (metrics.json, printed). The digit classifier is trained on the training
      split on first use (seconds) and kept in digit_classifier.npz, which later runs load.
-Defaults are sized for a 2-core laptop CPU: a few minutes in all.
+Defaults are sized for a 2-core laptop CPU: a few minutes in all. Under ``mpirun -n N`` the ranks
+train data-parallel (step 3) and rank 0 alone does the rest.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from refdiff import schedules
 from refdiff.backend import Generator
 from refdiff.data.digits import NUM_CLASSES
 from refdiff.diffusion import q_sample
+from refdiff.distributed import get_communicator
 from refdiff.generate import generate, load_model
 from refdiff.metrics import digit_classifier, digit_sample_report, digit_split, format_sample_report
 from refdiff.models.presets import PRESETS
@@ -50,33 +52,54 @@ def write_forward_chain(x: np.ndarray, schedule: schedules.Schedule, path: Path)
 def run_demo(out: str | Path = "out/demo", steps: int | None = None, samples_per_class: int = 10,
              guidance: float = 3.0, sample_steps: int = 50, seed: int = 0, backend: str = "numpy",
              progress: bool = True, model_overrides: dict | None = None) -> dict[str, Path]:
-    """Run the demo's five steps into ``out``; returns the paths written."""
+    """Run the demo's five steps into ``out``; returns the paths written.
+
+    Under ``mpirun -n N`` the ranks train data-parallel (refdiff.train); rank 0 alone writes files,
+    samples and scores, and returns the paths, while the others wait for it and return {}.
+    """
     start = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(DEMO_TRAIN, seed=seed, backend=backend, **({"steps": steps} if steps else {}))
     cfg = dataclasses.replace(cfg, warmup_steps=min(cfg.warmup_steps, cfg.steps - 1))
     # 1. the fixed split (seed 0, whatever the run's seed) that `refdiff train/eval --data digits` and the
     #    digit classifier use: the held-out digits are never trained on by either network.
-    x_train, x_test, y_train, y_test = digit_split()
-    paths = {"forward_chain": write_forward_chain(x_train[:6].astype(np.float64), cfg.schedule_obj(),
-                                                  out / "forward_chain.png")}           # 2.
+    split = digit_split()
+    x_train, _, y_train, _ = split
+    comm, paths = get_communicator(), {}
+    with comm.abort_on_error():  # a failure on rank 0 ends every rank, here and after training
+        if comm.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            paths["forward_chain"] = write_forward_chain(x_train[:6].astype(np.float64), cfg.schedule_obj(),
+                                                         out / "forward_chain.png")            # 2.
     model_cfg = PRESETS["digits8"](num_classes=NUM_CLASSES, **(model_overrides or {}))
-    state = train(cfg, model_cfg, x_train, y_train, out, progress=progress)                # 3.
-    paths["checkpoint"] = out / "checkpoint.npz"
-    paths["loss_curve"] = curves({"training loss": (np.arange(1, len(state.losses) + 1), np.asarray(state.losses))},
-                                 out / "loss_curve.png", xlabel="step", ylabel="loss (MSE of eps)")
-    loaded = load_model(paths["checkpoint"], backend=backend)                               # 4.
+    state = train(cfg, model_cfg, x_train, y_train, out, progress=progress, comm=comm)         # 3.
+    with comm.abort_on_error():
+        if comm.rank == 0:
+            paths["checkpoint"] = out / "checkpoint.npz"
+            paths["loss_curve"] = curves({"training loss": (np.arange(1, len(state.losses) + 1),
+                                                            np.asarray(state.losses))},
+                                         out / "loss_curve.png", xlabel="step", ylabel="loss (MSE of eps)")
+            paths.update(sample_and_score(out, split, samples_per_class, guidance, sample_steps, seed, backend,
+                                          progress, start))                                    # 4., 5.
+    comm.barrier("rank 0's sampling and scoring")
+    return paths
+
+
+def sample_and_score(out: Path, split: tuple, samples_per_class: int, guidance: float, sample_steps: int,
+                     seed: int, backend: str, progress: bool, start: float) -> dict[str, Path]:
+    """Steps 4 and 5: sample every class from out/checkpoint.npz with DDIM and classifier-free guidance
+    (samples.png, samples.npz), then score them (metrics.json, write_metrics)."""
+    loaded = load_model(out / "checkpoint.npz", backend=backend)
     labels = np.repeat(np.arange(NUM_CLASSES), samples_per_class)
-    images = generate(loaded, (labels.size, *x_train.shape[1:]), labels, "ddim", sample_steps, guidance=guidance, seed=seed)
-    paths["samples"] = image_grid(images, nrow=samples_per_class, path=out / "samples.png",
-                                  title=f"DDIM {sample_steps} steps, guidance {guidance:g}: one row per class",
-                                  row_labels=[str(k) for k in range(NUM_CLASSES)])
+    images = generate(loaded, (labels.size, *loaded.data_shape), labels, "ddim", sample_steps, guidance=guidance,
+                      seed=seed)
+    paths = {"samples": image_grid(images, nrow=samples_per_class, path=out / "samples.png",
+                                   title=f"DDIM {sample_steps} steps, guidance {guidance:g}: one row per class",
+                                   row_labels=[str(k) for k in range(NUM_CLASSES)])}
     np.savez(out / "samples.npz", images=images.astype(np.float32), labels=labels)
     paths["samples_npz"] = out / "samples.npz"
-    settings = dict(train_steps=cfg.steps, guidance=guidance, sample_steps=sample_steps)
-    paths["metrics"] = write_metrics(out, images, labels, (x_train, x_test, y_train, y_test), seed, progress,
-                                     settings, start)                                       # 5.
+    settings = dict(train_steps=loaded.train_cfg["steps"], guidance=guidance, sample_steps=sample_steps)
+    paths["metrics"] = write_metrics(out, images, labels, split, seed, progress, settings, start)
     return paths
 
 

@@ -108,3 +108,13 @@ def assert_moments_match(samples: np.ndarray, mean, std):
     assert np.all(np.abs(samples.mean(0) - mean) < 5 * std / math.sqrt(n)), samples.mean(0)
     assert np.all(np.abs(samples.std(0, ddof=1) - std) < 5 * std / math.sqrt(2 * n)), samples.std(0)
     assert abs(np.corrcoef(samples.T)[0, 1]) < 5 / math.sqrt(n)
+
+
+def quick_digit_classifier(path):
+    """A digit classifier trained for 5 steps, cached at ``path`` (the real one takes seconds to train):
+    what the CLI and MPI tests hand to the demo and to ``refdiff eval --samples``."""
+    from refdiff.classifier_train import ClassifierTrainConfig
+    from refdiff.metrics import digit_classifier
+
+    digit_classifier(path, train_cfg=ClassifierTrainConfig(steps=5, noisy=False))
+    return path

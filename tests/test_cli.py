@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from support import quick_digit_classifier
 
 import refdiff
 from refdiff import __version__
@@ -54,16 +55,6 @@ def test_python_dash_m_refdiff_prints_version():
                           text=True, timeout=60, env={**os.environ, "PYTHONPATH": path})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"refdiff {__version__}"
-
-
-def quick_digit_classifier(path):
-    """A digit classifier trained for 5 steps, cached at ``path`` (the real one takes seconds to train):
-    what the CLI tests hand to the demo and to ``refdiff eval --samples``."""
-    from refdiff.classifier_train import ClassifierTrainConfig
-    from refdiff.metrics import digit_classifier
-
-    digit_classifier(path, train_cfg=ClassifierTrainConfig(steps=5, noisy=False))
-    return path
 
 
 def test_demo_writes_its_figures_samples_and_checkpoint_and_eval_reads_it(tmp_path, capsys):

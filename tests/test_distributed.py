@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import quick_digit_classifier
 
 import refdiff
 import refdiff.train as train_module
@@ -313,6 +314,24 @@ def test_cli_train_and_sample_under_mpiexec(tmp_path):
     done, _ = _launch(common + ["--steps", "3", "--batch-size", "1"])
     assert done.returncode == 1
     assert done.stderr.count("batch_size 1 is smaller than the number of ranks 2") == 1, done.stderr
+
+
+@pytest.mark.mpi
+def test_demo_under_mpiexec_trains_on_both_ranks_and_rank_0_alone_samples_and_writes(tmp_path):
+    """`mpiexec -n 2 refdiff demo` (a few steps): the checkpoint records 2 ranks, and every file is
+    written and printed once, by rank 0; the other rank waits for it and ends cleanly."""
+    _require_mpi()
+    out = tmp_path / "demo"
+    quick_digit_classifier(out / "digit_classifier.npz")  # the demo's cache: loaded, not trained
+    done, seconds = _launch(["-m", "refdiff", "demo", "--out", str(out), "--steps", "4", "--per-class", "1",
+                             "--sample-steps", "2"])
+    assert done.returncode == 0, done.stderr
+    print(f"mpiexec -n 2 refdiff demo: {seconds:.1f} s")
+    for name in ("forward_chain", "checkpoint", "loss_curve", "samples", "samples_npz", "metrics"):
+        assert done.stdout.count(f"{name + ':':<15} {out}") == 1, (name, done.stdout)
+    assert done.stdout.count("Frechet distance, 10 samples") == 1, done.stdout
+    assert load_checkpoint(out / "checkpoint.npz")["config"]["ranks"] == 2
+    assert json.loads((out / "metrics.json").read_text())["train_steps"] == 4
 
 
 @pytest.mark.mpi

@@ -189,6 +189,8 @@ def test_samples_of_points_are_clipped_to_the_training_data_bound(tmp_path):
     assert np.max(np.abs(clipped)) <= loaded.data_bound * (1 + 1e-6) < np.max(np.abs(free))
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")  # the blow-up on purpose
 def test_non_finite_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
     """A learning rate of 1e30 blows the parameters up; training stops with a TrainingError naming the
     step, and the last checkpoint written before it is intact and loadable."""
