@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     comm = get_communicator(args.mpi_timeout)
     try:
-        x, y, num_classes = _load_dataset(args.data, args.seed)
+        x, y, num_classes = _load_dataset(args.data, args.seed, args.image_size)
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema,
                           warmup_steps=min(100, args.steps - 1), schedule=args.schedule, T=args.T,
                           prediction=args.prediction, loss=args.loss, timesteps=args.timesteps, seed=args.seed,
@@ -150,8 +150,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_dataset(spec: str, seed: int):
-    """(x, y, num_classes) for --data: digits, shapes, toy2d:NAME or a .npz path (training split only)."""
+def _load_dataset(spec: str, seed: int, image_size: int | None = None):
+    """(x, y, num_classes) for --data: digits, shapes, toy2d:NAME, a .npz path or a folder of images
+    (resized to image_size when given); the digits' training split only."""
+    from pathlib import Path
+
     import numpy as np
 
     from refdiff import data
@@ -165,23 +168,33 @@ def _load_dataset(spec: str, seed: int):
         x, y = data.load_toy2d(spec[len("toy2d:"):], 20000, seed=seed)
     elif spec.endswith(".npz"):
         x, y = data.load_npz(spec)
+    elif Path(spec).is_dir():
+        x, y = data.load_image_folder(spec, size=image_size)
     else:
-        raise ValueError(f"--data must be digits, shapes, toy2d:NAME or a .npz file, got {spec!r}")
+        raise ValueError(f"--data must be digits, shapes, toy2d:NAME, a .npz file or a folder of images, "
+                         f"got {spec!r}")
     return x, y, None if y is None else int(np.max(y)) + 1
 
 
 def _model_config(preset: str, x, num_classes, loss: str):
-    """The model config for --preset: a U-Net preset, or the MLP for 2-D data."""
+    """The model config for --preset: a U-Net preset fitted to the images' channels and size, or the MLP
+    for points."""
     learn_sigma = loss != "mse"
     if preset == "mlp":
         from refdiff.models.mlp import MLPConfig
 
+        if x.ndim != 2:
+            raise ValueError(f"--preset mlp takes points (N, D), but --data gives samples of shape {x.shape[1:]}: "
+                             "use a U-Net preset (digits8, mnist28, shapes32) for images")
         return MLPConfig(data_dim=x.shape[1], num_classes=num_classes, learn_sigma=learn_sigma)
-    from refdiff.models.presets import PRESETS
+    from refdiff.models.presets import PRESETS, fit_data
 
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, mlp; got {preset!r}")
-    return PRESETS[preset](num_classes=num_classes, learn_sigma=learn_sigma)
+    if x.ndim != 4:
+        raise ValueError(f"--preset {preset} is a U-Net for images (N, C, H, W), but --data gives samples of "
+                         f"shape {x.shape[1:]}: use --preset mlp for points")
+    return fit_data(PRESETS[preset](num_classes=num_classes, learn_sigma=learn_sigma), x.shape[1:])
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
@@ -192,8 +205,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                                    "global batch); see docs/scaling.md.")
     parser.add_argument("--data", default="digits",
                         help="digits, shapes, toy2d:NAME (swiss_roll, two_moons, 8gaussians, checkerboard, "
-                             "rings) or a .npz file (default: digits)")
-    parser.add_argument("--preset", default="digits8", help="digits8, mnist28, shapes32 or mlp (default: digits8)")
+                             "rings), a .npz file (x or images, optional y or labels), or a folder of images "
+                             "(one subfolder per class gives labels) (default: digits)")
+    _add_image_size(parser)
+    parser.add_argument("--preset", default="digits8",
+                        help="digits8, mnist28, shapes32 (U-Nets, fitted to the images' channels and size: "
+                             "refdiff.models.presets.fit_data) or mlp (points) (default: digits8)")
     parser.add_argument("--schedule", default="cosine")
     parser.add_argument("--T", type=int, default=1000)
     parser.add_argument("--prediction", default="eps", choices=("eps", "x0", "v"))
@@ -216,6 +233,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                              "OUT/loss_curve.png (default: 0, never)")
     _add_mpi_timeout(parser)
     parser.set_defaults(func=cmd_train)
+
+
+def _add_image_size(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-size", type=int, default=None, metavar="S",
+                        help="resize the images of a --data folder to S x S (default: keep their size, which "
+                             "must then be one size)")
 
 
 def _add_mpi_timeout(parser: argparse.ArgumentParser) -> None:
@@ -367,7 +390,7 @@ def _eval_bits_per_dim(args: argparse.Namespace) -> None:
     from refdiff.likelihood import bits_per_dim
 
     loaded = load_model(args.checkpoint, use_ema=not args.raw, backend=args.backend, dtype="float64")
-    x, levels = _held_out(args.data)
+    x, levels = _held_out(args.data, args.image_size)
     x = x[: args.count]
     generator, totals = Generator(args.seed), []
     for start in range(0, x.shape[0], args.batch_size):
@@ -381,8 +404,11 @@ def _eval_bits_per_dim(args: argparse.Namespace) -> None:
           f"{total.mean():.4f} +- {se:.4f} (standard error)")
 
 
-def _held_out(spec: str):
-    """(x, levels) of the held-out data for --data: the digits' test split (17 grey levels) or an .npz (256)."""
+def _held_out(spec: str, image_size: int | None = None):
+    """(x, levels) of the held-out data for --data: the digits' test split (17 grey levels), an .npz or a
+    folder of images (256 levels; the folder resized to image_size when given)."""
+    from pathlib import Path
+
     from refdiff import data
 
     if spec == "digits":
@@ -392,7 +418,9 @@ def _held_out(spec: str):
         return data.train_test_split(x, y, test_fraction=0.1, seed=0)[1], LEVELS
     if spec.endswith(".npz"):
         return data.load_npz(spec)[0], 256
-    raise ValueError(f"--data must be digits or a .npz file, got {spec!r}")
+    if Path(spec).is_dir():
+        return data.load_image_folder(spec, size=image_size)[0], 256
+    raise ValueError(f"--data must be digits, a .npz file or a folder of images, got {spec!r}")
 
 
 def _add_eval(subparsers: argparse._SubParsersAction) -> None:
@@ -411,8 +439,10 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--classifier", default=None, metavar="FILE",
                         help="digit classifier cache: loaded when FILE exists, else trained and saved there")
     parser.add_argument("--data", default="digits",
-                        help="digits (its held-out split), a .npz file (bits/dim), or toy2d:NAME (--samples of 2-D "
-                             "points: sliced W2 and MMD to fresh points, next to their floor)")
+                        help="digits (its held-out split), a .npz file or a folder of images (bits/dim), or "
+                             "toy2d:NAME (--samples of 2-D points: sliced W2 and MMD to fresh points, next to "
+                             "their floor)")
+    _add_image_size(parser)
     parser.add_argument("--count", type=int, default=180, help="held-out samples to evaluate (default: 180)")
     parser.add_argument("--batch-size", type=int, default=180)
     parser.add_argument("--variance", default="fixed_large", choices=("fixed_small", "fixed_large"),

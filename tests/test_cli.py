@@ -107,10 +107,43 @@ def test_train_then_sample_on_a_toy_set_and_resume(tmp_path):
         assert npz["images"].shape == (6, 2) and list(npz["labels"]) == [0, 0, 0, 1, 1, 1]
 
 
+def test_train_sample_and_eval_on_a_folder_of_images(tmp_path):
+    """`refdiff train --data FOLDER --image-size 8`: RGB 12x12 PNGs in two class subfolders, resized to
+    8x8, train the digits8 U-Net fitted to 3 channels with 2 classes; `refdiff sample` gives (n, 3, 8, 8)
+    images in [-1, 1] with their labels; `refdiff eval --data FOLDER --image-size 8` a finite bits/dim."""
+    from PIL import Image
+
+    from refdiff.checkpoint import load_checkpoint
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("cats", "dogs")):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8) // (k + 1)
+            Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
+    folder, out = str(tmp_path / "images"), tmp_path / "run"
+    assert main(["train", "--data", folder, "--image-size", "8", "--preset", "digits8", "--steps", "2",
+                 "--batch-size", "4", "--T", "10", "--out", str(out)]) == 0
+    model = load_checkpoint(out / "checkpoint.npz")["config"]["model"]
+    assert (model["in_channels"], model["out_channels"], model["image_size"], model["num_classes"]) == (3, 3, 8, 2)
+    assert main(["sample", str(out / "checkpoint.npz"), "--steps", "3", "--count", "2",
+                 "--out", str(tmp_path / "s.npz")]) == 0
+    with np.load(tmp_path / "s.npz", allow_pickle=False) as npz:
+        assert npz["images"].shape == (4, 3, 8, 8) and np.all(np.abs(npz["images"]) <= 1)
+        assert list(npz["labels"]) == [0, 0, 1, 1]
+    assert main(["eval", str(out / "checkpoint.npz"), "--data", folder, "--image-size", "8", "--count", "2"]) == 0
+
+
 def test_cli_errors_name_what_to_fix(tmp_path, capsys):
-    """Unknown data and a missing checkpoint exit with status 1 and one line on stderr saying what was wrong."""
+    """Unknown data, a preset for the other kind of data and a missing checkpoint exit with status 1 and one
+    line on stderr saying what was wrong."""
     assert main(["train", "--data", "mnist", "--out", str(tmp_path)]) == 1
-    assert "--data must be digits, shapes, toy2d:NAME or a .npz file" in capsys.readouterr().err
+    assert "--data must be digits, shapes, toy2d:NAME, a .npz file or a folder of images" in capsys.readouterr().err
+    assert main(["train", "--data", "toy2d:two_moons", "--preset", "digits8", "--out", str(tmp_path)]) == 1
+    assert "--preset digits8 is a U-Net for images (N, C, H, W), but --data gives samples of shape (2,): use " \
+           "--preset mlp for points" in capsys.readouterr().err
+    assert main(["train", "--data", "digits", "--preset", "mlp", "--out", str(tmp_path)]) == 1
+    assert "--preset mlp takes points (N, D), but --data gives samples of shape (1, 8, 8)" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "none.npz")]) == 1
     assert "does not exist" in capsys.readouterr().err
 

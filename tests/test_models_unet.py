@@ -1,6 +1,7 @@
 """Specification of refdiff.models.unet (and .blocks, .presets): the ADM-style U-Net, forward and
 hand-derived backward, on small configs (8x8 images, base 8, groups 2 or 4, two levels)."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from gradcheck import assert_gradients_match
 from refdiff.backend import Generator, get_backend, to_numpy
 from refdiff.layers.embed import ORDERS
 from refdiff.models import unet as U
-from refdiff.models.presets import PRESETS
+from refdiff.models.presets import PRESETS, fit_data
 from support import DTYPES, TOLERANCE, assert_same_array_kind, float64_tripwire, host_data, on, random_params
 
 seeds = st.integers(0, 2**16)
@@ -341,6 +342,31 @@ def test_presets_build_and_run_forward_and_backward(backend, name):
     grads = U.unet_backward(backend.asarray(host_data(2, tuple(out.shape), "float32")), cache)
     assert list(grads) == list(params)
     assert all(np.all(np.isfinite(to_numpy(g))) for g in grads.values())
+
+
+@pytest.mark.parametrize("name, shape", [("shapes32", (1, 64, 48)), ("digits8", (3, 12, 12)), ("mnist28", (3, 28, 28))])
+def test_fit_data_keeps_the_architecture_and_moves_channels_size_and_attention(name, shape):
+    """fit_data(preset, (C, H, W)): the same steps (kinds, names, levels, widths), attention at the same
+    levels, C channels in and out; the forward takes (N, C, H, W) to (N, C, H, W)."""
+    cfg = PRESETS[name](num_classes=2)
+    fitted = fit_data(cfg, shape)
+    C, H, W = shape
+    assert (fitted.in_channels, fitted.out_channels, fitted.image_size) == (C, C, H)
+    assert [(s.kind, s.name, s.level, s.c_out) for s in U.unet_plan(fitted)][1:-1] == \
+        [(s.kind, s.name, s.level, s.c_out) for s in U.unet_plan(cfg)][1:-1]  # all but conv_in and head
+    assert dataclasses.replace(fitted, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
+                               image_size=cfg.image_size, attention_resolutions=cfg.attention_resolutions) == cfg
+    out, _ = U.unet_forward(U.init_params(fitted, Generator(0)), fitted, host_data(1, (1, *shape), "float32"),
+                            np.array([5]), np.array([1]))
+    assert out.shape == (1, *shape)
+
+
+def test_fit_data_refuses_sizes_the_levels_cannot_halve_naming_the_shape():
+    """shapes32 halves twice: H and W must be multiples of 4; 30 is refused with the shape in the message."""
+    with pytest.raises(ValueError, match=r"\(C, H, W\) = \(3, 30, 32\).*multiples of 4"):
+        fit_data(PRESETS["shapes32"](), (3, 30, 32))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        fit_data(PRESETS["shapes32"](), (3, 32, 0))
 
 
 def test_mnist28_is_the_issue_architecture():

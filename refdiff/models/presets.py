@@ -4,7 +4,8 @@ Each preset is a function ``preset(num_classes=None, learn_sigma=False, **overri
 ``PRESETS`` maps the names ``refdiff train --preset`` accepts to them. ``**overrides`` replaces any
 other field (``mnist28(dropout=0.1)``). ``refdiff info --model NAME`` prints
 ``refdiff.models.unet.summary(PRESETS[NAME]())``: the config, the parameter count and the
-multiply-adds of every layer.
+multiply-adds of every layer. ``fit_data(cfg, (C, H, W))`` gives a preset's architecture for other
+images (channels, resolution), as ``refdiff train`` does for the user's data.
 
 ``CLASSIFIER_PRESETS`` names the noisy classifiers (refdiff.models.classifier) that go with them:
 ``preset(num_classes=10, **overrides) -> ClassifierConfig``, each the encoder of the U-Net preset of
@@ -53,6 +54,22 @@ def shapes32(num_classes: int | None = None, learn_sigma: bool = False, **overri
 
 
 PRESETS: dict[str, Callable[..., UNetConfig]] = {"digits8": digits8, "mnist28": mnist28, "shapes32": shapes32}
+
+
+def fit_data(cfg: UNetConfig, shape: tuple[int, int, int]) -> UNetConfig:
+    """``cfg``'s architecture for images of ``shape`` (C, H, W): the same levels, widths and blocks, with
+    in and out channels C, image_size H, and attention at the same levels (each resolution r scaled to
+    r H / cfg.image_size). What ``refdiff train`` does to a preset for the user's data.
+
+    Raises ValueError naming the shape unless H and W are multiples of cfg.downsample_factor (2^(L - 1)).
+    """
+    C, H, W = shape
+    f = cfg.downsample_factor
+    if H % f or W % f or H == 0 or W == 0:
+        raise ValueError(f"images of shape (C, H, W) = {tuple(shape)} do not fit a U-Net with "
+                         f"{len(cfg.channel_mult)} levels: H and W must be positive multiples of {f}")
+    attention = tuple(r * H // cfg.image_size for r in cfg.attention_resolutions)  # cfg.image_size / r = 2^level
+    return dataclasses.replace(cfg, in_channels=C, out_channels=C, image_size=H, attention_resolutions=attention)
 
 
 def _classifier_of(unet: UNetConfig, num_classes: int, overrides: dict) -> ClassifierConfig:
