@@ -253,23 +253,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
     Under mpirun each rank generates its rows of the samples (the same numbers one process would give
     them) and rank 0 gathers and writes them.
     """
-    import numpy as np
-
     from refdiff.checkpoint import load_checkpoint
     from refdiff.distributed import get_communicator, shard
     from refdiff.generate import generate, model_from_checkpoint
 
+    if args.count < 1:
+        raise ValueError(f"--count must be an integer >= 1, got {args.count}")
+    if not args.out.endswith((".png", ".npz")):
+        raise ValueError(f"--out must end in .png (a grid) or .npz (images and labels), got {args.out!r}")
     comm = get_communicator(args.mpi_timeout)
     with comm.abort_on_error():
         if args.backend == "cupy":
             comm.use_local_gpu()
         ckpt = comm.bcast(load_checkpoint(args.checkpoint) if comm.rank == 0 else None)
         loaded = model_from_checkpoint(ckpt, use_ema=not args.raw, backend=args.backend)
-        num_classes = getattr(loaded.model_cfg, "num_classes", None)
-        labels = None
-        if num_classes is not None:
-            classes = range(num_classes) if args.cls is None else [args.cls]
-            labels = np.repeat(np.asarray(list(classes)), args.count)
+        labels = _sample_labels(args.cls, args.count, getattr(loaded.model_cfg, "num_classes", None))
         n = args.count if labels is None else labels.size
         shape, rows = (n, *loaded.data_shape), None if comm.size == 1 else shard(n, comm.rank, comm.size)
         images = generate(loaded, shape, labels, args.sampler, args.steps, args.eta, args.guidance, args.seed,
@@ -279,6 +277,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
             _write_samples(args.out, images, labels, args.count)
             print(f"samples: {args.out}" + (f" ({comm.size} ranks)" if comm.size > 1 else ""))
     return 0
+
+
+def _sample_labels(cls: int | None, count: int, num_classes: int | None):
+    """The labels to sample: ``count`` of every class, or of class ``cls`` alone; None for an
+    unconditional model (which takes no --class)."""
+    import numpy as np
+
+    if num_classes is None:
+        if cls is not None:
+            raise ValueError(f"--class {cls} needs a class-conditional model; this checkpoint's is unconditional")
+        return None
+    if cls is not None and not 0 <= cls < num_classes:
+        raise ValueError(f"--class must be in [0, {num_classes - 1}] (the model's {num_classes} classes), got {cls}")
+    classes = np.arange(num_classes) if cls is None else np.array([cls])
+    return np.repeat(classes, count)
 
 
 def _write_samples(out: str, images, labels, per_row: int) -> None:
@@ -389,6 +402,9 @@ def _eval_bits_per_dim(args: argparse.Namespace) -> None:
     from refdiff.generate import load_model
     from refdiff.likelihood import bits_per_dim
 
+    for name in ("count", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {getattr(args, name)}")
     loaded = load_model(args.checkpoint, use_ema=not args.raw, backend=args.backend, dtype="float64")
     x, levels = _held_out(args.data, args.image_size)
     x = x[: args.count]

@@ -37,10 +37,10 @@ import numpy as np
 from refdiff import schedules
 from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
 from refdiff.checkpoint import load_checkpoint, save_checkpoint
-from refdiff.diffusion import q_sample
+from refdiff.diffusion import PREDICTIONS, q_sample
 from refdiff.distributed import SINGLE_PROCESS, ShardedGenerator, allreduce_batch, check_batch, get_communicator, shard
-from refdiff.losses import LossSecondMomentSampler, sample_timesteps, training_loss
-from refdiff.optim import adamw_init, adamw_step, clip_grad_norm, ema_update, learning_rate
+from refdiff.losses import LOSSES, WEIGHTINGS, LossSecondMomentSampler, sample_timesteps, training_loss
+from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, ema_update, learning_rate
 
 TIMESTEPS = ("uniform", "importance")
 
@@ -79,16 +79,25 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.sample_every, bool) or not isinstance(self.sample_every, int) or self.sample_every < 0:
-            raise ValueError(f"sample_every must be an integer >= 0 (0: no sample grids), got {self.sample_every!r}")
-        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
-            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
+        for name, hint in (("warmup_steps", ""), ("sample_every", " (0: no sample grids)")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0{hint}, got {value!r}")
+        for name in ("lr", "grad_clip"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < math.inf):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not 0 <= self.ema_decay <= 1:
+            raise ValueError(f"ema_decay must lie in [0, 1], got {self.ema_decay!r}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        if self.timesteps not in TIMESTEPS:
-            raise ValueError(f"timesteps must be one of {', '.join(TIMESTEPS)}, got {self.timesteps!r}")
+        choices = {"lr_decay": DECAYS, "schedule": tuple(schedules.SCHEDULES), "prediction": PREDICTIONS,
+                   "loss": LOSSES, "weighting": WEIGHTINGS, "timesteps": TIMESTEPS, "dtype": ("float32", "float64")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
     def schedule_obj(self) -> schedules.Schedule:
         """The noise schedule this run trains on."""

@@ -148,6 +148,27 @@ def test_cli_errors_name_what_to_fix(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_sample_and_eval_errors_name_the_option_and_its_range(tmp_path, capsys):
+    """`refdiff sample` refuses a class the model lacks, --class for an unconditional model, --count 0 and
+    an --out that is neither .png nor .npz; `refdiff eval` a --count or --batch-size below 1: exit 1, one
+    line naming the option and what it allows."""
+    cond, uncond = tmp_path / "cond" / "checkpoint.npz", tmp_path / "uncond" / "checkpoint.npz"
+    for data, ckpt in (("toy2d:two_moons", cond), ("toy2d:swiss_roll", uncond)):  # labelled, unlabelled
+        assert main(["train", "--data", data, "--preset", "mlp", "--steps", "1", "--batch-size", "4", "--T", "5",
+                     "--out", str(ckpt.parent)]) == 0
+    capsys.readouterr()
+    for ckpt, extra, message in [(cond, ["--class", "2"], "--class must be in [0, 1] (the model's 2 classes), got 2"),
+                                 (cond, ["--class", "-1"], "--class must be in [0, 1]"),
+                                 (uncond, ["--class", "0"], "--class 0 needs a class-conditional model"),
+                                 (cond, ["--count", "0"], "--count must be an integer >= 1, got 0"),
+                                 (cond, ["--out", "s.txt"], "--out must end in .png (a grid) or .npz")]:
+        assert main(["sample", str(ckpt), "--steps", "2", *extra]) == 1
+        assert message in capsys.readouterr().err, extra
+    for option in ("--count", "--batch-size"):
+        assert main(["eval", str(cond), option, "0"]) == 1
+        assert f"{option} must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
 def test_info_model_prints_parameters_and_flops_of_a_preset(capsys):
     """`refdiff info --model mnist28` prints the preset's parameter count and its per-layer multiply-adds;
     so does a classifier preset (its encoder's layers and the linear head, no decoder)."""

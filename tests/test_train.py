@@ -239,10 +239,20 @@ def test_load_checkpoint_refuses_missing_foreign_and_future_files(tmp_path):
 
 
 def test_bad_train_config_raises_naming_the_argument():
-    """Invalid settings are refused when the config is built."""
+    """Every invalid setting is refused when the config is built, naming the field and what it allows."""
     for kwargs, match in [({"steps": 0}, "steps must be an integer >= 1"), ({"lr": -1.0}, "lr must be a positive"),
+                          ({"batch_size": 2.0}, "batch_size must be an integer >= 1"),
+                          ({"warmup_steps": -1}, "warmup_steps must be an integer >= 0, got -1"),
+                          ({"grad_clip": 0.0}, "grad_clip must be a positive finite number"),
+                          ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0"),
+                          ({"ema_decay": 1.5}, r"ema_decay must lie in \[0, 1\], got 1.5"),
                           ({"label_dropout": 1.0}, r"label_dropout must lie in \[0, 1\)"),
-                          ({"dtype": "float16"}, "dtype must be float32 or float64"),
+                          ({"lr_decay": "step"}, "lr_decay must be one of constant, cosine, linear"),
+                          ({"schedule": "quad"}, "schedule must be one of linear, cosine, sigmoid, scaled_linear"),
+                          ({"prediction": "score"}, "prediction must be one of eps, x0, v"),
+                          ({"loss": "l1"}, "loss must be one of mse, hybrid, kl"),
+                          ({"weighting": "snr"}, "weighting must be one of none, min_snr"),
+                          ({"dtype": "float16"}, "dtype must be one of float32, float64"),
                           ({"timesteps": "loss"}, "timesteps must be one of uniform, importance"),
                           ({"sample_every": -1}, "sample_every must be an integer >= 0")]:
         with pytest.raises(ValueError, match=match):
