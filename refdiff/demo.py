@@ -29,7 +29,7 @@ from refdiff.backend import Generator
 from refdiff.data.digits import NUM_CLASSES
 from refdiff.diffusion import q_sample
 from refdiff.distributed import get_communicator
-from refdiff.generate import generate, load_model
+from refdiff.generate import check_sampling, generate, load_model
 from refdiff.metrics import digit_classifier, digit_sample_report, digit_split, format_sample_report
 from refdiff.models.presets import PRESETS
 from refdiff.plot import curves, image_grid
@@ -59,8 +59,11 @@ def run_demo(out: str | Path = "out/demo", steps: int | None = None, samples_per
     """
     start = time.perf_counter()
     out = Path(out)
-    cfg = dataclasses.replace(DEMO_TRAIN, seed=seed, backend=backend, **({"steps": steps} if steps else {}))
+    cfg = dataclasses.replace(DEMO_TRAIN, seed=seed, backend=backend, **({} if steps is None else {"steps": steps}))
     cfg = dataclasses.replace(cfg, warmup_steps=min(cfg.warmup_steps, cfg.steps - 1))
+    if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
+        raise ValueError(f"samples_per_class must be an integer >= 1, got {samples_per_class!r}")
+    check_sampling("ddim", sample_steps, guidance, cfg.T)  # before minutes of training, not after
     # 1. the fixed split (seed 0, whatever the run's seed) that `refdiff train/eval --data digits` and the
     #    digit classifier use: the held-out digits are never trained on by either network.
     split = digit_split()

@@ -9,6 +9,7 @@ Under ``mpirun -n N refdiff sample`` each rank generates its rows of the request
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -87,6 +88,20 @@ def model_from_checkpoint(ckpt: dict, use_ema: bool = True, backend: str = "nump
                        ckpt["config"].get("data_bound"))
 
 
+def check_sampling(sampler: str, steps: int, guidance: float, T: int) -> None:
+    """Raise a ValueError naming the setting unless ``sampler`` is one of SAMPLERS, ``steps`` an integer
+    >= 1 (at most the model's T for ddim and ddpm, which respace its steps) and ``guidance`` a finite
+    number >= 0. ``generate`` checks its arguments with it; callers can check before long work."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    most = T if sampler in ("ddim", "ddpm") else math.inf
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= most:
+        allowed = f"in [1, {T}] for {sampler} (the model's T = {T})" if most < math.inf else ">= 1"
+        raise ValueError(f"steps must be an integer {allowed}, got {steps!r}")
+    if not (isinstance(guidance, (int, float)) and 0 <= guidance < math.inf):
+        raise ValueError(f"guidance must be a finite number >= 0 (0: unconditional, 1: conditional), got {guidance!r}")
+
+
 def generate(loaded: LoadedModel, shape: tuple[int, ...], labels: np.ndarray | None = None, sampler: str = "ddim",
              steps: int = 50, eta: float = 0.0, guidance: float = 1.0, seed: int = 0, clip_x0: float | str | None = "auto",
              rows: tuple[int, int] | None = None):
@@ -101,8 +116,7 @@ def generate(loaded: LoadedModel, shape: tuple[int, ...], labels: np.ndarray | N
     rows: only rows [lo, hi) of the N samples, (hi - lo, ...), equal to those rows of the whole
     (every draw is made for all N rows and sliced: refdiff.distributed.ShardedGenerator).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    check_sampling(sampler, steps, guidance, loaded.schedule.T)
     lo, hi = (0, shape[0]) if rows is None else rows
     if not 0 <= lo <= hi <= shape[0]:
         raise ValueError(f"rows must satisfy 0 <= lo <= hi <= {shape[0]}, got {rows!r}")

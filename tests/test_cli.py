@@ -135,8 +135,8 @@ def test_train_sample_and_eval_on_a_folder_of_images(tmp_path):
 
 
 def test_cli_errors_name_what_to_fix(tmp_path, capsys):
-    """Unknown data, a preset for the other kind of data and a missing checkpoint exit with status 1 and one
-    line on stderr saying what was wrong."""
+    """Unknown data, a preset for the other kind of data, a missing checkpoint and demo settings that would
+    fail after training exit with status 1 and one line on stderr saying what was wrong."""
     assert main(["train", "--data", "mnist", "--out", str(tmp_path)]) == 1
     assert "--data must be digits, shapes, toy2d:NAME, a .npz file or a folder of images" in capsys.readouterr().err
     assert main(["train", "--data", "toy2d:two_moons", "--preset", "digits8", "--out", str(tmp_path)]) == 1
@@ -146,6 +146,11 @@ def test_cli_errors_name_what_to_fix(tmp_path, capsys):
     assert "--preset mlp takes points (N, D), but --data gives samples of shape (1, 8, 8)" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "none.npz")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    for extra, message in [(["--per-class", "0"], "samples_per_class must be an integer >= 1, got 0"),
+                           (["--sample-steps", "0"], "steps must be an integer in [1, 1000] for ddim"),
+                           (["--guidance", "-1"], "guidance must be a finite number >= 0")]:
+        assert main(["demo", "--out", str(tmp_path / "demo"), *extra]) == 1  # before training, not after
+        assert message in capsys.readouterr().err
 
 
 def test_sample_and_eval_errors_name_the_option_and_its_range(tmp_path, capsys):

@@ -13,7 +13,7 @@ import pytest
 import refdiff.train as train_module
 from refdiff.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from refdiff.cli import main
-from refdiff.generate import previewer
+from refdiff.generate import check_sampling, previewer
 from refdiff.models.mlp import MLPConfig
 from refdiff.models.unet import UNetConfig
 from refdiff.train import TrainConfig, TrainingError, init_state, train, train_step
@@ -187,6 +187,23 @@ def test_samples_of_points_are_clipped_to_the_training_data_bound(tmp_path):
     clipped = generate(loaded, (64, 2), labels, "ddim", 10)
     free = generate(loaded, (64, 2), labels, "ddim", 10, clip_x0=None)
     assert np.max(np.abs(clipped)) <= loaded.data_bound * (1 + 1e-6) < np.max(np.abs(free))
+
+
+def test_sampling_settings_are_checked_naming_the_setting_and_its_range():
+    """check_sampling (what generate and the demo check before work): a known sampler, steps in [1, T] for
+    ddim and ddpm (they respace the model's T steps) and >= 1 for the sigma-space samplers, guidance a
+    finite number >= 0."""
+    check_sampling("ddim", 1000, 0.0, 1000)
+    check_sampling("euler", 5000, 3.0, 1000)
+    for args, match in [(("plms", 10, 1.0, 1000), "sampler must be one of ddim, ddpm, euler"),
+                        (("ddim", 0, 1.0, 1000), r"steps must be an integer in \[1, 1000\] for ddim"),
+                        (("ddpm", 1001, 1.0, 1000), r"steps must be an integer in \[1, 1000\] for ddpm"),
+                        (("heun", 0, 1.0, 1000), "steps must be an integer >= 1, got 0"),
+                        (("ddim", 2.5, 1.0, 1000), "steps must be an integer"),
+                        (("ddim", 10, -1.0, 1000), "guidance must be a finite number >= 0"),
+                        (("ddim", 10, float("inf"), 1000), "guidance must be a finite number >= 0")]:
+        with pytest.raises(ValueError, match=match):
+            check_sampling(*args)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
