@@ -124,22 +124,52 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=cmd_demo)
 
 
+# refdiff train's TrainConfig flags: dest -> (TrainConfig field, default, argparse options). A flag left
+# out takes its default, or with --resume the checkpoint's value (refdiff.train.check_resume says which
+# of the given ones may differ from it).
+TRAIN_FLAGS = {
+    "schedule": ("schedule", "cosine", {}),
+    "T": ("T", 1000, {"type": int}),
+    "prediction": ("prediction", "eps", {"choices": ("eps", "x0", "v")}),
+    "loss": ("loss", "mse", {"choices": ("mse", "hybrid", "kl")}),
+    "steps": ("steps", 3000, {"type": int}),
+    "batch_size": ("batch_size", 64, {"type": int}),
+    "lr": ("lr", 2e-3, {"type": float}),
+    "ema": ("ema_decay", 0.999, {"type": float, "help": "EMA decay"}),
+    "checkpoint_every": ("checkpoint_every", 500, {"type": int}),
+    "backend": ("backend", "numpy", {"choices": ("numpy", "cupy")}),
+    "dtype": ("dtype", "float32", {"choices": ("float32", "float64")}),
+    "seed": ("seed", 0, {"type": int}),
+    "timesteps": ("timesteps", "uniform", {"choices": ("uniform", "importance"),
+                                           "help": "t uniform, or importance-sampled by the loss's second moment "
+                                                   "once every t has 10 losses (improved DDPM; meant for --loss kl)"}),
+    "sample_every": ("sample_every", 0, {"type": int, "metavar": "N",
+                                         "help": "every N steps write OUT/samples_stepN.png (DDIM 20 steps, EMA "
+                                                 "weights) and OUT/loss_curve.png; 0: never"}),
+}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a preset on a dataset (refdiff.train), resuming when asked; data-parallel under mpirun."""
+    from pathlib import Path
+
+    from refdiff.checkpoint import load_checkpoint
     from refdiff.distributed import get_communicator
-    from refdiff.generate import previewer
-    from refdiff.train import TrainConfig, train
+    from refdiff.generate import model_config_from_dict, previewer
+    from refdiff.train import train
 
     comm = get_communicator(args.mpi_timeout)
     try:
-        x, y, num_classes = _load_dataset(args.data, args.seed, args.image_size)
-        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema,
-                          warmup_steps=min(100, args.steps - 1), schedule=args.schedule, T=args.T,
-                          prediction=args.prediction, loss=args.loss, timesteps=args.timesteps, seed=args.seed,
-                          backend=args.backend, dtype=args.dtype, checkpoint_every=args.checkpoint_every,
-                          sample_every=args.sample_every)
-        model_cfg = _model_config(args.preset, x, num_classes, args.loss)
-        preview = previewer(cfg, model_cfg, x, args.out) if args.sample_every else None
+        saved = None
+        if args.resume:
+            with comm.abort_on_error():  # rank 0 reads it; a missing file ends every rank
+                saved = comm.bcast(load_checkpoint(Path(args.out) / "checkpoint.npz")["config"]
+                                   if comm.rank == 0 else None)
+        cfg = _train_config(args, None if saved is None else saved["train"])
+        x, y, num_classes = _load_dataset(args.data, cfg.seed, args.image_size)
+        model_cfg = (model_config_from_dict(saved["model"]) if saved is not None and args.preset is None else
+                     _model_config(args.preset or "digits8", x, num_classes, cfg.loss))
+        preview = previewer(cfg, model_cfg, x, args.out) if cfg.sample_every else None
         train(cfg, model_cfg, x, y, args.out, resume=args.resume, comm=comm, preview=preview)
     except (ValueError, FileNotFoundError, RuntimeError):
         if comm.rank == 0:  # every rank raises these alike: rank 0 alone reports (main's one line)
@@ -148,6 +178,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if comm.rank == 0:
         print(f"checkpoint: {args.out}/checkpoint.npz" + (f" ({comm.size} ranks)" if comm.size > 1 else ""))
     return 0
+
+
+def _train_config(args: argparse.Namespace, saved: dict | None):
+    """refdiff train's TrainConfig: the TRAIN_FLAGS given, over the checkpoint's settings ``saved`` (with
+    --resume) or over the defaults (warm-up: 100 steps, or all but the last of fewer)."""
+    import dataclasses
+
+    from refdiff.train import TrainConfig
+
+    given = {field: getattr(args, dest) for dest, (field, _, _) in TRAIN_FLAGS.items()
+             if getattr(args, dest) is not None}
+    if saved is not None:
+        return dataclasses.replace(TrainConfig(**saved), **given)
+    settings = {**{field: default for field, default, _ in TRAIN_FLAGS.values()}, **given}
+    return TrainConfig(warmup_steps=min(100, settings["steps"] - 1), **settings)
 
 
 def _load_dataset(spec: str, seed: int, image_size: int | None = None):
@@ -208,29 +253,18 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                              "rings), a .npz file (x or images, optional y or labels), or a folder of images "
                              "(one subfolder per class gives labels) (default: digits)")
     _add_image_size(parser)
-    parser.add_argument("--preset", default="digits8",
+    parser.add_argument("--preset", default=None,
                         help="digits8, mnist28, shapes32 (U-Nets, fitted to the images' channels and size: "
-                             "refdiff.models.presets.fit_data) or mlp (points) (default: digits8)")
-    parser.add_argument("--schedule", default="cosine")
-    parser.add_argument("--T", type=int, default=1000)
-    parser.add_argument("--prediction", default="eps", choices=("eps", "x0", "v"))
-    parser.add_argument("--loss", default="mse", choices=("mse", "hybrid", "kl"))
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--ema", type=float, default=0.999, help="EMA decay (default: 0.999)")
-    parser.add_argument("--checkpoint-every", type=int, default=500)
-    parser.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    parser.add_argument("--seed", type=int, default=0)
+                             "refdiff.models.presets.fit_data) or mlp (points) (default: digits8, or the "
+                             "checkpoint's model with --resume)")
+    for dest, (_, default, options) in TRAIN_FLAGS.items():
+        about = "; ".join(filter(None, [options.get("help"), f"default: {default}, or the checkpoint's with --resume"]))
+        parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, **{**options, "help": about})
     parser.add_argument("--out", default="out/train")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
-    parser.add_argument("--timesteps", default="uniform", choices=("uniform", "importance"),
-                        help="t uniform, or importance-sampled by the loss's second moment once every t has "
-                             "10 losses (improved DDPM; meant for --loss kl) (default: uniform)")
-    parser.add_argument("--sample-every", type=int, default=0, metavar="N",
-                        help="every N steps write OUT/samples_stepN.png (DDIM 20 steps, EMA weights) and "
-                             "OUT/loss_curve.png (default: 0, never)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue OUT/checkpoint.npz with its settings and model (flags given override "
+                             "settings that may change: steps, lr, batch size, ...); without it an existing "
+                             "checkpoint in OUT is an error, never overwritten")
     _add_mpi_timeout(parser)
     parser.set_defaults(func=cmd_train)
 

@@ -3,7 +3,8 @@
 Steps (each prints what it writes):
   1. load the 1797 digits and hold out the fixed test split (180 digits, seed 0: refdiff.metrics.digit_split);
   2. write the forward chain of a few digits (forward_chain.png);
-  3. train the ``digits8`` U-Net with classifier-free label dropout (checkpoint.npz, loss_curve.png);
+  3. train the ``digits8`` U-Net with classifier-free label dropout (checkpoint.npz, loss_curve.png;
+     a rerun into the same folder replaces them);
   4. sample every class with DDIM and classifier-free guidance from the EMA weights
      (samples.png: one row per class; samples.npz: ``images`` in [-1, 1] and ``labels``);
   5. score the samples against the held-out digits (refdiff.metrics.digit_sample_report): the Frechet
@@ -59,8 +60,9 @@ def run_demo(out: str | Path = "out/demo", steps: int | None = None, samples_per
     """
     start = time.perf_counter()
     out = Path(out)
-    cfg = dataclasses.replace(DEMO_TRAIN, seed=seed, backend=backend, **({} if steps is None else {"steps": steps}))
-    cfg = dataclasses.replace(cfg, warmup_steps=min(cfg.warmup_steps, cfg.steps - 1))
+    steps = DEMO_TRAIN.steps if steps is None else steps
+    cfg = dataclasses.replace(DEMO_TRAIN, seed=seed, backend=backend, steps=steps,
+                              warmup_steps=min(DEMO_TRAIN.warmup_steps, steps - 1))
     if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
         raise ValueError(f"samples_per_class must be an integer >= 1, got {samples_per_class!r}")
     check_sampling("ddim", sample_steps, guidance, cfg.T)  # before minutes of training, not after
@@ -75,7 +77,8 @@ def run_demo(out: str | Path = "out/demo", steps: int | None = None, samples_per
             paths["forward_chain"] = write_forward_chain(x_train[:6].astype(np.float64), cfg.schedule_obj(),
                                                          out / "forward_chain.png")            # 2.
     model_cfg = PRESETS["digits8"](num_classes=NUM_CLASSES, **(model_overrides or {}))
-    state = train(cfg, model_cfg, x_train, y_train, out, progress=progress, comm=comm)         # 3.
+    state = train(cfg, model_cfg, x_train, y_train, out, progress=progress, comm=comm,
+                  overwrite=True)                                                                # 3.
     with comm.abort_on_error():
         if comm.rank == 0:
             paths["checkpoint"] = out / "checkpoint.npz"

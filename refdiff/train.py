@@ -26,6 +26,7 @@ writes checkpoints, figures and the progress bar.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from refdiff.losses import LOSSES, WEIGHTINGS, LossSecondMomentSampler, sample_t
 from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, ema_update, learning_rate
 
 TIMESTEPS = ("uniform", "importance")
+RESUME_FIXED = ("T", "schedule", "prediction", "loss", "weighting", "timesteps")  # what a checkpoint's state means
 
 
 class TrainingError(RuntimeError):
@@ -83,6 +85,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0{hint}, got {value!r}")
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps must be < steps = {self.steps}, got {self.warmup_steps}")
         for name in ("lr", "grad_clip"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 < value < math.inf):
@@ -173,12 +177,11 @@ def save_state(path: Path, cfg: TrainConfig, model_cfg: Any, state: TrainState, 
     return save_checkpoint(path, config, state.step, state.generator.get_state(), groups)
 
 
-def load_state(path: Path, cfg: TrainConfig, comm: Any = SINGLE_PROCESS) -> TrainState:
-    """The TrainState of a checkpoint, on cfg's backend and dtype (rank 0 reads it, every rank gets it).
+def resume_state(ckpt: dict, cfg: TrainConfig) -> TrainState:
+    """The TrainState of a checkpoint read by refdiff.checkpoint.load_checkpoint, on cfg's backend and dtype.
 
     A checkpoint without a sampler history starts importance sampling from an empty one.
     """
-    ckpt = comm.bcast(load_checkpoint(path) if comm.rank == 0 else None)
     backend = get_backend(cfg.backend)
     like = backend.asarray(np.zeros(1), dtype=backend.dtype(cfg.dtype))
     generator = Generator(cfg.seed)
@@ -189,6 +192,23 @@ def load_state(path: Path, cfg: TrainConfig, comm: Any = SINGLE_PROCESS) -> Trai
     opt = _to_device(ckpt["opt"], like)
     return TrainState(_to_device(ckpt["params"], like), _to_device(ckpt["ema"], like), opt, ckpt["step"],
                       generator, list(ckpt["log"].get("loss", np.zeros(0))), sampler)
+
+
+def check_resume(config: dict, cfg: TrainConfig, model_cfg: Any, data_shape: tuple) -> None:
+    """Raise a ValueError listing every setting that would make a checkpoint's state mean something else
+    in this run: the model config, one sample's shape, and the TrainConfig fields of RESUME_FIXED.
+    config: the checkpoint's (refdiff.checkpoint.load_checkpoint(path)["config"]). Other fields (steps,
+    lr, batch size, EMA decay, ...) may change between runs."""
+    diffs = [f"{k} {config['train'].get(k)!r} -> {getattr(cfg, k)!r}" for k in RESUME_FIXED
+             if config["train"].get(k) != getattr(cfg, k)]
+    model = {"kind": type(model_cfg).__name__, **dataclasses.asdict(model_cfg)}
+    model = json.loads(json.dumps(model))  # as the checkpoint holds it: tuples as lists
+    diffs += [f"model.{k} {config['model'].get(k)!r} -> {v!r}" for k, v in model.items() if config["model"].get(k) != v]
+    if list(config["data_shape"]) != list(data_shape):
+        diffs.append(f"sample shape {tuple(config['data_shape'])} -> {tuple(data_shape)}")
+    if diffs:
+        raise ValueError("cannot resume a checkpoint trained with other settings (checkpoint -> this run): "
+                         + "; ".join(diffs))
 
 
 def draw_batch(cfg: TrainConfig, x: np.ndarray, y: np.ndarray | None, num_classes: int | None,
@@ -253,11 +273,13 @@ def train_step(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule, s
 
 def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None, out_dir: str | Path,
           resume: bool = False, progress: bool = True, stop_at: int | None = None, comm: Any = None,
-          preview: Callable[[TrainState], Any] | None = None) -> TrainState:
+          preview: Callable[[TrainState], Any] | None = None, overwrite: bool = False) -> TrainState:
     """Train for cfg.steps steps (or until ``stop_at``), checkpointing to ``out_dir/checkpoint.npz``.
 
     x: (N, C, H, W) or (N, D) host data in [-1, 1]; y: (N,) labels or None. resume=True continues from
-    the checkpoint in out_dir. preview(state): called on rank 0 after every cfg.sample_every-th step
+    the checkpoint in out_dir, which must agree with cfg, model_cfg and x (check_resume); without it an
+    existing checkpoint there is an error, unless overwrite=True (replaced at the first checkpoint of the
+    new run). preview(state): called on rank 0 after every cfg.sample_every-th step
     (``refdiff.generate.previewer`` writes a sample grid and the loss curve); it must not draw from
     state.generator. comm: a refdiff.distributed communicator; None picks MPI under mpirun, else one
     process. Rank 0 alone writes files and shows the progress bar; a failure on one rank aborts them all.
@@ -269,10 +291,17 @@ def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
     comm = get_communicator() if comm is None else comm
     check_batch(cfg.batch_size, comm.size)
     path = Path(out_dir) / "checkpoint.npz"
+    with comm.abort_on_error():  # rank 0 reads, every rank gets it; a missing or unreadable file ends them all
+        found = comm.bcast(path.exists() if comm.rank == 0 else None)
+        ckpt = comm.bcast(load_checkpoint(path) if comm.rank == 0 else None) if resume else None
+    if resume:
+        check_resume(ckpt["config"], cfg, model_cfg, x.shape[1:])  # every rank raises alike
+    elif found and not overwrite:
+        raise ValueError(f"{path} exists: resume it, or train into another folder to keep it")
     with comm.abort_on_error(collective=(TrainingError,)):
         if cfg.backend == "cupy":
             comm.use_local_gpu()
-        state = load_state(path, cfg, comm) if resume else init_state(cfg, model_cfg)
+        state = resume_state(ckpt, cfg) if resume else init_state(cfg, model_cfg)
         return _loop(cfg, model_cfg, x, y, path, state, progress and comm.rank == 0, stop_at, comm, preview)
 
 

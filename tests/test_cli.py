@@ -134,6 +134,38 @@ def test_train_sample_and_eval_on_a_folder_of_images(tmp_path):
     assert main(["eval", str(out / "checkpoint.npz"), "--data", folder, "--image-size", "8", "--count", "2"]) == 0
 
 
+def test_train_resume_takes_the_checkpoints_settings_and_never_overwrites_without_it(tmp_path, capsys):
+    """`refdiff train --resume` continues with the checkpoint's settings and model for every flag left out
+    (--T, --lr, --batch-size, --preset), takes the given ones that may change (--steps, --lr), and names a
+    given one that may not (--T) or data of another shape; without --resume an existing checkpoint is
+    refused and left as it was."""
+    from refdiff.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    first = ["train", "--data", "toy2d:two_moons", "--preset", "mlp", "--T", "20", "--lr", "1e-3", "--batch-size", "8",
+             "--steps", "3", "--out", str(out)]
+    assert main(first) == 0
+    before = (out / "checkpoint.npz").read_bytes()
+    assert main(first) == 1
+    assert "checkpoint.npz exists: resume it, or train into another folder" in capsys.readouterr().err
+    assert (out / "checkpoint.npz").read_bytes() == before
+    resume = ["train", "--data", "toy2d:two_moons", "--out", str(out), "--resume"]
+    assert main(resume + ["--steps", "5"]) == 0
+    ckpt = load_checkpoint(out / "checkpoint.npz")
+    settings = ckpt["config"]["train"]
+    assert (ckpt["step"], settings["T"], settings["lr"], settings["batch_size"]) == (5, 20, 1e-3, 8)
+    assert ckpt["config"]["model"]["kind"] == "MLPConfig"
+    assert main(resume + ["--steps", "6", "--lr", "5e-4"]) == 0
+    assert load_checkpoint(out / "checkpoint.npz")["config"]["train"]["lr"] == 5e-4
+    capsys.readouterr()
+    assert main(resume + ["--steps", "7", "--T", "30"]) == 1
+    assert "cannot resume a checkpoint trained with other settings (checkpoint -> this run): T 20 -> 30" in \
+        capsys.readouterr().err
+    assert main(["train", "--out", str(out), "--resume", "--steps", "7"]) == 1  # --data left at digits
+    assert "sample shape (2,) -> (1, 8, 8)" in capsys.readouterr().err
+    assert load_checkpoint(out / "checkpoint.npz")["step"] == 6
+
+
 def test_cli_errors_name_what_to_fix(tmp_path, capsys):
     """Unknown data, a preset for the other kind of data, a missing checkpoint and demo settings that would
     fail after training exit with status 1 and one line on stderr saying what was wrong."""

@@ -255,11 +255,47 @@ def test_load_checkpoint_refuses_missing_foreign_and_future_files(tmp_path):
         load_checkpoint(tmp_path / "future.npz")
 
 
+def test_an_existing_checkpoint_is_never_overwritten_without_overwrite_true(tmp_path):
+    """Training into a folder that holds a checkpoint, without resume, is refused and leaves the file's
+    bytes as they were; overwrite=True trains anew and replaces it."""
+    x, y = _toy_data()
+    short = dataclasses.replace(CONFIG, steps=4)
+    train(short, MODEL, x, y, tmp_path, progress=False)
+    before = (tmp_path / "checkpoint.npz").read_bytes()
+    with pytest.raises(ValueError, match=r"checkpoint.npz exists: resume it, or train into another folder"):
+        train(short, MODEL, x, y, tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.npz").read_bytes() == before
+    train(dataclasses.replace(short, steps=3, checkpoint_every=1), MODEL, x, y, tmp_path, progress=False,
+          overwrite=True)
+    assert load_checkpoint(tmp_path / "checkpoint.npz")["step"] == 3
+
+
+def test_resume_refuses_other_diffusion_model_or_data_settings_and_takes_new_steps_and_lr(tmp_path):
+    """What the checkpoint's state means must match (T, schedule, prediction, loss, weighting, timesteps,
+    the model config, one sample's shape): each difference is named with both values; the number of
+    steps and the optimiser's settings may change."""
+    x, y = _toy_data()
+    train(dataclasses.replace(CONFIG, steps=4), MODEL, x, y, tmp_path, progress=False)
+    for cfg, model, data, named in [
+            (dataclasses.replace(CONFIG, T=60), MODEL, x, "T 50 -> 60"),
+            (dataclasses.replace(CONFIG, prediction="v", schedule="linear"), MODEL, x,
+             "schedule 'cosine' -> 'linear'; prediction 'eps' -> 'v'"),
+            (CONFIG, dataclasses.replace(MODEL, hidden=16), x, "model.hidden 32 -> 16"),
+            (CONFIG, MODEL, np.concatenate([x, x], axis=1), "sample shape (2,) -> (4,)")]:
+        with pytest.raises(ValueError, match="cannot resume a checkpoint trained with other settings") as err:
+            train(cfg, model, data, y, tmp_path, resume=True, progress=False)
+        assert named in str(err.value)
+    state = train(dataclasses.replace(CONFIG, steps=6, lr=5e-4, batch_size=8), MODEL, x, y, tmp_path, resume=True,
+                  progress=False)
+    assert state.step == 6 and load_checkpoint(tmp_path / "checkpoint.npz")["config"]["train"]["lr"] == 5e-4
+
+
 def test_bad_train_config_raises_naming_the_argument():
     """Every invalid setting is refused when the config is built, naming the field and what it allows."""
     for kwargs, match in [({"steps": 0}, "steps must be an integer >= 1"), ({"lr": -1.0}, "lr must be a positive"),
                           ({"batch_size": 2.0}, "batch_size must be an integer >= 1"),
                           ({"warmup_steps": -1}, "warmup_steps must be an integer >= 0, got -1"),
+                          ({"steps": 5, "warmup_steps": 5}, "warmup_steps must be < steps = 5, got 5"),
                           ({"grad_clip": 0.0}, "grad_clip must be a positive finite number"),
                           ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0"),
                           ({"ema_decay": 1.5}, r"ema_decay must lie in \[0, 1\], got 1.5"),
