@@ -166,7 +166,7 @@ def trained_digits(tmp_path_factory):
 
 
 def test_digit_classifier_trained_from_scratch_reaches_97_percent(trained_digits):
-    """The digit classifier trained from scratch (600 steps, seed 0, t = 0, training split only) classifies at
+    """The digit classifier trained from scratch (800 steps, seed 0, t = 0, training split only) classifies at
     least 97% of the 180 held-out digits right; the accuracy it stores is the one measured here."""
     classifier, seconds, _ = trained_digits
     _, x_test, _, y_test = digit_split()
