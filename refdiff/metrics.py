@@ -253,7 +253,7 @@ def class_fraction(classify_fn: Callable, x, labels, batch_size: int = 500) -> f
 
 # 800 AdamW steps at batch 64 (about 32 epochs of the 1617 training digits), clean images (t = 0): 175 to 178
 # of the 180 held-out digits (97.2% to 98.9%) over seeds 0-3, seed 0 178; 600 steps gave 175-177 (seed 0:
-# 175, one digit above the 97% line), 1000 steps 174-177. About 20 s on one CPU core.
+# 175, the least that reaches 97%), 1000 steps 174-177. About 20 s on one CPU core.
 DIGIT_CLASSIFIER_TRAIN = ClassifierTrainConfig(steps=800, batch_size=64, lr=2e-3, noisy=False, seed=0)
 
 
