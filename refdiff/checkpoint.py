@@ -51,8 +51,9 @@ def save_checkpoint(path: str | Path, config: dict, step: int, rng_state: np.nda
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint: {"config": dict, "step": int, "rng": (6,) uint64, "params": {...}, "ema": ..., ...}."""
+def load_checkpoint(path: str | Path, arrays: bool = True) -> dict[str, Any]:
+    """Read a checkpoint: {"config": dict, "step": int, "rng": (6,) uint64, "params": {...}, "ema": ..., ...};
+    with arrays=False only config, step and rng (the groups' arrays are not read)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -66,7 +67,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"checkpoint {path} has version {version}; this refdiff reads {CHECKPOINT_VERSION}")
         out: dict[str, Any] = {"config": json.loads(str(npz["config"])), "step": int(npz["step"]),
                                "rng": npz["rng"].copy()}
-        for group in GROUPS:
+        for group in GROUPS if arrays else ():
             prefix = group + "/"
             out[group] = {n[len(prefix):]: npz[n].copy() for n in npz.files if n.startswith(prefix)}
     return out

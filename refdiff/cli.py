@@ -163,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = None
         if args.resume:
             with comm.abort_on_error():  # rank 0 reads it; a missing file ends every rank
-                saved = comm.bcast(load_checkpoint(Path(args.out) / "checkpoint.npz")["config"]
+                saved = comm.bcast(load_checkpoint(Path(args.out) / "checkpoint.npz", arrays=False)["config"]
                                    if comm.rank == 0 else None)
         cfg = _train_config(args, None if saved is None else saved["train"])
         x, y, num_classes = _load_dataset(args.data, cfg.seed, args.image_size)

@@ -292,10 +292,12 @@ def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
     check_batch(cfg.batch_size, comm.size)
     path = Path(out_dir) / "checkpoint.npz"
     with comm.abort_on_error():  # rank 0 reads, every rank gets it; a missing or unreadable file ends them all
-        found = comm.bcast(path.exists() if comm.rank == 0 else None)
-        ckpt = comm.bcast(load_checkpoint(path) if comm.rank == 0 else None) if resume else None
-    if resume:
-        check_resume(ckpt["config"], cfg, model_cfg, x.shape[1:])  # every rank raises alike
+        if resume:
+            ckpt = comm.bcast(load_checkpoint(path) if comm.rank == 0 else None)
+        else:
+            found = comm.bcast(path.exists() if comm.rank == 0 else None)
+    if resume:  # every rank raises these alike, outside abort_on_error
+        check_resume(ckpt["config"], cfg, model_cfg, x.shape[1:])
     elif found and not overwrite:
         raise ValueError(f"{path} exists: resume it, or train into another folder to keep it")
     with comm.abort_on_error(collective=(TrainingError,)):

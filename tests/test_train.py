@@ -161,7 +161,7 @@ def test_cli_train_takes_importance_sampling_and_sample_every(tmp_path):
 
 def test_checkpoint_holds_the_documented_plain_arrays(tmp_path):
     """The checkpoint loads with np.load(allow_pickle=False) alone and holds version, config, step, rng,
-    params/, ema/, opt/ and log/loss, with step equal to the steps taken."""
+    params/, ema/, opt/ and log/loss, with step equal to the steps taken; arrays=False reads the head only."""
     x, y = _toy_data()
     train(CONFIG, MODEL, x, y, tmp_path, progress=False)
     with np.load(tmp_path / "checkpoint.npz", allow_pickle=False) as npz:
@@ -171,6 +171,8 @@ def test_checkpoint_holds_the_documented_plain_arrays(tmp_path):
     for prefix in ("params/", "ema/", "opt/"):
         assert any(n.startswith(prefix) for n in names), prefix
     assert load_checkpoint(tmp_path / "checkpoint.npz")["config"]["train"]["steps"] == CONFIG.steps
+    head = load_checkpoint(tmp_path / "checkpoint.npz", arrays=False)  # what resume reads for the settings
+    assert set(head) == {"config", "step", "rng"} and head["step"] == CONFIG.steps
 
 
 def test_samples_of_points_are_clipped_to_the_training_data_bound(tmp_path):
