@@ -8,7 +8,7 @@ import refdiff
 ROOT = Path(refdiff.__file__).parent
 # DESIGN.md's layers, bottom to top, with the modules the list leaves out placed where they sit:
 # distributed and checkpoint under train; classifier_train beside it; generate and demo under cli.
-LAYERS = ("backend", "schedules", "diffusion", "likelihood", "layers", "models", "losses", "optim", "samplers",
+LAYERS = ("backend", "speed", "parallel", "schedules", "diffusion", "likelihood", "layers", "models", "losses", "optim", "samplers",
           "data", "distributed", "checkpoint", "train", "classifier_train", "metrics", "plot", "generate", "demo",
           "cli", "__main__")
 
