@@ -3,7 +3,7 @@
 Run: python benchmarks/bench_conv.py [--batch 32] [--threads 1] [--repeats 15]   (about two minutes)
 
 The defaults are the setting the library runs in: the U-Net splits a host batch into parts of up to
-refdiff.backend.PART_SIZE = 32 images, each on one thread with BLAS on one thread. Prints the BLAS
+refdiff.parallel.PART_SIZE = 32 images, each on one thread with BLAS on one thread. Prints the BLAS
 library and its thread count (threadpoolctl), NumPy's float32 GEMM peak (a 2048 x 2048 matmul) on
 those threads, then for each convolution shape the fastest forward and backward time of
 ``repeats`` runs, timed round-robin over the variants, and GFLOP/s of:

@@ -159,7 +159,7 @@ def _median_time(fn, repeat: int) -> float:
 
 def _analysis(args) -> None:
     """The strong-scaling model t_step(N) = t_rank(ceil(B / N) rows) + t_comm(N), with measured t_rank."""
-    from refdiff.backend import set_num_threads
+    from refdiff.parallel import set_num_threads
 
     set_num_threads(1)  # one rank's core: no batch parts (OPENBLAS_NUM_THREADS=1 limits the library)
     B, Ns = args.batch, args.analysis_ranks

@@ -18,12 +18,12 @@ products are sized for one BLAS thread on a part of the batch):
   +parts        the batch split into parts of PART_SIZE images, run one after the other (caches),
                 BLAS still on --threads threads
   +threads      the parts run on --threads worker threads, BLAS on one thread in each
-                (refdiff.backend.parallel_map)
+                (refdiff.parallel.parallel_map)
   +conv         conv2d_backward: dw one long product per offset, dx as the correlation of dy with
                 the flipped kernel, db as column_sums; im2col for thin inputs (refdiff.layers.conv):
                 refdiff as it is
 
-glibc malloc tuning (refdiff.backend._keep_freed_memory) is process-wide: once the first threaded
+glibc malloc tuning (refdiff.parallel._keep_freed_memory) is process-wide: once the first threaded
 round has applied it, every row (PyTorch's too) runs with it. Run with REFDIFF_MALLOC_TUNING=0 for
 the table without it, and compare.
 
@@ -47,6 +47,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from refdiff import backend as bk
+from refdiff import parallel
 from refdiff.layers import basic, conv, norm
 from refdiff.models import blocks, unet
 from refdiff.models import unet as U
@@ -130,8 +131,8 @@ def route(level: int, threads: int):
                               group_norm_backward=group_norm_backward_before))
             enter(patched(blocks, silu_backward=silu_backward_before))
         if level < PARTS:
-            enter(patched(unet, batch_parts=lambda N, like: [slice(0, N)]))
-        bk.set_num_threads(threads if level >= THREADS else 1)
+            enter(patched(parallel, batch_parts=lambda N, like: [slice(0, N)]))
+        parallel.set_num_threads(threads if level >= THREADS else 1)
         if level < CONV:
             for module in (blocks, unet, conv):
                 enter(patched(module, conv2d_backward=conv.conv2d_backward_reference))
@@ -162,7 +163,7 @@ def main(argv=None) -> dict:
     theirs = bench_unet.TorchModel("cpu", cfg, params, batch, sample)
     tuning = os.environ.get("REFDIFF_MALLOC_TUNING") != "0"
     results = {"command": " ".join(["python", "benchmarks/bench_routes.py"] + sys.argv[1:]),
-               "threads": args.threads, "load_before": os.getloadavg(), "part_size": bk.PART_SIZE,
+               "threads": args.threads, "load_before": os.getloadavg(), "part_size": parallel.PART_SIZE,
                "malloc_tuning": tuning}
     for key, N, factor in (("train", args.batch, 3), ("forward", args.sample_batch, 1)):
         fn = "train_step" if key == "train" else "forward"
@@ -181,9 +182,9 @@ def main(argv=None) -> dict:
                                "gflop_per_s": factor * flop * N / statistics.median(ts[1:]) / 1e9,
                                "ratio_to_torch": 1e3 * statistics.median(ts[1:]) / torch_ms}
                         for name, ts in times.items()}
-    bk.set_num_threads(args.threads)
+    parallel.set_num_threads(args.threads)
     results["load_after"] = os.getloadavg()
-    print(f"mnist28, {args.threads} threads, PART_SIZE {bk.PART_SIZE}, malloc tuning "
+    print(f"mnist28, {args.threads} threads, PART_SIZE {parallel.PART_SIZE}, malloc tuning "
           f"{'on (from the first threaded round on, for every row)' if tuning else 'off'}, load "
           f"{results['load_before'][0]:.2f} -> {results['load_after'][0]:.2f}")
     print(f"| configuration | train step b{args.batch} ms | GFLOP/s | / PyTorch | forward b{args.sample_batch} ms "

@@ -23,7 +23,8 @@ FLOPs: 2 x the multiply-adds of ``refdiff.models.unet.flops`` (convolutions, lin
 attention; normalisation and elementwise work not counted) per image for the forward, 3 x that for
 a training step (the backward computes two products per forward product). Threads: the BLAS pool of
 NumPy is limited to ``--threads`` (threadpoolctl) and refdiff's batch-splitting pool uses as many
-(``refdiff.backend.set_num_threads``); PyTorch gets ``torch.set_num_threads``.
+(``refdiff.parallel.set_num_threads``); PyTorch gets ``torch.set_num_threads``. ``--reference``
+adds refdiff's reference path (refdiff.speed: no batch parts, textbook layers) to the same run.
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from refdiff import backend as bk
+from refdiff import parallel, speed
 from refdiff.losses import mse_with_grad
 from refdiff.models import unet as U
 from refdiff.models.presets import PRESETS
 from refdiff.optim import adamw_init, adamw_step
+from refdiff.parallel import in_parts
 
 LR = 1e-4
 WARMUP = 2
@@ -101,10 +104,13 @@ def _sync(backend, torch_device):
 # ----------------------------------------------------------------------------------- refdiff
 
 class RefdiffModel:
-    """refdiff's U-Net, parameters and Adam state on the backend, and fixed float32 batches."""
+    """refdiff's U-Net, parameters and Adam state on the backend, and fixed float32 batches; the speed
+    layer (batch parts on threads, fused layers), or with reference=True the reference path."""
 
-    def __init__(self, backend, cfg, params, batch: dict, sample: dict):
+    def __init__(self, backend, cfg, params, batch: dict, sample: dict, reference: bool = False):
         like = backend.asarray(np.zeros(1, dtype=np.float32))
+        self.reference = reference
+        self.unet_forward, self.unet_backward = in_parts(U.unet_forward, U.unet_backward)
         self.cfg, self.backend = cfg, backend
         self.params = U.params_to(params, like)
         self.state = adamw_init(self.params)
@@ -114,20 +120,23 @@ class RefdiffModel:
     def train_step(self):
         """Forward, MSE(out, eps), backward, Adam: one optimisation step."""
         b, xp = self.batch, self.backend.xp
-        out, cache = U.unet_forward(self.params, self.cfg, b["x"], b["t"], train=True)
-        mse, dmse = mse_with_grad(out, b["eps"])  # (N,), like out
-        loss = xp.mean(mse)
-        grads = U.unet_backward(dmse / out.shape[0], cache)  # dL/dout of L = mean_n mse_n
-        self.params, self.state = adamw_step(self.params, grads, self.state, lr=LR)
+        with speed.reference_path(self.reference):
+            out, cache = self.unet_forward(self.params, self.cfg, b["x"], b["t"], train=True)
+            mse, dmse = mse_with_grad(out, b["eps"])  # (N,), like out
+            loss = xp.mean(mse)
+            grads = self.unet_backward(dmse / out.shape[0], cache)  # dL/dout of L = mean_n mse_n
+            self.params, self.state = adamw_step(self.params, grads, self.state, lr=LR)
         return loss
 
     def forward(self):
         s = self.sample
-        return U.unet_forward(self.params, self.cfg, s["x"], s["t"], keep_cache=False)[0]
+        with speed.reference_path(self.reference):
+            return self.unet_forward(self.params, self.cfg, s["x"], s["t"], keep_cache=False)[0]
 
     def cache_mib(self) -> float:
         b = self.batch
-        _, cache = U.unet_forward(self.params, self.cfg, b["x"], b["t"], train=True)
+        with speed.reference_path(self.reference):
+            _, cache = self.unet_forward(self.params, self.cfg, b["x"], b["t"], train=True)
         return U.cache_nbytes(cache, self.params) / 2**20
 
     def traced_peak_mib(self, fn) -> float | None:
@@ -192,7 +201,7 @@ def machine(args, backend) -> dict:
             for d in threadpool_info() if d["user_api"] == "blas"]
     info = {"python": platform.python_version(), "numpy": np.__version__, "blas": blas,
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "backend": backend.name,
-            "threads": args.threads, "refdiff_threads": bk.get_num_threads()}
+            "threads": args.threads, "refdiff_threads": parallel.get_num_threads()}
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -225,7 +234,7 @@ def print_table(results: dict) -> None:
         entries = results[key]
         for impl, r in entries.items():
             ratios = ["", ""]
-            if impl == "refdiff" and "torch" in entries:
+            if impl != "torch" and "torch" in entries:
                 ratios = [f"{r[m] / entries['torch'][m]:.2f}" for m in ("median_ms", "min_ms")]
             cache = "" if r["cache_mib"] is None else f"{r['cache_mib']:.0f}"
             print(f"| {label} | {impl} | {r['median_ms']:.0f} | {r['min_ms']:.0f} | {r['images_per_s']:.0f} "
@@ -243,6 +252,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="BLAS, refdiff and PyTorch threads")
     parser.add_argument("--no-torch", action="store_true", help="time refdiff only")
+    parser.add_argument("--reference", action="store_true", help="also time refdiff's reference path")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
 
@@ -259,7 +269,7 @@ def main(argv=None) -> dict:
             torch_device = "cuda" if backend.name == "cupy" else "cpu"
             torch.backends.cuda.matmul.allow_tf32 = False  # float32 products, as CuPy's default
             torch.backends.cudnn.allow_tf32 = False
-    bk.set_num_threads(args.threads)
+    parallel.set_num_threads(args.threads)
     sync = _sync(backend, torch_device)
     cfg = PRESETS[args.preset]()
     flop = 2 * U.flops(cfg)[1]  # one image's forward
@@ -278,6 +288,8 @@ def main(argv=None) -> dict:
         results["gemm_n"] = n
         results["gemm_peak_gflops"] = peak = gemm_peak(backend, args.repeats, n, torch_device)
         models = {"refdiff": RefdiffModel(backend, cfg, params, batch, sample)}
+        if args.reference:
+            models["reference"] = RefdiffModel(backend, cfg, params, batch, sample, reference=True)
         if torch_device is not None:
             models["torch"] = TorchModel(torch_device, cfg, params, batch, sample)
         for key, N, factor in (("train", args.batch, 3), ("forward", args.sample_batch, 1)):

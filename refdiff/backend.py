@@ -3,21 +3,19 @@
 Library code never imports NumPy-as-xp, CuPy or array_api_strict directly: it asks ``namespace(x)``
 for the namespace of its inputs (DESIGN rules 1-2) and calls only Python Array API functions on it.
 This module also owns host randomness (``Generator``: NumPy PCG64 on the host, moved to the device,
-so one seed gives the same numbers on every backend), the one helper that moves a float64
-schedule table to an input's device and dtype (``gather``), and the host threads that split a
-NumPy batch over the cores (``set_num_threads``, ``batch_parts``, ``parallel_map``).
+so one seed gives the same numbers on every backend) and the one helper that moves a float64
+schedule table to an input's device and dtype (``gather``). How host threads split a NumPy batch over
+the cores is refdiff.parallel's business.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import ctypes
 import importlib
 import importlib.util
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import array_api_compat
 import numpy as np
@@ -130,124 +128,6 @@ def erf(x: Any):
         term = term * z2 / (2 * n + 1)
         total = total + term
     return 2.0 / math.sqrt(math.pi) * xp.exp(-z * z) * total
-
-
-# ------------------------------------------------------------------- host threads
-
-# Ranks an MPI launcher started on this node (MPICH's Hydra, Open MPI): they share its cores.
-_LOCAL_RANKS_ENV = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
-
-
-def _default_threads() -> int:
-    """REFDIFF_NUM_THREADS if set, else the CPUs this process may run on, shared by the MPI ranks
-    of this node (so that ranks * threads does not oversubscribe the cores)."""
-    env = os.environ.get("REFDIFF_NUM_THREADS")
-    if env is not None:
-        return max(1, int(env))
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    ranks = next((int(os.environ[k]) for k in _LOCAL_RANKS_ENV if os.environ.get(k, "").isdigit()), 1)
-    return max(1, cpus // max(ranks, 1))
-
-
-_NUM_THREADS = _default_threads()
-_POOL: concurrent.futures.ThreadPoolExecutor | None = None
-_POOL_SIZE = 0
-# Images per part when a host batch is split (parallel_map's items): parts this small keep a
-# block's activations in the cores' caches (measured in docs/performance.md) ...
-PART_SIZE = 32
-# ... and the same part in pixels (PART_SIZE images of 28 x 28): smaller images get more per part.
-PART_PIXELS = PART_SIZE * 28 * 28
-# A part of fewer pixels costs more in per-layer overhead (Python, the thread hand-off) than a second
-# core gains: 2 threads against 1 broke even between 2,000 and 3,200 pixels per part (digits8: 0.85-0.93x
-# at 2 x 32 images of 8 x 8, 1.07-1.20x at 2 x 50; mnist28: 0.84-0.95x at 2 x 2 images, 1.17-1.39x at 2 x 3).
-MIN_PART_PIXELS = 2500
-
-
-def set_num_threads(n: int) -> None:
-    """Worker threads for refdiff's host batch splitting (batch_parts, parallel_map); 1 turns it off.
-
-    The default is REFDIFF_NUM_THREADS, or the CPUs the process may use divided by the MPI ranks
-    on the node (MPI_LOCALNRANKS, OMPI_COMM_WORLD_LOCAL_SIZE).
-    """
-    global _NUM_THREADS, _POOL
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    if _POOL is not None and n > 1 and n != _POOL_SIZE:  # n = 1 uses no pool: keep it for later
-        _POOL.shutdown()
-        _POOL = None
-    _NUM_THREADS = int(n)
-
-
-def get_num_threads() -> int:
-    """The number of worker threads set_num_threads set (or the default)."""
-    return _NUM_THREADS
-
-
-def batch_parts(N: int, like: Any) -> list[slice]:
-    """How to split a batch of N samples for parallel_map: slices of the batch axis, near-equal, in order.
-
-    like: the (N, C, H, W) batch. Host NumPy: parts of about max(PART_SIZE, PART_PIXELS / (H W))
-    samples (even on one thread, parts that fit the caches run faster than the whole batch), at least
-    one per thread and a multiple of the threads (no core idle in the last round), but no more than
-    N H W / MIN_PART_PIXELS parts. Every other case (a GPU, array_api_strict): one part, the whole batch.
-    """
-    if N <= 1 or library_name(like) != "numpy":
-        return [slice(0, N)]
-    pixels = math.prod(like.shape[2:])                               # H * W of one sample
-    count = max(_NUM_THREADS, -(-N // max(PART_SIZE, PART_PIXELS // pixels)))
-    count = -(-count // _NUM_THREADS) * _NUM_THREADS
-    count = max(1, min(count, N, N * pixels // MIN_PART_PIXELS))
-    bounds = [round(i * N / count) for i in range(count + 1)]  # near-equal sizes
-    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-# glibc's malloc hands large freed blocks straight back to the OS (mmap threshold 128 KiB, heap
-# trimming), so every fresh NumPy temporary above that size page-faults in again, and with worker
-# threads those faults contend for the process's one memory map. Keeping up to 256 MiB of freed heap
-# for reuse measured 10-14% faster for the 2-thread U-Net step, no change on one thread
-# (docs/performance.md). mallopt options: M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD.
-_MALLOC_OPTIONS = {-3: 32 << 20, -1: 256 << 20, -2: 64 << 20}
-_MALLOC_TUNED = False
-
-
-def _keep_freed_memory() -> None:
-    """Apply _MALLOC_OPTIONS once, on glibc only; REFDIFF_MALLOC_TUNING=0 leaves malloc alone."""
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED or os.environ.get("REFDIFF_MALLOC_TUNING") == "0":
-        return
-    _MALLOC_TUNED = True
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        return
-    for option, value in _MALLOC_OPTIONS.items():
-        mallopt(option, value)
-
-
-def parallel_map(fn: Callable[[Any], Any], items: list) -> list:
-    """[fn(item) for item in items], on get_num_threads() worker threads when there are two or more.
-
-    For independent host work: NumPy releases the GIL inside BLAS calls and elementwise loops, so
-    the parts of a batch run on several cores at once. Meanwhile every BLAS library is limited to
-    one thread (threadpoolctl): threads splitting the batch and a BLAS pool splitting each product
-    on the same cores would oversubscribe them (measured 2-4x slower on a loaded 2-core machine).
-    The first threaded call also tunes glibc's malloc to keep freed memory (_keep_freed_memory).
-    """
-    if len(items) <= 1 or _NUM_THREADS == 1:
-        return [fn(item) for item in items]
-    global _POOL, _POOL_SIZE
-    if _POOL is None:
-        _keep_freed_memory()
-        _POOL = concurrent.futures.ThreadPoolExecutor(_NUM_THREADS, thread_name_prefix="refdiff")
-        _POOL_SIZE = _NUM_THREADS
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        return list(_POOL.map(fn, items))
 
 
 @dataclass(frozen=True)

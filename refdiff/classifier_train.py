@@ -34,6 +34,10 @@ from refdiff.diffusion import q_sample
 from refdiff.losses import cross_entropy
 from refdiff.models.classifier import ClassifierConfig, classifier_backward, classifier_forward, init_params
 from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, learning_rate
+from refdiff.parallel import in_parts
+
+# The classifier's forward/backward pair in batch parts on the host threads.
+forward, backward = in_parts(classifier_forward, classifier_backward)
 
 
 @dataclass(frozen=True)
@@ -109,12 +113,12 @@ def classifier_step(trained: TrainedClassifier, opt: dict, schedule: schedules.S
         xt = q_sample(schedule, x0, t, g.normal(tuple(x0.shape), like=x0))    # Ho et al. 2020, eq. 4
     else:
         t, xt = asarray(np.zeros(cfg.batch_size, dtype=np.int64), like=like), x0  # t = 0: clean images
-    logits, cache = classifier_forward(params, trained.cfg, xt, t, train=True, generator=g)
+    logits, cache = forward(params, trained.cfg, xt, t, train=True, generator=g)
     loss, dlogits = cross_entropy(logits, labels)
     loss = float(to_numpy(loss))
     if not math.isfinite(loss):
         raise RuntimeError(f"classifier loss is {loss} at step {step}: training stopped")
-    grads, _ = clip_grad_norm(classifier_backward(dlogits, cache), cfg.grad_clip)
+    grads, _ = clip_grad_norm(backward(dlogits, cache), cfg.grad_clip)
     lr = learning_rate(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.lr_decay)
     trained.params, opt = adamw_step(params, grads, opt, lr, weight_decay=cfg.weight_decay)
     return opt, loss
@@ -173,7 +177,7 @@ def predict_logits(trained: TrainedClassifier, x: np.ndarray, t: int = 0, batch_
     for start in range(0, x.shape[0], batch_size):
         xb = asarray(np.asarray(x[start : start + batch_size]), like=like, dtype=like.dtype)
         tb = asarray(np.full(xb.shape[0], t, dtype=np.int64), like=like)
-        out.append(to_numpy(classifier_forward(trained.params, trained.cfg, xb, tb, keep_cache=False)[0]))
+        out.append(to_numpy(forward(trained.params, trained.cfg, xb, tb, keep_cache=False)[0]))
     return np.concatenate(out).astype(np.float64)
 
 
@@ -193,9 +197,9 @@ def guidance_gradient(trained: TrainedClassifier) -> Callable:
     def grad_log_prob(xt: Any, t: Any, y: Any):
         if y is None:
             raise ValueError("y must be an (N,) array of labels for classifier guidance, got None")
-        logits, cache = classifier_forward(params, cfg, xt, t)
+        logits, cache = forward(params, cfg, xt, t)
         _, dsum = cross_entropy(logits, y, reduction="sum")  # softmax(z) - onehot(y)
-        return classifier_backward(-dsum, cache, need_dx=True)[1]
+        return backward(-dsum, cache, need_dx=True)[1]
 
     return grad_log_prob
 

@@ -42,6 +42,7 @@ from refdiff.diffusion import PREDICTIONS, q_sample
 from refdiff.distributed import SINGLE_PROCESS, ShardedGenerator, allreduce_batch, check_batch, get_communicator, shard
 from refdiff.losses import LOSSES, WEIGHTINGS, LossSecondMomentSampler, sample_timesteps, training_loss
 from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, ema_update, learning_rate
+from refdiff.parallel import in_parts
 
 TIMESTEPS = ("uniform", "importance")
 RESUME_FIXED = ("T", "schedule", "prediction", "loss", "weighting", "timesteps")  # what a checkpoint's state means
@@ -122,16 +123,17 @@ class TrainState:
 
 
 def model_functions(model_cfg: Any) -> tuple[Callable, Callable, Callable]:
-    """(init_params, forward, backward) of the model family ``model_cfg`` belongs to (U-Net or MLP)."""
+    """(init_params, forward, backward) of the model family ``model_cfg`` belongs to (U-Net or MLP);
+    the pair runs in batch parts on the host threads (refdiff.parallel.in_parts)."""
     name = type(model_cfg).__name__
     if name == "UNetConfig":
         from refdiff.models import unet
 
-        return unet.init_params, unet.unet_forward, unet.unet_backward
+        return (unet.init_params, *in_parts(unet.unet_forward, unet.unet_backward))
     if name == "MLPConfig":
         from refdiff.models import mlp
 
-        return mlp.init_params, mlp.mlp_forward, mlp.mlp_backward
+        return (mlp.init_params, *in_parts(mlp.mlp_forward, mlp.mlp_backward))
     raise ValueError(f"model_cfg must be a UNetConfig or an MLPConfig, got {name}")
 
 

@@ -38,6 +38,7 @@ from refdiff.layers.norm import GroupNormCache, group_norm_backward, group_norm_
 from refdiff.models import unet as U
 from refdiff.models.common import (check_backward, check_generator, check_image, check_init, check_inputs, check_int,
                                    check_params)
+from refdiff.parallel import forward_in_parts
 
 ENCODER_PREFIXES = ("time_embed.", "input.", "down.", "mid.")  # the U-Net's keys the classifier shares
 
@@ -301,7 +302,7 @@ def classifier_model(params: dict, cfg: ClassifierConfig):
     _check_params(params, cfg)
 
     def classify(x: Any, t: Any):
-        return classifier_forward(params, cfg, x, t, keep_cache=False)[0]
+        return forward_in_parts(classifier_forward, params, cfg, x, t, keep_cache=False)[0]
 
     return classify
 

@@ -47,6 +47,7 @@ from refdiff.layers.embed import (
     timestep_embedding,
 )
 from refdiff.models.common import check_generator, check_init, check_inputs, check_int, check_params
+from refdiff.parallel import forward_in_parts
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ def mlp_model(params: dict, cfg: MLPConfig):
     _check_params(params, cfg)
 
     def model(xt: Any, t: Any, y: Any = None):
-        return mlp_forward(params, cfg, xt, t, y)[0]
+        return forward_in_parts(mlp_forward, params, cfg, xt, t, y)[0]
 
     return model
 

@@ -28,8 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from refdiff.backend import (Generator, asarray, batch_parts, device, host_dtype, namespace, parallel_map,
-                             to_numpy)
+from refdiff.backend import Generator, asarray, device, host_dtype, namespace, to_numpy
 from refdiff.layers.basic import (
     LinearCache,
     SiluCache,
@@ -49,6 +48,7 @@ from refdiff.layers.embed import (
 from refdiff.models import blocks as B
 from refdiff.models.common import (check_backward, check_generator, check_image, check_init, check_inputs, check_int,
                                    check_params)
+from refdiff.parallel import forward_in_parts
 
 KINDS = ("conv_in", "res", "attn", "down", "up", "head")
 
@@ -274,17 +274,10 @@ class EmbedCache(NamedTuple):
     silu2: SiluCache              # ADM's emb_layers' SiLU, applied once for every ResBlock
 
 
-class PartCache(NamedTuple):
-    """What the backward needs of one part of the batch (all of it when the batch is not split)."""
-
-    rows: slice   # the part's samples: x[rows]
-    embed: EmbedCache
-    steps: tuple  # one block cache per unet_plan(cfg) step
-
-
 class UNetCache(NamedTuple):
     cfg: UNetConfig
-    parts: tuple  # PartCaches, in batch order
+    embed: EmbedCache
+    steps: tuple  # one block cache per unet_plan(cfg) step
     dtype: Any    # the forward's dtype, for checking dout
     out_shape: tuple[int, ...]  # (N, C_out, H, W)
 
@@ -336,30 +329,10 @@ def unet_forward(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any = None, t
     ResBlock when train, masks drawn from generator. keep_cache=False keeps no activations (sampling)
     and returns None for the cache. Returns out (N, output_channels, H, W) like x, and a UNetCache.
 
-    Every sample goes through the network on its own (GroupNorm and attention are per sample), so on
-    the host the batch is split into parts that run on several threads (refdiff.backend.batch_parts,
-    parallel_map; docs/performance.md); on a GPU it is one part. Training with dropout keeps one part,
-    so the masks are drawn in the same order on every backend and thread count.
+    This is the whole batch in one pass; refdiff.parallel.in_parts runs it in parts on host threads
+    (what unet_model and the model registry use on the speed layer).
     """
     _check_forward(params, cfg, x, t, y, train, generator)
-    xp = namespace(x)
-    N = x.shape[0]
-    rows = [slice(0, N)] if train and cfg.dropout > 0 else batch_parts(N, x)
-
-    def run(part: slice):
-        y_part = None if y is None else y[part]
-        return _forward_part(params, cfg, x[part, ...], t[part], y_part, train, generator, keep_cache, part)
-
-    results = parallel_map(run, rows)
-    out = results[0][0] if len(results) == 1 else xp.concat([o for o, _ in results], axis=0)
-    if not keep_cache:
-        return out, None
-    return out, UNetCache(cfg, tuple(c for _, c in results), x.dtype, tuple(out.shape))
-
-
-def _forward_part(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any, train: bool, generator: Any,
-                  keep_cache: bool, rows: slice):
-    """unet_forward of the samples x (a part of the batch, rows); returns (out, PartCache or None)."""
     xp = namespace(x)
     emb, embed_cache = _embed_forward(params, cfg, x, t, y)  # (N, E)
     h = xp.permute_dims(x, (0, 2, 3, 1))  # (N, C, H, W) -> (N, H, W, C)
@@ -373,7 +346,9 @@ def _forward_part(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any, train: 
         if keep_cache:
             caches.append(cache)
     out = xp.permute_dims(h, (0, 3, 1, 2))  # (N, H, W, C_out) -> (N, C_out, H, W)
-    return out, (PartCache(rows, embed_cache, tuple(caches)) if keep_cache else None)
+    if not keep_cache:
+        return out, None
+    return out, UNetCache(cfg, embed_cache, tuple(caches), x.dtype, tuple(out.shape))
 
 
 # ----------------------------------------------------------------------------------- backward
@@ -410,9 +385,7 @@ def unet_backward(dout: Any, cache: UNetCache, need_dx: bool = False):
       - every pushed encoder activation feeds the next block and, through a concatenation, a decoder
         ResBlock: its gradient is the next block's dx plus the decoder's slice of d[h | skip];
       - every ResBlock and AttnBlock adds its branch to a residual: dx = dy + dbranch (in blocks.py);
-      - the embedding emb feeds every ResBlock: demb is the sum of the blocks' demb;
-      - every parameter serves every sample: when the forward split the batch into parts, each
-        part's backward runs on its own (in parallel on the host) and their gradients add up.
+      - the embedding emb feeds every ResBlock: demb is the sum of the blocks' demb.
 
     dout: (N, output_channels, H, W) like the output. Returns grads (params' keys and order, like the
     params); with need_dx also dx (N, C_in, H, W), the gradient with respect to x (the noisy
@@ -420,22 +393,9 @@ def unet_backward(dout: Any, cache: UNetCache, need_dx: bool = False):
     """
     check_backward("dout", dout, cache, UNetCache, "unet_forward", "output's")
     cfg, xp = cache.cfg, namespace(dout)
-    results = parallel_map(lambda part: _backward_part(dout[part.rows, ...], part, cfg), list(cache.parts))
-    grads = results[0][0]
-    for g, _ in results[1:]:  # every part's samples add to every parameter's gradient
-        grads = {k: grads[k] + g[k] for k in grads}
-    if not need_dx:
-        return grads
-    dx = results[0][1] if len(results) == 1 else xp.concat([d for _, d in results], axis=0)
-    return grads, dx
-
-
-def _backward_part(dout: Any, part: PartCache, cfg: UNetConfig):
-    """unet_backward for one part of the batch: returns (grads, dx (N_part, C_in, H, W))."""
-    xp = namespace(dout)
     dh = xp.permute_dims(dout, (0, 2, 3, 1))  # (N, C_out, H, W) -> (N, H, W, C_out)
     grads, demb, dskips = {}, None, []
-    for step, c in zip(reversed(unet_plan(cfg)), reversed(part.steps)):
+    for step, c in zip(reversed(unet_plan(cfg)), reversed(cache.steps)):
         if step.push:  # this output also went to the decoder as a skip: the two gradients add up
             dh = dh + dskips.pop()
         dh, demb_step, g = step_backward(step, dh, c)
@@ -446,8 +406,10 @@ def _backward_part(dout: Any, part: PartCache, cfg: UNetConfig):
             c_h = step.c_in - step.skip
             dskips.append(dh[..., c_h:])  # (N, H', W', skip), for the encoder block that pushed it
             dh = dh[..., :c_h]  # (N, H', W', c_h)
-    grads.update(_embed_backward(demb, part.embed))
+    grads.update(_embed_backward(demb, cache.embed))
     grads = {k: grads[k] for k in _param_shapes(cfg)}  # params' order
+    if not need_dx:
+        return grads
     return grads, xp.permute_dims(dh, (0, 3, 1, 2))  # (N, H, W, C_in) -> (N, C_in, H, W)
 
 
@@ -455,12 +417,13 @@ def _backward_part(dout: Any, part: PartCache, cfg: UNetConfig):
 
 def unet_model(params: dict, cfg: UNetConfig):
     """The sampler protocol ``model(xt, t, y=None) -> output`` (refdiff.samplers.common): evaluation
-    mode, no activations kept (keep_cache=False). params must already be arrays of the library,
-    device and dtype the sampler's xt will have (params_to)."""
+    mode, no activations kept (keep_cache=False), the batch in parts on the host threads
+    (refdiff.parallel). params must already be arrays of the library, device and dtype the sampler's
+    xt will have (params_to)."""
     _check_params(params, cfg)
 
     def model(xt: Any, t: Any, y: Any = None):
-        return unet_forward(params, cfg, xt, t, y, keep_cache=False)[0]
+        return forward_in_parts(unet_forward, params, cfg, xt, t, y, keep_cache=False)[0]
 
     return model
 

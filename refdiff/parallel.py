@@ -1,0 +1,248 @@
+"""Batch parts on host threads: the speed layer's way to use every core (docs/design.md rule 10).
+
+Every sample goes through a denoiser on its own (GroupNorm and attention are per sample), so a model's
+forward/backward pair can run a NumPy batch in parts, one part per worker thread, and add the parts'
+parameter gradients up afterwards. ``in_parts(forward, backward)`` wraps any such pair; the models stay
+one plain forward and one plain backward over the whole batch.
+
+The thread layout, and why it holds with other work on the cores:
+
+- refdiff's own threads split the batch; while a wrapped pair runs, every BLAS library is limited to
+  one thread (threadpoolctl), also when the batch is a single part. A BLAS pool (OpenBLAS) splits each
+  matrix product over the cores and its workers spin between products: with another process holding a
+  core, every product waits for a descheduled worker, and a digits8 training step took 14-42x longer
+  beside two busy loops (docs/performance.md, benchmarks/bench_load.py).
+- the worker threads take one part each and hand back once per forward and once per backward; a
+  waiting thread sleeps on a lock instead of spinning, so a loaded core costs its fair share.
+- glibc's malloc keeps freed memory for reuse (``_keep_freed_memory``): fresh NumPy temporaries would
+  otherwise page-fault in again on every layer, and the threads' faults contend for one memory map.
+
+Everything here steps aside where it cannot help: on a GPU or array_api_strict a batch is one part and
+no thread or BLAS limit is used, and on the reference path (refdiff.speed) a batch is one part.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import ctypes
+import math
+import os
+import threading
+from typing import Any, Callable, Iterator, NamedTuple
+
+import numpy as np
+
+from refdiff import speed
+from refdiff.backend import library_name, namespace
+
+# Ranks an MPI launcher started on this node (MPICH's Hydra, Open MPI): they share its cores.
+_LOCAL_RANKS_ENV = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
+
+# Images per part when a host batch is split: parts this small keep a block's activations in the
+# cores' caches (measured in docs/performance.md) ...
+PART_SIZE = 32
+# ... and the same part in pixels (PART_SIZE images of 28 x 28): smaller images get more per part.
+PART_PIXELS = PART_SIZE * 28 * 28
+# A part of fewer pixels costs more in per-layer overhead (Python, the thread hand-off) than a second
+# core gains: 2 threads against 1 broke even between 2,000 and 3,200 pixels per part (digits8: 0.85-0.93x
+# at 2 x 32 images of 8 x 8, 1.07-1.20x at 2 x 50; mnist28: 0.84-0.95x at 2 x 2 images, 1.17-1.39x at 2 x 3).
+MIN_PART_PIXELS = 2500
+
+
+def _default_threads() -> int:
+    """REFDIFF_NUM_THREADS if set, else the CPUs this process may run on, shared by the MPI ranks
+    of this node (so that ranks * threads does not oversubscribe the cores)."""
+    env = os.environ.get("REFDIFF_NUM_THREADS")
+    if env is not None:
+        return max(1, int(env))
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    ranks = next((int(os.environ[k]) for k in _LOCAL_RANKS_ENV if os.environ.get(k, "").isdigit()), 1)
+    return max(1, cpus // max(ranks, 1))
+
+
+_NUM_THREADS = _default_threads()
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
+_IN_WORKER = threading.local()  # .active is True inside a pool worker: nested maps run in place
+
+
+def set_num_threads(n: int) -> None:
+    """Worker threads for refdiff's batch parts (batch_parts, parallel_map, in_parts); 1 turns them off.
+
+    The default is REFDIFF_NUM_THREADS, or the CPUs the process may use divided by the MPI ranks
+    on the node (MPI_LOCALNRANKS, OMPI_COMM_WORLD_LOCAL_SIZE).
+    """
+    global _NUM_THREADS, _POOL
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if _POOL is not None and n > 1 and n != _POOL_SIZE:  # n = 1 uses no pool: keep it for later
+        _POOL.shutdown()
+        _POOL = None
+    _NUM_THREADS = int(n)
+
+
+def get_num_threads() -> int:
+    """The number of worker threads set_num_threads set (or the default)."""
+    return _NUM_THREADS
+
+
+def batch_parts(N: int, like: Any) -> list[slice]:
+    """How to split a batch of N samples: slices of the batch axis, near-equal, in order.
+
+    like: the (N, C, H, W) batch. Host NumPy on the speed layer: parts of about
+    max(PART_SIZE, PART_PIXELS / (H W)) samples (even on one thread, parts that fit the caches run
+    faster than the whole batch), at least one per thread and a multiple of the threads (no core idle
+    in the last round), but no more than N H W / MIN_PART_PIXELS parts. Every other case (a GPU,
+    array_api_strict, the reference path): one part, the whole batch.
+    """
+    if N <= 1 or library_name(like) != "numpy" or not speed.enabled():
+        return [slice(0, N)]
+    pixels = math.prod(like.shape[2:])                               # H * W of one sample
+    count = max(_NUM_THREADS, -(-N // max(PART_SIZE, PART_PIXELS // pixels)))
+    count = -(-count // _NUM_THREADS) * _NUM_THREADS
+    count = max(1, min(count, N, N * pixels // MIN_PART_PIXELS))
+    bounds = [round(i * N / count) for i in range(count + 1)]  # near-equal sizes
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+# glibc's malloc hands large freed blocks straight back to the OS (mmap threshold 128 KiB, heap
+# trimming), so every fresh NumPy temporary above that size page-faults in again, and with worker
+# threads those faults contend for the process's one memory map. Keeping up to 256 MiB of freed heap
+# for reuse measured 10-14% faster for the 2-thread U-Net step, no change on one thread
+# (docs/performance.md). mallopt options: M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD.
+_MALLOC_OPTIONS = {-3: 32 << 20, -1: 256 << 20, -2: 64 << 20}
+_MALLOC_TUNED = False
+
+
+def _keep_freed_memory() -> None:
+    """Apply _MALLOC_OPTIONS once, on glibc only; REFDIFF_MALLOC_TUNING=0 leaves malloc alone."""
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or os.environ.get("REFDIFF_MALLOC_TUNING") == "0":
+        return
+    _MALLOC_TUNED = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return
+    for option, value in _MALLOC_OPTIONS.items():
+        mallopt(option, value)
+
+
+_BLAS = None  # threadpoolctl's controller of the BLAS libraries loaded (built once: 130 us -> 6 us a use)
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Limit every loaded BLAS library to one thread inside the block (refdiff's threads do the
+    splitting; see the module docstring); restores the libraries' own settings after."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    with _BLAS.limit(limits=1, user_api="blas"):
+        yield
+
+
+def parallel_map(fn: Callable[[Any], Any], items: list) -> list:
+    """[fn(item) for item in items], on get_num_threads() worker threads when there are two or more.
+
+    For independent host work: NumPy releases the GIL inside BLAS calls and elementwise loops, so
+    the parts of a batch run on several cores at once. The caller limits BLAS to one thread
+    (one_blas_thread). A map called from inside a worker runs in place (a worker waiting on the pool
+    it belongs to could wait forever). The first threaded call also tunes glibc's malloc to keep
+    freed memory (_keep_freed_memory).
+    """
+    if len(items) <= 1 or _NUM_THREADS == 1 or getattr(_IN_WORKER, "active", False):
+        return [fn(item) for item in items]
+    global _POOL, _POOL_SIZE
+    if _POOL is None:
+        _keep_freed_memory()
+        _POOL = concurrent.futures.ThreadPoolExecutor(_NUM_THREADS, thread_name_prefix="refdiff",
+                                                      initializer=setattr, initargs=(_IN_WORKER, "active", True))
+        _POOL_SIZE = _NUM_THREADS
+    return list(_POOL.map(fn, items))
+
+
+# ----------------------------------------------------------------- a forward/backward pair in parts
+
+class PartsCache(NamedTuple):
+    """What backward_in_parts needs: each part's rows of the batch and the pair's cache for them."""
+
+    rows: tuple    # slices of the batch axis, in order
+    caches: tuple  # the wrapped forward's cache of each part
+
+
+def _host(x: Any) -> bool:
+    return library_name(x) == "numpy"
+
+
+def forward_in_parts(forward: Callable, params: dict, cfg: Any, x: Any, t: Any, y: Any = None, **options: Any):
+    """forward(params, cfg, x, t[, y], **options) run over batch_parts(N, x) on the worker threads.
+
+    x: (N, ...) and t: (N,), and y: (N,) when given, are split along the batch axis; options (train,
+    generator, keep_cache) go to every part. Training with dropout keeps one part, so the masks are
+    drawn in the same order on every backend and thread count. Returns (out, PartsCache), out the
+    parts' outputs concatenated (N, ...); the cache is None when the forward kept none.
+    """
+    N = x.shape[0]
+    dropout = options.get("train", False) and getattr(cfg, "dropout", 0) > 0
+    rows = [slice(0, N)] if dropout else batch_parts(N, x)
+
+    def run(r: slice):
+        labels = {} if y is None else {"y": y[r]}
+        return forward(params, cfg, x[r, ...], t[r], **labels, **options)
+
+    with one_blas_thread() if _host(x) else contextlib.nullcontext():
+        results = parallel_map(run, rows)
+    outs = [out for out, _ in results]
+    out = outs[0] if len(outs) == 1 else namespace(x).concat(outs, axis=0)  # (N, ...)
+    if results[0][1] is None:
+        return out, None
+    return out, PartsCache(tuple(rows), tuple(cache for _, cache in results))
+
+
+def backward_in_parts(backward: Callable, dout: Any, cache: PartsCache, need_dx: bool = False):
+    """backward(dout[rows], part cache, need_dx) for every part of forward_in_parts, on the threads.
+
+    Math: every parameter serves every sample, so the parts' parameter gradients add up; dx is the
+    parts' dx concatenated along the batch axis. Returns grads, or (grads, dx) with need_dx.
+    """
+    if not isinstance(cache, PartsCache):
+        raise TypeError(f"cache must be the PartsCache of forward_in_parts, got {type(cache).__name__}")
+
+    def run(part: tuple):
+        r, c = part
+        return backward(dout[r, ...], c, need_dx=need_dx)
+
+    with one_blas_thread() if _host(dout) else contextlib.nullcontext():
+        results = parallel_map(run, list(zip(cache.rows, cache.caches)))
+    if need_dx:
+        results, dxs = [g for g, _ in results], [dx for _, dx in results]
+    grads = results[0]
+    for g in results[1:]:  # every part's samples add to every parameter's gradient
+        grads = {k: grads[k] + g[k] for k in grads}
+    if not need_dx:
+        return grads
+    return grads, (dxs[0] if len(dxs) == 1 else namespace(dout).concat(dxs, axis=0))
+
+
+def in_parts(forward: Callable, backward: Callable) -> tuple[Callable, Callable]:
+    """The pair (forward, backward) run in batch parts: same signatures, PartsCache caches."""
+
+    def forward_parts(params: dict, cfg: Any, x: Any, t: Any, y: Any = None, **options: Any):
+        return forward_in_parts(forward, params, cfg, x, t, y, **options)
+
+    def backward_parts(dout: Any, cache: PartsCache, need_dx: bool = False):
+        return backward_in_parts(backward, dout, cache, need_dx)
+
+    forward_parts.__name__ = f"{forward.__name__}_in_parts"
+    backward_parts.__name__ = f"{backward.__name__}_in_parts"
+    forward_parts.__doc__ = f"{forward.__name__} in batch parts (refdiff.parallel.forward_in_parts)."
+    backward_parts.__doc__ = f"{backward.__name__} in batch parts (refdiff.parallel.backward_in_parts)."
+    return forward_parts, backward_parts
