@@ -1,6 +1,5 @@
 """Specification of refdiff.models.mlp: the MLP denoiser for 2-D toy data, forward and hand-derived backward."""
 
-import contextlib
 import math
 
 import numpy as np
@@ -12,7 +11,7 @@ from gradcheck import assert_gradients_match
 from refdiff.backend import Generator, to_numpy
 from refdiff.layers.embed import ORDERS
 from refdiff.models import mlp as M
-from support import DTYPES, TOLERANCE, assert_same_array_kind, host_data, no_float64_intermediates
+from support import DTYPES, TOLERANCE, assert_same_array_kind, float64_tripwire, host_data, on
 
 seeds = st.integers(0, 2**16)
 
@@ -45,20 +44,10 @@ def random_params(cfg, seed, dtype="float64"):
             for i, (k, shape) in enumerate(M.param_shapes(cfg).items())}
 
 
-def on(backend, arrays):
-    """A dict of host arrays moved to ``backend`` (None stays None)."""
-    return {k: (None if v is None else backend.asarray(v)) for k, v in arrays.items()}
-
-
 def forward(backend, params, cfg, x, t, y=None, **kwargs):
     """mlp_forward on ``backend`` from host params and inputs; returns (out, cache)."""
     y = None if y is None else backend.asarray(y)
     return M.mlp_forward(on(backend, params), cfg, backend.asarray(x), backend.asarray(t), y, **kwargs)
-
-
-def float64_tripwire(backend):
-    """no_float64_intermediates on array_api_strict (the only backend it can watch), else nothing."""
-    return no_float64_intermediates() if backend.name == "array_api_strict" else contextlib.nullcontext()
 
 
 def forward_tolerance_scale(t):
