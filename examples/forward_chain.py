@@ -21,9 +21,6 @@ for linear), so the figure shows the clean x0 in its own first column.
 of host and device arrays; --backend cupy runs on a GPU. Finishes in a few seconds on a CPU.
 """
 
-import argparse
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
@@ -31,23 +28,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from refdiff import schedules  # noqa: E402
-from refdiff.backend import BACKENDS, Generator, get_backend, to_numpy  # noqa: E402
+from refdiff.backend import Generator, to_numpy  # noqa: E402
 from refdiff.data.digits import load_digits  # noqa: E402
 from refdiff.diffusion import q_sample  # noqa: E402
+
+from _common import argument_parser, backend_and_out  # noqa: E402
 
 # Settings
 T = 1000
 DIGITS = (0, 3, 5, 7)                              # one example of each of these classes
 T_COLUMNS = (0, 50, 100, 200, 400, 600, 800, 999)  # steps shown, left to right
 CHAIN_SCHEDULES = ("linear", "cosine")             # row groups of forward_chain.png
-
-
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="out/forward_chain", help="output directory")
-    parser.add_argument("--backend", default="numpy", choices=BACKENDS, help="array library")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise eps")
-    return parser.parse_args()
 
 
 def pick_digits(backend):
@@ -131,10 +122,8 @@ def plot_schedules(path):
 
 
 def main():
-    args = parse_args()
-    backend = get_backend(args.backend)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args = argument_parser(__doc__, "out/forward_chain", "seed of the noise eps").parse_args()
+    backend, out = backend_and_out(args)
 
     # 1. Data: one digit per class in DIGITS, in [-1, 1], on the chosen backend.
     x0 = pick_digits(backend)                                      # (N, 1, 8, 8)

@@ -23,18 +23,18 @@ sharper class at the price of diversity: the samples crowd into the part of the 
 Finishes in under 10 s on a laptop CPU.
 """
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
 from refdiff import schedules
-from refdiff.backend import BACKENDS, Generator, get_backend, to_numpy
+from refdiff.backend import Generator, to_numpy
 from refdiff.metrics import sliced_wasserstein
 from refdiff.models.gaussian_mixture import GaussianMixtureDenoiser
 from refdiff.plot import scatter_2d
 from refdiff.samplers import classifier_free_guidance, classifier_guidance, ddpm_loop, final
+
+from _common import argument_parser, backend_and_out
 
 # Settings
 T = 1000                                   # diffusion steps of the linear schedule
@@ -51,15 +51,6 @@ DTYPE = "float32"
 QUICK = dict(STEPS=50, N_SAMPLES=500)
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="out/guidance", help="output directory")
-    parser.add_argument("--backend", default="numpy", choices=BACKENDS, help="array library")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the start noise, the sampler noise and the data")
-    parser.add_argument("--quick", action="store_true", help=f"small settings for tests: {QUICK}")
-    return parser.parse_args()
-
-
 def unconditional(model):
     """The model with its label ignored: what classifier guidance steers (the classifier brings the label)."""
     return lambda xt, t, y=None: model(xt, t, None)
@@ -71,11 +62,10 @@ def posterior_of_target(model, x0: np.ndarray) -> np.ndarray:
 
 
 def main():
-    args = parse_args()
+    args = argument_parser(__doc__, "out/guidance", "seed of the start noise, the sampler noise and the data",
+                           QUICK).parse_args()
     steps, n = (QUICK["STEPS"], QUICK["N_SAMPLES"]) if args.quick else (STEPS, N_SAMPLES)
-    backend = get_backend(args.backend)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    backend, out = backend_and_out(args)
     started = time.perf_counter()
 
     # 1. The exact conditional eps-model (labels 0..2; NULL = 3 is the unconditional mixture) and its data.

@@ -25,18 +25,18 @@ and the same distances for the SDEdit outputs.
 Finishes in a few seconds on a laptop CPU.
 """
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
 from refdiff import schedules
-from refdiff.backend import BACKENDS, Generator, get_backend, to_numpy
+from refdiff.backend import Generator, to_numpy
 from refdiff.data import load_digits
 from refdiff.models.gaussian_mixture import GaussianMixtureDenoiser
 from refdiff.plot import image_grid
 from refdiff.samplers import final, inpaint_loop, sdedit_loop
+
+from _common import argument_parser, backend_and_out
 
 # Settings
 T = 1000                        # diffusion steps of the linear schedule the denoiser is defined on
@@ -52,12 +52,8 @@ UNKNOWN_RGB = (0.8, -0.8, -0.8)  # the unknown region of the masked input, in [-
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="out/inpainting", help="output directory")
-    parser.add_argument("--backend", default="numpy", choices=BACKENDS, help="array library")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler noise")
+    parser = argument_parser(__doc__, "out/inpainting", "seed of the sampler noise", QUICK)
     parser.add_argument("--mask", default="bottom", choices=("bottom", "left"), help="the half to inpaint")
-    parser.add_argument("--quick", action="store_true", help=f"small settings for tests: {QUICK}")
     return parser.parse_args()
 
 
@@ -108,9 +104,7 @@ def main():
     steps, classes, jump, resample = STEPS, CLASSES, JUMP, RESAMPLE
     if args.quick:
         steps, classes, jump, resample = QUICK["STEPS"], QUICK["CLASSES"], QUICK["JUMP"], QUICK["RESAMPLE"]
-    backend = get_backend(args.backend)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    backend, out = backend_and_out(args)
     started = time.perf_counter()
 
     # 1. Data and the model: the exact denoiser of the blurred training set, on a respaced sampling grid.

@@ -26,20 +26,18 @@ Wasserstein-2 distance (refdiff.metrics.sliced_wasserstein) of each run's sample
 tests). Finishes in about 5 s on a laptop CPU.
 """
 
-import argparse
-import math
 import time
-from pathlib import Path
 
 import numpy as np
 
 from refdiff import schedules
-from refdiff.backend import BACKENDS, Generator, get_backend, to_numpy
+from refdiff.backend import Generator, to_numpy
 from refdiff.metrics import sliced_wasserstein
-from refdiff.models.gaussian_mixture import GaussianMixtureDenoiser
 from refdiff.plot import curves, scatter_2d
 from refdiff.samplers import (ddim_loop, ddpm_loop, dpmpp_2m_loop, euler_ancestral_loop, euler_loop, final,
                               heun_loop, karras_grid, to_sigma_scale)
+
+from _common import argument_parser, backend_and_out, circle_mixture, data_floor
 
 # Settings
 T = 1000                        # diffusion steps of the linear schedule (Ho et al. 2020)
@@ -51,31 +49,6 @@ SHOWN = 1000                    # of them drawn per panel
 FLOOR_DRAWS = 8                 # independent data samples whose distances to the held-out data make the floor
 DTYPE = "float32"
 QUICK = dict(STEPS=(5, 10), N_SAMPLES=500)
-
-
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="out/samplers", help="output directory")
-    parser.add_argument("--backend", default="numpy", choices=BACKENDS, help="array library")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the start noise, the sampler noise and the data")
-    parser.add_argument("--quick", action="store_true", help=f"small settings for tests: {QUICK}")
-    return parser.parse_args()
-
-
-def circle_mixture(schedule):
-    """The exact denoiser of COMPONENTS equal-weight Gaussians N(mu_k, STD^2 I) with mu_k on a circle."""
-    angle = 2 * math.pi * np.arange(COMPONENTS) / COMPONENTS
-    means = RADIUS * np.stack([np.cos(angle), np.sin(angle)], axis=1)        # (K, 2)
-    return GaussianMixtureDenoiser(schedule, np.full(COMPONENTS, 1 / COMPONENTS), means,
-                                   np.full_like(means, STD))
-
-
-def data_floor(model, data, n: int, seed: int):
-    """Sliced W2 from FLOOR_DRAWS independent data samples of size n to ``data``: (mean, min, max).
-
-    What a perfect sampler would score: the distance that finite samples alone produce, and its spread."""
-    values = [sliced_wasserstein(model.sample(n, seed=seed + i), data) for i in range(FLOOR_DRAWS)]
-    return float(np.mean(values)), min(values), max(values)
 
 
 def sample(name: str, model, schedule, x_T, steps: int, seed: int):
@@ -113,18 +86,17 @@ def print_table(sw: dict, calls: dict, steps, floor) -> None:
 
 
 def main():
-    args = parse_args()
+    args = argument_parser(__doc__, "out/samplers", "seed of the start noise, the sampler noise and the data",
+                           QUICK).parse_args()
     steps_list, n = (QUICK["STEPS"], QUICK["N_SAMPLES"]) if args.quick else (STEPS, N_SAMPLES)
-    backend = get_backend(args.backend)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    backend, out = backend_and_out(args)
     started = time.perf_counter()
 
     # 1. The model and held-out data; the floor is the distance of independent data samples to the held-out data.
     schedule = schedules.linear(T)
-    model = circle_mixture(schedule)
+    model = circle_mixture(schedule, COMPONENTS, RADIUS, STD)
     data = model.sample(n, seed=args.seed + 1)
-    floor = data_floor(model, data, n, seed=args.seed + 100)
+    floor = data_floor(model, data, n, seed=args.seed + 100, draws=FLOOR_DRAWS)
 
     # 2. One start point x_T ~ N(0, I) for every run.
     x_T = Generator(args.seed).normal((n, 2), like=backend.asarray(np.zeros(1), dtype=backend.dtype(DTYPE)))

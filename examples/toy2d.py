@@ -21,19 +21,17 @@ distance between two independent data samples of the same size (the floor that f
 Finishes in a few seconds on a laptop CPU.
 """
 
-import argparse
-import math
 import time
-from pathlib import Path
 
 import numpy as np
 
 from refdiff import schedules
-from refdiff.backend import BACKENDS, Generator, get_backend, to_numpy
+from refdiff.backend import Generator, to_numpy
 from refdiff.metrics import sliced_wasserstein
-from refdiff.models.gaussian_mixture import GaussianMixtureDenoiser
 from refdiff.plot import scatter_2d, trajectories_2d
 from refdiff.samplers import ddim_loop, ddpm_loop
+
+from _common import argument_parser, backend_and_out, circle_mixture, data_floor
 
 # Settings
 T = 1000                   # diffusion steps of the linear schedule (Ho et al. 2020)
@@ -46,31 +44,6 @@ DDIM_STEPS = 50            # strided DDIM steps ("trailing" spacing); DDPM runs 
 PATHS = {"ddpm": 20, "ddim": 200}   # trajectories drawn (DDPM's noisy paths tangle: fewer of them)
 DTYPE = "float32"
 QUICK = dict(N_SAMPLES=500, DDIM_STEPS=10, DDPM_STEPS=100)   # --quick: DDPM on a respaced 100-step chain
-
-
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="out/toy2d", help="output directory")
-    parser.add_argument("--backend", default="numpy", choices=BACKENDS, help="array library")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the start noise, the sampler noise and the data")
-    parser.add_argument("--quick", action="store_true", help=f"small settings for tests: {QUICK}")
-    return parser.parse_args()
-
-
-def circle_mixture(schedule):
-    """The exact denoiser of COMPONENTS equal-weight Gaussians N(mu_k, STD^2 I) with mu_k on a circle."""
-    angle = 2 * math.pi * np.arange(COMPONENTS) / COMPONENTS
-    means = RADIUS * np.stack([np.cos(angle), np.sin(angle)], axis=1)        # (K, 2)
-    return GaussianMixtureDenoiser(schedule, np.full(COMPONENTS, 1 / COMPONENTS), means,
-                                   np.full_like(means, STD))
-
-
-def data_floor(model, data, n: int, seed: int):
-    """Sliced W2 from FLOOR_DRAWS independent data samples of size n to ``data``: (mean, min, max).
-
-    What a perfect sampler would score: the distance that finite samples alone produce, and its spread."""
-    values = [sliced_wasserstein(model.sample(n, seed=seed + i), data) for i in range(FLOOR_DRAWS)]
-    return float(np.mean(values)), min(values), max(values)
 
 
 def run_chain(loop, x_T, keep: int, every: int = 1):
@@ -86,18 +59,17 @@ def run_chain(loop, x_T, keep: int, every: int = 1):
 
 
 def main():
-    args = parse_args()
+    args = argument_parser(__doc__, "out/toy2d", "seed of the start noise, the sampler noise and the data",
+                           QUICK).parse_args()
     n, ddim_steps, ddpm_steps = N_SAMPLES, DDIM_STEPS, T
     if args.quick:
         n, ddim_steps, ddpm_steps = QUICK["N_SAMPLES"], QUICK["DDIM_STEPS"], QUICK["DDPM_STEPS"]
-    backend = get_backend(args.backend)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    backend, out = backend_and_out(args)
     started = time.perf_counter()
 
     # 1. The model: the exact eps-prediction of the mixture under the linear schedule.
     schedule = schedules.linear(T)
-    model = circle_mixture(schedule)
+    model = circle_mixture(schedule, COMPONENTS, RADIUS, STD)
 
     # 2. One start point x_T ~ N(0, I) for both samplers (drawn on the host, moved to the backend).
     generator = Generator(args.seed)
@@ -115,7 +87,7 @@ def main():
 
     # 5. Distances to held-out data, and the floor: independent data samples of the same size.
     data = model.sample(n, seed=args.seed + 1)
-    floor = data_floor(model, data, n, seed=args.seed + 100)
+    floor = data_floor(model, data, n, seed=args.seed + 100, draws=FLOOR_DRAWS)
     sw = {"DDPM": sliced_wasserstein(ddpm, data), "DDIM": sliced_wasserstein(ddim, data)}
     print(f"sliced Wasserstein-2 to held-out data ({n} points each, 128 directions):")
     print(f"  data vs data (floor)  {floor[0]:.4f}  (mean of {FLOOR_DRAWS} draws, range {floor[1]:.4f}-{floor[2]:.4f})")

@@ -9,12 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradcheck import assert_gradients_match
+from model_checks import (ENCODER_FIELD_ERRORS, IMAGE_INPUT_ERRORS, assert_grads_like_params, bad_forward_arguments,
+                          init_bad_arguments)
 from refdiff.backend import Generator, get_backend, to_numpy
 from refdiff.layers.embed import ORDERS
 from refdiff.models import classifier as C
 from refdiff.models import unet as U
 from refdiff.models.presets import CLASSIFIER_PRESETS
-from support import DTYPES, TOLERANCE, assert_same_array_kind, float64_tripwire, host_data, on, random_params
+from support import DTYPES, TOLERANCE, float64_tripwire, host_data, on, random_params
 
 seeds = st.integers(0, 2**16)
 
@@ -109,12 +111,7 @@ def test_grads_have_the_params_keys_shapes_and_array_kind(backend, cfg, seed):
                                          generator=Generator(seed))
     assert tuple(logits.shape) == (3, cfg.num_classes)
     grads, dx = C.classifier_backward(logits, cache, need_dx=True)
-    assert list(grads) == list(params) == list(C.param_shapes(cfg))
-    for k in params:
-        assert_same_array_kind(grads[k], params[k])
-        assert grads[k].shape == params[k].shape, k
-    assert_same_array_kind(dx, x)
-    assert dx.shape == x.shape
+    assert_grads_like_params(grads, params, C.param_shapes(cfg), dx, x)
     assert list(C.classifier_backward(logits, cache)) == list(params)
 
 
@@ -307,14 +304,7 @@ BASE = C.ClassifierConfig(image_size=8, base_channels=8, channel_mult=(1, 2), gr
                           time_embed_dim=8)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"x": np.zeros((3, 2, 8, 8))},
-     r"x must be a real floating \(N, 1, H, W\) array \(NCHW\), got shape \(3, 2, 8, 8\)"),
-    ({"x": np.zeros((3, 8, 8, 1))}, r"x must be a real floating \(N, 1, H, W\) array"),
-    ({"x": np.zeros((3, 1, 8, 8), dtype=np.int64)}, "x must be a real floating"),
-    ({"x": np.zeros((3, 1, 7, 8))},
-     r"x's height and width must be positive multiples of .* = 2, got \(H, W\) = \(7, 8\)"),
-    ({"t": np.zeros(2, dtype=np.int64)}, r"t must be an \(N,\) array .* N = 3"),
+@pytest.mark.parametrize("change, message", IMAGE_INPUT_ERRORS + [
     ({"params": {"input.conv.w": np.zeros((3, 3, 1, 8))}},
      r"params must have the keys of this ClassifierConfig: missing \["),
     ({"params.out.linear.w": np.zeros((16, 4))}, r"params\['out.linear.w'\] must have shape \(16, 3\), got \(16, 4\)"),
@@ -328,17 +318,8 @@ BASE = C.ClassifierConfig(image_size=8, base_channels=8, channel_mult=(1, 2), gr
 def test_forward_bad_inputs_raise(backend, change, message):
     """Wrong shapes or dtypes of x, t and params, H or W not a multiple of 2^(levels - 1) and training with
     dropout but no generator raise ValueError naming the argument."""
-    cfg = change.get("cfg", BASE)
-    params = C.init_params(cfg, Generator(0), dtype=np.float64) if isinstance(cfg, C.ClassifierConfig) else {}
-    args = {"cfg": cfg, "x": np.zeros((3, 1, 8, 8)), "t": np.array([0, 1, 2]), "train": False, "generator": None,
-            "params": params}
-    for key, value in change.items():
-        if key.startswith("params."):
-            args["params"] = dict(params, **{key[len("params."):]: value})
-        else:
-            args[key] = value
-    args["params"] = on(backend, args["params"]) if isinstance(args["params"], dict) else args["params"]
-    args["x"], args["t"] = backend.asarray(args["x"]), backend.asarray(args["t"])
+    valid = {"cfg": BASE, "x": np.zeros((3, 1, 8, 8)), "t": np.array([0, 1, 2]), "train": False, "generator": None}
+    args = bad_forward_arguments(backend, C.init_params, valid, change)
     with pytest.raises(ValueError, match=message):
         C.classifier_forward(**args)
 
@@ -356,20 +337,10 @@ def test_backward_bad_dlogits_raise(backend):
                                                                                      keep_cache=False)[1])
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize("kwargs, message", ENCODER_FIELD_ERRORS + [
     ({"num_classes": 0}, "num_classes must be an integer >= 1, got 0"),
     ({"num_classes": None}, "num_classes must be an integer >= 1, got None"),
-    ({"in_channels": 0}, "in_channels must be an integer >= 1, got 0"),
-    ({"channel_mult": ()}, "channel_mult must have at least one entry"),
-    ({"image_size": 6, "channel_mult": (1, 2, 2)},
-     r"image_size must be a multiple of 2\^\(len\(channel_mult\) - 1\) = 4"),
-    ({"attention_resolutions": (5,)},
-     r"attention_resolutions must hold resolutions of the levels \[28, 14, 7\], got 5"),
-    ({"groups": 3}, r"groups must divide every normalized channel count \(down.0.res.0 has 32\), got 3"),
-    ({"heads": 3}, r"heads must divide the channels of every attention block \(mid.attn has 64\)"),
-    ({"dropout": 1.0}, r"dropout must be a drop probability in \[0, 1\), got 1.0"),
     ({"scale_shift_norm": 1}, "scale_shift_norm must be a bool"),
-    ({"time_embed_order": "sincos"}, "time_embed_order must be one of cos_sin, sin_cos"),
 ])
 def test_config_bad_fields_raise(kwargs, message):
     """ClassifierConfig validates every field on construction, naming it (the encoder's fields through the
@@ -381,11 +352,7 @@ def test_config_bad_fields_raise(kwargs, message):
     assert hash(cfg) == hash(C.ClassifierConfig(channel_mult=(1, 2, 2), attention_resolutions=(7,)))
 
 
-@pytest.mark.parametrize("args, message", [
-    ((BASE, 0), "generator must be a refdiff.backend.Generator"),
-    ((BASE, Generator(0), "int64"), "dtype must be a NumPy real floating dtype"),
-    (({}, Generator(0)), "cfg must be a ClassifierConfig"),
-])
+@pytest.mark.parametrize("args, message", init_bad_arguments(BASE, "a ClassifierConfig"))
 def test_init_bad_arguments_raise(args, message):
     """init_params rejects a non-config, a non-refdiff generator and a non-floating dtype."""
     with pytest.raises(ValueError, match=message):

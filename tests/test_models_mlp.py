@@ -1,6 +1,5 @@
 """Specification of refdiff.models.mlp: the MLP denoiser for 2-D toy data, forward and hand-derived backward."""
 
-import contextlib
 import math
 
 import numpy as np
@@ -9,10 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gradcheck import assert_gradients_match
+from model_checks import assert_grads_like_params, bad_forward_arguments, init_bad_arguments
 from refdiff.backend import Generator, to_numpy
 from refdiff.layers.embed import ORDERS
 from refdiff.models import mlp as M
-from support import DTYPES, TOLERANCE, assert_same_array_kind, host_data, no_float64_intermediates
+from support import DTYPES, TOLERANCE, assert_same_array_kind, float64_tripwire, host_data, on
 
 seeds = st.integers(0, 2**16)
 
@@ -45,20 +45,10 @@ def random_params(cfg, seed, dtype="float64"):
             for i, (k, shape) in enumerate(M.param_shapes(cfg).items())}
 
 
-def on(backend, arrays):
-    """A dict of host arrays moved to ``backend`` (None stays None)."""
-    return {k: (None if v is None else backend.asarray(v)) for k, v in arrays.items()}
-
-
 def forward(backend, params, cfg, x, t, y=None, **kwargs):
     """mlp_forward on ``backend`` from host params and inputs; returns (out, cache)."""
     y = None if y is None else backend.asarray(y)
     return M.mlp_forward(on(backend, params), cfg, backend.asarray(x), backend.asarray(t), y, **kwargs)
-
-
-def float64_tripwire(backend):
-    """no_float64_intermediates on array_api_strict (the only backend it can watch), else nothing."""
-    return no_float64_intermediates() if backend.name == "array_api_strict" else contextlib.nullcontext()
 
 
 def forward_tolerance_scale(t):
@@ -100,12 +90,7 @@ def test_grads_have_the_params_keys_shapes_and_array_kind(backend, cfg, seed):
                                generator=Generator(seed))
     assert tuple(out.shape) == (3, cfg.out_dim)
     grads, dx = M.mlp_backward(out, cache, need_dx=True)
-    assert list(grads) == list(params) == list(M.param_shapes(cfg))
-    for k in params:
-        assert_same_array_kind(grads[k], params[k])
-        assert grads[k].shape == params[k].shape, k
-    assert_same_array_kind(dx, x)
-    assert dx.shape == x.shape
+    assert_grads_like_params(grads, params, M.param_shapes(cfg), dx, x)
 
 
 # --------------------------------------------------------------------------------------- forward
@@ -250,19 +235,9 @@ BASE = M.MLPConfig(hidden=4, depth=1, time_embed_dim=4, num_classes=2)
 def test_forward_bad_inputs_raise(backend, change, message):
     """Wrong shapes or dtypes of x, t, y and params, labels outside [0, K], labels for an unconditional
     model, and training with dropout but no generator raise ValueError naming the argument."""
-    cfg = change.get("cfg", BASE)
-    params = M.init_params(cfg, Generator(0), dtype=np.float64) if isinstance(cfg, M.MLPConfig) else {}
-    args = {"cfg": cfg, "x": np.zeros((3, 2)), "t": np.array([0, 1, 2]), "y": None, "train": False,
-            "generator": None, "params": params}
-    for key, value in change.items():
-        if key.startswith("params."):
-            args["params"] = dict(params, **{key[len("params."):]: value})
-        else:
-            args[key] = value
-    if isinstance(args["params"], dict):
-        args["params"] = on(backend, args["params"])
-    for key in ("x", "t", "y"):
-        args[key] = None if args[key] is None else backend.asarray(args[key])
+    valid = {"cfg": BASE, "x": np.zeros((3, 2)), "t": np.array([0, 1, 2]), "y": None, "train": False,
+             "generator": None}
+    args = bad_forward_arguments(backend, M.init_params, valid, change)
     with pytest.raises(ValueError, match=message):
         M.mlp_forward(**args)
 
@@ -301,11 +276,8 @@ def test_config_bad_fields_raise(kwargs, message):
         M.MLPConfig(**kwargs)
 
 
-@pytest.mark.parametrize("args, message", [
-    ((BASE, 0), "generator must be a refdiff.backend.Generator"),
-    ((BASE, Generator(0), "int64"), "dtype must be a NumPy real floating dtype"),
+@pytest.mark.parametrize("args, message", init_bad_arguments(BASE, "an MLPConfig") + [
     ((BASE, Generator(0), "nonsense"), "dtype must be a NumPy real floating dtype"),
-    (({}, Generator(0)), "cfg must be an MLPConfig"),
 ])
 def test_init_bad_arguments_raise(args, message):
     """init_params rejects a non-config, a non-refdiff generator and a non-floating dtype."""

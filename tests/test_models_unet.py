@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradcheck import assert_gradients_match
+from model_checks import (ENCODER_FIELD_ERRORS, IMAGE_INPUT_ERRORS, assert_grads_like_params, bad_forward_arguments,
+                          init_bad_arguments)
 from refdiff.backend import Generator, get_backend, to_numpy
 from refdiff.layers.embed import ORDERS
 from refdiff.models import unet as U
@@ -129,12 +131,7 @@ def test_grads_have_the_params_keys_shapes_and_array_kind(backend, cfg, seed):
                                 generator=Generator(seed))
     assert tuple(out.shape) == (3, cfg.output_channels, 8, 8)
     grads, dx = U.unet_backward(out, cache, need_dx=True)
-    assert list(grads) == list(params) == list(U.param_shapes(cfg))
-    for k in params:
-        assert_same_array_kind(grads[k], params[k])
-        assert grads[k].shape == params[k].shape, k
-    assert_same_array_kind(dx, x)
-    assert dx.shape == x.shape
+    assert_grads_like_params(grads, params, U.param_shapes(cfg), dx, x)
     assert list(U.unet_backward(out, cache)) == list(params)
 
 
@@ -385,15 +382,8 @@ def test_cache_memory_is_linear_in_the_batch():
 BASE = U.UNetConfig(image_size=8, base_channels=8, channel_mult=(1, 2), groups=4, num_classes=2, time_embed_dim=8)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"x": np.zeros((3, 2, 8, 8))},
-     r"x must be a real floating \(N, 1, H, W\) array \(NCHW\), got shape \(3, 2, 8, 8\)"),
-    ({"x": np.zeros((3, 8, 8, 1))}, r"x must be a real floating \(N, 1, H, W\) array"),
-    ({"x": np.zeros((3, 1, 8, 8), dtype=np.int64)}, "x must be a real floating"),
-    ({"x": np.zeros((3, 1, 7, 8))},
-     r"x's height and width must be positive multiples of .* = 2, got \(H, W\) = \(7, 8\)"),
+@pytest.mark.parametrize("change, message", IMAGE_INPUT_ERRORS + [
     ({"x": np.zeros((3, 1, 8, 9))}, r"x's height and width must be positive multiples"),
-    ({"t": np.zeros(2, dtype=np.int64)}, r"t must be an \(N,\) array .* N = 3"),
     ({"y": np.array([0, 1])}, r"y must be an \(N,\) array of labels"),
     ({"y": np.array([0, 1, 3])}, r"y must hold labels in \[0, 2\]"),
     ({"y": np.array([-1, 1, 2])}, r"y must hold labels in \[0, 2\]"),
@@ -414,19 +404,9 @@ def test_forward_bad_inputs_raise(backend, change, message):
     """Wrong shapes or dtypes of x, t, y and params, H or W not a multiple of 2^(levels - 1), labels
     outside [0, K], labels for an unconditional model, and training with dropout but no generator raise
     ValueError naming the argument."""
-    cfg = change.get("cfg", BASE)
-    params = U.init_params(cfg, Generator(0), dtype=np.float64) if isinstance(cfg, U.UNetConfig) else {}
-    args = {"cfg": cfg, "x": np.zeros((3, 1, 8, 8)), "t": np.array([0, 1, 2]), "y": None, "train": False,
-            "generator": None, "params": params}
-    for key, value in change.items():
-        if key.startswith("params."):
-            args["params"] = dict(params, **{key[len("params."):]: value})
-        else:
-            args[key] = value
-    if isinstance(args["params"], dict):
-        args["params"] = on(backend, args["params"])
-    for key in ("x", "t", "y"):
-        args[key] = None if args[key] is None else backend.asarray(args[key])
+    valid = {"cfg": BASE, "x": np.zeros((3, 1, 8, 8)), "t": np.array([0, 1, 2]), "y": None, "train": False,
+             "generator": None}
+    args = bad_forward_arguments(backend, U.init_params, valid, change)
     with pytest.raises(ValueError, match=message):
         U.unet_forward(**args)
 
@@ -443,24 +423,14 @@ def test_backward_bad_dout_raises(backend):
         U.unet_backward(out, U.unet_forward(params, BASE, x, t, keep_cache=False)[1])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"in_channels": 0}, "in_channels must be an integer >= 1, got 0"),
+@pytest.mark.parametrize("kwargs, message", ENCODER_FIELD_ERRORS + [
     ({"base_channels": 8.0}, "base_channels must be an integer >= 1"),
-    ({"channel_mult": ()}, "channel_mult must have at least one entry"),
     ({"channel_mult": (1, 0)}, "every entry of channel_mult must be an integer >= 1"),
     ({"channel_mult": "12"}, "channel_mult must be a tuple of integers"),
-    ({"image_size": 6, "channel_mult": (1, 2, 2)},
-     r"image_size must be a multiple of 2\^\(len\(channel_mult\) - 1\) = 4"),
-    ({"attention_resolutions": (5,)},
-     r"attention_resolutions must hold resolutions of the levels \[28, 14, 7\], got 5"),
-    ({"groups": 3}, r"groups must divide every normalized channel count \(down.0.res.0 has 32\), got 3"),
-    ({"heads": 3}, r"heads must divide the channels of every attention block \(mid.attn has 64\)"),
     ({"num_classes": 0}, "num_classes must be an integer >= 1"),
     ({"learn_sigma": 1}, "learn_sigma must be a bool"),
     ({"scale_shift_norm": None}, "scale_shift_norm must be a bool"),
-    ({"dropout": 1.0}, r"dropout must be a drop probability in \[0, 1\), got 1.0"),
     ({"time_embed_dim": 0}, "time_embed_dim must be an integer >= 1"),
-    ({"time_embed_order": "sincos"}, "time_embed_order must be one of cos_sin, sin_cos"),
 ])
 def test_config_bad_fields_raise(kwargs, message):
     """UNetConfig validates every field on construction, naming it; lists become tuples and
@@ -471,11 +441,7 @@ def test_config_bad_fields_raise(kwargs, message):
     assert cfg.channel_mult == (1, 2, 2) and cfg.attention_resolutions == (7,) and cfg.time_embed_dim == 128
 
 
-@pytest.mark.parametrize("args, message", [
-    ((BASE, 0), "generator must be a refdiff.backend.Generator"),
-    ((BASE, Generator(0), "int64"), "dtype must be a NumPy real floating dtype"),
-    (({}, Generator(0)), "cfg must be a UNetConfig"),
-])
+@pytest.mark.parametrize("args, message", init_bad_arguments(BASE, "a UNetConfig"))
 def test_init_bad_arguments_raise(args, message):
     """init_params rejects a non-config, a non-refdiff generator and a non-floating dtype."""
     with pytest.raises(ValueError, match=message):
