@@ -128,7 +128,7 @@ def main():
     # 1. Data: one digit per class in DIGITS, in [-1, 1], on the chosen backend.
     x0 = pick_digits(backend)                                      # (N, 1, 8, 8)
 
-    # 2. One eps for every schedule, drawn on the host and moved to x0's device (DESIGN rule 4).
+    # 2. One eps for every schedule, drawn on the host and moved to x0's device (docs/design.md rule 4).
     eps = Generator(args.seed).normal(x0.shape, like=x0)           # (N, 1, 8, 8)
 
     # 3. Noise x0 to every t in T_COLUMNS under each schedule; bring results to the host to plot.

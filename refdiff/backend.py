@@ -1,7 +1,7 @@
 """Array backends: the one module that knows which array library is in use.
 
 Library code never imports NumPy-as-xp, CuPy or array_api_strict directly: it asks ``namespace(x)``
-for the namespace of its inputs (DESIGN rules 1-2) and calls only Python Array API functions on it.
+for the namespace of its inputs (docs/design.md rules 1-2) and calls only Python Array API functions on it.
 This module also owns host randomness (``Generator``: NumPy PCG64 on the host, moved to the device,
 so one seed gives the same numbers on every backend) and the one helper that moves a float64
 schedule table to an input's device and dtype (``gather``). How host threads split a NumPy batch over
@@ -76,7 +76,7 @@ def asarray(obj: Any, like: Any = None, dtype: Any = None):
     """Put host data ``obj`` in the library and on the device of ``like`` (NumPy if None).
 
     ``dtype`` is a dtype of ``like``'s namespace; the cast happens on the host, so a float64 table
-    requested as float32 never exists as float64 on the device (DESIGN rule 6).
+    requested as float32 never exists as float64 on the device (docs/design.md rule 6).
     """
     if like is None:
         return np.asarray(obj, dtype=dtype)
@@ -213,7 +213,7 @@ def current_stream_ptr() -> int:
 class Generator:
     """Seeded randomness drawn on the host (NumPy PCG64) and moved to the target backend.
 
-    The same seed gives the same numbers on NumPy, CuPy and array_api_strict (DESIGN rule 4);
+    The same seed gives the same numbers on NumPy, CuPy and array_api_strict (docs/design.md rule 4);
     ``get_state`` / ``set_state`` round-trip the exact stream position through a (6,) uint64 array,
     which a checkpoint stores as a plain array.
     """

@@ -13,7 +13,7 @@ Keys (all plain NumPy arrays, readable with ``np.load(path, allow_pickle=False)`
     log/loss       (step,) float64: the training loss of every step so far
 
 Writing goes to ``<path>.tmp``, is flushed to disk, and replaces ``path`` with ``os.replace``: a process
-killed mid-write leaves the previous checkpoint intact (DESIGN rule 9).
+killed mid-write leaves the previous checkpoint intact (docs/design.md rule 9).
 """
 
 from __future__ import annotations

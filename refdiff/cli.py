@@ -2,7 +2,7 @@
 
 ``refdiff --version`` prints the version; ``refdiff info`` reports the Python, library and BLAS
 versions and the array backends usable here (what a bug report needs). Later subcommands
-(``demo``, ``train``, ``sample``, ``eval``, ``bench``; DESIGN.md) plug in the same way:
+(``demo``, ``train``, ``sample``, ``eval``; docs/design.md) plug in the same way:
 
 1. write ``cmd_<name>(args) -> int`` (the exit status), importing heavy modules inside it;
 2. write ``_add_<name>(subparsers)``, which declares its arguments and sets ``func=cmd_<name>``;

@@ -1,7 +1,7 @@
 """The forward process, its posterior, and the Gaussian reverse step (Ho et al. 2020, eqs. 2-12).
 
 Pure math on arrays of any Array API library: every function follows its inputs' library, device
-and dtype (DESIGN rules 1-2), and gathers float64 schedule tables at t through ``backend.gather``.
+and dtype (docs/design.md rules 1-2), and gathers float64 schedule tables at t through ``backend.gather``.
 Prediction targets: eps (Ho et al.), x0, and v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0
 (Salimans & Ho 2022, Sec. 4). Learned variances follow improved DDPM (Nichol & Dhariwal 2021, eq. 15).
 """

@@ -1,6 +1,6 @@
 """Optimisation over a params dict: AdamW, EMA with warm-up, learning-rate schedules, gradient clipping.
 
-Params and grads are flat dicts of arrays with identical dotted keys (DESIGN rule 5), on any backend
+Params and grads are flat dicts of arrays with identical dotted keys (docs/design.md rule 5), on any backend
 and in any floating dtype. Every function returns new dicts and leaves its inputs untouched; optimizer
 state is an explicit dict of plain arrays, so a checkpoint stores it as is:
 

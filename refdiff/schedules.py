@@ -1,6 +1,6 @@
 """Noise schedules of the forward process, timestep grids for sampling, and respacing.
 
-Everything here is float64 NumPy, built once (DESIGN rule 3); ``refdiff.backend.gather`` moves a
+Everything here is float64 NumPy, built once (docs/design.md rule 3); ``refdiff.backend.gather`` moves a
 table to an input's device and dtype at the point of use. Sources: Ho et al. 2020 (linear betas,
 posterior, eqs. 4-7), Nichol & Dhariwal 2021 (cosine schedule eq. 17, clipped posterior log-variance,
 respacing), Lin et al. 2024 (zero terminal SNR, Alg. 1), Karras et al. 2022 (sigma grid, eq. 5).

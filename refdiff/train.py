@@ -14,7 +14,7 @@ One step (Ho et al. 2020, Alg. 1; improved DDPM for the hybrid loss and importan
 
 All randomness comes from one refdiff Generator whose state is checkpointed with the parameters, the
 optimizer state, the EMA, the timestep sampler's loss history and the loss log, so a resumed run
-repeats an uninterrupted one bit for bit on NumPy (DESIGN rule 9). A non-finite loss stops training
+repeats an uninterrupted one bit for bit on NumPy (docs/design.md rule 9). A non-finite loss stops training
 with an error naming the step.
 
 Under ``mpirun -n N`` every rank draws the whole global batch's random numbers and keeps its rows

@@ -15,7 +15,7 @@ from refdiff.backend import to_numpy
 
 # Centered differences have error O(h^2 f''') + O(eps / h); h = 1e-5 balances them in float64.
 STEP = 1e-5
-# Relative error allowed between the analytic and the numerical gradient (DESIGN: below 1e-6).
+# Relative error allowed between the analytic and the numerical gradient (docs/design.md: below 1e-6).
 RTOL = 1e-6
 # Tensors up to this many elements are probed element by element; larger ones along DIRECTIONS random
 # unit directions (a wrong entry of the gradient shows in every direction with a nonzero component on

@@ -31,7 +31,7 @@ def assert_close(actual, expected, scale: float = 1.0):
 
 
 def assert_same_array_kind(out, like):
-    """``out`` is an array of ``like``'s library, device and dtype (DESIGN rules 1 and 6)."""
+    """``out`` is an array of ``like``'s library, device and dtype (docs/design.md rules 1 and 6)."""
     assert namespace(out) is namespace(like), f"namespace {namespace(out)} != {namespace(like)}"
     assert out.device == like.device, f"device {out.device} != {like.device}"
     assert out.dtype == like.dtype, f"dtype {out.dtype} != {like.dtype} (no silent upcast)"
@@ -39,7 +39,7 @@ def assert_same_array_kind(out, like):
 
 @contextlib.contextmanager
 def no_float64_intermediates():
-    """Fail if array_api_strict creates any float64 array inside the block (DESIGN rule 6).
+    """Fail if array_api_strict creates any float64 array inside the block (docs/design.md rule 6).
 
     Every array_api_strict operation builds its result through the private ``Array._new``; wrapping
     it catches a float64 intermediate even when the final result is cast back to float32. 0-d

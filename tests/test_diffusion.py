@@ -220,7 +220,7 @@ def test_clipped_x0_sets_the_mean_and_leaves_eps_raw(backend, schedule, predicti
 
 def test_float32_inputs_never_create_float64_arrays():
     """No silent upcast: every function called with float32 inputs creates no float64 array at all,
-    intermediates included (DESIGN rule 6), checked by a tripwire on array_api_strict."""
+    intermediates included (docs/design.md rule 6), checked by a tripwire on array_api_strict."""
     backend = get_backend("array_api_strict")
     schedule, f32 = S.cosine(50), backend.dtype("float32")
     x = backend.asarray(host_data(0, (2, 2, 3, 3)), dtype=f32)

@@ -91,7 +91,7 @@ def test_from_data_denoiser_at_low_noise_returns_the_nearest_data_point(seed, in
 
 
 def test_float32_shared_std_path_makes_no_float64_intermediates():
-    """The matrix-product path on float32 strict arrays stays float32 (DESIGN rule 6)."""
+    """The matrix-product path on float32 strict arrays stays float32 (docs/design.md rule 6)."""
     pytest.importorskip("array_api_strict")
     from refdiff.backend import get_backend
 

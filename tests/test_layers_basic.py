@@ -110,7 +110,7 @@ def test_dropout_keeps_a_fraction_one_minus_p_scaled_by_its_inverse(backend, p):
 
 @given(seed=seeds, p=st.sampled_from([0.2, 0.5]), dtype=st.sampled_from(DTYPES))
 def test_dropout_same_seed_gives_the_same_mask_on_every_backend(backend, seed, p, dtype):
-    """The mask of Generator(seed) on ``backend`` equals the one on NumPy (host draws, DESIGN rule 4)."""
+    """The mask of Generator(seed) on ``backend`` equals the one on NumPy (host draws, docs/design.md rule 4)."""
     x = host_data(seed, (4, 3, 5), dtype)
     y, _ = _dropout(backend.asarray(x), p, seed)
     y_ref, _ = _dropout(get_backend("numpy").asarray(x), p, seed)

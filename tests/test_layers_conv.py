@@ -290,7 +290,7 @@ def test_resample_backwards_are_adjoints_and_each_others_forward(backend, shape,
 def test_layers_keep_library_device_and_dtype_with_no_float64_intermediates(backend, dtype):
     """Every output and gradient of conv2d (k 3, stride 1 and 2, k 1) and of the resampling layers is
     in its input's library, device and dtype; float32 inputs create no float64 array at all on
-    array_api_strict (DESIGN rule 6)."""
+    array_api_strict (docs/design.md rule 6)."""
     case = ConvCase(2, 6, 5, 3, 4, 3, 1, 1)
     a = on_backend(backend, conv_arrays(case, 0, dtype), dtype)
     one_by_one = backend.asarray(host_data(5, (1, 1, 3, 2)), dtype=a["x"].dtype)

@@ -262,7 +262,7 @@ def test_vlb_term_is_zero_for_the_true_posterior_and_the_decoder_nll_at_t0(backe
 @given(schedule=schedule_strategy(min_T=2), shape=shapes, seed=seeds, dtype=dtypes, data=st.data())
 def test_every_function_returns_the_input_library_device_and_dtype(backend, schedule, shape, seed, dtype, data):
     """Each public function of refdiff.likelihood returns an array of its input's library, device and dtype,
-    and (on array_api_strict) creates no float64 intermediate from float32 inputs (DESIGN rule 6)."""
+    and (on array_api_strict) creates no float64 intermediate from float32 inputs (docs/design.md rule 6)."""
     x, _ = on(backend, host_data(seed, shape), dtype)
     lv, _ = on(backend, np.clip(host_data(seed + 1, shape), -3.0, 3.0), dtype)
     t = backend.asarray(np.array(data.draw(st.lists(st.integers(0, schedule.T - 1), min_size=shape[0],

@@ -1,4 +1,4 @@
-"""The package's structure, checked on its source: DESIGN.md's layers and rule 1."""
+"""The package's structure, checked on its source: docs/design.md's layer map and rule 1."""
 
 import ast
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import refdiff
 
 ROOT = Path(refdiff.__file__).parent
-# DESIGN.md's layers, bottom to top, with the modules the list leaves out placed where they sit:
+# docs/design.md's layer map, bottom to top, with the modules the list leaves out placed where they sit:
 # distributed and checkpoint under train; classifier_train beside it; generate and demo under cli.
 LAYERS = ("backend", "speed", "parallel", "schedules", "diffusion", "likelihood", "layers", "models", "losses", "optim", "samplers",
           "data", "distributed", "checkpoint", "train", "classifier_train", "metrics", "plot", "generate", "demo",
@@ -44,7 +44,7 @@ def test_every_module_imports_only_layers_below_it():
 
 
 def test_only_the_backend_module_imports_cupy():
-    """DESIGN rule 1: no module of refdiff but refdiff/backend.py imports CuPy (or cupyx), at any depth
+    """docs/design.md rule 1: no module of refdiff but refdiff/backend.py imports CuPy (or cupyx), at any depth
     (lazy imports inside functions count; importlib calls are the backend's own business)."""
     found = [f"{rel}:{line}" for rel, line, name in _imports() if name.split(".")[0] in ("cupy", "cupyx")]
     assert found and all(where.startswith("backend.py:") for where in found), found

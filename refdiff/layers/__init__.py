@@ -1,4 +1,4 @@
-"""Layers as forward/backward pairs (DESIGN rule 5), channels-last (N, H, W, C) activations.
+"""Layers as forward/backward pairs (docs/design.md rule 5), channels-last (N, H, W, C) activations.
 
 ``y, cache = <layer>_forward(...)`` and ``grads = <layer>_backward(dy, cache)``; the derivations of
 the nontrivial backward passes are in docs/derivations/ (conv2d, group_norm, attention).

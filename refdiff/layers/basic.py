@@ -1,7 +1,7 @@
 """Elementwise and dense layers as forward/backward pairs: linear, SiLU, inverted dropout.
 
 Each ``*_forward`` returns ``(y, cache)``; each ``*_backward(dy, cache)`` returns fresh gradients
-(DESIGN rule 5). Activations are channels-last: images (N, H, W, C), vectors (N, C). SiLU is
+(docs/design.md rule 5). Activations are channels-last: images (N, H, W, C), vectors (N, C). SiLU is
 Elfwing et al. 2018 / Hendrycks & Gimpel 2016 ("swish"); dropout is Srivastava et al. 2014 in its
 inverted form (scaled at training time, identity at evaluation).
 """
