@@ -201,20 +201,32 @@ def _fixed_variance(schedule: Schedule, kind: str, convention: str):
     return schedule.betas, np.log(schedule.betas)
 
 
-def _learned_log_variance(schedule: Schedule, kind: str, out: Any, t: Any, convention: str):
-    """Log-variance from the model's variance channels (Nichol & Dhariwal 2021, eq. 15).
+def learned_range_bounds(schedule: Schedule, convention: str) -> tuple[np.ndarray, np.ndarray]:
+    """(T,) float64 (min_log, max_log): the two ends of the learned-range log-variance.
 
-    learned:        log var_t = out
-    learned_range:  log var_t = f log beta_t + (1 - f) log beta~_t,  f = (out + 1) / 2
+    Math: max_log_t = log beta_t,  min_log_t = log beta~_t          (Nichol & Dhariwal 2021, eq. 15)
+    beta~_0 = 0, so t = 0 follows the convention: "openai" uses log beta~_1 there (the schedule's
+    clipped log), "diffusers" log max(beta~_t, 1e-20).
     """
-    if kind == "learned":
-        return out
     if convention == "openai":
         min_log = schedule.posterior_log_variance_clipped
     else:
         min_log = np.log(np.maximum(schedule.posterior_variance, DIFFUSERS_MIN_VARIANCE))
+    return min_log, np.log(schedule.betas)
+
+
+def _learned_log_variance(schedule: Schedule, kind: str, out: Any, t: Any, convention: str):
+    """Log-variance from the model's variance channels (Nichol & Dhariwal 2021, eq. 15).
+
+    learned:        log var_t = out
+    learned_range:  log var_t = f max_log_t + (1 - f) min_log_t,  f = (out + 1) / 2
+                    with (min_log, max_log) = (log beta~_t, log beta_t) (``learned_range_bounds``)
+    """
+    if kind == "learned":
+        return out
+    min_log, max_log = learned_range_bounds(schedule, convention)
     frac = (out + 1.0) / 2.0
-    return frac * gather(np.log(schedule.betas), t, out) + (1.0 - frac) * gather(min_log, t, out)
+    return frac * gather(max_log, t, out) + (1.0 - frac) * gather(min_log, t, out)
 
 
 def _x0_and_eps(schedule: Schedule, prediction: str, out: Any, xt: Any, t: Any):

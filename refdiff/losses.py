@@ -23,9 +23,9 @@ import numpy as np
 from refdiff.backend import asarray, device, gather, namespace, to_numpy
 from refdiff.diffusion import (
     CONVENTIONS,
-    DIFFUSERS_MIN_VARIANCE,
     PREDICTIONS,
     check_t,
+    learned_range_bounds,
     p_mean_variance,
     predict_v,
     q_posterior,
@@ -222,16 +222,13 @@ def mean_slope_table(schedule: Schedule, prediction: str) -> np.ndarray:
 def learned_range_slope_table(schedule: Schedule, convention: str) -> np.ndarray:
     """(T,) float64 S_t = d log_var / d var_out of the learned-range variance (Nichol & Dhariwal, eq. 15).
 
-    Math: log_var = f log beta_t + (1 - f) min_log_t, f = (var_out + 1) / 2
-          -> S_t = (log beta_t - min_log_t) / 2
-    min_log_t as in ``diffusion.p_mean_variance``: log beta~_t with beta~_1 at t = 0 ("openai") or
-    log max(beta~_t, 1e-20) ("diffusers").
+    Math: log_var = f max_log_t + (1 - f) min_log_t, f = (var_out + 1) / 2
+          -> S_t = (max_log_t - min_log_t) / 2
+    with (min_log, max_log) = (log beta~_t, log beta_t) from ``diffusion.learned_range_bounds``
+    (its t = 0 value per convention).
     """
-    if convention == "openai":
-        min_log = schedule.posterior_log_variance_clipped
-    else:
-        min_log = np.log(np.maximum(schedule.posterior_variance, DIFFUSERS_MIN_VARIANCE))
-    return 0.5 * (np.log(schedule.betas) - min_log)
+    min_log, max_log = learned_range_bounds(schedule, convention)
+    return 0.5 * (max_log - min_log)
 
 
 # --- the discretized Gaussian decoder's gradient ----------------------------------------------
