@@ -4,7 +4,9 @@ KL divergences of Gaussians, the discretized Gaussian decoder p(x0 | x_1) of Ho 
 (Sec. 3.3, eq. 13), the prior term KL(q(x_T | x0) || N(0, I)) and the per-step terms L_{t-1} of the
 bound (eq. 5), reported in bits/dim as in improved DDPM (Nichol & Dhariwal 2021, Sec. 2.3 and 3),
 and the full bound of any model callable over all T steps (improved DDPM's ``calc_bpd_loop``).
-Pure math on arrays of any Array API library.
+Each term that training differentiates has its backward right after it (``normal_kl_backward``,
+``discretized_gaussian_log_likelihood_backward``, ``vlb_backward``: gradients w.r.t. the model's mean
+and log-variance, derived in docs/derivations/losses.md). Pure math on arrays of any Array API library.
 """
 
 from __future__ import annotations
@@ -43,6 +45,24 @@ def normal_kl(mean1: Any, logvar1: Any, mean2: Any, logvar2: Any):
     return 0.5 * (xp.expm1(d) - d + (mean1 - mean2) ** 2 * precision2)
 
 
+def normal_kl_backward(mean1: Any, logvar1: Any, mean2: Any, logvar2: Any):
+    """Gradients of KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) w.r.t. the second Gaussian.
+
+    Math: KL = 0.5 (-1 + logvar2 - logvar1 + e^(logvar1 - logvar2) + (mean1 - mean2)^2 e^(-logvar2))
+          dKL / d mean2   = (mean2 - mean1) e^(-logvar2)
+          dKL / d logvar2 = 0.5 (1 - e^(logvar1 - logvar2) - (mean1 - mean2)^2 e^(-logvar2))
+    1 - e^d is computed as -expm1(d), exact at d = 0. Arrays broadcast; returns both at full shape.
+    """
+    xp = namespace(mean1, mean2)
+    precision2 = xp.exp(-logvar2)
+    diff = mean2 - mean1
+    return diff * precision2, 0.5 * (-xp.expm1(logvar1 - logvar2) - diff * diff * precision2)
+
+
+_TANH_K = math.sqrt(2.0 / math.pi)
+_TANH_C = 0.044715
+
+
 def approx_standard_normal_cdf(x: Any):
     """The tanh approximation of the standard normal CDF that improved DDPM uses.
 
@@ -50,7 +70,20 @@ def approx_standard_normal_cdf(x: Any):
     Its absolute error is below 2e-4 everywhere (tests check 1e-3).
     """
     xp = namespace(x)
-    return 0.5 * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * (1.0 + xp.tanh(_TANH_K * (x + _TANH_C * x**3)))
+
+
+def approx_standard_normal_pdf(u: Any):
+    """Derivative of the tanh approximation of Phi (``approx_standard_normal_cdf``).
+
+    Math: Phi(u) ~= (1 + tanh(z)) / 2, z = k (u + c u^3), k = sqrt(2 / pi), c = 0.044715
+          Phi'(u) = k (1 + 3 c u^2) sech^2(z) / 2,  sech^2(z) = 4 a / (1 + a)^2, a = exp(-2 |z|)
+    The exp(-2|z|) form cannot overflow and stays accurate where tanh(z) rounds to +-1.
+    """
+    xp = namespace(u)
+    z = _TANH_K * (u + _TANH_C * u**3)
+    a = xp.exp(-2.0 * xp.abs(z))
+    return 0.5 * _TANH_K * (1.0 + 3.0 * _TANH_C * u * u) * (4.0 * a / ((1.0 + a) * (1.0 + a)))
 
 
 def standard_normal_cdf(x: Any):
@@ -58,7 +91,14 @@ def standard_normal_cdf(x: Any):
     return 0.5 * (1.0 + erf(x / math.sqrt(2.0)))
 
 
+def standard_normal_pdf(u: Any):
+    """phi(u) = exp(-u^2 / 2) / sqrt(2 pi), the derivative of the exact Phi."""
+    xp = namespace(u)
+    return xp.exp(-0.5 * u * u) / math.sqrt(2.0 * math.pi)
+
+
 CDFS = {"approx": approx_standard_normal_cdf, "exact": standard_normal_cdf}
+PDFS = {"approx": approx_standard_normal_pdf, "exact": standard_normal_pdf}
 
 
 def discretized_gaussian_log_likelihood(x: Any, mean: Any, log_scale: Any, levels: int = 256,
@@ -86,6 +126,38 @@ def discretized_gaussian_log_likelihood(x: Any, mean: Any, log_scale: Any, level
     log_one_minus_cdf_min = xp.log(xp.maximum(1.0 - cdf_min, xp.full_like(cdf_min, MIN_PROB)))  # highest
     log_delta = xp.log(xp.maximum(cdf_plus - cdf_min, xp.full_like(cdf_min, MIN_PROB)))    # inner bins
     return xp.where(x < -1.0 + h, log_cdf_plus, xp.where(x > 1.0 - h, log_one_minus_cdf_min, log_delta))
+
+
+def discretized_gaussian_log_likelihood_backward(x: Any, mean: Any, log_scale: Any, levels: int = 256,
+                                                 cdf: str = "approx"):
+    """Gradients of ``discretized_gaussian_log_likelihood`` w.r.t. mean and log_scale.
+
+    Math: u+- = (x +- h - mean) / s, s = exp(log_scale), h = 1 / (levels - 1),
+          P = Phi(u+) - Phi(u-) with Phi(u-) := 0 in the lowest bin and Phi(u+) := 1 in the highest,
+          d log P / d mean      = -(phi(u+) - phi(u-)) / (s P)
+          d log P / d log_scale = -(u+ phi(u+) - u- phi(u-)) / P
+    with phi = Phi' of the same ``cdf`` (the tanh form's own derivative for "approx"), phi(u-) := 0
+    in the lowest bin, phi(u+) := 0 in the highest, and both gradients 0 where P <= MIN_PROB (the
+    forward's floor max(P, MIN_PROB) is constant there).
+
+    x: (N, ...) data on the grid; mean, log_scale: like x. Returns (dmean, dlog_scale) like x.
+    """
+    xp = namespace(x, mean)
+    Phi, phi = CDFS[cdf], PDFS[cdf]
+    h = 1.0 / (levels - 1)
+    inv_s = xp.exp(-log_scale)
+    u_plus, u_min = inv_s * (x - mean + h), inv_s * (x - mean - h)
+    lowest, highest = x < -1.0 + h, x > 1.0 - h                    # the bins extended to -inf / +inf
+    cdf_plus, cdf_min = Phi(u_plus), Phi(u_min)
+    prob = xp.where(lowest, cdf_plus, xp.where(highest, 1.0 - cdf_min, cdf_plus - cdf_min))  # as the forward
+    zero = xp.zeros_like(prob)
+    phi_plus = xp.where(highest, zero, phi(u_plus))
+    phi_min = xp.where(lowest, zero, phi(u_min))
+    floor = xp.full_like(prob, MIN_PROB)
+    inv_prob = xp.where(prob > floor, 1.0 / xp.maximum(prob, floor), zero)
+    dmean = -inv_s * (phi_plus - phi_min) * inv_prob
+    dlog_scale = -(u_plus * phi_plus - u_min * phi_min) * inv_prob
+    return dmean, dlog_scale
 
 
 def _mean_flat(x: Any):
@@ -128,6 +200,29 @@ def vlb_term_bpd(schedule: Schedule, x0: Any, xt: Any, t: Any, mean: Any, log_va
     else:
         log_p = gaussian_log_likelihood(x0, mean, 0.5 * log_variance)
     return xp.where(t == 0, -_mean_flat(log_p), kl) / math.log(2.0)
+
+
+def vlb_backward(schedule: Schedule, x0: Any, xt: Any, t: Any, mean: Any, log_variance: Any,
+                 levels: int = 256, cdf: str = "approx"):
+    """Gradients of ``vlb_term_bpd`` (discretized decoder) w.r.t. the model's mean and log-variance,
+    elementwise.
+
+    Math: vlb_n = (1 / (M ln 2)) sum_i ell_ni with ell = KL(q || p) for t > 0 and
+          ell = -log p(x0 | x_t) for t = 0 (the decoder, with log_scale = log_var / 2), so
+          d vlb_n / d mean_ni = (1 / (M ln 2)) d ell_ni / d mean_ni, and likewise for log_var.
+
+    x0, xt, mean: (N, ...); log_variance: (N, ...); t: (N,). Returns (dmean, dlog_variance) like mean.
+    """
+    xp = namespace(x0, mean)
+    scale = 1.0 / (math.prod(x0.shape[1:]) * math.log(2.0))
+    true_mean, _, true_log_variance = q_posterior(schedule, x0, xt, t)
+    dkl_dmean, dkl_dlog_var = normal_kl_backward(true_mean, true_log_variance, mean, log_variance)
+    dll_dmean, dll_dlog_scale = discretized_gaussian_log_likelihood_backward(
+        x0, mean, 0.5 * log_variance, levels, cdf)
+    at_t0 = xp.reshape(t == 0, (t.shape[0],) + (1,) * (x0.ndim - 1))                  # (N, 1, ..., 1)
+    dmean = xp.where(at_t0, -dll_dmean, dkl_dmean)
+    dlog_var = xp.where(at_t0, -0.5 * dll_dlog_scale, dkl_dlog_var)              # d log_scale / d log_var = 1/2
+    return scale * dmean, scale * dlog_var
 
 
 def _check_decoder(decoder: str) -> None:

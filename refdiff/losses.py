@@ -28,10 +28,9 @@ from refdiff.diffusion import (
     learned_range_bounds,
     p_mean_variance,
     predict_v,
-    q_posterior,
     q_sample,
 )
-from refdiff.likelihood import CDFS, MIN_PROB, vlb_term_bpd
+from refdiff.likelihood import CDFS, vlb_backward, vlb_term_bpd
 from refdiff.schedules import Schedule
 
 LOSSES = ("mse", "hybrid", "kl")
@@ -159,48 +158,12 @@ def vlb_with_grad(schedule: Schedule, model_output: Any, x0: Any, xt: Any, t: An
     Returns (vlb (N,), d vlb / d out (N, C, ...), d vlb / d var_out (N, C, ...)).
     """
     p = p_mean_variance(schedule, model_output, xt, t, prediction, variance, convention=convention)
-    vlb = vlb_term_bpd(schedule, x0, xt, t, p.mean, p.log_variance, levels, cdf)     # forward: likelihood.py
+    vlb = vlb_term_bpd(schedule, x0, xt, t, p.mean, p.log_variance, levels, cdf)
     dmean, dlog_var = vlb_backward(schedule, x0, xt, t, p.mean, p.log_variance, levels, cdf)
     dout = gather(mean_slope_table(schedule, prediction), t, x0) * dmean
     if variance == "learned":
         return vlb, dout, dlog_var                                                  # log_var = var_out
     return vlb, dout, gather(learned_range_slope_table(schedule, convention), t, x0) * dlog_var
-
-
-def vlb_backward(schedule: Schedule, x0: Any, xt: Any, t: Any, mean: Any, log_variance: Any,
-                 levels: int = 256, cdf: str = "approx"):
-    """Gradients of ``likelihood.vlb_term_bpd`` w.r.t. the model's mean and log-variance, elementwise.
-
-    Math: vlb_n = (1 / (M ln 2)) sum_i ell_ni with ell = KL(q || p) for t > 0 and
-          ell = -log p(x0 | x_t) for t = 0 (the decoder, with log_scale = log_var / 2), so
-          d vlb_n / d mean_ni = (1 / (M ln 2)) d ell_ni / d mean_ni, and likewise for log_var.
-
-    x0, xt, mean: (N, ...); log_variance: (N, ...); t: (N,). Returns (dmean, dlog_variance) like mean.
-    """
-    xp = namespace(x0, mean)
-    scale = 1.0 / (math.prod(x0.shape[1:]) * math.log(2.0))
-    true_mean, _, true_log_variance = q_posterior(schedule, x0, xt, t)
-    dkl_dmean, dkl_dlog_var = normal_kl_backward(true_mean, true_log_variance, mean, log_variance)
-    dll_dmean, dll_dlog_scale = discretized_gaussian_log_likelihood_backward(
-        x0, mean, 0.5 * log_variance, levels, cdf)
-    decoder = _per_sample(t == 0, x0)                                               # (N, 1, ..., 1)
-    dmean = xp.where(decoder, -dll_dmean, dkl_dmean)
-    dlog_var = xp.where(decoder, -0.5 * dll_dlog_scale, dkl_dlog_var)              # d log_scale / d log_var = 1/2
-    return scale * dmean, scale * dlog_var
-
-
-def normal_kl_backward(mean1: Any, logvar1: Any, mean2: Any, logvar2: Any):
-    """Gradients of KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) w.r.t. the second Gaussian.
-
-    Math: KL = 0.5 (-1 + logvar2 - logvar1 + e^(logvar1 - logvar2) + (mean1 - mean2)^2 e^(-logvar2))
-          dKL / d mean2   = (mean2 - mean1) e^(-logvar2)
-          dKL / d logvar2 = 0.5 (1 - e^(logvar1 - logvar2) - (mean1 - mean2)^2 e^(-logvar2))
-    1 - e^d is computed as -expm1(d), exact at d = 0. Arrays broadcast; returns both at full shape.
-    """
-    xp = namespace(mean1, mean2)
-    precision2 = xp.exp(-logvar2)
-    diff = mean2 - mean1
-    return diff * precision2, 0.5 * (-xp.expm1(logvar1 - logvar2) - diff * diff * precision2)
 
 
 def mean_slope_table(schedule: Schedule, prediction: str) -> np.ndarray:
@@ -229,66 +192,6 @@ def learned_range_slope_table(schedule: Schedule, convention: str) -> np.ndarray
     """
     min_log, max_log = learned_range_bounds(schedule, convention)
     return 0.5 * (max_log - min_log)
-
-
-# --- the discretized Gaussian decoder's gradient ----------------------------------------------
-
-_TANH_K = math.sqrt(2.0 / math.pi)
-_TANH_C = 0.044715
-
-
-def approx_standard_normal_pdf(u: Any):
-    """Derivative of the tanh approximation of Phi (``likelihood.approx_standard_normal_cdf``).
-
-    Math: Phi(u) ~= (1 + tanh(z)) / 2, z = k (u + c u^3), k = sqrt(2 / pi), c = 0.044715
-          Phi'(u) = k (1 + 3 c u^2) sech^2(z) / 2,  sech^2(z) = 4 a / (1 + a)^2, a = exp(-2 |z|)
-    The exp(-2|z|) form cannot overflow and stays accurate where tanh(z) rounds to +-1.
-    """
-    xp = namespace(u)
-    z = _TANH_K * (u + _TANH_C * u**3)
-    a = xp.exp(-2.0 * xp.abs(z))
-    return 0.5 * _TANH_K * (1.0 + 3.0 * _TANH_C * u * u) * (4.0 * a / ((1.0 + a) * (1.0 + a)))
-
-
-def standard_normal_pdf(u: Any):
-    """phi(u) = exp(-u^2 / 2) / sqrt(2 pi), the derivative of the exact Phi."""
-    xp = namespace(u)
-    return xp.exp(-0.5 * u * u) / math.sqrt(2.0 * math.pi)
-
-
-PDFS = {"approx": approx_standard_normal_pdf, "exact": standard_normal_pdf}
-
-
-def discretized_gaussian_log_likelihood_backward(x: Any, mean: Any, log_scale: Any, levels: int = 256,
-                                                 cdf: str = "approx"):
-    """Gradients of ``likelihood.discretized_gaussian_log_likelihood`` w.r.t. mean and log_scale.
-
-    Math: u+- = (x +- h - mean) / s, s = exp(log_scale), h = 1 / (levels - 1),
-          P = Phi(u+) - Phi(u-) with Phi(u-) := 0 in the lowest bin and Phi(u+) := 1 in the highest,
-          d log P / d mean      = -(phi(u+) - phi(u-)) / (s P)
-          d log P / d log_scale = -(u+ phi(u+) - u- phi(u-)) / P
-    with phi = Phi' of the same ``cdf`` (the tanh form's own derivative for "approx"), phi(u-) := 0
-    in the lowest bin, phi(u+) := 0 in the highest, and both gradients 0 where P <= MIN_PROB (the
-    forward's floor max(P, MIN_PROB) is constant there).
-
-    x: (N, ...) data on the grid; mean, log_scale: like x. Returns (dmean, dlog_scale) like x.
-    """
-    xp = namespace(x, mean)
-    Phi, phi = CDFS[cdf], PDFS[cdf]
-    h = 1.0 / (levels - 1)
-    inv_s = xp.exp(-log_scale)
-    u_plus, u_min = inv_s * (x - mean + h), inv_s * (x - mean - h)
-    lowest, highest = x < -1.0 + h, x > 1.0 - h                    # the bins extended to -inf / +inf
-    cdf_plus, cdf_min = Phi(u_plus), Phi(u_min)
-    prob = xp.where(lowest, cdf_plus, xp.where(highest, 1.0 - cdf_min, cdf_plus - cdf_min))  # as the forward
-    zero = xp.zeros_like(prob)
-    phi_plus = xp.where(highest, zero, phi(u_plus))
-    phi_min = xp.where(lowest, zero, phi(u_min))
-    floor = xp.full_like(prob, MIN_PROB)
-    inv_prob = xp.where(prob > floor, 1.0 / xp.maximum(prob, floor), zero)
-    dmean = -inv_s * (phi_plus - phi_min) * inv_prob
-    dlog_scale = -(u_plus * phi_plus - u_min * phi_min) * inv_prob
-    return dmean, dlog_scale
 
 
 # --- timestep sampling ------------------------------------------------------------------------

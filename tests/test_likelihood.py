@@ -1,7 +1,9 @@
 """Specification of refdiff.likelihood: Gaussian KL, normal CDFs, the discretized decoder, VLB terms.
 
 Oracles are host float64 NumPy/SciPy: numerical integration (scipy.integrate.quad) for the KL,
-scipy.stats.norm for the CDFs and bin probabilities, closed forms for the prior term.
+scipy.stats.norm for the CDFs and bin probabilities, closed forms for the prior term, finite
+differences (tests/gradcheck.py) for the decoder's gradient. The gradients of the KL and of the whole
+VLB term are checked through the training loss in test_losses.py.
 """
 
 import contextlib
@@ -14,11 +16,13 @@ import scipy.stats
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from gradcheck import assert_gradients_match
 from refdiff.backend import to_numpy
 from refdiff.diffusion import q_posterior
 from refdiff.likelihood import (
     approx_standard_normal_cdf,
     discretized_gaussian_log_likelihood,
+    discretized_gaussian_log_likelihood_backward,
     normal_kl,
     prior_bpd,
     standard_normal_cdf,
@@ -197,6 +201,34 @@ def test_discretized_gaussian_bin_is_the_normal_mass_of_its_interval(backend, pa
     assert_same_array_kind(log_p, x)
     xp = backend.xp
     assert_close(xp.exp(log_p), np.maximum(mass, MIN_PROB), scale=1.0 + float(np.max(1.0 / s)))
+
+
+@given(seed=seeds, levels=st.sampled_from([256, 17, 2]), cdf=st.sampled_from(["approx", "exact"]),
+       log_scale=st.floats(-3.0, 0.5))
+def test_decoder_gradient_matches_finite_differences(backend, seed, levels, cdf, log_scale):
+    """(dmean, dlog_scale) of discretized_gaussian_log_likelihood_backward == the gradients of
+    sum(discretized_gaussian_log_likelihood(x, mean, log_scale) * dy) (float64), over every bin kind
+    (lowest, inner, highest); draws with a bin probability outside [1e-4, 1 - 1e-4] are discarded
+    (see test_losses.well_conditioned)."""
+    rng = np.random.default_rng(seed)
+    x = -1.0 + 2.0 * rng.integers(0, levels, (2, 3)) / (levels - 1)
+    x[0, 0], x[0, 1] = -1.0, 1.0                                      # both open-ended bins
+    s = math.exp(log_scale)
+    arrays = {"mean": x + 0.5 * s * rng.standard_normal(x.shape),
+              "log_scale": log_scale + 0.1 * rng.standard_normal(x.shape)}
+    prob = np.exp(discretized_gaussian_log_likelihood(x, arrays["mean"], arrays["log_scale"], levels, cdf))
+    assume(np.all((prob >= 1e-4) & (prob <= 1.0 - 1e-4)))
+    dy = rng.standard_normal(x.shape)
+    A = backend.asarray
+
+    def loss(a):
+        log_p = discretized_gaussian_log_likelihood(A(x), A(a["mean"]), A(a["log_scale"]), levels, cdf)
+        return float(to_numpy(backend.xp.sum(log_p * A(dy))))
+
+    dmean, dlog_scale = discretized_gaussian_log_likelihood_backward(A(x), A(arrays["mean"]), A(arrays["log_scale"]),
+                                                                     levels, cdf)
+    grads = {"mean": to_numpy(dmean) * dy, "log_scale": to_numpy(dlog_scale) * dy}
+    assert_gradients_match(loss, arrays, grads)
 
 
 # --- prior and VLB terms -----------------------------------------------------------------------
