@@ -40,9 +40,10 @@ from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
 from refdiff.checkpoint import load_checkpoint, save_checkpoint
 from refdiff.diffusion import PREDICTIONS, q_sample
 from refdiff.distributed import SINGLE_PROCESS, ShardedGenerator, allreduce_batch, check_batch, get_communicator, shard
-from refdiff.losses import LOSSES, WEIGHTINGS, LossSecondMomentSampler, sample_timesteps, training_loss
+from refdiff.losses import LOSSES, WEIGHTINGS, training_loss
 from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, ema_update, learning_rate
 from refdiff.parallel import in_parts
+from refdiff.timesteps import LossSecondMomentSampler, sample_timesteps
 
 TIMESTEPS = ("uniform", "importance")
 RESUME_FIXED = ("T", "schedule", "prediction", "loss", "weighting", "timesteps")  # what a checkpoint's state means
