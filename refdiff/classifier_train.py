@@ -31,7 +31,7 @@ from refdiff import schedules
 from refdiff.backend import Generator, asarray, get_backend, to_numpy
 from refdiff.checkpoint import load_checkpoint, save_checkpoint
 from refdiff.diffusion import q_sample
-from refdiff.losses import cross_entropy
+from refdiff.layers.cross_entropy import cross_entropy
 from refdiff.models.classifier import ClassifierConfig, classifier_backward, classifier_forward, init_params
 from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, learning_rate
 from refdiff.parallel import in_parts

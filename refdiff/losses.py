@@ -4,9 +4,9 @@ L_simple for eps / x0 / v targets (Ho et al. 2020, eq. 14; Salimans & Ho 2022), 
 (Hang et al. 2023, gamma = 5), the hybrid L_simple + lambda L_vlb and the pure L_vlb with learned
 variances (Nichol & Dhariwal 2021, Sec. 3.1, eq. 16), with the importance weights of t drawn by
 refdiff.timesteps (Sec. 3.3). Every loss returns d loss / d model_output, derived by hand in
-docs/derivations/losses.md, which the model's backward then takes; the VLB term's own gradients
-w.r.t. mean and log-variance sit beside it in refdiff.likelihood. ``cross_entropy`` (with the
-max-subtracted ``log_softmax``) is the classifier's loss (refdiff.classifier_train).
+docs/derivations/losses.md, which the model's backward then takes; the VLB term and its gradients
+w.r.t. the mean and log-variance are refdiff.likelihood's. (The classifier's loss,
+``cross_entropy``, is a layer: refdiff.layers.cross_entropy.)
 
 Units: the VLB term L_t is in bits/dim (``likelihood.vlb_term_bpd``). One draw of t estimates
 L_vlb = sum_t L_t as T * L_t, so per sample the hybrid loss is mse + vlb_weight * T * L_t and the
@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from refdiff.backend import asarray, device, gather, namespace
+from refdiff.backend import asarray, gather, namespace
 from refdiff.diffusion import (
     CONVENTIONS,
     PREDICTIONS,
@@ -195,48 +195,6 @@ def learned_range_slope_table(schedule: Schedule, convention: str) -> np.ndarray
     return 0.5 * (max_log - min_log)
 
 
-# --- classification: cross-entropy -------------------------------------------------------------
-
-REDUCTIONS = ("mean", "sum")
-
-
-def log_softmax(logits: Any):
-    """log softmax over the last axis, with the maximum subtracted first.
-
-    Math: log p_k = z_k - m - log sum_j exp(z_j - m),  m = max_j z_j
-    Every exp argument is <= 0 and the largest is 0, so nothing overflows and the sum is >= 1 (its log
-    is finite) for logits of any size; the naive form overflows in float32 at z > 88.
-    logits: (..., K) real floating. Returns (..., K) like logits.
-    """
-    xp = namespace(logits)
-    shifted = logits - xp.max(logits, axis=-1, keepdims=True)  # (..., K), each row's max is 0
-    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
-
-
-def cross_entropy(logits: Any, y: Any, reduction: str = "mean"):
-    """Cross-entropy of integer labels under softmax(logits), and its gradient w.r.t. the logits.
-
-    Math: L_n = -log p_{n, y_n},  p_n = softmax(z_n) (log_softmax, max-subtracted)
-          loss = (1/N) sum_n L_n ("mean") or sum_n L_n ("sum")
-          dL_n / dz_nk = p_nk - [k == y_n],  so dlogits = (p - onehot(y)) / N or (p - onehot(y))
-    (With reduction="sum", -dlogits = onehot(y) - p is the gradient of sum_n log p(y_n | x_n) that
-    classifier guidance backpropagates to x_t.)
-
-    logits: (N, K) real floating; y: (N,) integer labels in [0, K) of logits' library and device.
-    Returns (loss 0-d, dlogits (N, K)) like logits.
-    """
-    _check_cross_entropy(logits, y, reduction)
-    xp = namespace(logits, y)
-    N, K = logits.shape
-    logp = log_softmax(logits)  # (N, K)
-    onehot = xp.astype(y[:, None] == xp.arange(K, device=device(y))[None, :], logits.dtype)  # (N, K)
-    per_sample = -xp.sum(onehot * logp, axis=1)  # (N,) L_n
-    dlogits = xp.exp(logp) - onehot  # (N, K) p - onehot(y)
-    if reduction == "sum":
-        return xp.sum(per_sample), dlogits
-    return xp.mean(per_sample), dlogits / N
-
-
 # --- validation at the boundary ---------------------------------------------------------------
 
 
@@ -276,22 +234,3 @@ def _check_loss_arrays(schedule, model_output, x0, t, eps, loss, weights) -> Non
         raise ValueError(f"weights must be None or ({x0.shape[0]},) of dtype {x0.dtype}, "
                          f"got {weights.shape}, {weights.dtype}")
     check_t(schedule, t, x0)
-
-
-def _check_cross_entropy(logits, y, reduction) -> None:
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
-    xp = namespace(logits)
-    if not xp.isdtype(logits.dtype, "real floating") or logits.ndim != 2 or 0 in logits.shape:
-        raise ValueError(f"logits must be a real floating (N, K) array with N, K >= 1, got shape "
-                         f"{tuple(logits.shape)} and dtype {logits.dtype}")
-    N, K = logits.shape
-    try:
-        same = namespace(y, logits) is xp and device(y) == device(logits)
-    except TypeError:  # array_api_compat refuses to mix libraries
-        same = False
-    if not same or y.ndim != 1 or y.shape[0] != N or not xp.isdtype(y.dtype, "integral"):
-        raise ValueError(f"y must be an ({N},) integer array of logits' library and device, got "
-                         f"{type(y).__name__} of shape {tuple(getattr(y, 'shape', ()))}")
-    if bool(xp.any((y < 0) | (y >= K))):  # one device-to-host read on a GPU
-        raise ValueError(f"y must hold labels in [0, {K}), got values in [{int(xp.min(y))}, {int(xp.max(y))}]")

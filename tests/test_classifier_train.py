@@ -10,7 +10,7 @@ from refdiff import schedules as S
 from refdiff.backend import Generator, to_numpy
 from refdiff.classifier_train import (ClassifierTrainConfig, TrainedClassifier, guidance_gradient, load_classifier,
                                       predict_logits, save_classifier, train_classifier)
-from refdiff.losses import log_softmax
+from refdiff.layers.cross_entropy import log_softmax
 from refdiff.models import classifier as C
 from refdiff.samplers import ddim_loop, final
 from refdiff.samplers.guidance import classifier_guidance

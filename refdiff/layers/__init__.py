@@ -8,6 +8,7 @@ from refdiff.layers.attention import self_attention_backward, self_attention_for
 from refdiff.layers.basic import (dropout_backward, dropout_forward, linear_backward, linear_forward,
                                   silu_backward, silu_forward)
 from refdiff.layers.conv import conv2d_backward, conv2d_forward, weight_from_torch, weight_to_torch
+from refdiff.layers.cross_entropy import cross_entropy, log_softmax
 from refdiff.layers.embed import embedding_backward, embedding_forward, timestep_embedding
 from refdiff.layers.norm import group_norm_backward, group_norm_forward, scale_shift_backward, scale_shift_forward
 from refdiff.layers.resample import avg_pool2x_backward, avg_pool2x_forward, upsample2x_backward, upsample2x_forward
@@ -19,4 +20,5 @@ __all__ = [
     "group_norm_forward", "group_norm_backward", "scale_shift_forward", "scale_shift_backward",
     "self_attention_forward", "self_attention_backward", "softmax",
     "timestep_embedding", "embedding_forward", "embedding_backward",
+    "cross_entropy", "log_softmax",
 ]
