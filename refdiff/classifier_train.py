@@ -6,7 +6,7 @@ Two jobs, one loop (``train_classifier``):
                batch is noised, x_t = q_sample(x0, t, eps) with t uniform on [0, T), and the
                classifier reads t; ``guidance_gradient`` turns it into the grad_x log p_phi(y | x_t)
                that refdiff.samplers.guidance.classifier_guidance takes;
-  noisy=False  an ordinary image classifier, trained on clean images at t = 0 (refdiff.metrics' digit
+  noisy=False  an ordinary image classifier, trained on clean images at t = 0 (refdiff.digits_eval's digit
                classifier, whose pooled features give the Frechet distance).
 
 One step: x0, y <- batch (indices drawn by the generator); [t, eps <- draws; x_t = q_sample(x0, t, eps)];

@@ -382,7 +382,7 @@ def _eval_samples(args: argparse.Namespace) -> None:
 
     import numpy as np
 
-    from refdiff.metrics import digit_classifier, digit_sample_report, digit_split, format_sample_report
+    from refdiff.digits_eval import digit_classifier, digit_sample_report, digit_split, format_sample_report
 
     if args.data != "digits" and not args.data.startswith("toy2d:"):
         raise ValueError(f"--samples needs --data digits (the digit classifier knows the 8x8 digits) or "

@@ -1,13 +1,13 @@
 """``refdiff demo``: the main job. Train a class-conditional U-Net on the embedded digits, then sample.
 
 Steps (each prints what it writes):
-  1. load the 1797 digits and hold out the fixed test split (180 digits, seed 0: refdiff.metrics.digit_split);
+  1. load the 1797 digits and hold out the fixed test split (180 digits, seed 0: refdiff.digits_eval.digit_split);
   2. write the forward chain of a few digits (forward_chain.png);
   3. train the ``digits8`` U-Net with classifier-free label dropout (checkpoint.npz, loss_curve.png;
      a rerun into the same folder replaces them);
   4. sample every class with DDIM and classifier-free guidance from the EMA weights
      (samples.png: one row per class; samples.npz: ``images`` in [-1, 1] and ``labels``);
-  5. score the samples against the held-out digits (refdiff.metrics.digit_sample_report): the Frechet
+  5. score the samples against the held-out digits (refdiff.digits_eval.digit_sample_report): the Frechet
      distance on the digit classifier's features next to its floor (two class-stratified halves of the
      held-out digits) and to real training digits of the same class counts, and the fraction of samples
      classified as their label (metrics.json, printed). The digit classifier is trained on the training
@@ -29,9 +29,9 @@ from refdiff import schedules
 from refdiff.backend import Generator
 from refdiff.data.digits import NUM_CLASSES
 from refdiff.diffusion import q_sample
+from refdiff.digits_eval import digit_classifier, digit_sample_report, digit_split, format_sample_report
 from refdiff.distributed import get_communicator
 from refdiff.generate import check_sampling, generate, load_model
-from refdiff.metrics import digit_classifier, digit_sample_report, digit_split, format_sample_report
 from refdiff.models.presets import PRESETS
 from refdiff.plot import curves, image_grid
 from refdiff.train import TrainConfig, train

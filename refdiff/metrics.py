@@ -1,13 +1,10 @@
-"""Distances between two samples of points, and the image metrics built on them.
+"""Distances between two samples of points, and the feature statistics the image metrics use.
 
 - Sliced Wasserstein-2 and the kernel MMD: what the 2-D examples report.
 - The Frechet distance between Gaussians fitted to features (Heusel et al. 2017's FID recipe, with
   refdiff's own feature network): ``frechet_distance``, ``gaussian_statistics``, ``features``,
-  ``frechet_distance_of_samples``.
-- The digit classifier (``digit_classifier``): the digits8 classifier trained at t = 0 on the embedded
-  digits' training split, nothing downloaded; its pooled features give the Frechet distance of 8x8
-  samples, its predictions the fraction of samples classified as their label (``class_fraction``);
-  ``digit_sample_report`` computes both, with the floor set by two halves of the held-out digits.
+  ``frechet_distance_of_samples``; and ``class_fraction``, the fraction of samples a classifier assigns
+  to their label. refdiff.digits_eval applies them to 8x8 digit samples with its digit classifier.
 
 Distances take host NumPy (N, D) and (M, D) arrays (call ``refdiff.backend.to_numpy`` first) and compute in
 float64. Each is reported against held-out data, next to the distance between two independent data samples
@@ -16,17 +13,12 @@ float64. Each is reported against held-out data, next to the distance between tw
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
-from refdiff.backend import asarray, to_numpy
-from refdiff.classifier_train import (ClassifierTrainConfig, TrainedClassifier, load_classifier, predict_logits,
-                                      save_classifier, train_classifier)
-from refdiff.models.classifier import classifier_features
+from refdiff.backend import to_numpy
 
 
 def _points(name: str, x) -> np.ndarray:
@@ -230,7 +222,7 @@ def frechet_distance_of_samples(feature_fn: Callable, a, b, batch_size: int = 50
 
     Math: d^2(N(mu_a, S_a), N(mu_b, S_b)) with mu, S = gaussian_statistics(feature_fn(.)) (frechet_distance).
     Finite samples bias it upward (about tr(S) (1/N + 1/M) from the means alone), so report it next to the
-    distance between two samples of real data (digit_sample_report's floor).
+    distance between two samples of real data (refdiff.digits_eval.digit_sample_report's floor).
     """
     fa, fb = features(feature_fn, a, batch_size), features(feature_fn, b, batch_size)
     return frechet_distance(*gaussian_statistics(fa), *gaussian_statistics(fb))
@@ -246,175 +238,3 @@ def class_fraction(classify_fn: Callable, x, labels, batch_size: int = 500) -> f
         raise ValueError(f"labels must be an ({np.shape(x)[0]},) integer array (one per sample), got shape "
                          f"{labels.shape}, dtype {labels.dtype}")
     return float(np.mean(_batched(classify_fn, x, batch_size) == labels))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The digit classifier: features and labels for samples of the 8x8 digits
-
-# 800 AdamW steps at batch 64 (about 32 epochs of the 1617 training digits), clean images (t = 0): 175 to 178
-# of the 180 held-out digits (97.2% to 98.9%) over seeds 0-3, seed 0 178; 600 steps gave 175-177 (seed 0:
-# 175, the least that reaches 97%), 1000 steps 174-177. About 20 s on one CPU core.
-DIGIT_CLASSIFIER_TRAIN = ClassifierTrainConfig(steps=800, batch_size=64, lr=2e-3, noisy=False, seed=0)
-
-
-@dataclasses.dataclass(frozen=True)
-class DigitClassifier:
-    """A classifier of the 8x8 digits at t = 0: ``features`` (its pooled penultimate layer, (N, 32)) and
-    ``predict``; ``test_accuracy`` on the held-out split and ``train_seconds`` from its training run."""
-
-    trained: TrainedClassifier
-
-    def features(self, x) -> np.ndarray:
-        """Pooled features (N, C) float64 of host images x (N, 1, 8, 8) in [-1, 1], at t = 0."""
-        return features(self._features, x)
-
-    def predict(self, x) -> np.ndarray:
-        """Predicted labels (N,) of host images x (N, 1, 8, 8) in [-1, 1]."""
-        return np.argmax(predict_logits(self.trained, np.asarray(x)), axis=1)
-
-    def _features(self, xb: np.ndarray):
-        like = self.trained.like
-        xb = asarray(xb, like=like, dtype=like.dtype)
-        t = asarray(np.zeros(xb.shape[0], dtype=np.int64), like=like)
-        return classifier_features(self.trained.params, self.trained.cfg, xb, t)
-
-    @property
-    def test_accuracy(self) -> float:
-        return float(self.trained.info["test_accuracy"])
-
-    @property
-    def train_seconds(self) -> float:
-        return float(self.trained.info.get("train_seconds", math.nan))
-
-
-def digit_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The embedded digits split as the demo and ``refdiff train --data digits`` split them:
-    (x_train, x_test, y_train, y_test) = train_test_split(x, y, test_fraction=0.1, seed=0)."""
-    from refdiff.data import load_digits, train_test_split
-
-    x, y = load_digits()
-    return train_test_split(x, y, test_fraction=0.1, seed=0)
-
-
-def digit_classifier(cache: str | Path | None = None, train_cfg: ClassifierTrainConfig = DIGIT_CLASSIFIER_TRAIN,
-                     progress: bool = False) -> DigitClassifier:
-    """The digit classifier: loaded from ``cache`` when that file exists, else trained from scratch
-    (deterministically, on the training split of ``digit_split``) and, when ``cache`` is given, saved there.
-
-    Training uses the digits8_classifier preset and train_cfg (DIGIT_CLASSIFIER_TRAIN: about 15 s on one
-    CPU core); its accuracy on the held-out split is measured once and kept with the weights
-    (info["test_accuracy"]). Nothing is downloaded. A cache file must hold a 10-class classifier of
-    1x8x8 images (save_classifier's format), else ValueError.
-    """
-    from refdiff.models.presets import digits8_classifier
-
-    if cache is not None and Path(cache).is_file():
-        trained = load_classifier(cache, backend=train_cfg.backend, dtype=train_cfg.dtype)
-        c = trained.cfg
-        if (c.in_channels, c.num_classes) != (1, 10) or "test_accuracy" not in trained.info:
-            raise ValueError(f"cache {cache} must hold a digit classifier (1 channel, 10 classes, with its "
-                             f"test accuracy), got {c.in_channels} channels and {c.num_classes} classes")
-        return DigitClassifier(trained)
-    x_train, x_test, y_train, y_test = digit_split()
-    trained = train_classifier(train_cfg, digits8_classifier(), x_train, y_train, progress=progress)
-    trained.info["test_accuracy"] = float(np.mean(np.argmax(predict_logits(trained, x_test), axis=1) == y_test))
-    if cache is not None:
-        save_classifier(cache, trained)
-    return DigitClassifier(trained)
-
-
-def digit_sample_report(classifier: DigitClassifier, samples, labels, held_out, reference=None,
-                        seed: int = 0) -> dict[str, Any]:
-    """The sample-quality numbers of ``refdiff eval --samples`` and ``refdiff demo``, as a dict:
-
-      fd              Frechet distance (squared) of the samples' features vs the held-out digits' features
-      fd_floor        the same between two halves of the held-out digits, each class split in two at random
-                      (by ``seed``): what finite samples of real digits score from within-class sampling
-                      noise alone. (Unstratified halves also differ in class proportions, which moves the
-                      class-clustered features' mean so much that the floor swings between 1.5 and 3.7.)
-      fd_real         (when ``reference`` = (x, y) is given, e.g. the training split) the fd of real digits
-                      drawn from it, as many of each class as the samples have: what a perfect
-                      class-conditional sampler scores at the same sample size and class counts
-      class_fraction  the fraction of samples the classifier assigns to their label
-      classifier_test_accuracy, samples, held_out   the classifier's held-out accuracy and the set sizes
-
-    samples: (N, 1, 8, 8) host images in [-1, 1], N >= 2; labels: (N,) ints in [0, 10), or None (unlabelled
-    samples: no class_fraction, and fd_real draws N reference digits at random); held_out: (x (M, 1, 8, 8),
-    y (M,)) with at least 4 images in all.
-    """
-    samples, labels = _check_digit_samples(samples, labels)
-    x_held, y_held = (np.asarray(a) for a in held_out)
-    if x_held.shape[0] < 4 or y_held.shape != (x_held.shape[0],):
-        raise ValueError(f"held_out must be (x, y) with at least 4 images and one label each, got shapes "
-                         f"{x_held.shape} and {y_held.shape}")
-    rng = np.random.default_rng(seed)
-    f_held = classifier.features(x_held)
-    held = gaussian_statistics(f_held)
-    half_a, half_b = _stratified_halves(y_held, rng)
-    report = {"fd": frechet_distance(*gaussian_statistics(classifier.features(samples)), *held),
-              "fd_floor": frechet_distance(*gaussian_statistics(f_held[half_a]), *gaussian_statistics(f_held[half_b]))}
-    if reference is not None:
-        real = _class_matched_draw(reference, labels, rng) if labels is not None else \
-            np.asarray(reference[0])[rng.choice(len(reference[0]), samples.shape[0], replace=False)]
-        report["fd_real"] = frechet_distance(*gaussian_statistics(classifier.features(real)), *held)
-    if labels is not None:
-        report["class_fraction"] = class_fraction(classifier.predict, samples, labels)
-    report.update({"classifier_test_accuracy": classifier.test_accuracy, "samples": int(samples.shape[0]),
-                   "held_out": int(x_held.shape[0])})
-    return report
-
-
-def _check_digit_samples(samples, labels) -> tuple[np.ndarray, np.ndarray | None]:
-    """(samples (N, 1, 8, 8) finite floats, N >= 2; labels (N,) ints in [0, 10) or None), or a clear error."""
-    samples = np.asarray(samples)
-    if samples.ndim != 4 or samples.shape[1:] != (1, 8, 8) or samples.shape[0] < 2 or samples.dtype.kind != "f":
-        raise ValueError(f"samples must be (N, 1, 8, 8) floating images of the 8x8 digits with N >= 2 (the digit "
-                         f"classifier's input), got shape {samples.shape} and dtype {samples.dtype}")
-    if not np.all(np.isfinite(samples)):
-        raise ValueError(f"samples must be finite, got {int(np.sum(~np.isfinite(samples)))} NaN or inf values")
-    if labels is None:
-        return samples, None
-    labels = np.asarray(labels)
-    if labels.shape != (samples.shape[0],) or labels.dtype.kind not in "iu" or np.any((labels < 0) | (labels >= 10)):
-        raise ValueError(f"labels must be ({samples.shape[0]},) integers in [0, 10) (one per sample) or None, "
-                         f"got shape {labels.shape} and dtype {labels.dtype}")
-    return samples, labels
-
-
-def format_sample_report(report: dict[str, Any]) -> str:
-    """digit_sample_report's numbers as the lines ``refdiff eval --samples`` and ``refdiff demo`` print."""
-    n, m = report["samples"], report["held_out"]
-    rows = [(f"Frechet distance, {n} samples vs {m} held-out digits", f"{report['fd']:.4f}"),
-            ("  floor: two class-stratified halves of the held-out digits", f"{report['fd_floor']:.4f}")]
-    if "fd_real" in report:
-        which = "of the samples' class counts" if "class_fraction" in report else "at random"
-        rows.append((f"  {n} real training digits ({which}) vs held-out", f"{report['fd_real']:.4f}"))
-    if "class_fraction" in report:
-        rows.append(("class fraction: samples classified as their label", f"{report['class_fraction']:.2%}"))
-    rows.append(("digit classifier's held-out accuracy", f"{report['classifier_test_accuracy']:.2%}"))
-    width = max(len(label) for label, _ in rows) + 1
-    return "\n".join(f"{label + ':':<{width}} {value:>8}" for label, value in rows)
-
-
-def _stratified_halves(y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint index sets with floor(n_k / 2) images of each class k each, drawn at random."""
-    a, b = [], []
-    for k in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == k))
-        half = idx.size // 2
-        a.append(idx[:half])
-        b.append(idx[half : 2 * half])
-    return np.concatenate(a), np.concatenate(b)
-
-
-def _class_matched_draw(reference, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Images of reference = (x, y), as many of each class as ``labels`` holds (without replacement
-    where the class has enough)."""
-    x, y = (np.asarray(a) for a in reference)
-    picks = []
-    for k, count in zip(*np.unique(labels, return_counts=True)):
-        pool = np.flatnonzero(y == k)
-        if pool.size == 0:
-            raise ValueError(f"reference must hold images of every sampled class, found none of class {k}")
-        picks.append(rng.choice(pool, size=count, replace=bool(count > pool.size)))
-    return x[np.concatenate(picks)]

@@ -114,7 +114,7 @@ def quick_digit_classifier(path):
     """A digit classifier trained for 5 steps, cached at ``path`` (the real one takes seconds to train):
     what the CLI and MPI tests hand to the demo and to ``refdiff eval --samples``."""
     from refdiff.classifier_train import ClassifierTrainConfig
-    from refdiff.metrics import digit_classifier
+    from refdiff.digits_eval import digit_classifier
 
     digit_classifier(path, train_cfg=ClassifierTrainConfig(steps=5, noisy=False))
     return path

@@ -1,5 +1,5 @@
 """Specification of refdiff.classifier_train: training a (noisy) classifier, its guidance gradient, saving
-and loading. Small configs and few steps; the digit classifier's accuracy is checked in test_metrics."""
+and loading. Small configs and few steps; the digit classifier's accuracy is checked in test_digits_eval."""
 
 import numpy as np
 import pytest

@@ -231,7 +231,7 @@ def test_eval_samples_reports_frechet_distance_floor_and_class_fraction(tmp_path
     samples (refdiff sample of an unconditional model writes empty labels) get no class fraction."""
     import numpy as np
 
-    from refdiff.metrics import digit_classifier, digit_split
+    from refdiff.digits_eval import digit_classifier, digit_split
 
     classifier = quick_digit_classifier(tmp_path / "classifier.npz")
     _, x_test, _, y_test = digit_split()

@@ -10,7 +10,7 @@ ROOT = Path(refdiff.__file__).parent
 # distributed and checkpoint under train; classifier_train beside it; generate and demo under cli.
 LAYERS = ("backend", "speed", "parallel", "schedules", "diffusion", "likelihood", "layers", "models", "timesteps",
           "losses", "optim", "samplers", "data", "distributed", "checkpoint", "train", "classifier_train", "metrics",
-          "plot", "generate", "demo", "cli", "__main__")
+          "digits_eval", "plot", "generate", "demo", "cli", "__main__")
 
 
 def _imports():

@@ -83,7 +83,7 @@ def _classifier_of(unet: UNetConfig, num_classes: int, overrides: dict) -> Class
 def digits8_classifier(num_classes: int = 10, **overrides) -> ClassifierConfig:
     """1x8x8 digits: digits8's encoder (levels 8, 4 with 16 and 32 channels, AdaGN, attention in the
     middle block at 4x4), pooled to 32 features. 83k parameters; as the noisy classifier for guidance
-    and, trained at t = 0, as refdiff.metrics' digit classifier."""
+    and, trained at t = 0, as refdiff.digits_eval's digit classifier."""
     return _classifier_of(digits8(), num_classes, overrides)
 
 
