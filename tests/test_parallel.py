@@ -95,16 +95,17 @@ def test_batch_parts_are_cache_sized_and_a_multiple_of_the_threads():
 
 
 def test_parts_run_on_two_threads_and_dropout_keeps_one_part(monkeypatch):
-    """With 2 threads the U-Net's parts run through parallel_map on two worker threads and match the
+    """With 2 threads the U-Net's two parts run at the same time on two worker threads and match the
     1-thread result; training with dropout keeps the batch whole (masks drawn in the same order on
     every backend)."""
     cfg = U.UNetConfig(**{**UNET.__dict__, "dropout": 0.3})
     forward = P.in_parts(U.unet_forward, U.unet_backward)[0]
     params, x, t = random_params(U.param_shapes(cfg), 0), host_data(1, (5, 1, 8, 8)), np.arange(5) * 100
-    threads, seen = P.get_num_threads(), set()
+    threads, seen, both = P.get_num_threads(), set(), threading.Barrier(2, timeout=30)
 
-    def recording(*args, **kwargs):
+    def recording(*args, **kwargs):  # each part waits for the other: they must run at the same time
         seen.add(threading.current_thread().name)
+        both.wait()
         return U.unet_forward(*args, **kwargs)
 
     monkeypatch.setattr(P, "MIN_PART_PIXELS", 1)  # the small test batch in two parts, on two threads
