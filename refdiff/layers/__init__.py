@@ -2,8 +2,9 @@
 
 ``y, cache = <layer>_forward(...)`` and ``grads = <layer>_backward(dy, cache)``; the derivations of
 the nontrivial backward passes are in docs/derivations/ (conv2d, group_norm, attention). Every
-function is the textbook form; its speed form, where one exists, is in refdiff/layers/fast.py and
-runs unless refdiff.speed selects the reference path.
+function is the textbook form; its speed form, where one exists, is in refdiff/layers/fast.py (conv2d's
+in the "speed layer" section of refdiff/layers/conv.py) and runs unless refdiff.speed selects the
+reference path.
 """
 
 from refdiff.layers.attention import self_attention_backward, self_attention_forward, softmax
