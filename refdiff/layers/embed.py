@@ -1,7 +1,7 @@
 """Conditioning inputs: sinusoidal timestep embeddings and class-label embeddings.
 
 The timestep embedding is the transformer's positional encoding (Vaswani et al. 2017, Sec. 3.5) as
-DDPM and ADM use it for t; its [cos, sin] vs [sin, cos] order is a switch (DESIGN rule 7,
+DDPM and ADM use it for t; its [cos, sin] vs [sin, cos] order is a switch (docs/design.md rule 7,
 docs/conventions.md). The label embedding has one row more than there are classes: label K is the
 "null" label that classifier-free guidance trains with and samples with (Ho & Salimans 2022).
 """
@@ -32,7 +32,7 @@ def timestep_embedding(t: Any, dim: int, max_period: float = 10000, order: str =
     t: (N,) integer or float steps, any backend; dim >= 1; dtype: a real floating dtype of t's
     namespace, float32 if None. Returns (N, dim) of that dtype on t's device. The frequencies are
     computed once on the host in float64 and cast there, so a float32 request creates no float64
-    array on the device (DESIGN rule 6). No gradient: t is not a learned input.
+    array on the device (docs/design.md rule 6). No gradient: t is not a learned input.
     """
     xp = namespace(t)
     dtype = xp.float32 if dtype is None else dtype
