@@ -124,7 +124,7 @@ def group_norm_forward(x: Any, gamma: Any, beta: Any, groups: int, eps: float) -
 def group_norm_backward(dy: Any, cache: Any) -> tuple[Any, Any, Any]:
     """Speed form of refdiff.layers.norm.group_norm_backward: steps 6-1 in closed form.
 
-    Math (docs/derivations/group_norm.md, "The closed form"), per sample and group, dxhat = dy * gamma:
+    Math (docs/derivations/group_norm.md, "The speed form"), per sample and group, dxhat = dy * gamma:
           dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
              = (rstd * gamma) * dy + b * xc + c,  b and c one number per sample and group
     from two per-channel sums over space, sum(dy) and sum(dy * xc), which also give dgamma and dbeta
