@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradcheck import assert_gradients_match, fake_loss
+from refdiff import speed
 from refdiff.backend import to_numpy
 from refdiff.layers import attention as At
 from support import DTYPES, assert_close, assert_same_array_kind, host_data, float64_tripwire
@@ -32,18 +33,20 @@ def attention_arrays(shape, seed, dtype="float64", weight_scale=1.0):
             "b_out": host_data(seed + 4, (C,), dtype, 0.1)}
 
 
+@pytest.mark.parametrize("reference", [False, True], ids=["speed", "reference"])  # its linear layers' two paths
 @settings(max_examples=20)  # each example runs ~200 forwards
 @given(shape_heads=attention_shapes(), seed=seeds)
-def test_self_attention_backward_matches_finite_differences(backend, shape_heads, seed):
+def test_self_attention_backward_matches_finite_differences(backend, reference, shape_heads, seed):
     """(dx, dw_qkv, db_qkv, dw_out, db_out) = self_attention_backward(dy) equal the gradients of
     sum(self_attention(x, w_qkv, b_qkv, w_out, b_out) * dy) for every input and parameter (float64)."""
     shape, heads = shape_heads
     arrays = attention_arrays(shape, seed, weight_scale=2.0)  # logits of order 1: a non-uniform softmax
     dy = host_data(seed + 5, shape)
-    _, cache = At.self_attention_forward(*(backend.asarray(arrays[k]) for k in NAMES), heads)
-    grads = At.self_attention_backward(backend.asarray(dy), cache)
-    loss = fake_loss(backend, lambda **a: At.self_attention_forward(*(a[k] for k in NAMES), heads)[0], dy)
-    assert_gradients_match(loss, arrays, dict(zip(NAMES, map(to_numpy, grads))))
+    with speed.reference_path(reference):
+        _, cache = At.self_attention_forward(*(backend.asarray(arrays[k]) for k in NAMES), heads)
+        grads = At.self_attention_backward(backend.asarray(dy), cache)
+        loss = fake_loss(backend, lambda **a: At.self_attention_forward(*(a[k] for k in NAMES), heads)[0], dy)
+        assert_gradients_match(loss, arrays, dict(zip(NAMES, map(to_numpy, grads))))
 
 
 @given(shape_heads=attention_shapes(max_side=4, max_heads=3, max_d=3), seed=seeds, dtype=st.sampled_from(DTYPES))

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gradcheck import assert_gradients_match, fake_loss
+from refdiff import speed
 from refdiff.backend import Generator, get_backend, to_numpy
 from refdiff.layers import basic as B
 from support import DTYPES, assert_close, assert_same_array_kind, host_data, float64_tripwire
@@ -16,20 +17,25 @@ from support import DTYPES, assert_close, assert_same_array_kind, host_data, flo
 seeds = st.integers(0, 2**16)
 lead_shapes = st.lists(st.integers(1, 3), min_size=0, max_size=2).map(tuple)  # the (...) of (..., C)
 channels = st.integers(1, 4)
+# The finite-difference and dtype checks hold on both paths: the speed layer and, under
+# speed.reference_path(), the textbook forms (tests/test_layers_fast.py holds the two equal).
+both_paths = pytest.mark.parametrize("reference", [False, True], ids=["speed", "reference"])
 
 
 # ----------------------------------------------------------------------------------------- linear
 
+@both_paths
 @given(lead=lead_shapes, c_in=channels, c_out=channels, seed=seeds)
-def test_linear_backward_matches_finite_differences(backend, lead, c_in, c_out, seed):
+def test_linear_backward_matches_finite_differences(backend, reference, lead, c_in, c_out, seed):
     """(dx, dw, db) = linear_backward(dy) equal the gradients of sum(linear(x, w, b) * dy) (float64)."""
     arrays = {"x": host_data(seed, lead + (c_in,)), "w": host_data(seed + 1, (c_in, c_out)),
               "b": host_data(seed + 2, (c_out,))}
     dy = host_data(seed + 3, lead + (c_out,))
-    _, cache = B.linear_forward(*(backend.asarray(arrays[k]) for k in ("x", "w", "b")))
-    grads = B.linear_backward(backend.asarray(dy), cache)
-    loss = fake_loss(backend, lambda x, w, b: B.linear_forward(x, w, b)[0], dy)
-    assert_gradients_match(loss, arrays, dict(zip(("x", "w", "b"), map(to_numpy, grads))))
+    with speed.reference_path(reference):
+        _, cache = B.linear_forward(*(backend.asarray(arrays[k]) for k in ("x", "w", "b")))
+        grads = B.linear_backward(backend.asarray(dy), cache)
+        loss = fake_loss(backend, lambda x, w, b: B.linear_forward(x, w, b)[0], dy)
+        assert_gradients_match(loss, arrays, dict(zip(("x", "w", "b"), map(to_numpy, grads))))
 
 
 @given(lead=lead_shapes, c_in=channels, c_out=channels, seed=seeds, dtype=st.sampled_from(DTYPES))
@@ -45,22 +51,26 @@ def test_linear_equals_the_host_affine_map(backend, lead, c_in, c_out, seed, dty
 
 # ------------------------------------------------------------------------------------------- silu
 
+@both_paths
 @given(shape=st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple), seed=seeds)
-def test_silu_backward_matches_finite_differences(backend, shape, seed):
+def test_silu_backward_matches_finite_differences(backend, reference, shape, seed):
     """dx = silu_backward(dy) equals the gradient of sum(x * sigmoid(x) * dy) (float64)."""
     arrays = {"x": host_data(seed, shape, scale=3.0)}
     dy = host_data(seed + 1, shape)
-    _, cache = B.silu_forward(backend.asarray(arrays["x"]))
-    dx = B.silu_backward(backend.asarray(dy), cache)
-    assert_gradients_match(fake_loss(backend, lambda x: B.silu_forward(x)[0], dy), arrays, {"x": to_numpy(dx)})
+    with speed.reference_path(reference):
+        _, cache = B.silu_forward(backend.asarray(arrays["x"]))
+        dx = B.silu_backward(backend.asarray(dy), cache)
+        loss = fake_loss(backend, lambda x: B.silu_forward(x)[0], dy)
+        assert_gradients_match(loss, arrays, {"x": to_numpy(dx)})
 
 
+@both_paths
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_silu_matches_expit_without_overflow_at_large_inputs(backend, dtype):
+def test_silu_matches_expit_without_overflow_at_large_inputs(backend, reference, dtype):
     """silu(x) == x * expit(x) (SciPy, float64) over x in [-1e4, 1e4], with no inf/NaN and no
     overflow warning: the stable sigmoid never evaluates exp of a positive number."""
     x = np.concatenate([np.linspace(-1e4, 1e4, 101), np.linspace(-30, 30, 121)]).astype(dtype)
-    with np.errstate(over="raise", invalid="raise"):
+    with np.errstate(over="raise", invalid="raise"), speed.reference_path(reference):
         y, _ = B.silu_forward(backend.asarray(x))
     assert np.all(np.isfinite(to_numpy(y)))
     assert_close(y, x.astype(np.float64) * scipy.special.expit(x.astype(np.float64)))
@@ -120,13 +130,14 @@ def test_dropout_same_seed_gives_the_same_mask_on_every_backend(backend, seed, p
 
 # ------------------------------------------------------------------------------- dtype discipline
 
-def test_float32_layers_create_no_float64_and_keep_the_array_kind(backend):
+@both_paths
+def test_float32_layers_create_no_float64_and_keep_the_array_kind(backend, reference):
     """float32 forward and backward of linear, silu and dropout create no float64 array (tripwire on
     array_api_strict) and return arrays of the input's library, device and dtype."""
     x = backend.asarray(host_data(0, (2, 3, 4), "float32"))
     w, b = backend.asarray(host_data(1, (4, 5), "float32")), backend.asarray(host_data(2, (5,), "float32"))
     dy = backend.asarray(host_data(3, (2, 3, 5), "float32"))
-    with float64_tripwire(backend):
+    with float64_tripwire(backend), speed.reference_path(reference):
         y, cache = B.linear_forward(x, w, b)
         outs = [y, *B.linear_backward(dy, cache)]
         y, cache = B.silu_forward(x)

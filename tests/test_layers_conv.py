@@ -1,9 +1,11 @@
 """Specification of refdiff.layers.conv and refdiff.layers.resample: NHWC convolution and 2x resampling.
 
-Oracles: conv2d_forward_naive (plain loops over output pixels, padding as a bounds test),
-conv2d_backward_reference (the derivation page's loop, the spec of the fast conv2d_backward), loops
-over pixels written here for the resampling layers, the adjoint identity of a linear map, and
-centered finite differences of the fake loss sum(forward(...) * dy) in float64 (tests/gradcheck.py).
+Oracles: conv2d_forward_naive (plain loops over output pixels, padding as a bounds test), the
+textbook conv2d_forward and conv2d_backward on the reference path (the derivation page's loop, the
+spec of the speed forms conv2d_forward_fast and conv2d_backward_fast), loops over pixels written here
+for the resampling layers, the adjoint identity of a linear map, and centered finite differences of
+the fake loss sum(forward(...) * dy) in float64 (tests/gradcheck.py). The conv2d checks run on both
+paths: the speed layer and, under speed.reference_path(), the textbook forms.
 """
 
 import contextlib
@@ -15,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradcheck import assert_gradients_match
+from refdiff import speed
 from refdiff.backend import to_numpy
 from refdiff.layers import conv as Cv
 from refdiff.layers import resample as Rs
@@ -24,6 +27,7 @@ seeds = st.integers(0, 2**16)
 dtypes = st.sampled_from(DTYPES)
 # Inner products in the adjoint identities are compared to this fraction of the sum of |terms|.
 ADJOINT_RTOL = 1e-12
+both_paths = pytest.mark.parametrize("reference", [False, True], ids=["speed", "reference"])
 
 
 class ConvCase(NamedTuple):
@@ -89,61 +93,73 @@ def dot(a, b) -> float:
 # --- conv2d ------------------------------------------------------------------------------------
 
 
+@both_paths
 @given(case=conv_cases(), seed=seeds, dtype=dtypes)
-def test_conv2d_forward_equals_the_naive_loop(backend, case, seed, dtype):
+def test_conv2d_forward_equals_the_naive_loop(backend, reference, case, seed, dtype):
     """conv2d_forward(x, w, b) == conv2d_forward_naive(x, w, b) (loops over output pixels, run in
     float64 on the same rounded inputs), to the dtype's tolerance times k^2 C_in + 1 (the number of
     terms each output sums), and y keeps x's library, device and dtype."""
     a = on_backend(backend, conv_arrays(case, seed, dtype), dtype)
-    y, _ = Cv.conv2d_forward(a["x"], a["w"], a["b"], stride=case.stride, padding=case.padding)
+    with speed.reference_path(reference):
+        y, _ = Cv.conv2d_forward(a["x"], a["w"], a["b"], stride=case.stride, padding=case.padding)
     assert_same_array_kind(y, a["x"])
     expected = Cv.conv2d_forward_naive(*(to_numpy(a[n]).astype(np.float64) for n in "xwb"), case.stride, case.padding)
     assert y.shape == expected.shape
     assert_close(y, expected, scale=case.k * case.k * case.C_in + 1)
 
 
+@both_paths
 @given(case=conv_cases(), seed=seeds)
-def test_conv2d_backward_is_the_adjoint_of_the_forward(backend, case, seed):
+def test_conv2d_backward_is_the_adjoint_of_the_forward(backend, reference, case, seed):
     """With b = 0, conv(x, w) is bilinear, so for any u shaped like y and (dx, dw) = conv2d_backward(u):
     <conv(x, w), u> == <x, dx> == <w, dw> (dx is the transposed convolution of u), in float64 to
     1e-12 of the sums of |terms|."""
     a = on_backend(backend, conv_arrays(case, seed))
     b0 = backend.xp.zeros_like(a["b"])
-    y, cache = Cv.conv2d_forward(a["x"], a["w"], b0, stride=case.stride, padding=case.padding)
-    u = backend.asarray(host_data(seed + 3, y.shape))
-    dx, dw, _ = Cv.conv2d_backward(u, cache)
+    with speed.reference_path(reference):
+        y, cache = Cv.conv2d_forward(a["x"], a["w"], b0, stride=case.stride, padding=case.padding)
+        u = backend.asarray(host_data(seed + 3, y.shape))
+        dx, dw, _ = Cv.conv2d_backward(u, cache)
     lhs, scale = dot(y, u), abs_dot(y, u) + abs_dot(a["x"], dx) + abs_dot(a["w"], dw)
     assert abs(lhs - dot(a["x"], dx)) <= ADJOINT_RTOL * scale
     assert abs(lhs - dot(a["w"], dw)) <= ADJOINT_RTOL * scale
 
 
+@both_paths
 @given(case=conv_cases(), seed=seeds)
-def test_conv2d_backward_matches_finite_differences(backend, case, seed):
+def test_conv2d_backward_matches_finite_differences(backend, reference, case, seed):
     """(dx, dw, db) = conv2d_backward(dy) equal the gradients of L = sum(conv2d_forward(x, w, b) * dy)
     with respect to x, w and b (centered differences, float64, relative error < 1e-6)."""
     arrays = conv_arrays(case, seed)
-    y, cache = Cv.conv2d_forward(*on_backend(backend, arrays).values(), stride=case.stride, padding=case.padding)
-    dy = host_data(seed + 3, y.shape)
-    grads = Cv.conv2d_backward(backend.asarray(dy), cache)
-    for g, name in zip(grads, "xwb"):
-        assert_same_array_kind(g, cache.w)
-        assert g.shape == arrays[name].shape
-    loss = fake_loss(backend, lambda x, w, b: Cv.conv2d_forward(x, w, b, case.stride, case.padding)[0], dy)
-    assert_gradients_match(loss, arrays, dict(zip("xwb", map(to_numpy, grads))))
+    with speed.reference_path(reference):
+        y, cache = Cv.conv2d_forward(*on_backend(backend, arrays).values(), stride=case.stride, padding=case.padding)
+        dy = host_data(seed + 3, y.shape)
+        grads = Cv.conv2d_backward(backend.asarray(dy), cache)
+        for g, name in zip(grads, "xwb"):
+            assert_same_array_kind(g, cache.w)
+            assert g.shape == arrays[name].shape
+        loss = fake_loss(backend, lambda x, w, b: Cv.conv2d_forward(x, w, b, case.stride, case.padding)[0], dy)
+        assert_gradients_match(loss, arrays, dict(zip("xwb", map(to_numpy, grads))))
 
 
 @given(case=conv_cases(), seed=seeds, dtype=dtypes)
-def test_conv2d_backward_equals_the_reference_loop(backend, case, seed, dtype):
-    """conv2d_backward (dw as one long product per offset; dx at stride 1 as the correlation of the
-    re-padded dy with the flipped kernel) == conv2d_backward_reference (the derivation page's loop:
-    per-image dw, dx scattered window by window), to the dtype's tolerance times the number of terms
-    each gradient entry sums, in dy's library, device and dtype."""
+def test_conv2d_speed_forms_equal_the_textbook_forms(backend, case, seed, dtype):
+    """conv2d_forward_fast (im2col for thin inputs) == conv2d_forward on the reference path (one
+    product per offset), and conv2d_backward_fast (dw as one long product per offset; dx at stride 1
+    as the correlation of the re-padded dy with the flipped kernel) == conv2d_backward on the reference
+    path (the derivation page's loop: per-image dw, dx scattered window by window), to the dtype's
+    tolerance times the number of terms each entry sums, in x's library, device and dtype."""
     a = on_backend(backend, conv_arrays(case, seed, dtype), dtype)
-    y, cache = Cv.conv2d_forward(a["x"], a["w"], a["b"], stride=case.stride, padding=case.padding)
+    y, cache = Cv.conv2d_forward_fast(a["x"], a["w"], a["b"], case.stride, case.padding)
+    with speed.reference_path():
+        y_ref, _ = Cv.conv2d_forward(a["x"], a["w"], a["b"], stride=case.stride, padding=case.padding)
+    assert_same_array_kind(y, a["x"])
+    assert_close(y, to_numpy(y_ref), scale=case.k * case.k * case.C_in + 1)
     dy = backend.asarray(host_data(seed + 3, y.shape), dtype=y.dtype)
-    fast, reference = Cv.conv2d_backward(dy, cache), Cv.conv2d_backward_reference(dy, cache)
+    with speed.reference_path():
+        reference = Cv.conv2d_backward(dy, cache)
     terms = (case.k * case.k * case.C_out, case.N * y.shape[1] * y.shape[2], case.N * y.shape[1] * y.shape[2])
-    for got, expected, n in zip(fast, reference, terms):
+    for got, expected, n in zip(Cv.conv2d_backward_fast(dy, cache), reference, terms):
         assert_same_array_kind(got, a["x"])
         assert got.shape == expected.shape
         assert_close(got, to_numpy(expected), scale=n)
@@ -286,8 +302,9 @@ def test_resample_backwards_are_adjoints_and_each_others_forward(backend, shape,
 # --- dtype, device, aliasing, errors -----------------------------------------------------------
 
 
+@both_paths
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_layers_keep_library_device_and_dtype_with_no_float64_intermediates(backend, dtype):
+def test_layers_keep_library_device_and_dtype_with_no_float64_intermediates(backend, reference, dtype):
     """Every output and gradient of conv2d (k 3, stride 1 and 2, k 1) and of the resampling layers is
     in its input's library, device and dtype; float32 inputs create no float64 array at all on
     array_api_strict (docs/design.md rule 6)."""
@@ -295,7 +312,7 @@ def test_layers_keep_library_device_and_dtype_with_no_float64_intermediates(back
     a = on_backend(backend, conv_arrays(case, 0, dtype), dtype)
     one_by_one = backend.asarray(host_data(5, (1, 1, 3, 2)), dtype=a["x"].dtype)
     outs = []
-    with float64_tripwire(backend, dtype):
+    with float64_tripwire(backend, dtype), speed.reference_path(reference):
         for w, stride, padding in [(a["w"], 1, 1), (a["w"], 2, 2), (one_by_one, 1, 0)]:
             b = a["b"][: w.shape[3], ...]
             y, cache = Cv.conv2d_forward(a["x"], w, b, stride=stride, padding=padding)
@@ -308,17 +325,19 @@ def test_layers_keep_library_device_and_dtype_with_no_float64_intermediates(back
         assert_same_array_kind(out, a["x"])
 
 
-def test_outputs_never_alias_inputs():
+@both_paths
+def test_outputs_never_alias_inputs(reference):
     """Writing into any output or gradient leaves the inputs, the cache and dy untouched (forward and
     backward return fresh arrays), for the shapes where a view would be tempting: padding 0, a 1x1
     kernel, and 1x1 images for upsampling."""
     x, w, b = host_data(0, (2, 1, 1, 3)), host_data(1, (1, 1, 3, 2)), host_data(2, (2,))
     inputs = [x, w, b]
     saved = [a.copy() for a in inputs]
-    y, cache = Cv.conv2d_forward(x, w, b, padding=0)
-    dy = host_data(3, y.shape)
+    dy = host_data(3, (2, 1, 1, 2))
     saved_dy = dy.copy()
-    outs = [y, *Cv.conv2d_backward(dy, cache)]
+    with speed.reference_path(reference):
+        y, cache = Cv.conv2d_forward(x, w, b, padding=0)
+        outs = [y, *Cv.conv2d_backward(dy, cache)]
     up, up_cache = Rs.upsample2x_forward(x)
     pool, pool_cache = Rs.avg_pool2x_forward(up)
     outs += [up, pool, Rs.upsample2x_backward(up, up_cache), Rs.avg_pool2x_backward(pool, pool_cache)]

@@ -8,12 +8,16 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from gradcheck import assert_gradients_match, fake_loss
+from refdiff import speed
 from refdiff.backend import to_numpy
 from refdiff.layers import norm as Nm
 from support import DTYPES, assert_close, assert_same_array_kind, host_data, float64_tripwire
 
 seeds = st.integers(0, 2**16)
 spatial_shapes = st.lists(st.integers(1, 3), min_size=0, max_size=2).map(tuple)  # the (...) of (N, ..., C)
+# The finite-difference and dtype checks hold on both paths: the speed layer and, under
+# speed.reference_path(), the textbook forms (tests/test_layers_fast.py holds the two equal).
+both_paths = pytest.mark.parametrize("reference", [False, True], ids=["speed", "reference"])
 
 
 @st.composite
@@ -38,8 +42,9 @@ def host_group_norm(x, gamma, beta, groups, eps=1e-5):
 
 # ------------------------------------------------------------------------------------- group norm
 
+@both_paths
 @given(shape_groups=group_shapes(), seed=seeds)
-def test_group_norm_backward_matches_finite_differences(backend, shape_groups, seed):
+def test_group_norm_backward_matches_finite_differences(backend, reference, shape_groups, seed):
     """(dx, dgamma, dbeta) = group_norm_backward(dy) equal the gradients of
     sum(group_norm(x, gamma, beta) * dy) for every input and parameter (float64)."""
     shape, groups = shape_groups
@@ -49,22 +54,25 @@ def test_group_norm_backward_matches_finite_differences(backend, shape_groups, s
     assume(math.prod(shape[1:-1]) * (C // groups) != 2)
     arrays = {"x": host_data(seed, shape), "gamma": host_data(seed + 1, (C,)), "beta": host_data(seed + 2, (C,))}
     dy = host_data(seed + 3, shape)
-    _, cache = Nm.group_norm_forward(*(backend.asarray(arrays[k]) for k in ("x", "gamma", "beta")), groups)
-    grads = Nm.group_norm_backward(backend.asarray(dy), cache)
-    loss = fake_loss(backend, lambda x, gamma, beta: Nm.group_norm_forward(x, gamma, beta, groups)[0], dy)
-    assert_gradients_match(loss, arrays, dict(zip(("x", "gamma", "beta"), map(to_numpy, grads))))
+    with speed.reference_path(reference):
+        _, cache = Nm.group_norm_forward(*(backend.asarray(arrays[k]) for k in ("x", "gamma", "beta")), groups)
+        grads = Nm.group_norm_backward(backend.asarray(dy), cache)
+        loss = fake_loss(backend, lambda x, gamma, beta: Nm.group_norm_forward(x, gamma, beta, groups)[0], dy)
+        assert_gradients_match(loss, arrays, dict(zip(("x", "gamma", "beta"), map(to_numpy, grads))))
 
 
+@both_paths
 @given(shape_groups=group_shapes(), seed=seeds, dtype=st.sampled_from(DTYPES),
        eps=st.sampled_from([1e-5, 1e-6, 0.1]))
-def test_group_norm_matches_the_per_group_host_formula(backend, shape_groups, seed, dtype, eps):
+def test_group_norm_matches_the_per_group_host_formula(backend, reference, shape_groups, seed, dtype, eps):
     """y[n, ..., group g] == (x - mean) / sqrt(var + eps) * gamma + beta with the biased mean and
     variance of that block (np.mean / np.var in float64), to the dtype's tolerance times 10 (the
     normalization divides by a std that carries the rounding of M-term sums); y keeps x's kind."""
     shape, groups = shape_groups
     x = host_data(seed, shape, dtype)
     gamma, beta = host_data(seed + 1, shape[-1:], dtype), host_data(seed + 2, shape[-1:], dtype)
-    y, _ = Nm.group_norm_forward(backend.asarray(x), backend.asarray(gamma), backend.asarray(beta), groups, eps)
+    with speed.reference_path(reference):
+        y, _ = Nm.group_norm_forward(backend.asarray(x), backend.asarray(gamma), backend.asarray(beta), groups, eps)
     assert_same_array_kind(y, backend.asarray(x))
     assert_close(y, host_group_norm(x, gamma, beta, groups, eps), scale=10.0)
 
@@ -85,31 +93,50 @@ def test_group_norm_matches_torch(shape_groups, seed, dtype):
     assert_close(y, np.moveaxis(expected.numpy(), 1, -1), scale=10.0)
 
 
+@both_paths
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_group_norm_of_a_constant_group_is_beta(backend, dtype):
+def test_group_norm_of_a_constant_group_is_beta(backend, reference, dtype):
     """A constant group has var = 0; eps keeps rstd = 1/sqrt(eps) finite, so y == beta exactly there,
     and the backward is finite."""
     x = np.full((2, 3, 3, 4), 5.0, dtype=dtype)
     gamma, beta = host_data(1, (4,), dtype), host_data(2, (4,), dtype)
-    y, cache = Nm.group_norm_forward(backend.asarray(x), backend.asarray(gamma), backend.asarray(beta), 2)
+    with speed.reference_path(reference):
+        y, cache = Nm.group_norm_forward(backend.asarray(x), backend.asarray(gamma), backend.asarray(beta), 2)
+        grads = Nm.group_norm_backward(backend.asarray(host_data(3, x.shape, dtype)), cache)
     assert_close(y, np.broadcast_to(beta, x.shape))
-    for g in Nm.group_norm_backward(backend.asarray(host_data(3, x.shape, dtype)), cache):
+    for g in grads:
         assert np.all(np.isfinite(to_numpy(g)))
 
 
 # ------------------------------------------------------------------------------------ scale-shift
 
+@both_paths
 @given(N=st.integers(1, 2), spatial=spatial_shapes, C=st.integers(1, 4), seed=seeds)
-def test_scale_shift_backward_matches_finite_differences(backend, N, spatial, C, seed):
+def test_scale_shift_backward_matches_finite_differences(backend, reference, N, spatial, C, seed):
     """(dh, dscale, dshift) = scale_shift_backward(dy) equal the gradients of
     sum((h * (1 + scale) + shift) * dy) (float64)."""
     arrays = {"h": host_data(seed, (N,) + spatial + (C,)), "scale": host_data(seed + 1, (N, C)),
               "shift": host_data(seed + 2, (N, C))}
     dy = host_data(seed + 3, (N,) + spatial + (C,))
-    _, cache = Nm.scale_shift_forward(*(backend.asarray(arrays[k]) for k in ("h", "scale", "shift")))
-    grads = Nm.scale_shift_backward(backend.asarray(dy), cache)
-    loss = fake_loss(backend, lambda h, scale, shift: Nm.scale_shift_forward(h, scale, shift)[0], dy)
-    assert_gradients_match(loss, arrays, dict(zip(("h", "scale", "shift"), map(to_numpy, grads))))
+    with speed.reference_path(reference):
+        _, cache = Nm.scale_shift_forward(*(backend.asarray(arrays[k]) for k in ("h", "scale", "shift")))
+        grads = Nm.scale_shift_backward(backend.asarray(dy), cache)
+        loss = fake_loss(backend, lambda h, scale, shift: Nm.scale_shift_forward(h, scale, shift)[0], dy)
+        assert_gradients_match(loss, arrays, dict(zip(("h", "scale", "shift"), map(to_numpy, grads))))
+
+
+@both_paths
+@given(N=st.integers(1, 2), spatial=spatial_shapes, C=st.integers(1, 4), seed=seeds)
+def test_sum_over_space_is_the_gradient_of_a_vector_broadcast_over_space(backend, reference, N, spatial, C, seed):
+    """sum_over_space(dy) equals the gradient of sum(e[:, None, ..., None, :] * dy) with respect to
+    e (N, C), the vector broadcast over the spatial axes (float64), and keeps dy's kind."""
+    shape = (N,) + spatial + (C,)
+    dy = host_data(seed, shape)
+    with speed.reference_path(reference):
+        de = Nm.sum_over_space(backend.asarray(dy))
+    assert_same_array_kind(de, backend.asarray(dy))
+    loss = fake_loss(backend, lambda e: backend.xp.reshape(e, (N,) + (1,) * len(spatial) + (C,)), dy)
+    assert_gradients_match(loss, {"e": host_data(seed + 1, (N, C))}, {"e": to_numpy(de)})
 
 
 @given(N=st.integers(1, 3), spatial=spatial_shapes, C=st.integers(1, 4), seed=seeds, dtype=st.sampled_from(DTYPES))
@@ -125,17 +152,18 @@ def test_scale_shift_broadcasts_per_sample_over_space(backend, N, spatial, C, se
 
 # ------------------------------------------------------------------------------- dtype discipline
 
-def test_float32_norm_layers_create_no_float64_and_keep_the_array_kind(backend):
-    """float32 forward and backward of group_norm and scale_shift create no float64 array (tripwire on
-    array_api_strict) and return arrays of the input's library, device and dtype."""
+@both_paths
+def test_float32_norm_layers_create_no_float64_and_keep_the_array_kind(backend, reference):
+    """float32 forward and backward of group_norm and scale_shift, and sum_over_space, create no float64
+    array (tripwire on array_api_strict) and return arrays of the input's library, device and dtype."""
     x = backend.asarray(host_data(0, (2, 3, 3, 4), "float32"))
     gamma, beta = backend.asarray(host_data(1, (4,), "float32")), backend.asarray(host_data(2, (4,), "float32"))
     scale, shift = backend.asarray(host_data(3, (2, 4), "float32")), backend.asarray(host_data(4, (2, 4), "float32"))
-    with float64_tripwire(backend):
+    with float64_tripwire(backend), speed.reference_path(reference):
         y, cache = Nm.group_norm_forward(x, gamma, beta, 2)
         outs = [y, *Nm.group_norm_backward(x, cache)]
         y, cache = Nm.scale_shift_forward(x, scale, shift)
-        outs += [y, *Nm.scale_shift_backward(x, cache)]
+        outs += [y, *Nm.scale_shift_backward(x, cache), Nm.sum_over_space(x)]
     for out in outs:
         assert_same_array_kind(out, x)
 

@@ -1,7 +1,10 @@
 """Layers as forward/backward pairs (docs/design.md rule 5), channels-last (N, H, W, C) activations.
 
 ``y, cache = <layer>_forward(...)`` and ``grads = <layer>_backward(dy, cache)``; the derivations of
-the nontrivial backward passes are in docs/derivations/ (conv2d, group_norm, attention).
+the nontrivial backward passes are in docs/derivations/ (conv2d, group_norm, attention). Every
+function is the textbook form; its speed form, where one exists, is in refdiff/layers/fast.py (conv2d's
+in the "speed layer" section of refdiff/layers/conv.py) and runs unless refdiff.speed selects the
+reference path.
 """
 
 from refdiff.layers.attention import self_attention_backward, self_attention_forward, softmax
@@ -10,14 +13,15 @@ from refdiff.layers.basic import (dropout_backward, dropout_forward, linear_back
 from refdiff.layers.conv import conv2d_backward, conv2d_forward, weight_from_torch, weight_to_torch
 from refdiff.layers.cross_entropy import cross_entropy, log_softmax
 from refdiff.layers.embed import embedding_backward, embedding_forward, timestep_embedding
-from refdiff.layers.norm import group_norm_backward, group_norm_forward, scale_shift_backward, scale_shift_forward
+from refdiff.layers.norm import (group_norm_backward, group_norm_forward, scale_shift_backward, scale_shift_forward,
+                                 sum_over_space)
 from refdiff.layers.resample import avg_pool2x_backward, avg_pool2x_forward, upsample2x_backward, upsample2x_forward
 
 __all__ = [
     "conv2d_forward", "conv2d_backward", "weight_from_torch", "weight_to_torch",
     "upsample2x_forward", "upsample2x_backward", "avg_pool2x_forward", "avg_pool2x_backward",
     "linear_forward", "linear_backward", "silu_forward", "silu_backward", "dropout_forward", "dropout_backward",
-    "group_norm_forward", "group_norm_backward", "scale_shift_forward", "scale_shift_backward",
+    "group_norm_forward", "group_norm_backward", "scale_shift_forward", "scale_shift_backward", "sum_over_space",
     "self_attention_forward", "self_attention_backward", "softmax",
     "timestep_embedding", "embedding_forward", "embedding_backward",
     "cross_entropy", "log_softmax",

@@ -4,6 +4,10 @@ Each ``*_forward`` returns ``(y, cache)``; each ``*_backward(dy, cache)`` return
 (docs/design.md rule 5). Activations are channels-last: images (N, H, W, C), vectors (N, C). SiLU is
 Elfwing et al. 2018 / Hendrycks & Gimpel 2016 ("swish"); dropout is Srivastava et al. 2014 in its
 inverted form (scaled at training time, identity at evaluation).
+
+Each function here is the textbook form, one derivative step a line; where a faster form of the same
+math exists (``linear_backward``, ``sigmoid``, ``silu_backward``) it is in refdiff/layers/fast.py,
+and the function starts by handing over to it on the speed layer (refdiff.speed).
 """
 
 from __future__ import annotations
@@ -11,27 +15,15 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from refdiff.backend import device, namespace
+from refdiff import speed
+from refdiff.backend import namespace
+from refdiff.layers import fast
 
 
 def check_shape(name: str, a: Any, expected: tuple[int, ...]) -> None:
     """Raise a ValueError naming ``name`` unless ``a.shape == expected``."""
     if tuple(a.shape) != tuple(expected):
         raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(a.shape)}")
-
-
-def column_sums(a: Any) -> Any:
-    """Sums over the second-to-last axis: (..., M, C) -> (..., C).
-
-    Math: out[..., c] = sum_m a[..., m, c] = (1^T a)[..., c], a product with a ones vector
-
-    Written as the product because BLAS streams the M rows of C values through it at memory speed,
-    where NumPy's reduction along a non-last axis measured 2-9x slower (and it rounds less: the
-    product accumulates in blocks). Used for bias gradients and the per-channel sums of group norm.
-    """
-    xp = namespace(a)
-    ones = xp.ones((1, a.shape[-2]), dtype=a.dtype, device=device(a))  # (1, M)
-    return (ones @ a)[..., 0, :]  # (..., 1, C) -> (..., C)
 
 
 # ----------------------------------------------------------------------------------------- linear
@@ -70,12 +62,14 @@ def linear_backward(dy: Any, cache: LinearCache) -> tuple[Any, Any, Any]:
 
     dy: (..., C_out). Returns dx (..., C_in), dw (C_in, C_out), db (C_out,).
     """
+    if speed.enabled():
+        return fast.linear_backward(dy, cache)
     xp = namespace(dy)
     x2, w, x_shape = cache
     dy2 = xp.reshape(dy, (x2.shape[0], w.shape[1]))  # (M, C_out)
     dx = xp.reshape(xp.matmul(dy2, xp.matrix_transpose(w)), x_shape)  # (M, C_in) -> (..., C_in)
     dw = xp.matmul(xp.matrix_transpose(x2), dy2)  # (C_in, M) @ (M, C_out) -> (C_in, C_out)
-    db = column_sums(dy2)  # (C_out,)
+    db = xp.sum(dy2, axis=0)  # (C_out,)
     return dx, dw, db
 
 
@@ -92,16 +86,14 @@ def sigmoid(x: Any) -> Any:
     Math: sigmoid(x) = (1 + tanh(x / 2)) / 2
 
     The same function written with tanh, which is bounded: no exp of a large number (the naive form
-    computes exp(-x) = inf for x < -88 in float32), one transcendental and three cheap passes
-    (4x faster on NumPy than exp(-|x|) with a where(); measured in docs/performance.md). The
-    absolute error is about one rounding of 1 (6e-8 in float32), so for x < -17 the float32 result
-    is 0 where the true value is below 3e-8.
+    computes exp(-x) = inf for x < -88 in float32), and one transcendental (4x faster on NumPy than
+    exp(-|x|) with a where(); measured in docs/performance.md). The absolute error is about one
+    rounding of 1 (6e-8 in float32), so for x < -17 the float32 result is 0 where the true value is
+    below 3e-8.
     """
-    xp = namespace(x)
-    s = xp.tanh(x * 0.5)
-    s *= 0.5  # in place: one temporary for the whole function
-    s += 0.5
-    return s
+    if speed.enabled():
+        return fast.sigmoid(x)
+    return 0.5 + 0.5 * namespace(x).tanh(0.5 * x)
 
 
 def silu_forward(x: Any) -> tuple[Any, SiluCache]:
@@ -118,15 +110,13 @@ def silu_forward(x: Any) -> tuple[Any, SiluCache]:
 def silu_backward(dy: Any, cache: SiluCache) -> Any:
     """Gradient of silu_forward: returns dx.
 
-    Math: dy/dx = sig + x * sig * (1 - sig) = sig * (1 + x * (1 - sig)),  sig' = sig * (1 - sig)
+    Math: dx = dy * (sig + x * sig * (1 - sig)),  sig = sigmoid(x): the product rule on y = x * sig,
+          with sig' = sig * (1 - sig)
     """
+    if speed.enabled():
+        return fast.silu_backward(dy, cache)
     x, sig = cache
-    g = 1.0 - sig  # g = sig * (1 + x * (1 - sig)) * dy, built in place in one temporary
-    g *= x
-    g += 1.0
-    g *= sig
-    g *= dy
-    return g
+    return dy * (sig + x * sig * (1.0 - sig))
 
 
 # ---------------------------------------------------------------------------------------- dropout

@@ -8,11 +8,17 @@ with x_pad the input zero-padded by p on each side of H and W, stride s in {1, 2
 Ho = (H + 2p - k) // s + 1, Wo = (W + 2p - k) // s + 1. For each kernel offset (i, j) the window
 x_pad[:, i : i + s Ho : s, j : j + s Wo : s, :] is an (N, Ho, Wo, C_in) array and the sum over c is one
 matrix product with w[i, j] (C_in, C_out): "shifted GEMM", k*k products, no k*k-times-larger im2col
-buffer (except for thin inputs, k*k*C_in <= IM2COL_DEPTH, where that buffer is small and one deep
-product beats k*k shallow ones). ``conv2d_backward_reference`` mirrors the same loop step by step
-(derivation: docs/derivations/conv2d.md) and is the spec of ``conv2d_backward``, which computes the
-same gradients with larger products: dx at stride 1 as a correlation of dy with the flipped kernel,
-dw as one long product per offset (measurements: docs/performance.md).
+buffer. ``conv2d_forward`` is that loop and ``conv2d_backward`` its chain rule step by step, in the
+same loop (derivation: docs/derivations/conv2d.md): the textbook forms.
+
+Their speed forms are in the section "speed layer" at the end of this module (not in
+refdiff/layers/fast.py, because they share the window geometry ``_pad`` / ``_window`` with the
+textbook forms): ``conv2d_forward_fast`` lays the k*k windows side by side for thin inputs
+(k*k*C_in <= IM2COL_DEPTH, where that buffer is small and one deep product beats k*k shallow ones);
+``conv2d_backward_fast`` computes the same gradients with larger products: dx at stride 1 as a
+correlation of dy with the flipped kernel, dw as one long product per offset, db as a product with a
+ones vector (measurements: docs/performance.md). Each textbook function starts by handing over to its
+speed form on the speed layer (refdiff.speed).
 
 Layouts: activations (N, H, W, C) (NHWC, chosen by measurement, see the derivation page); weights
 (kH, kW, C_in, C_out); bias (C_out,). ``weight_from_torch`` / ``weight_to_torch`` convert to and from
@@ -25,8 +31,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from refdiff import speed
 from refdiff.backend import device, namespace, to_numpy
-from refdiff.layers.basic import column_sums
+from refdiff.layers import fast
 
 STRIDES = (1, 2)
 
@@ -93,34 +100,6 @@ def _pad(a: Any, p: int) -> Any:
     return out
 
 
-# Below this product depth (k*k*C_in) the input is thin enough to copy k*k times (im2col): the
-# U-Net's 1-channel input makes nine products of depth 1 otherwise, measured 20x slower.
-IM2COL_DEPTH = 64
-
-
-def _correlate(a_pad: Any, w: Any, stride: int, Ho: int, Wo: int) -> Any:
-    """sum over kernel offsets (i, j) of window_ij(a_pad) @ w[i, j]: (N, Ho, Wo, C_out), no bias.
-
-    One product per offset: the strided window goes to matmul as it is, a stack of (Wo, C_in)
-    matrices (no copy to (N Ho Wo, C_in), which measured slower). For thin inputs
-    (k > 1, k*k*C_in <= IM2COL_DEPTH) the k*k windows are laid side by side instead,
-    (N Ho Wo, k*k*C_in), and one product of that depth does it all (im2col).
-    """
-    xp = namespace(a_pad, w)
-    k, C_in, C_out = w.shape[0], w.shape[2], w.shape[3]
-    N = a_pad.shape[0]
-    if k > 1 and k * k * C_in <= IM2COL_DEPTH:
-        cols = xp.concat([_window(a_pad, i, j, stride, Ho, Wo) for i in range(k) for j in range(k)], axis=-1)
-        cols = xp.reshape(cols, (N * Ho * Wo, k * k * C_in))  # column (i, j, c) = offset (i, j), channel c
-        return xp.reshape(cols @ xp.reshape(w, (k * k * C_in, C_out)), (N, Ho, Wo, C_out))
-    # (N, Ho, Wo, C_in) @ (C_in, C_out) for each offset; the first product starts the sum
-    products = (_window(a_pad, i, j, stride, Ho, Wo) @ w[i, j, :, :] for i in range(k) for j in range(k))
-    y = next(products)
-    for product in products:
-        y += product
-    return y
-
-
 def conv2d_forward(x: Any, w: Any, b: Any, stride: int = 1, padding: int | None = None):
     """2-D convolution (cross-correlation) with zero padding, as k*k matrix products.
 
@@ -132,12 +111,18 @@ def conv2d_forward(x: Any, w: Any, b: Any, stride: int = 1, padding: int | None 
     dtype), and a Conv2dCache.
     """
     p = _check_geometry(x, w, b, stride, padding)
-    H, W = x.shape[1:3]
-    k = w.shape[0]
+    if speed.enabled():
+        return conv2d_forward_fast(x, w, b, stride, p)
+    xp = namespace(x, w, b)
+    N, H, W, _ = x.shape
+    k, C_out = w.shape[0], w.shape[3]
     Ho, Wo = (H + 2 * p - k) // stride + 1, (W + 2 * p - k) // stride + 1
     x_pad = _pad(x, p)  # 1. zero padding: (N, H + 2p, W + 2p, C_in)
-    y = _correlate(x_pad, w, stride, Ho, Wo)  # 2. one matrix product per kernel offset, accumulated
-    y += b  # 3. bias, broadcast over (N, Ho, Wo)
+    y = xp.zeros((N, Ho, Wo, C_out), dtype=x.dtype, device=device(x))
+    for i in range(k):  # 2. one matrix product per kernel offset: (N, Ho, Wo, C_in) @ (C_in, C_out)
+        for j in range(k):
+            y = y + _window(x_pad, i, j, stride, Ho, Wo) @ w[i, j, :, :]
+    y = y + b  # 3. bias, broadcast over (N, Ho, Wo)
     return y, Conv2dCache(x_pad, w, stride, p)
 
 
@@ -154,62 +139,7 @@ def _check_dy(dy: Any, cache: Conv2dCache) -> tuple[int, int]:
 
 
 def conv2d_backward(dy: Any, cache: Conv2dCache):
-    """Gradients of conv2d_forward, each a few large matrix products (the fast path).
-
-    Math (for L with dL/dy = dy; derivation in docs/derivations/conv2d.md):
-        db = sum_{n, h, w} dy[n, h, w, :]
-        dw[i, j] = X_ij^T dY, X_ij the window of offset (i, j) as an (N Ho Wo, C_in) matrix
-        dx = the transposed convolution of dy; at stride 1 (and p <= k - 1) it is itself a
-             correlation: dx = conv(pad(dy, k - 1 - p), w~) with w~[i, j] = w[k-1-i, k-1-j]^T
-
-    The same gradients as conv2d_backward_reference (the plain loop of the derivation page, which
-    the tests hold this against); stride 2 takes that loop's scatter for dx. dy: (N, Ho, Wo, C_out)
-    like the forward's y. Returns fresh dx (N, H, W, C_in), dw (k, k, C_in, C_out), db (C_out,),
-    like the forward's inputs.
-    """
-    Ho, Wo = _check_dy(dy, cache)
-    x_pad, w, stride, p = cache
-    xp = namespace(dy, x_pad)
-    N, Hp, Wp, C_in = x_pad.shape
-    k, C_out = w.shape[0], w.shape[3]
-    dy_2d = xp.reshape(dy, (N * Ho * Wo, C_out))
-    db = column_sums(dy_2d)  # 3. bias: sum over (N, Ho, Wo)
-    dw = xp.zeros(w.shape, dtype=w.dtype, device=device(w))
-    for i in range(k):  # 2. weights: one (C_in, N Ho Wo) @ (N Ho Wo, C_out) product per offset
-        for j in range(k):
-            x_ij = xp.reshape(_window(x_pad, i, j, stride, Ho, Wo), (N * Ho * Wo, C_in))  # copied if strided
-            dw[i, j, :, :] = xp.matrix_transpose(x_ij) @ dy_2d
-    H, W = Hp - 2 * p, Wp - 2 * p
-    if stride == 1 and p <= k - 1:  # 1. input: a correlation of the re-padded dy, kernel flipped
-        w_flip = xp.permute_dims(xp.flip(w, axis=(0, 1)), (0, 1, 3, 2))  # (k, k, C_out, C_in), a view
-        # A row-major copy (reshaping the view to 1-D copies it in that order; the Array API has no
-        # ascontiguousarray): matmul with the strided view measured 2-3x slower.
-        w_flip = xp.reshape(xp.reshape(w_flip, (-1,)), w_flip.shape)
-        dx = _correlate(_pad(dy, k - 1 - p), w_flip, 1, H, W)
-    else:
-        dx = _input_gradient_by_taps(dy, w, stride, p, x_pad.shape)
-    return dx, dw, db
-
-
-def _input_gradient_by_taps(dy: Any, w: Any, stride: int, p: int, x_pad_shape: tuple) -> Any:
-    """dx of conv2d_forward by scattering each offset's dy @ w[i, j]^T into its window of dx_pad."""
-    xp = namespace(dy, w)
-    N, Hp, Wp, C_in = x_pad_shape
-    Ho, Wo = dy.shape[1:3]
-    k, C_out = w.shape[0], w.shape[3]
-    dy_2d = xp.reshape(dy, (N * Ho * Wo, C_out))
-    dx_pad = xp.zeros(x_pad_shape, dtype=dy.dtype, device=device(dy))
-    for i in range(k):
-        for j in range(k):
-            dx_ij = dy_2d @ xp.matrix_transpose(w[i, j, :, :])  # (N Ho Wo, C_out) @ (C_out, C_in)
-            # The windows of different offsets overlap, so their gradients add up (slice +=).
-            rows, cols = _window_slices(i, j, stride, Ho, Wo)
-            dx_pad[:, rows, cols, :] += xp.reshape(dx_ij, (N, Ho, Wo, C_in))
-    return dx_pad[:, p : Hp - p, p : Wp - p, :]  # undo the padding (a view of the fresh dx_pad)
-
-
-def conv2d_backward_reference(dy: Any, cache: Conv2dCache):
-    """Gradients of conv2d_forward: each forward step's chain rule, in the same loop (the spec).
+    """Gradients of conv2d_forward: each forward step's chain rule, in the same loop.
 
     Math (for L with dL/dy = dy; derivation in docs/derivations/conv2d.md):
         db = sum_{n, h, w} dy[n, h, w, :]
@@ -219,9 +149,11 @@ def conv2d_backward_reference(dy: Any, cache: Conv2dCache):
 
     dy: (N, Ho, Wo, C_out) like the forward's y. Returns fresh dx (N, H, W, C_in), dw (k, k, C_in,
     C_out), db (C_out,), like the forward's inputs. dx is the adjoint (transposed convolution) of the
-    map x -> conv2d_forward(x, w, 0). conv2d_backward computes the same faster.
+    map x -> conv2d_forward(x, w, 0).
     """
     Ho, Wo = _check_dy(dy, cache)
+    if speed.enabled():
+        return conv2d_backward_fast(dy, cache)
     x_pad, w, stride, p = cache
     xp = namespace(dy, x_pad)
     N, Hp, Wp, C_in = x_pad.shape
@@ -290,3 +222,99 @@ def weight_to_torch(w: Any) -> Any:
     if w.ndim != 4:
         raise ValueError(f"w must have shape (kH, kW, C_in, C_out), got {w.shape}")
     return namespace(w).permute_dims(w, (3, 2, 0, 1))
+
+
+# ------------------------------------------------------------------------------------ speed layer
+# The speed forms of conv2d_forward and conv2d_backward, tested equal to them
+# (tests/test_layers_conv.py); they run unless refdiff.speed selects the reference path.
+
+# Below this product depth (k*k*C_in) the input is thin enough to copy k*k times (im2col): the
+# U-Net's 1-channel input makes nine products of depth 1 otherwise, measured 20x slower.
+IM2COL_DEPTH = 64
+
+
+def _correlate(a_pad: Any, w: Any, stride: int, Ho: int, Wo: int) -> Any:
+    """sum over kernel offsets (i, j) of window_ij(a_pad) @ w[i, j]: (N, Ho, Wo, C_out), no bias.
+
+    One product per offset: the strided window goes to matmul as it is, a stack of (Wo, C_in)
+    matrices (no copy to (N Ho Wo, C_in), which measured slower). For thin inputs
+    (k > 1, k*k*C_in <= IM2COL_DEPTH) the k*k windows are laid side by side instead,
+    (N Ho Wo, k*k*C_in), and one product of that depth does it all (im2col).
+    """
+    xp = namespace(a_pad, w)
+    k, C_in, C_out = w.shape[0], w.shape[2], w.shape[3]
+    N = a_pad.shape[0]
+    if k > 1 and k * k * C_in <= IM2COL_DEPTH:
+        cols = xp.concat([_window(a_pad, i, j, stride, Ho, Wo) for i in range(k) for j in range(k)], axis=-1)
+        cols = xp.reshape(cols, (N * Ho * Wo, k * k * C_in))  # column (i, j, c) = offset (i, j), channel c
+        return xp.reshape(cols @ xp.reshape(w, (k * k * C_in, C_out)), (N, Ho, Wo, C_out))
+    # (N, Ho, Wo, C_in) @ (C_in, C_out) for each offset; the first product starts the sum
+    products = (_window(a_pad, i, j, stride, Ho, Wo) @ w[i, j, :, :] for i in range(k) for j in range(k))
+    y = next(products)
+    for product in products:
+        y += product
+    return y
+
+
+def conv2d_forward_fast(x: Any, w: Any, b: Any, stride: int, p: int):
+    """Speed form of conv2d_forward (which validates the arguments): the same steps, step 2 by
+    _correlate (im2col for thin inputs, the products accumulated in place)."""
+    H, W = x.shape[1:3]
+    k = w.shape[0]
+    Ho, Wo = (H + 2 * p - k) // stride + 1, (W + 2 * p - k) // stride + 1
+    x_pad = _pad(x, p)  # 1. zero padding: (N, H + 2p, W + 2p, C_in)
+    y = _correlate(x_pad, w, stride, Ho, Wo)  # 2. one matrix product per kernel offset, accumulated
+    y += b  # 3. bias, broadcast over (N, Ho, Wo)
+    return y, Conv2dCache(x_pad, w, stride, p)
+
+
+def conv2d_backward_fast(dy: Any, cache: Conv2dCache):
+    """Speed form of conv2d_backward (which checks dy): the same gradients, each a few large products.
+
+    Math (for L with dL/dy = dy; derivation in docs/derivations/conv2d.md):
+        db = sum_{n, h, w} dy[n, h, w, :]
+        dw[i, j] = X_ij^T dY, X_ij the window of offset (i, j) as an (N Ho Wo, C_in) matrix
+        dx = the transposed convolution of dy; at stride 1 (and p <= k - 1) it is itself a
+             correlation: dx = conv(pad(dy, k - 1 - p), w~) with w~[i, j] = w[k-1-i, k-1-j]^T
+
+    Stride 2 takes the textbook loop's scatter for dx. Returns what conv2d_backward returns.
+    """
+    x_pad, w, stride, p = cache
+    xp = namespace(dy, x_pad)
+    N, Hp, Wp, C_in = x_pad.shape
+    Ho, Wo = dy.shape[1:3]
+    k, C_out = w.shape[0], w.shape[3]
+    dy_2d = xp.reshape(dy, (N * Ho * Wo, C_out))
+    db = fast.column_sums(dy_2d)  # 3. bias: sum over (N, Ho, Wo)
+    dw = xp.zeros(w.shape, dtype=w.dtype, device=device(w))
+    for i in range(k):  # 2. weights: one (C_in, N Ho Wo) @ (N Ho Wo, C_out) product per offset
+        for j in range(k):
+            x_ij = xp.reshape(_window(x_pad, i, j, stride, Ho, Wo), (N * Ho * Wo, C_in))  # copied if strided
+            dw[i, j, :, :] = xp.matrix_transpose(x_ij) @ dy_2d
+    H, W = Hp - 2 * p, Wp - 2 * p
+    if stride == 1 and p <= k - 1:  # 1. input: a correlation of the re-padded dy, kernel flipped
+        w_flip = xp.permute_dims(xp.flip(w, axis=(0, 1)), (0, 1, 3, 2))  # (k, k, C_out, C_in), a view
+        # A row-major copy (reshaping the view to 1-D copies it in that order; the Array API has no
+        # ascontiguousarray): matmul with the strided view measured 2-3x slower.
+        w_flip = xp.reshape(xp.reshape(w_flip, (-1,)), w_flip.shape)
+        dx = _correlate(_pad(dy, k - 1 - p), w_flip, 1, H, W)
+    else:
+        dx = _input_gradient_by_taps(dy, w, stride, p, x_pad.shape)
+    return dx, dw, db
+
+
+def _input_gradient_by_taps(dy: Any, w: Any, stride: int, p: int, x_pad_shape: tuple) -> Any:
+    """dx of conv2d_forward by scattering each offset's dy @ w[i, j]^T into its window of dx_pad."""
+    xp = namespace(dy, w)
+    N, Hp, Wp, C_in = x_pad_shape
+    Ho, Wo = dy.shape[1:3]
+    k, C_out = w.shape[0], w.shape[3]
+    dy_2d = xp.reshape(dy, (N * Ho * Wo, C_out))
+    dx_pad = xp.zeros(x_pad_shape, dtype=dy.dtype, device=device(dy))
+    for i in range(k):
+        for j in range(k):
+            dx_ij = dy_2d @ xp.matrix_transpose(w[i, j, :, :])  # (N Ho Wo, C_out) @ (C_out, C_in)
+            # The windows of different offsets overlap, so their gradients add up (slice +=).
+            rows, cols = _window_slices(i, j, stride, Ho, Wo)
+            dx_pad[:, rows, cols, :] += xp.reshape(dx_ij, (N, Ho, Wo, C_in))
+    return dx_pad[:, p : Hp - p, p : Wp - p, :]  # undo the padding (a view of the fresh dx_pad)

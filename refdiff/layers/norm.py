@@ -2,6 +2,11 @@
 
 Channels-last activations (N, ..., C). The backward of group norm is derived step by step in
 docs/derivations/group_norm.md; the numbered steps there are the numbered comments here.
+
+Each function here is the textbook form, one step a line. The speed forms of group norm's forward and
+backward (the sums over a group as per-channel sums over space, steps 6-7 fused, the backward in
+closed form) and of the sums over space are in refdiff/layers/fast.py; each function that has one
+starts by handing over to it on the speed layer (refdiff.speed).
 """
 
 from __future__ import annotations
@@ -9,8 +14,10 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+from refdiff import speed
 from refdiff.backend import namespace
-from refdiff.layers.basic import check_shape, column_sums
+from refdiff.layers import fast
+from refdiff.layers.basic import check_shape
 
 
 class GroupNormCache(NamedTuple):
@@ -32,19 +39,6 @@ def _check_group_norm(x: Any, gamma: Any, beta: Any, groups: int, eps: float) ->
     check_shape("beta", beta, (C,))
 
 
-def _group_sum(a: Any, groups: int) -> Any:
-    """sum over the spatial axis and the channels of each group: (N, S, C) -> (N, 1, G, 1).
-
-    Two reductions, each over one axis: first over space (every channel separately, column_sums),
-    then over the C/G channels of each group in the small (N, G, C/G) result. The same sum as one
-    reduction over the (S, C/G) axes of (N, S, G, C/G), which NumPy runs 3-10x slower.
-    """
-    xp = namespace(a)
-    N, C = a.shape[0], a.shape[-1]
-    per_channel = xp.reshape(column_sums(a), (N, 1, groups, C // groups))  # (N, 1, G, C/G)
-    return xp.sum(per_channel, axis=3, keepdims=True)  # (N, 1, G, 1)
-
-
 def group_norm_forward(x: Any, gamma: Any, beta: Any, groups: int,
                        eps: float = 1e-5) -> tuple[Any, GroupNormCache]:
     """Group normalization, as torch.nn.GroupNorm (biased variance, eps inside the square root).
@@ -57,53 +51,57 @@ def group_norm_forward(x: Any, gamma: Any, beta: Any, groups: int,
     eps keeps 1 / sqrt(var + eps) finite for a constant group (var = 0); 1e-5 is torch's default.
     """
     _check_group_norm(x, gamma, beta, groups, eps)
+    if speed.enabled():
+        return fast.group_norm_forward(x, gamma, beta, groups, eps)
     xp = namespace(x, gamma, beta)
     N, C = x.shape[0], x.shape[-1]
     S, Cg = math.prod(x.shape[1:-1]), C // groups
-    M = S * Cg
-    x3 = xp.reshape(x, (N, S, C))  # step 1: (N, S, C), spatial axes flattened
-    mu = _group_sum(x3, groups) / M  # step 2: (N, 1, G, 1)
-    xc = xp.reshape(x3, (N, S, groups, Cg)) - mu  # step 3: (N, S, G, C/G)
-    var = _group_sum(xp.reshape(xc * xc, (N, S, C)), groups) / M  # step 4: (N, 1, G, 1), biased
+    xg = xp.reshape(x, (N, S, groups, Cg))  # step 1: (N, S, G, C/G), spatial axes flattened
+    mu = xp.mean(xg, axis=(1, 3), keepdims=True)  # step 2: (N, 1, G, 1)
+    xc = xg - mu  # step 3: (N, S, G, C/G)
+    var = xp.mean(xc * xc, axis=(1, 3), keepdims=True)  # step 4: (N, 1, G, 1), biased
     rstd = 1.0 / xp.sqrt(var + eps)  # step 5: (N, 1, G, 1)
-    # steps 6-7: y = xc * (rstd * gamma) + beta; the (N, 1, G, C/G) factor is formed first, so the
-    # activation-sized arrays are touched twice instead of three times.
-    y = xc * (rstd * xp.reshape(gamma, (groups, Cg)))  # (N, S, G, C/G)
-    y += xp.reshape(beta, (groups, Cg))
-    return xp.reshape(y, tuple(x.shape)), GroupNormCache(xc, rstd, gamma, tuple(x.shape))
+    xhat = xp.reshape(xc * rstd, tuple(x.shape))  # step 6: (N, ..., C)
+    y = xhat * gamma + beta  # step 7: (N, ..., C)
+    return y, GroupNormCache(xc, rstd, gamma, tuple(x.shape))
 
 
 def group_norm_backward(dy: Any, cache: GroupNormCache) -> tuple[Any, Any, Any]:
-    """Gradients of group_norm_forward: returns (dx, dgamma, dbeta).
+    """Gradients of group_norm_forward: returns (dx, dgamma, dbeta), through its steps 7 to 1.
 
-    Math (docs/derivations/group_norm.md derives it step by step through the forward's steps 7 to 1),
-    per sample and group, means over its M entries, dxhat = dy * gamma:
-          dgamma = sum over (N, ...) of dy * xhat,  dbeta = sum over (N, ...) of dy
-          dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-    computed from two per-channel sums over space, sum(dy) and sum(dy * xc); with xhat = xc * rstd
-    the last line is dx = (rstd * gamma) * dy + b * xc + c, b and c one number per sample and group
-    (three passes over the activation instead of the step-by-step chain's dozen).
+    Math (docs/derivations/group_norm.md), sum_g and mean_g over the M entries of a sample and group:
+          dgamma = sum over (N, ...) of dy * xhat,  dbeta = sum over (N, ...) of dy,  dxhat = dy * gamma
+          dxc = dxhat * rstd + (2 / M) xc dvar,  dvar = -rstd^3 / 2 * sum_g(dxhat * xc)
+          dx = dxc - mean_g(dxc)
+    which adds up to dx = rstd * (dxhat - mean_g(dxhat) - xhat * mean_g(dxhat * xhat)).
 
     dy: (N, ..., C). Returns dx (N, ..., C), dgamma (C,), dbeta (C,).
     """
+    if speed.enabled():
+        return fast.group_norm_backward(dy, cache)
     xp = namespace(dy)
     xc, rstd, gamma, x_shape = cache
     N, S, G, Cg = xc.shape
     M = S * Cg
-    dy4 = xp.reshape(dy, (N, S, G, Cg))  # (N, S, G, C/G)
-    sum_dy = xp.reshape(column_sums(xp.reshape(dy, (N, S, G * Cg))), (N, 1, G, Cg))  # per channel
-    sum_dy_xc = xp.reshape(column_sums(xp.reshape(dy4 * xc, (N, S, G * Cg))), (N, 1, G, Cg))
-    # step 7: the parameters' gradients sum over samples and space; sum(dy * xhat) = rstd * sum(dy * xc)
-    dbeta = xp.reshape(xp.sum(sum_dy, axis=0), (G * Cg,))  # (C,)
-    dgamma = xp.reshape(xp.sum(sum_dy_xc * rstd, axis=0), (G * Cg,))  # (C,)
-    # steps 6-1 in closed form: mean(dxhat) and mean(dxhat * xhat) per sample and group
-    a = rstd * xp.reshape(gamma, (G, Cg))  # (N, 1, G, C/G): rstd * dxhat = a * dy
-    mean_a_dy = xp.sum(sum_dy * a, axis=3, keepdims=True) / M  # rstd * mean(dxhat): (N, 1, G, 1)
-    mean_dxhat_xhat = rstd * xp.sum(sum_dy_xc * a, axis=3, keepdims=True) / M  # rstd * mean(dxhat * xhat)
-    dx = dy4 * a  # (N, S, G, C/G); a * dy - mean(a * dy) cancels exactly for M = 1
-    dx += xc * (-rstd * mean_dxhat_xhat)  # - rstd * xhat * mean(dxhat * xhat)
-    dx += -mean_a_dy  # - rstd * mean(dxhat)
-    return xp.reshape(dx, x_shape), dgamma, dbeta
+    dy4 = xp.reshape(dy, (N, S, G, Cg))  # (N, S, G, C/G), like xc
+    xhat = xc * rstd  # the forward's step 6 again: (N, S, G, C/G)
+    # step 7: y = xhat * gamma + beta; gamma and beta are shared by all samples and positions
+    dgamma = xp.reshape(xp.sum(dy4 * xhat, axis=(0, 1)), (G * Cg,))  # (C,)
+    dbeta = xp.reshape(xp.sum(dy4, axis=(0, 1)), (G * Cg,))  # (C,)
+    dxhat = dy4 * xp.reshape(gamma, (G, Cg))  # (N, S, G, C/G)
+    # step 6: xhat = xc * rstd, two paths to x
+    dxc = dxhat * rstd  # (N, S, G, C/G)
+    drstd = xp.sum(dxhat * xc, axis=(1, 3), keepdims=True)  # (N, 1, G, 1)
+    # step 5: rstd = (var + eps)^(-1/2)
+    dvar = -0.5 * rstd**3 * drstd  # (N, 1, G, 1)
+    # step 4: var = mean_g(xc^2)
+    dxc = dxc + (2.0 / M) * xc * dvar  # (N, S, G, C/G)
+    # step 3: xc = xg - mu
+    dmu = -xp.sum(dxc, axis=(1, 3), keepdims=True)  # (N, 1, G, 1)
+    # step 2: mu = mean_g(xg)
+    dxg = dxc + dmu / M  # (N, S, G, C/G)
+    # step 1: xg = reshape(x)
+    return xp.reshape(dxg, x_shape), dgamma, dbeta
 
 
 # ------------------------------------------------------------------------------------ scale-shift
@@ -142,10 +140,27 @@ def scale_shift_backward(dy: Any, cache: ScaleShiftCache) -> tuple[Any, Any, Any
 
     dy: like h. Returns dh like h, dscale (N, C), dshift (N, C).
     """
+    if speed.enabled():
+        return fast.scale_shift_backward(dy, cache)
     xp = namespace(dy)
     h3, scale3, h_shape = cache
     dy3 = xp.reshape(dy, tuple(h3.shape))  # (N, S, C)
     dh = xp.reshape(dy3 * (1.0 + scale3), h_shape)  # (N, ..., C)
-    dscale = column_sums(dy3 * h3)  # (N, C), summed over space
-    dshift = column_sums(dy3)  # (N, C)
+    dscale = xp.sum(dy3 * h3, axis=1)  # (N, C), summed over space
+    dshift = xp.sum(dy3, axis=1)  # (N, C)
     return dh, dscale, dshift
+
+
+def sum_over_space(a: Any) -> Any:
+    """Sum of an (N, ..., C) activation over its spatial axes: the gradient of a per-sample (N, C)
+    vector broadcast over space (a ResBlock's embedding added to h).
+
+    Math: out[n, c] = sum over (...) of a[n, ..., c]
+
+    a: (N, ..., C) (any number of spatial axes, or none). Returns (N, C) like a.
+    """
+    if speed.enabled():
+        return fast.sum_over_space(a)
+    xp = namespace(a)
+    N, C = a.shape[0], a.shape[-1]
+    return xp.sum(xp.reshape(a, (N, math.prod(a.shape[1:-1]), C)), axis=1)  # (N, S, C) -> (N, C)

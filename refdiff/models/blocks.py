@@ -20,11 +20,11 @@ from typing import Any, NamedTuple
 
 from refdiff.backend import namespace
 from refdiff.layers.attention import AttentionCache, self_attention_backward, self_attention_forward
-from refdiff.layers.basic import (DropoutCache, LinearCache, SiluCache, column_sums, dropout_backward,
-                                  dropout_forward, linear_backward, linear_forward, silu_backward, silu_forward)
+from refdiff.layers.basic import (DropoutCache, LinearCache, SiluCache, dropout_backward, dropout_forward,
+                                  linear_backward, linear_forward, silu_backward, silu_forward)
 from refdiff.layers.conv import Conv2dCache, conv2d_backward, conv2d_forward
 from refdiff.layers.norm import (GroupNormCache, ScaleShiftCache, group_norm_backward, group_norm_forward,
-                                 scale_shift_backward, scale_shift_forward)
+                                 scale_shift_backward, scale_shift_forward, sum_over_space)
 from refdiff.layers.resample import Resample2xCache, upsample2x_backward, upsample2x_forward
 
 
@@ -113,8 +113,7 @@ def resblock_backward(dy: Any, c: ResBlockCache):
         de = xp.concat((dscale, dshift), axis=1)  # (N, 2 C_out)
     else:
         dh, g["norm2.gamma"], g["norm2.beta"] = group_norm_backward(dh, c.norm2)
-        N, H, W, C = dh.shape
-        de = column_sums(xp.reshape(dh, (N, H * W, C)))  # (N, C_out): e was broadcast over (H, W)
+        de = sum_over_space(dh)  # (N, C_out): e was broadcast over (H, W)
     demb, g["emb.w"], g["emb.b"] = linear_backward(de, c.emb)
     dh, g["conv1.w"], g["conv1.b"] = conv2d_backward(dh, c.conv1)
     dh = silu_backward(dh, c.silu1)

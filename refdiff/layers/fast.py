@@ -1,0 +1,150 @@
+"""The speed layer of refdiff.layers: faster forms of the textbook layer functions, each tested equal
+to the function it speeds up (tests/test_layers_fast.py).
+
+The textbook form is the one a reader meets: a public function of refdiff.layers.basic or .norm that
+starts with ``if speed.enabled(): return fast.<its name>(...)`` and then computes its math one
+derivative step a line. The forms here compute the same numbers with fewer passes over memory
+(measurements: docs/performance.md):
+
+- sums over rows as a product with a ones vector (``column_sums``): BLAS streams the rows at memory
+  speed, where NumPy's reduction along a non-last axis is 2-9x slower;
+- in-place arithmetic in one temporary (``sigmoid``, ``silu_backward``);
+- group norm's fused forward and closed-form backward: three passes over the activation where the
+  step-by-step chain makes a dozen (docs/derivations/group_norm.md, "The speed form").
+
+conv2d's speed forms (im2col for thin inputs, the backward as long products) share the window
+geometry of its textbook forms, so they stay in refdiff/layers/conv.py, in its "speed layer" section.
+Which form runs is refdiff.speed's switch: ``REFDIFF_REFERENCE=1`` or ``with speed.reference_path():``
+selects the textbook forms. The public function validates its arguments; the forms here trust them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from refdiff.backend import device, namespace
+
+
+def column_sums(a: Any) -> Any:
+    """Speed form of ``xp.sum(a, axis=-2)``: sums over the second-to-last axis, (..., M, C) -> (..., C).
+
+    Math: out[..., c] = sum_m a[..., m, c] = (1^T a)[..., c], a product with a ones vector
+
+    The product also rounds less than a sequential sum: BLAS accumulates in blocks.
+    """
+    xp = namespace(a)
+    ones = xp.ones((1, a.shape[-2]), dtype=a.dtype, device=device(a))  # (1, M)
+    return (ones @ a)[..., 0, :]  # (..., 1, C) -> (..., C)
+
+
+def linear_backward(dy: Any, cache: Any) -> tuple[Any, Any, Any]:
+    """Speed form of refdiff.layers.basic.linear_backward: db = sum over rows of dy by column_sums."""
+    xp = namespace(dy)
+    x2, w, x_shape = cache
+    dy2 = xp.reshape(dy, (x2.shape[0], w.shape[1]))  # (M, C_out)
+    dx = xp.reshape(xp.matmul(dy2, xp.matrix_transpose(w)), x_shape)  # (M, C_in) -> (..., C_in)
+    dw = xp.matmul(xp.matrix_transpose(x2), dy2)  # (C_in, C_out)
+    return dx, dw, column_sums(dy2)
+
+
+def sigmoid(x: Any) -> Any:
+    """Speed form of refdiff.layers.basic.sigmoid: the same (1 + tanh(x / 2)) / 2, in place in one
+    temporary (the same operations in the same order, so the same numbers)."""
+    s = namespace(x).tanh(x * 0.5)
+    s *= 0.5
+    s += 0.5
+    return s
+
+
+def silu_backward(dy: Any, cache: Any) -> Any:
+    """Speed form of refdiff.layers.basic.silu_backward: dx = sig * (1 + x * (1 - sig)) * dy, the
+    textbook's dy * (sig + x * sig * (1 - sig)) with sig factored out, built in place in one temporary."""
+    x, sig = cache
+    g = 1.0 - sig
+    g *= x
+    g += 1.0
+    g *= sig
+    g *= dy
+    return g
+
+
+def sum_over_space(a: Any) -> Any:
+    """Speed form of refdiff.layers.norm.sum_over_space: (N, ..., C) -> (N, C) by column_sums."""
+    xp = namespace(a)
+    N, C = a.shape[0], a.shape[-1]
+    return column_sums(xp.reshape(a, (N, math.prod(a.shape[1:-1]), C)))  # (N, S, C) -> (N, C)
+
+
+def scale_shift_backward(dy: Any, cache: Any) -> tuple[Any, Any, Any]:
+    """Speed form of refdiff.layers.norm.scale_shift_backward: the sums over space by column_sums."""
+    xp = namespace(dy)
+    h3, scale3, h_shape = cache
+    dy3 = xp.reshape(dy, tuple(h3.shape))  # (N, S, C)
+    dh = xp.reshape(dy3 * (1.0 + scale3), h_shape)  # (N, ..., C)
+    return dh, column_sums(dy3 * h3), column_sums(dy3)  # dscale, dshift: (N, C)
+
+
+def _group_sum(a: Any, groups: int) -> Any:
+    """sum over the spatial axis and the channels of each group: (N, S, C) -> (N, 1, G, 1).
+
+    Two reductions, each over one axis: over space (every channel separately, column_sums), then
+    over the C/G channels of each group in the small (N, G, C/G) result. The same sum as one
+    reduction over the (S, C/G) axes of (N, S, G, C/G), which NumPy runs 3-10x slower.
+    """
+    xp = namespace(a)
+    N, C = a.shape[0], a.shape[-1]
+    per_channel = xp.reshape(column_sums(a), (N, 1, groups, C // groups))  # (N, 1, G, C/G)
+    return xp.sum(per_channel, axis=3, keepdims=True)  # (N, 1, G, 1)
+
+
+def group_norm_forward(x: Any, gamma: Any, beta: Any, groups: int, eps: float) -> tuple[Any, Any]:
+    """Speed form of refdiff.layers.norm.group_norm_forward (its steps 1-7, the same cache).
+
+    The means of steps 2 and 4 by _group_sum; steps 6-7 fused as y = xc * (rstd * gamma) + beta,
+    the (N, 1, G, C/G) factor formed first, so the activation-sized arrays are touched twice
+    instead of three times.
+    """
+    from refdiff.layers.norm import GroupNormCache  # imported here: refdiff.layers.norm imports this module
+
+    xp = namespace(x, gamma, beta)
+    N, C = x.shape[0], x.shape[-1]
+    S, Cg = math.prod(x.shape[1:-1]), C // groups
+    M = S * Cg
+    x3 = xp.reshape(x, (N, S, C))  # step 1: (N, S, C), spatial axes flattened
+    mu = _group_sum(x3, groups) / M  # step 2: (N, 1, G, 1)
+    xc = xp.reshape(x3, (N, S, groups, Cg)) - mu  # step 3: (N, S, G, C/G)
+    var = _group_sum(xp.reshape(xc * xc, (N, S, C)), groups) / M  # step 4: (N, 1, G, 1), biased
+    rstd = 1.0 / xp.sqrt(var + eps)  # step 5: (N, 1, G, 1)
+    y = xc * (rstd * xp.reshape(gamma, (groups, Cg)))  # steps 6-7: (N, S, G, C/G)
+    y += xp.reshape(beta, (groups, Cg))
+    return xp.reshape(y, tuple(x.shape)), GroupNormCache(xc, rstd, gamma, tuple(x.shape))
+
+
+def group_norm_backward(dy: Any, cache: Any) -> tuple[Any, Any, Any]:
+    """Speed form of refdiff.layers.norm.group_norm_backward: steps 6-1 in closed form.
+
+    Math (docs/derivations/group_norm.md, "The speed form"), per sample and group, dxhat = dy * gamma:
+          dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+             = (rstd * gamma) * dy + b * xc + c,  b and c one number per sample and group
+    from two per-channel sums over space, sum(dy) and sum(dy * xc), which also give dgamma and dbeta
+    (sum(dy * xhat) = rstd * sum(dy * xc)): three passes over the activation.
+    """
+    xp = namespace(dy)
+    xc, rstd, gamma, x_shape = cache
+    N, S, G, Cg = xc.shape
+    M = S * Cg
+    dy4 = xp.reshape(dy, (N, S, G, Cg))  # (N, S, G, C/G)
+    sum_dy = xp.reshape(column_sums(xp.reshape(dy, (N, S, G * Cg))), (N, 1, G, Cg))  # per channel
+    sum_dy_xc = xp.reshape(column_sums(xp.reshape(dy4 * xc, (N, S, G * Cg))), (N, 1, G, Cg))
+    # step 7: the parameters' gradients sum over samples and space
+    dbeta = xp.reshape(xp.sum(sum_dy, axis=0), (G * Cg,))  # (C,)
+    dgamma = xp.reshape(xp.sum(sum_dy_xc * rstd, axis=0), (G * Cg,))  # (C,)
+    # steps 6-1: mean(dxhat) and mean(dxhat * xhat) per sample and group
+    a = rstd * xp.reshape(gamma, (G, Cg))  # (N, 1, G, C/G): rstd * dxhat = a * dy
+    mean_a_dy = xp.sum(sum_dy * a, axis=3, keepdims=True) / M  # rstd * mean(dxhat): (N, 1, G, 1)
+    mean_dxhat_xhat = rstd * xp.sum(sum_dy_xc * a, axis=3, keepdims=True) / M  # rstd * mean(dxhat * xhat)
+    dx = dy4 * a  # (N, S, G, C/G); a * dy - mean(a * dy) cancels exactly for M = 1
+    dx += xc * (-rstd * mean_dxhat_xhat)  # - rstd * xhat * mean(dxhat * xhat)
+    dx += -mean_a_dy  # - rstd * mean(dxhat)
+    return xp.reshape(dx, x_shape), dgamma, dbeta
