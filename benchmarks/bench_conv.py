@@ -11,8 +11,8 @@ those threads, then for each convolution shape the fastest forward and backward 
   library      refdiff.layers.conv: shifted GEMM in NHWC (one batched matmul per kernel offset, or
                one im2col product for inputs of k*k*C_in <= 64); backward: dw one long product per
                offset, dx at stride 1 the correlation of dy with the flipped kernel
-  reference    conv2d_forward + conv2d_backward_reference (per-image dw products summed over the
-               batch, dx scattered window by window): the code before issue 3
+  reference    conv2d_forward + conv2d_backward on the reference path (refdiff.speed): the textbook
+               forms (per-image dw products summed over the batch, dx scattered window by window)
   shift-2d     shifted GEMM, NHWC, each window copied to (N*Ho*Wo, C_in) before a 2-D GEMM; dw as one
                long-K product (C_in, N*Ho*Wo) @ (N*Ho*Wo, C_out)
   im2col       NHWC im2col: one (N*Ho*Wo, k*k*C_in) buffer, one GEMM; caches it (k*k times x's memory)
@@ -42,7 +42,8 @@ import numpy as np
 from scipy.linalg import blas  # SciPy's BLAS (flat-gemm), loaded before threadpool_limits
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from refdiff.layers.conv import conv2d_backward, conv2d_backward_reference, conv2d_forward
+from refdiff import speed
+from refdiff.layers.conv import conv2d_backward, conv2d_forward
 
 # (H, W, C_in, C_out, k, stride) of mnist28's convolutions (padding k // 2); the batch is --batch.
 SHAPES = [
@@ -352,9 +353,19 @@ def library_forward(x, w, b, s, p):
     return conv2d_forward(x, w, b, stride=s, padding=p)
 
 
+def reference_forward(x, w, b, s, p):
+    with speed.reference_path():
+        return conv2d_forward(x, w, b, stride=s, padding=p)
+
+
+def reference_backward(dy, cache):
+    with speed.reference_path():
+        return conv2d_backward(dy, cache)
+
+
 VARIANTS = {
     "library": (library_forward, conv2d_backward, "nhwc"),
-    "reference": (library_forward, conv2d_backward_reference, "nhwc"),
+    "reference": (reference_forward, reference_backward, "nhwc"),
     "shift-2d": (shift2d_forward, shift2d_backward, "nhwc"),
     "im2col": (im2col_forward, im2col_backward, "nhwc"),
     "im2col-x": (im2colx_forward, im2colx_backward, "nhwc"),

@@ -30,6 +30,7 @@ adds refdiff's reference path (refdiff.speed: no batch parts, textbook layers) t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -109,7 +110,7 @@ class RefdiffModel:
 
     def __init__(self, backend, cfg, params, batch: dict, sample: dict, reference: bool = False):
         like = backend.asarray(np.zeros(1, dtype=np.float32))
-        self.reference = reference
+        self.path = speed.reference_path if reference else contextlib.nullcontext  # else: as the switch is
         self.unet_forward, self.unet_backward = in_parts(U.unet_forward, U.unet_backward)
         self.cfg, self.backend = cfg, backend
         self.params = U.params_to(params, like)
@@ -120,7 +121,7 @@ class RefdiffModel:
     def train_step(self):
         """Forward, MSE(out, eps), backward, Adam: one optimisation step."""
         b, xp = self.batch, self.backend.xp
-        with speed.reference_path(self.reference):
+        with self.path():
             out, cache = self.unet_forward(self.params, self.cfg, b["x"], b["t"], train=True)
             mse, dmse = mse_with_grad(out, b["eps"])  # (N,), like out
             loss = xp.mean(mse)
@@ -130,12 +131,12 @@ class RefdiffModel:
 
     def forward(self):
         s = self.sample
-        with speed.reference_path(self.reference):
+        with self.path():
             return self.unet_forward(self.params, self.cfg, s["x"], s["t"], keep_cache=False)[0]
 
     def cache_mib(self) -> float:
         b = self.batch
-        with speed.reference_path(self.reference):
+        with self.path():
             _, cache = self.unet_forward(self.params, self.cfg, b["x"], b["t"], train=True)
         return U.cache_nbytes(cache, self.params) / 2**20
 
