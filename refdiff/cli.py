@@ -481,13 +481,14 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
                                                "label for class-conditional models. With --samples: the Frechet "
                                                "distance of the samples vs the held-out digits on a digit "
                                                "classifier's features (next to its floor) and the fraction of "
-                                               "samples classified as their label. The classifier is trained on "
-                                               "the training split on demand (seconds), or read from --classifier.")
+                                               "samples classified as their label, on the digit classifier refdiff "
+                                               "ships (or --classifier FILE).")
     parser.add_argument("checkpoint", nargs="?", default=None, help="path to checkpoint.npz (bits/dim)")
     parser.add_argument("--samples", default=None, metavar="FILE",
                         help="a samples .npz of `refdiff sample --out FILE.npz` (images, labels) to score")
     parser.add_argument("--classifier", default=None, metavar="FILE",
-                        help="digit classifier cache: loaded when FILE exists, else trained and saved there")
+                        help="another digit classifier: loaded when FILE exists, else trained (the shipped "
+                             "one's recipe) and saved there (default: the shipped one)")
     parser.add_argument("--data", default="digits",
                         help="digits (its held-out split), a .npz file or a folder of images (bits/dim), or "
                              "toy2d:NAME (--samples of 2-D points: sliced W2 and MMD to fresh points, next to "

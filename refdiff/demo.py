@@ -10,8 +10,7 @@ Steps (each prints what it writes):
   5. score the samples against the held-out digits (refdiff.digits_eval.digit_sample_report): the Frechet
      distance on the digit classifier's features next to its floor (two class-stratified halves of the
      held-out digits) and to real training digits of the same class counts, and the fraction of samples
-     classified as their label (metrics.json, printed). The digit classifier is trained on the training
-     split on first use (seconds) and kept in digit_classifier.npz, which later runs load.
+     classified as their label (metrics.json, printed), with the digit classifier refdiff ships.
 Defaults are sized for a 2-core laptop CPU: a few minutes in all. Under ``mpirun -n N`` the ranks
 train data-parallel (step 3) and rank 0 alone does the rest.
 """
@@ -86,13 +85,13 @@ def run_demo(out: str | Path = "out/demo", steps: int | None = None, samples_per
                                                             np.asarray(state.losses))},
                                          out / "loss_curve.png", xlabel="step", ylabel="loss (MSE of eps)")
             paths.update(sample_and_score(out, split, samples_per_class, guidance, sample_steps, seed, backend,
-                                          progress, start))                                    # 4., 5.
+                                          start))                                              # 4., 5.
     comm.barrier("rank 0's sampling and scoring")
     return paths
 
 
 def sample_and_score(out: Path, split: tuple, samples_per_class: int, guidance: float, sample_steps: int,
-                     seed: int, backend: str, progress: bool, start: float) -> dict[str, Path]:
+                     seed: int, backend: str, start: float) -> dict[str, Path]:
     """Steps 4 and 5: sample every class from out/checkpoint.npz with DDIM and classifier-free guidance
     (samples.png, samples.npz), then score them (metrics.json, write_metrics)."""
     loaded = load_model(out / "checkpoint.npz", backend=backend)
@@ -105,23 +104,22 @@ def sample_and_score(out: Path, split: tuple, samples_per_class: int, guidance: 
     np.savez(out / "samples.npz", images=images.astype(np.float32), labels=labels)
     paths["samples_npz"] = out / "samples.npz"
     settings = dict(train_steps=loaded.train_cfg["steps"], guidance=guidance, sample_steps=sample_steps)
-    paths["metrics"] = write_metrics(out, images, labels, split, seed, progress, settings, start)
+    paths["metrics"] = write_metrics(out, images, labels, split, seed, settings, start)
     return paths
 
 
-def write_metrics(out: Path, images: np.ndarray, labels: np.ndarray, split: tuple, seed: int, progress: bool,
+def write_metrics(out: Path, images: np.ndarray, labels: np.ndarray, split: tuple, seed: int,
                   extra: dict, start: float) -> Path:
     """Score the samples (digit_sample_report against the held-out split, the training split as the
     class-matched real reference), print the numbers and write them to out/metrics.json with ``extra``
-    and demo_seconds, the wall time since ``start`` (a time.perf_counter value). The digit classifier is
-    read from out/digit_classifier.npz, or trained and written there."""
+    and demo_seconds, the wall time since ``start`` (a time.perf_counter value), with the shipped digit
+    classifier."""
     x_train, x_test, y_train, y_test = split
-    classifier = digit_classifier(out / "digit_classifier.npz", progress=progress)
+    classifier = digit_classifier()
     report = digit_sample_report(classifier, images, labels, (x_test, y_test), reference=(x_train, y_train),
                                  seed=seed)
     print(format_sample_report(report))
-    report.update(classifier_train_seconds=classifier.train_seconds, demo_seconds=time.perf_counter() - start,
-                  **extra)
+    report.update(demo_seconds=time.perf_counter() - start, **extra)
     path = out / "metrics.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     return path

@@ -67,7 +67,6 @@ def test_demo_writes_its_figures_samples_and_checkpoint_and_eval_reads_it(tmp_pa
     import numpy as np
 
     out = tmp_path / "demo"
-    quick_digit_classifier(out / "digit_classifier.npz")  # the demo's cache: loaded, not trained
     assert main(["demo", "--out", str(out), "--steps", "6", "--per-class", "2", "--sample-steps", "3"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"fd", "fd_floor", "fd_real", "class_fraction", "classifier_test_accuracy", "demo_seconds"} <= set(metrics)

@@ -1,13 +1,15 @@
 """Specification of refdiff.digits_eval: the digit classifier, trained from scratch here (its held-out accuracy,
 its cache, and the Frechet distance of its features), and the sample report built on it."""
 
+import dataclasses
 import time
 
 import numpy as np
 import pytest
 
 from refdiff.classifier_train import ClassifierTrainConfig
-from refdiff.digits_eval import DIGIT_CLASSIFIER_TRAIN, digit_classifier, digit_sample_report, digit_split
+from refdiff.digits_eval import (DIGIT_CLASSIFIER_TRAIN, SHIPPED_CLASSIFIER, digit_classifier, digit_sample_report,
+                                 digit_split)
 from refdiff.metrics import class_fraction, frechet_distance_of_samples
 
 
@@ -29,6 +31,20 @@ def test_digit_classifier_trained_from_scratch_reaches_97_percent(trained_digits
     print(f"digit classifier: {accuracy:.2%} held-out accuracy, trained in {seconds:.1f} s")
     assert accuracy >= 0.97
     assert classifier.test_accuracy == accuracy and x_test.shape[0] == 180
+
+
+def test_the_shipped_digit_classifier_is_the_recipes_and_reaches_97_percent():
+    """digit_classifier() loads the classifier refdiff ships (no training): a 10-class classifier of 1x8x8
+    images made with DIGIT_CLASSIFIER_TRAIN (its stored recipe is that one), classifying at least 97% of
+    the 180 held-out digits right, the accuracy it stores."""
+    classifier = digit_classifier()
+    _, x_test, _, y_test = digit_split()
+    accuracy = float(np.mean(classifier.predict(x_test) == y_test))
+    recipe = dataclasses.replace(classifier.trained.train_cfg, backend=DIGIT_CLASSIFIER_TRAIN.backend,
+                                 dtype=DIGIT_CLASSIFIER_TRAIN.dtype)
+    assert SHIPPED_CLASSIFIER.is_file() and recipe == DIGIT_CLASSIFIER_TRAIN
+    assert accuracy >= 0.97 and classifier.test_accuracy == accuracy
+    assert (classifier.trained.cfg.in_channels, classifier.trained.cfg.num_classes) == (1, 10)
 
 
 def test_digit_classifier_cache_gives_the_same_classifier(trained_digits):

@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support import quick_digit_classifier
 
 import refdiff
 import refdiff.train as train_module
@@ -322,7 +321,6 @@ def test_demo_under_mpiexec_trains_on_both_ranks_and_rank_0_alone_samples_and_wr
     written and printed once, by rank 0; the other rank waits for it and ends cleanly."""
     _require_mpi()
     out = tmp_path / "demo"
-    quick_digit_classifier(out / "digit_classifier.npz")  # the demo's cache: loaded, not trained
     done, seconds = _launch(["-m", "refdiff", "demo", "--out", str(out), "--steps", "4", "--per-class", "1",
                              "--sample-steps", "2"])
     assert done.returncode == 0, done.stderr
