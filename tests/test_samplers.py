@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from oracles import GAUSSIAN, MIXTURE, GaussianMixtureDenoiser, diffusers_dummy_model, diffusers_dummy_sample
 from refdiff import schedules as S
 from refdiff.backend import Generator, to_numpy
-from refdiff.samplers import ddim_invert_loop, ddim_loop, ddim_step, ddpm_loop, ddpm_step, final
+from refdiff.samplers import (ddim_invert_loop, ddim_loop, ddim_step, ddpm_loop, ddpm_step,
+                              final)
+from refdiff.samplers.common import model_t
 from support import assert_close, assert_moments_match, assert_same_array_kind
 
 N_SAMPLES = 4000
@@ -152,3 +154,44 @@ def test_bad_arguments_raise_naming_the_argument(backend):
     for call, match in cases:
         with pytest.raises(ValueError, match=match):
             final(call())
+
+
+class CountingGenerator(Generator):
+    """A Generator that counts its normal draws."""
+
+    def __init__(self, seed):
+        super().__init__(seed)
+        self.draws = 0
+
+    def normal(self, shape, like=None, dtype=None):
+        self.draws += 1
+        return super().normal(shape, like=like, dtype=dtype)
+
+
+def _ddim_by_hand(model, schedule, x, alpha_bar_prev, eta, generator):
+    """DDIM step by step with alpha_bar_prev[k] passed by hand and noise drawn at every step (its last
+    draw, at k = 0, is unused when sigma_0 = 0): the recipe that the loop's switches replace."""
+    for k in range(schedule.T - 1, -1, -1):
+        noise = generator.normal(x.shape, like=x)
+        x, _ = ddim_step(schedule, model(x, model_t(schedule, k, x)), x, k, noise, eta, alpha_bar_prev=alpha_bar_prev[k])
+    return x
+
+
+@pytest.mark.parametrize("spacing, draws", [("trailing", 10), ("leading", 9)])
+def test_ddim_with_eta_draws_noise_at_the_last_step_exactly_when_its_sigma_is_positive(backend, spacing, draws):
+    """With eta > 0 the loop draws noise at exactly the steps whose sigma > 0. Landing on final_alpha_bar =
+    alpha_bar_0 < 1 (diffusers' set_alpha_to_one=False), a trailing grid's last step starts at t = 99,
+    so sigma_0 > 0 and all S = 10 steps draw; a leading grid's starts at t = 0 and lands where it starts
+    (sigma_0 = 0, 9 draws); landing on 1, sigma_0 = 0 (9 draws). The samples equal DDIM run by hand
+    with alpha_bar_prev passed at every step."""
+    full = S.linear(1000, rescale=False)
+    schedule = S.respace(full, S.timesteps(1000, 10, spacing))
+    model = GaussianMixtureDenoiser(full, **MIXTURE)
+    x, _ = _start(backend, n=16)
+    for final_alpha_bar, expected_draws in ((float(full.alpha_bar[0]), draws), (1.0, 9)):
+        generator = CountingGenerator(3)
+        sample = final(ddim_loop(model, schedule, x, eta=0.5, generator=generator, final_alpha_bar=final_alpha_bar))
+        alpha_bar_prev = [final_alpha_bar, *schedule.alpha_bar[:-1]]  # the grid's next step, by hand
+        expected = _ddim_by_hand(model, schedule, x, alpha_bar_prev, 0.5, Generator(3))
+        assert generator.draws == expected_draws
+        np.testing.assert_array_equal(to_numpy(sample), to_numpy(expected))

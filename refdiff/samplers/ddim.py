@@ -68,7 +68,8 @@ def ddim_loop(model: Model, schedule: Schedule, x: Any, y: Any = None, eta: floa
 
     eta >= 0 (0: deterministic, needs no generator); final_alpha_bar: the alpha_bar the last step
     lands on, 1 (OpenAI; diffusers' set_alpha_to_one=True) or the full schedule's alpha_bar[0]
-    (diffusers' set_alpha_to_one=False). ``options`` go to ``ddim_step``. Yields a SampleStep per update.
+    (diffusers' set_alpha_to_one=False). Noise is drawn at exactly the steps whose sigma > 0.
+    ``options`` go to ``ddim_step``. Yields a SampleStep per update.
     """
     check_sample(x)
     k0 = check_start(schedule, start)
@@ -78,8 +79,10 @@ def ddim_loop(model: Model, schedule: Schedule, x: Any, y: Any = None, eta: floa
         raise ValueError(f"generator is required when eta > 0, got eta={eta!r} and no generator")
 
     def step(output, x, k, cond_grad):
-        noise = generator.normal(x.shape, like=x) if eta > 0 and k > 0 else None
-        ab_prev = final_alpha_bar if k == 0 else None
+        ab_prev = final_alpha_bar if k == 0 else float(schedule.alpha_bar_prev[k])
+        # sigma = 0 at eta = 0 and at a last step landing on 1 or where it starts; other steps need noise
+        sigma = ddim_sigma(float(schedule.alpha_bar[k]), ab_prev, eta)            # eq. 16
+        noise = generator.normal(x.shape, like=x) if sigma > 0 else None
         return ddim_step(schedule, output, x, k, noise, eta, cond_grad, alpha_bar_prev=ab_prev, **options)
 
     return reverse_chain(model, schedule, x, y, cond_fn, k0, step)
