@@ -173,7 +173,8 @@ def _ddim_by_hand(model, schedule, x, alpha_bar_prev, eta, generator):
     draw, at k = 0, is unused when sigma_0 = 0): the recipe that the loop's switches replace."""
     for k in range(schedule.T - 1, -1, -1):
         noise = generator.normal(x.shape, like=x)
-        x, _ = ddim_step(schedule, model(x, model_t(schedule, k, x)), x, k, noise, eta, alpha_bar_prev=alpha_bar_prev[k])
+        output = model(x, model_t(schedule, k, x))
+        x, _ = ddim_step(schedule, output, x, k, noise, eta, alpha_bar_prev=alpha_bar_prev[k])
     return x
 
 
