@@ -255,6 +255,44 @@ def test_mixed_image_sizes_raise_naming_both_files(tmp_path, Image):
         load_image_folder(tmp_path)
 
 
+def write_png16(Image, path, k):
+    """Write (H, W) pixels k in 0..65535 as a 16-bit greyscale PNG (Pillow mode "I;16")."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.frombytes("I;16", (k.shape[1], k.shape[0]), k.astype("<u2").tobytes()).save(path)
+
+
+def as_unit16(k):
+    """The documented map of 16-bit pixels: (2k - 65535) / 65535, in float64."""
+    return (2 * k.astype(np.float64) - 65535) / 65535
+
+
+def test_16bit_grey_pngs_load_at_full_depth_scaled_by_their_own_bit_depth(tmp_path, Image):
+    """A 16-bit greyscale PNG holding a gradient of 160 levels from 0 to 63000 loads as (2k - 65535) / 65535
+    (0 -> -1, 63000 -> 0.9227, all 160 levels distinct; float32 equals the float64 map's cast); an 8-bit
+    file beside it keeps (2k - 255) / 255; colors=3 repeats the full-depth grey; resizing keeps many levels."""
+    k16 = np.round(np.linspace(0, 63000, 160)).astype(np.uint16).reshape(10, 16)
+    k8 = pixels(3, n=1, c=1, h=10, w=16)[0]
+    write_png16(Image, tmp_path / "a.png", k16)
+    write_png(Image, tmp_path / "b.png", k8)
+    x, _ = load_image_folder(tmp_path, dtype=np.float64)
+    assert x.shape == (2, 1, 10, 16) and np.unique(x[0]).size == 160
+    assert np.array_equal(x[0, 0], as_unit16(k16)) and x[0, 0, 0, 0] == -1
+    assert np.array_equal(x[1], as_unit(k8))
+    x32, _ = load_image_folder(tmp_path, dtype=np.float32)
+    assert np.array_equal(x32, x.astype(np.float32))
+    x3, _ = load_image_folder(tmp_path, colors=3, dtype=np.float64)
+    assert x3.shape == (2, 3, 10, 16) and np.array_equal(x3, np.repeat(x[:, :1], 3, axis=1))
+    small, _ = load_image_folder(tmp_path, size=(5, 8))
+    assert np.unique(small[0]).size > 30 and small.min() >= -1 and small.max() <= 1
+
+
+def test_16bit_png_extremes_map_to_minus_one_and_one(tmp_path, Image):
+    """The 16-bit levels 0 and 65535 load as exactly -1 and +1, and 32768 as 1 / 65535."""
+    write_png16(Image, tmp_path / "0.png", np.array([[0, 32768, 65535]], dtype=np.uint16))
+    x, _ = load_image_folder(tmp_path, dtype=np.float64)
+    assert x[0, 0, 0].tolist() == [-1.0, 1 / 65535, 1.0]
+
+
 @pytest.mark.parametrize("case", ["empty", "empty class", "images beside classes", "unreadable", "not a folder"])
 def test_bad_image_folder_raises_value_error_naming_the_place(tmp_path, Image, case):
     """Each faulty folder raises ValueError naming the folder or file at fault."""

@@ -7,6 +7,8 @@ what is wrong. Archives are read with np.load(..., allow_pickle=False): object a
 Pixel values: uint8 (and other integer arrays within 0..255) map by x = (2k - 255) / 255, which is
 k / 255 * 2 - 1 with one rounding, so 0 -> -1 and 255 -> +1; float arrays must already lie in [-1, 1]
 (a warning is issued when they are all >= 0, the sign of [0, 1] data that still needs 2 x - 1).
+Image files map by their own bit depth: x = (2k - top) / top with top = 255 for 8-bit files and
+65535 for 16-bit greyscale ones (16-bit RGB PNGs reach refdiff as 8-bit: Pillow keeps their high byte).
 
 Channel axis of a rank-4 array (CHANNELS = 1, 3 or 4): it is (N, H, W, C) when the last axis is in
 CHANNELS and smaller than axis 1, otherwise (N, C, H, W), whose axis 1 must then be in CHANNELS.
@@ -29,6 +31,7 @@ LABEL_KEYS = ("y", "labels", "y_train")  # x pairs with y, images with labels, x
 CHANNELS = (1, 3, 4)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes read as one channel when colors=None
+_GREY16_MODES = ("I;16", "I;16B", "I;16L", "I;16N")  # how Pillow opens 16-bit greyscale files
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,20 +65,25 @@ def _to_nchw(a, where):
     raise ValueError(f"{where}: cannot find a channel axis of size {CHANNELS} in shape {a.shape} (axis 1 or last)")
 
 
+def _levels_to_unit(k, top, dtype):
+    """Integer levels k in 0..top -> x = (2k - top) / top in dtype, so 0 -> -1 and top -> +1."""
+    # The numerator is exact (|2k - top| <= 65535 < 2^24), so one correctly rounded division: -1 and
+    # +1 are hit exactly, and float32 results equal float32(float64 results) (double rounding of a
+    # quotient is innocuous from binary64 to binary32)
+    x = k.astype(dtype)
+    x *= 2
+    x -= top
+    x /= top
+    return x
+
+
 def _scale_pixels(a, where, dtype):
     """Integer pixels in 0..255 -> (2k - 255) / 255; float pixels checked to be finite and in [-1, 1]."""
     if a.dtype.kind in "iu":
         low, high = int(a.min()), int(a.max())
         if low < 0 or high > 255:
             raise ValueError(f"{where}: integer images must lie in 0..255 (uint8), got values in [{low}, {high}]")
-        # (2k - 255) / 255: the numerator is exact, so one correctly rounded division: -1 and +1 are
-        # hit exactly, and float32 results equal float32(float64 results) (double rounding of a
-        # quotient is innocuous from binary64 to binary32)
-        x = a.astype(dtype)
-        x *= 2
-        x -= 255
-        x /= 255
-        return x
+        return _levels_to_unit(a, 255, dtype)
     if a.dtype.kind != "f":
         raise ValueError(f"{where}: images must be uint8 or float, got dtype {a.dtype}")
     bad = ~np.isfinite(a)
@@ -238,23 +246,56 @@ def _check_size(size):
     return tuple(int(v) for v in pair)
 
 
+def _resized(Image, im, size):
+    """im resized to size (H, W) with Lanczos, or im itself when size is None or already met."""
+    if size is None or im.size == (size[1], size[0]):
+        return im
+    return im.resize((size[1], size[0]), Image.Resampling.LANCZOS)  # Pillow sizes are (W, H)
+
+
+def _grey16_levels(Image, im, mode, size):
+    """A 16-bit greyscale image -> (H, W) int32 levels in 0..65535, or (H, W, 3) with R = G = B for mode "RGB"."""
+    k = np.asarray(_resized(Image, im.convert("I"), size))  # "I" (32-bit): resized without clipping to 8 bits
+    k = np.clip(k, 0, 65535)  # Lanczos overshoots near edges; Pillow clips its 8-bit results the same way
+    return np.repeat(k[..., None], 3, axis=-1) if mode == "RGB" else k
+
+
 def _read_image(Image, ImageOps, file, mode, size):
-    """One file -> (H, W) or (H, W, 3) uint8, upright (EXIF), in `mode` ("L" / "RGB"), resized if asked."""
+    """One file -> (k, top): integer levels k in 0..top, (H, W) or (H, W, 3), upright (EXIF), in `mode`
+    ("L" / "RGB"), resized if asked; top = 65535 for 16-bit greyscale files (read at full depth), else 255."""
     try:
         with Image.open(file) as im:
+            # 16-bit grey opens as "I;16" (or "I" in older Pillow, from a PNG, whose depth is at most 16)
+            grey16 = im.mode in _GREY16_MODES or (im.mode == "I" and im.format == "PNG")
             grey = im.mode in _GREY_MODES
-            im = ImageOps.exif_transpose(im).convert(mode or ("L" if grey else "RGB"))
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.LANCZOS)  # Pillow sizes are (W, H)
-            return np.asarray(im)
+            im = ImageOps.exif_transpose(im)
+            if grey16:
+                return _grey16_levels(Image, im, mode, size), 65535
+            return np.asarray(_resized(Image, im.convert(mode or ("L" if grey else "RGB")), size)), 255
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{file}: cannot read as an image ({e})") from e
+
+
+def _stack_levels(images, dtype):
+    """[(k, top), ...] of one size -> (N, C, H, W) of dtype, each image by its own top: x = (2k - top) / top.
+
+    C = 3 when any image is colour (grey ones then get R = G = B, as Pillow does), else 1.
+    """
+    colour = any(k.ndim == 3 for k, _ in images)
+    h, w = images[0][0].shape[:2]
+    x = np.empty((len(images), 3 if colour else 1, h, w), dtype=dtype)
+    for i, (k, top) in enumerate(images):
+        k = np.moveaxis(k, -1, 0) if k.ndim == 3 else k[None]  # (C, H, W); C = 1 broadcasts over 3
+        x[i] = _levels_to_unit(k, top, dtype)
+    return x
 
 
 def load_image_folder(path, size=None, colors=None, dtype=np.float32):
     """Load a folder of images: one subfolder per class gives labels, a flat folder gives none.
 
-    Math: x = (2k - 255) / 255 for the 8-bit pixel values k (alpha channels are dropped).
+    Math: x = (2k - top) / top for the pixel values k, top by each file's own bit depth: 255 for 8-bit
+    files, 65535 for 16-bit greyscale ones, read at full depth (16-bit RGB PNGs come from Pillow as
+    8-bit, their high byte). Alpha channels are dropped.
 
     path: a folder either of class subfolders (label k = k-th subfolder name in sorted order, see
     image_folder_classes; hidden entries skipped) or of images only; files are read in sorted order
@@ -272,16 +313,13 @@ def load_image_folder(path, size=None, colors=None, dtype=np.float32):
     files, y = _folder_listing(root)
     Image, ImageOps = _import_pillow()
     mode = {None: None, 1: "L", 3: "RGB"}[colors]
-    images = [_read_image(Image, ImageOps, f, mode, size) for f in files]  # (H, W) grey or (H, W, 3)
-    for f, im in zip(files, images):
-        if im.shape[:2] != images[0].shape[:2]:
-            raise ValueError(f"{root}: images differ in size: {files[0]} is {images[0].shape[1]}x{images[0].shape[0]}, "
-                             f"{f} is {im.shape[1]}x{im.shape[0]} (width x height); pass size= to resize them all")
-    if any(im.ndim == 3 for im in images):  # some colour files: grey ones become R = G = B, as Pillow does
-        images = [im if im.ndim == 3 else np.repeat(im[..., None], 3, axis=-1) for im in images]
-    a = np.stack(images)  # (N, H, W) or (N, H, W, 3) uint8
-    x = np.moveaxis(a, -1, 1) if a.ndim == 4 else a[:, None]  # (N, C, H, W)
-    return _scale_pixels(x, str(root), np.dtype(dtype)), y
+    images = [_read_image(Image, ImageOps, f, mode, size) for f in files]  # (k, top), k (H, W) or (H, W, 3)
+    (first, _), shape = images[0], images[0][0].shape[:2]
+    for f, (k, _) in zip(files, images):
+        if k.shape[:2] != shape:
+            raise ValueError(f"{root}: images differ in size: {files[0]} is {first.shape[1]}x{first.shape[0]}, "
+                             f"{f} is {k.shape[1]}x{k.shape[0]} (width x height); pass size= to resize them all")
+    return _stack_levels(images, np.dtype(dtype)), y
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterator
 
+import numpy as np
+
 from refdiff.backend import Generator
 from refdiff.diffusion import p_mean_variance, predict_eps_from_x0
 from refdiff.samplers.common import (Model, SampleStep, check_finite, check_sample, check_start, model_t,
@@ -61,25 +63,72 @@ def ddim_step(schedule: Schedule, model_output: Any, xt: Any, k: int, noise: Any
     return x_prev, x0
 
 
+PREV_STEPS = ("grid", "stride")
+
+
+def ddim_alpha_bar_prev(schedule: Schedule, k: int, final_alpha_bar: float = 1.0, prev_step: str = "grid",
+                        full_schedule: Schedule | None = None) -> float:
+    """The alpha_bar that DDIM's step from grid step k lands on.
+
+    prev_step="grid": the grid's next step, alpha_bar_prev[k] = alpha_bar[k - 1] of the respaced
+    schedule, and final_alpha_bar after the last step (k = 0).
+    prev_step="stride": the full schedule's alpha_bar at t - T // S, with t = timestep_map[k], T the
+    full schedule's length and S the grid's, whatever the grid's spacing; final_alpha_bar where
+    t - T // S < 0 (the rule of diffusers' DDIMScheduler.step).
+    """
+    if prev_step == "grid":
+        return final_alpha_bar if k == 0 else float(schedule.alpha_bar_prev[k])
+    t_prev = int(schedule.timestep_map[k]) - full_schedule.T // schedule.T
+    return final_alpha_bar if t_prev < 0 else float(full_schedule.alpha_bar[t_prev])
+
+
+def _check_prev_step(schedule: Schedule, prev_step: str, full_schedule: Schedule | None) -> None:
+    """Raise unless prev_step is a known rule and full_schedule is given exactly when the rule needs it."""
+    if prev_step not in PREV_STEPS:
+        raise ValueError(f"prev_step must be one of {', '.join(map(repr, PREV_STEPS))}, got {prev_step!r}")
+    if prev_step == "grid":
+        if full_schedule is not None:
+            raise ValueError("full_schedule is used only with prev_step='stride', got a full_schedule "
+                             "with prev_step='grid'")
+        return
+    if not isinstance(full_schedule, Schedule):
+        raise ValueError(f"full_schedule is required when prev_step='stride': the schedule the grid was respaced "
+                         f"from, got {full_schedule!r}")
+    T, tmap = full_schedule.T, schedule.timestep_map
+    # the order of the tests matters: indexing by tmap is safe once tmap[-1] < T
+    if (not np.array_equal(full_schedule.timestep_map, np.arange(T)) or tmap[-1] >= T
+            or not np.allclose(full_schedule.alpha_bar[tmap], schedule.alpha_bar, rtol=1e-9, atol=0.0)):
+        raise ValueError(f"full_schedule must be the un-respaced schedule that the grid {tmap[::-1].tolist()} "
+                         f"was respaced from (identity timestep_map, the same alpha_bar at those steps), "
+                         f"got a schedule of T={T} that is not")
+
+
 def ddim_loop(model: Model, schedule: Schedule, x: Any, y: Any = None, eta: float = 0.0,
               generator: Generator | None = None, cond_fn: Callable | None = None, start: int | None = None,
-              final_alpha_bar: float = 1.0, **options) -> Iterator[SampleStep]:
+              final_alpha_bar: float = 1.0, prev_step: str = "grid", full_schedule: Schedule | None = None,
+              **options) -> Iterator[SampleStep]:
     """DDIM sampling from x at level ``start`` (default T - 1) down to x0.
 
     eta >= 0 (0: deterministic, needs no generator); final_alpha_bar: the alpha_bar the last step
     lands on, 1 (OpenAI; diffusers' set_alpha_to_one=True) or the full schedule's alpha_bar[0]
-    (diffusers' set_alpha_to_one=False). ``options`` go to ``ddim_step``. Yields a SampleStep per update.
+    (diffusers' set_alpha_to_one=False). prev_step: where each step lands (ddim_alpha_bar_prev):
+    "grid" (the grid's next step; the default) or "stride" (t - T // S on full_schedule, the
+    schedule the grid was respaced from; diffusers). Noise is drawn at exactly the steps whose
+    sigma > 0. ``options`` go to ``ddim_step``. Yields a SampleStep per update.
     """
     check_sample(x)
     k0 = check_start(schedule, start)
     eta = check_finite("eta", eta, low=0.0)
     final_alpha_bar = check_finite("final_alpha_bar", final_alpha_bar, low=0.0)
+    _check_prev_step(schedule, prev_step, full_schedule)
     if eta > 0 and generator is None:
         raise ValueError(f"generator is required when eta > 0, got eta={eta!r} and no generator")
 
     def step(output, x, k, cond_grad):
-        noise = generator.normal(x.shape, like=x) if eta > 0 and k > 0 else None
-        ab_prev = final_alpha_bar if k == 0 else None
+        ab_prev = ddim_alpha_bar_prev(schedule, k, final_alpha_bar, prev_step, full_schedule)
+        # sigma = 0 at eta = 0 and at a last step landing on 1 or where it starts; other steps need noise
+        sigma = ddim_sigma(float(schedule.alpha_bar[k]), ab_prev, eta)            # eq. 16
+        noise = generator.normal(x.shape, like=x) if sigma > 0 else None
         return ddim_step(schedule, output, x, k, noise, eta, cond_grad, alpha_bar_prev=ab_prev, **options)
 
     return reverse_chain(model, schedule, x, y, cond_fn, k0, step)
