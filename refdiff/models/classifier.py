@@ -25,7 +25,6 @@ shapes for both), followed by the head: "out.norm.gamma", "out.norm.beta", "out.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -37,7 +36,7 @@ from refdiff.layers.embed import timestep_embedding
 from refdiff.layers.norm import GroupNormCache, group_norm_backward, group_norm_forward
 from refdiff.models import unet as U
 from refdiff.models.common import (check_backward, check_generator, check_image, check_init, check_inputs, check_int,
-                                   check_params)
+                                   check_params, count_params, lecun_init)
 from refdiff.parallel import forward_in_parts
 
 ENCODER_PREFIXES = ("time_embed.", "input.", "down.", "mid.")  # the U-Net's keys the classifier shares
@@ -113,7 +112,7 @@ def param_shapes(cfg: ClassifierConfig) -> dict[str, tuple[int, ...]]:
 
 def param_count(cfg: ClassifierConfig) -> int:
     """Number of scalar parameters of the classifier ``cfg`` describes (no arrays are built)."""
-    return sum(math.prod(shape) for shape in _param_shapes(cfg).values())
+    return count_params(_param_shapes(cfg))
 
 
 def flops(cfg: ClassifierConfig, image_size: int | None = None) -> tuple[list[tuple[str, int]], int]:
@@ -137,23 +136,18 @@ def summary(cfg: ClassifierConfig, image_size: int | None = None) -> str:
 def init_params(cfg: ClassifierConfig, generator: Generator, dtype: Any = np.float32) -> dict[str, np.ndarray]:
     """Initial parameters as NumPy host arrays of ``dtype``, in param_shapes' order.
 
-    Math: the U-Net's rule (unet.init_params): w ~ N(0, 1 / fan_in) drawn in float64 and cast; biases
-          0; GN gamma = 1, beta = 0; zero (ADM's zero_module) every ResBlock's "conv2.w" and every
+    Math: the U-Net's rule (refdiff.models.common.lecun_init): w ~ N(0, 1 / fan_in) drawn in float64
+          and cast; biases 0; GN gamma = 1, beta = 0; zero (ADM's zero_module) every ResBlock's "conv2.w" and every
           AttnBlock's "w_out", and the head's "out.linear.w" (ADM zeroes the classifier's final 1x1
           conv too), so a fresh classifier outputs logits 0: the uniform p(y | x_t).
     """
     dt = check_init(cfg, ClassifierConfig, generator, dtype)
-    params = {}
-    for key, shape in _param_shapes(cfg).items():
-        zero = key.endswith((".conv2.w", ".w_out")) or key == "out.linear.w"
-        if key.endswith("gamma"):
-            params[key] = np.ones(shape, dtype=dt)
-        elif key.endswith((".w", ".w_qkv", ".w_out")) and not zero:
-            fan_in = math.prod(shape[:-1])  # (k, k, C_in, C_out) or (C_in, C_out)
-            params[key] = (generator.normal(shape, dtype=np.float64) / math.sqrt(fan_in)).astype(dt)
-        else:
-            params[key] = np.zeros(shape, dtype=dt)
-    return params
+    return lecun_init(_param_shapes(cfg), generator, dt, _zero_init)
+
+
+def _zero_init(key: str) -> bool:
+    """ADM's zero_module: each ResBlock's last conv, each AttnBlock's output projection, the linear head."""
+    return key.endswith((".conv2.w", ".w_out")) or key == "out.linear.w"
 
 
 # ------------------------------------------------------------------------------------ forward
@@ -308,7 +302,7 @@ def classifier_model(params: dict, cfg: ClassifierConfig):
 
 
 def _check_params(params: Any, cfg: Any) -> None:
-    check_params(params, cfg, ClassifierConfig, _param_shapes(cfg) if isinstance(cfg, ClassifierConfig) else {})
+    check_params(params, cfg, ClassifierConfig, _param_shapes)
 
 
 def _check_forward(params, cfg, x, t, train, generator) -> None:

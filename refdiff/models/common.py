@@ -1,12 +1,50 @@
-"""Argument checks every model family shares (U-Net, classifier, MLP): one place for each message."""
+"""What the model families share (U-Net, classifier, MLP): the parameter count, the U-Net's
+initialisation (which the noisy classifier uses too), and the argument checks, one place for each message."""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable
 
 import numpy as np
 
 from refdiff.backend import Generator, device, namespace
+
+
+def count_params(shapes: dict[str, tuple[int, ...]]) -> int:
+    """Number of scalar parameters of a model with parameter ``shapes`` (a family's param_shapes(cfg)).
+
+    Math: P = sum over keys of prod(shape)
+    """
+    return sum(math.prod(shape) for shape in shapes.values())
+
+
+def lecun_init(shapes: dict[str, tuple[int, ...]], generator: Generator, dt: np.dtype,
+               zero: Callable[[str], bool]) -> dict[str, np.ndarray]:
+    """Initial parameters of ``shapes`` as NumPy host arrays of dt, in shapes' order (U-Net, classifier).
+
+    Math: w ~ N(0, 1 / fan_in), fan_in = k k C_in (conv) or C_in (linear)   (LeCun normal: a layer
+              keeps the variance of unit-variance inputs; PyTorch's default U(+-1/sqrt(fan_in)),
+              which ADM inherits, has a third of this variance); weights are the keys ending in
+              ".w", ".w_qkv" or ".w_out"
+          w = 0 where zero(key) (ADM's zero_module);  biases = 0;  GN gamma = 1, beta = 0
+          label_embed.table ~ N(0, 1)   (nn.Embedding's default)
+
+    Draws are made in float64 and cast, so float32 and float64 parameters from one seed agree to
+    float32 rounding.
+    """
+    params = {}
+    for key, shape in shapes.items():
+        if key == "label_embed.table":
+            params[key] = generator.normal(shape, dtype=dt)
+        elif key.endswith("gamma"):
+            params[key] = np.ones(shape, dtype=dt)
+        elif key.endswith((".w", ".w_qkv", ".w_out")) and not zero(key):
+            fan_in = math.prod(shape[:-1])  # (k, k, C_in, C_out) or (C_in, C_out)
+            params[key] = (generator.normal(shape, dtype=np.float64) / math.sqrt(fan_in)).astype(dt)
+        else:
+            params[key] = np.zeros(shape, dtype=dt)
+    return params
 
 
 def check_int(name: str, value: Any, low: int) -> None:
@@ -44,10 +82,12 @@ def check_init(cfg: Any, cfg_type: type, generator: Any, dtype: Any) -> np.dtype
     return dt
 
 
-def check_params(params: Any, cfg: Any, cfg_type: type, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Raise unless params is a dict with exactly the keys and shapes of ``shapes`` (from cfg)."""
+def check_params(params: Any, cfg: Any, cfg_type: type, param_shapes: Callable[[Any], dict]) -> None:
+    """Raise unless cfg is a ``cfg_type`` and params a dict with exactly the keys and shapes of
+    ``param_shapes(cfg)`` (the family's function)."""
     if not isinstance(cfg, cfg_type):
         raise ValueError(f"cfg must be {_a(cfg_type)}, got {type(cfg).__name__}")
+    shapes = param_shapes(cfg)
     if not isinstance(params, dict):
         raise ValueError(f"params must be a dict of arrays, got {type(params).__name__}")
     missing, extra = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))

@@ -46,7 +46,8 @@ from refdiff.layers.embed import (
     embedding_forward,
     timestep_embedding,
 )
-from refdiff.models.common import check_generator, check_init, check_inputs, check_int, check_params
+from refdiff.models.common import (check_generator, check_init, check_inputs, check_int, check_params,
+                                   count_params)
 from refdiff.parallel import forward_in_parts
 
 
@@ -100,7 +101,7 @@ def param_shapes(cfg: MLPConfig) -> dict[str, tuple[int, ...]]:
 
 def param_count(cfg: MLPConfig) -> int:
     """Number of scalar parameters of the model ``cfg`` describes (no arrays are built)."""
-    return sum(math.prod(shape) for shape in param_shapes(cfg).values())
+    return count_params(param_shapes(cfg))
 
 
 def init_params(cfg: MLPConfig, generator: Generator, dtype: Any = np.float32) -> dict[str, np.ndarray]:
@@ -243,7 +244,7 @@ def mlp_model(params: dict, cfg: MLPConfig):
 
 
 def _check_params(params: Any, cfg: Any) -> None:
-    check_params(params, cfg, MLPConfig, param_shapes(cfg) if isinstance(cfg, MLPConfig) else {})
+    check_params(params, cfg, MLPConfig, param_shapes)
 
 
 def _check_forward(params, cfg, x, t, y, train, generator) -> None:

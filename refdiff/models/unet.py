@@ -47,7 +47,7 @@ from refdiff.layers.embed import (
 )
 from refdiff.models import blocks as B
 from refdiff.models.common import (check_backward, check_generator, check_image, check_init, check_inputs, check_int,
-                                   check_params)
+                                   check_params, count_params, lecun_init)
 from refdiff.parallel import forward_in_parts
 
 KINDS = ("conv_in", "res", "attn", "down", "up", "head")
@@ -216,7 +216,7 @@ def param_shapes(cfg: UNetConfig) -> dict[str, tuple[int, ...]]:
 
 def param_count(cfg: UNetConfig) -> int:
     """Number of scalar parameters of the model ``cfg`` describes (no arrays are built)."""
-    return sum(math.prod(shape) for shape in _param_shapes(cfg).values())
+    return count_params(_param_shapes(cfg))
 
 
 def _block_params(params: dict, step: Step, cfg: UNetConfig) -> dict:
@@ -234,10 +234,8 @@ def _zero_init(key: str) -> bool:
 def init_params(cfg: UNetConfig, generator: Generator, dtype: Any = np.float32) -> dict[str, np.ndarray]:
     """Initial parameters as NumPy host arrays of ``dtype``, in param_shapes' order.
 
-    Math: w ~ N(0, 1 / fan_in), fan_in = k k C_in (conv) or C_in (linear)   (LeCun normal: a layer
-              keeps the variance of unit-variance inputs; PyTorch's default U(+-1/sqrt(fan_in)),
-              which ADM inherits, has a third of this variance)
-          biases = 0;  GN gamma = 1, beta = 0;  label_embed.table ~ N(0, 1)   (nn.Embedding's default)
+    Math: refdiff.models.common.lecun_init: w ~ N(0, 1 / fan_in), fan_in = k k C_in (conv) or C_in
+          (linear); biases = 0;  GN gamma = 1, beta = 0;  label_embed.table ~ N(0, 1)
           zero (ADM's zero_module): "*.conv2.w" of every ResBlock, "*.w_out" of every AttnBlock and
           "out.conv.w", so every residual branch starts as the identity and a fresh model outputs 0.
 
@@ -245,18 +243,7 @@ def init_params(cfg: UNetConfig, generator: Generator, dtype: Any = np.float32) 
     float32 rounding. ``params_to(params, like)`` moves them to another backend.
     """
     dt = check_init(cfg, UNetConfig, generator, dtype)
-    params = {}
-    for key, shape in _param_shapes(cfg).items():
-        if key == "label_embed.table":
-            params[key] = generator.normal(shape, dtype=dt)
-        elif key.endswith("gamma"):
-            params[key] = np.ones(shape, dtype=dt)
-        elif key.endswith((".w", ".w_qkv", ".w_out")) and not _zero_init(key):
-            fan_in = math.prod(shape[:-1])  # (k, k, C_in, C_out) or (C_in, C_out)
-            params[key] = (generator.normal(shape, dtype=np.float64) / math.sqrt(fan_in)).astype(dt)
-        else:
-            params[key] = np.zeros(shape, dtype=dt)
-    return params
+    return lecun_init(_param_shapes(cfg), generator, dt, _zero_init)
 
 
 def params_to(params: dict, like: Any) -> dict:
@@ -516,7 +503,7 @@ def report(cfg: Any, n: int, layers: list[tuple[str, int]], total: int, S: int) 
 # ------------------------------------------------------------------------------------- checks
 
 def _check_params(params: Any, cfg: Any) -> None:
-    check_params(params, cfg, UNetConfig, _param_shapes(cfg) if isinstance(cfg, UNetConfig) else {})
+    check_params(params, cfg, UNetConfig, _param_shapes)
 
 
 def _check_forward(params, cfg, x, t, y, train, generator) -> None:
