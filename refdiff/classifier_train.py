@@ -10,8 +10,10 @@ Two jobs, one loop (``train_classifier``):
                classifier, whose pooled features give the Frechet distance).
 
 One step: x0, y <- batch (indices drawn by the generator); [t, eps <- draws; x_t = q_sample(x0, t, eps)];
-logits, cache = classifier_forward(x_t, t, train=True); loss, dlogits = cross_entropy(logits, y);
-grads = classifier_backward(dlogits); params <- AdamW(clip(grads)). All randomness (initialisation,
+logits, cache = forward(x_t, t, train=True); loss, dlogits = cross_entropy(logits, y);
+grads = backward(dlogits); params <- AdamW(clip(grads)), with the forward/backward pair of the config's
+classifier family (refdiff.models.registry; refdiff.models.classifier's) in batch parts on the host
+threads (refdiff.parallel). All randomness (initialisation,
 batches, t, eps, dropout) comes from one Generator(seed), so a run is a function of its seed.
 ``save_classifier`` / ``load_classifier`` keep a trained classifier in a refdiff checkpoint (.npz).
 """
@@ -32,12 +34,9 @@ from refdiff.backend import Generator, asarray, get_backend, to_numpy
 from refdiff.checkpoint import load_checkpoint, save_checkpoint
 from refdiff.diffusion import q_sample
 from refdiff.layers.cross_entropy import cross_entropy
-from refdiff.models.classifier import ClassifierConfig, classifier_backward, classifier_forward, init_params
+from refdiff.models import registry
+from refdiff.models.classifier import ClassifierConfig
 from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, learning_rate
-from refdiff.parallel import in_parts
-
-# The classifier's forward/backward pair in batch parts on the host threads.
-forward, backward = in_parts(classifier_forward, classifier_backward)
 
 
 @dataclass(frozen=True)
@@ -113,6 +112,7 @@ def classifier_step(trained: TrainedClassifier, opt: dict, schedule: schedules.S
         xt = q_sample(schedule, x0, t, g.normal(tuple(x0.shape), like=x0))    # Ho et al. 2020, eq. 4
     else:
         t, xt = asarray(np.zeros(cfg.batch_size, dtype=np.int64), like=like), x0  # t = 0: clean images
+    forward, backward = registry.family(trained.cfg, "classifier").in_parts()
     logits, cache = forward(params, trained.cfg, xt, t, train=True, generator=g)
     loss, dlogits = cross_entropy(logits, labels)
     loss = float(to_numpy(loss))
@@ -135,6 +135,7 @@ def train_classifier(train_cfg: ClassifierTrainConfig, cfg: ClassifierConfig, x:
     backend = get_backend(train_cfg.backend)
     like = backend.asarray(np.zeros(1), dtype=backend.dtype(train_cfg.dtype))
     g = Generator(train_cfg.seed)
+    init_params = registry.family(cfg, "classifier").init_params
     params = {k: asarray(v, like=like) for k, v in init_params(cfg, g, dtype=np.dtype(train_cfg.dtype)).items()}
     trained = TrainedClassifier(params, cfg, train_cfg, [])
     opt, schedule = adamw_init(params), schedules.by_name(train_cfg.schedule, train_cfg.T)
@@ -154,8 +155,7 @@ def train_classifier(train_cfg: ClassifierTrainConfig, cfg: ClassifierConfig, x:
 def _check_data(train_cfg: Any, cfg: Any, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(train_cfg, ClassifierTrainConfig):
         raise ValueError(f"train_cfg must be a ClassifierTrainConfig, got {type(train_cfg).__name__}")
-    if not isinstance(cfg, ClassifierConfig):
-        raise ValueError(f"cfg must be a ClassifierConfig, got {type(cfg).__name__}")
+    registry.family(cfg, "classifier", argument="cfg")  # raises, naming the classifier configs
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim != 4 or x.shape[0] < 1 or x.shape[1] != cfg.in_channels or x.dtype.kind != "f":
         raise ValueError(f"x must be a floating (N, {cfg.in_channels}, H, W) host array, got shape {x.shape}, "
@@ -174,10 +174,11 @@ def _check_data(train_cfg: Any, cfg: Any, x: Any, y: Any) -> tuple[np.ndarray, n
 def predict_logits(trained: TrainedClassifier, x: np.ndarray, t: int = 0, batch_size: int = 500) -> np.ndarray:
     """Logits (N, K) of host images x (N, C, H, W) at step t, evaluation mode, as a float64 host array."""
     like, out = trained.like, []
+    classify = registry.family(trained.cfg, "classifier").model(trained.params, trained.cfg)
     for start in range(0, x.shape[0], batch_size):
         xb = asarray(np.asarray(x[start : start + batch_size]), like=like, dtype=like.dtype)
         tb = asarray(np.full(xb.shape[0], t, dtype=np.int64), like=like)
-        out.append(to_numpy(forward(trained.params, trained.cfg, xb, tb, keep_cache=False)[0]))
+        out.append(to_numpy(classify(xb, tb)))
     return np.concatenate(out).astype(np.float64)
 
 
@@ -193,6 +194,7 @@ def guidance_gradient(trained: TrainedClassifier) -> Callable:
     [0, K). Returns (N, C, H, W) like xt. Each sample's gradient is its own (the samples never mix).
     """
     params, cfg = trained.params, trained.cfg
+    forward, backward = registry.family(cfg, "classifier").in_parts()
 
     def grad_log_prob(xt: Any, t: Any, y: Any):
         if y is None:
@@ -208,9 +210,9 @@ def guidance_gradient(trained: TrainedClassifier) -> Callable:
 
 def save_classifier(path: str | Path, trained: TrainedClassifier) -> Path:
     """Write a trained classifier atomically as a refdiff checkpoint: params/<key>, log/loss, and the
-    JSON config {"model": {"kind": "ClassifierConfig", ...}, "train": {...}, "info": trained.info}."""
-    config = {"model": {"kind": "ClassifierConfig", **dataclasses.asdict(trained.cfg)},
-              "train": dataclasses.asdict(trained.train_cfg), "info": dict(trained.info)}
+    JSON config {"model": registry.config_to_dict(cfg), "train": {...}, "info": trained.info}."""
+    config = {"model": registry.config_to_dict(trained.cfg), "train": dataclasses.asdict(trained.train_cfg),
+              "info": dict(trained.info)}
     groups = {"params": {k: to_numpy(v) for k, v in trained.params.items()},
               "log": {"loss": np.asarray(trained.losses, dtype=np.float64)}}
     return save_checkpoint(path, config, trained.train_cfg.steps, Generator(0).get_state(), groups)
@@ -219,10 +221,10 @@ def save_classifier(path: str | Path, trained: TrainedClassifier) -> Path:
 def load_classifier(path: str | Path, backend: str = "numpy", dtype: str = "float32") -> TrainedClassifier:
     """A classifier written by save_classifier, its parameters on ``backend`` in ``dtype``."""
     ckpt = load_checkpoint(path)
-    model = dict(ckpt["config"].get("model", {}))
-    if model.pop("kind", None) != "ClassifierConfig":
+    model = ckpt["config"].get("model", {})
+    if model.get("kind") not in [family.name for family in registry.families("classifier")]:
         raise ValueError(f"checkpoint {path} does not hold a classifier (model kind {model.get('kind')!r})")
-    cfg = ClassifierConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
+    cfg = registry.config_from_dict(model)
     train_cfg = ClassifierTrainConfig(**dict(ckpt["config"]["train"], backend=backend, dtype=dtype))
     b = get_backend(backend)
     like = b.asarray(np.zeros(1), dtype=b.dtype(dtype))

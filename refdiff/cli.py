@@ -65,15 +65,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     from refdiff.backend import available_backends
 
     if args.model is not None:
-        from refdiff.models import classifier, unet
+        from refdiff.models import registry
         from refdiff.models.presets import CLASSIFIER_PRESETS, PRESETS
 
-        summaries = {**{name: (unet.summary, make) for name, make in PRESETS.items()},
-                     **{name: (classifier.summary, make) for name, make in CLASSIFIER_PRESETS.items()}}
-        if args.model not in summaries:
-            raise ValueError(f"--model must be one of {', '.join(summaries)}, got {args.model!r}")
-        summary, make = summaries[args.model]
-        print(summary(make()))
+        presets = {**PRESETS, **CLASSIFIER_PRESETS}
+        if args.model not in presets:
+            raise ValueError(f"--model must be one of {', '.join(presets)}, got {args.model!r}")
+        cfg = presets[args.model]()
+        print(registry.family(cfg).summary(cfg))
         return 0
     rows = _versions() + [("backends", ", ".join(available_backends()))] + _blas_rows()
     for label, value in rows:
@@ -155,7 +154,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from refdiff.checkpoint import load_checkpoint
     from refdiff.distributed import get_communicator
-    from refdiff.generate import model_config_from_dict, previewer
+    from refdiff.generate import previewer
+    from refdiff.models import registry
     from refdiff.train import train
 
     comm = get_communicator(args.mpi_timeout)
@@ -167,8 +167,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                                    if comm.rank == 0 else None)
         cfg = _train_config(args, None if saved is None else saved["train"])
         x, y, num_classes = _load_dataset(args.data, cfg.seed, args.image_size)
-        model_cfg = (model_config_from_dict(saved["model"]) if saved is not None and args.preset is None else
-                     _model_config(args.preset or "digits8", x, num_classes, cfg.loss))
+        if saved is not None and args.preset is None:
+            model_cfg = registry.config_from_dict(saved["model"], "denoiser")
+        else:
+            model_cfg = _model_config(args.preset or "digits8", x, num_classes, cfg.loss)
         preview = previewer(cfg, model_cfg, x, args.out) if cfg.sample_every else None
         train(cfg, model_cfg, x, y, args.out, resume=args.resume, comm=comm, preview=preview)
     except (ValueError, FileNotFoundError, RuntimeError):

@@ -19,6 +19,7 @@ from refdiff import schedules
 from refdiff.backend import Generator, asarray, get_backend, to_numpy
 from refdiff.checkpoint import load_checkpoint
 from refdiff.distributed import ShardedGenerator
+from refdiff.models import registry
 from refdiff.samplers import (classifier_free_guidance, ddim_loop, ddpm_loop, dpmpp_2m_loop, euler_loop, final,
                               heun_loop, karras_grid, to_sigma_scale)
 
@@ -28,31 +29,6 @@ PREVIEW_STEPS = 20
 PREVIEW_PER_ROW = 8      # images per class row (or per row, unconditional: PREVIEW_ROWS rows)
 PREVIEW_ROWS = 4
 PREVIEW_POINTS = 1000    # 2-D data: points drawn over the data
-
-
-def model_config_from_dict(model: dict) -> Any:
-    """The UNetConfig or MLPConfig a checkpoint's JSON describes (JSON lists back to tuples)."""
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in model.items() if k != "kind"}
-    if model["kind"] == "UNetConfig":
-        from refdiff.models.unet import UNetConfig
-
-        return UNetConfig(**fields)
-    if model["kind"] == "MLPConfig":
-        from refdiff.models.mlp import MLPConfig
-
-        return MLPConfig(**fields)
-    raise ValueError(f"checkpoint model kind must be UNetConfig or MLPConfig, got {model['kind']!r}")
-
-
-def model_callable(params: dict, model_cfg: Any) -> Callable:
-    """The sampler protocol model(xt, t, y) for a U-Net or an MLP, evaluation mode."""
-    if type(model_cfg).__name__ == "UNetConfig":
-        from refdiff.models.unet import unet_model
-
-        return unet_model(params, model_cfg)
-    from refdiff.models.mlp import mlp_model
-
-    return mlp_model(params, model_cfg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,12 +56,12 @@ def model_from_checkpoint(ckpt: dict, use_ema: bool = True, backend: str = "nump
     like = b.asarray(np.zeros(1), dtype=b.dtype(dtype))
     weights = ckpt["ema"] if use_ema else ckpt["params"]
     params = {k: asarray(v.astype(dtype), like=like) for k, v in weights.items()}
-    model_cfg = model_config_from_dict(ckpt["config"]["model"])
+    model_cfg = registry.config_from_dict(ckpt["config"]["model"], "denoiser")
     train_cfg = ckpt["config"]["train"]
     schedule = schedules.by_name(train_cfg["schedule"], train_cfg["T"])
     data_shape = tuple(ckpt["config"]["data_shape"])
-    return LoadedModel(model_callable(params, model_cfg), model_cfg, train_cfg, data_shape, schedule, like,
-                       ckpt["config"].get("data_bound"))
+    model = registry.family(model_cfg).model(params, model_cfg)  # the samplers' model(xt, t, y)
+    return LoadedModel(model, model_cfg, train_cfg, data_shape, schedule, like, ckpt["config"].get("data_bound"))
 
 
 def check_sampling(sampler: str, steps: int, guidance: float, T: int) -> None:
@@ -170,7 +146,8 @@ def write_preview(out_dir, step: int, weights: dict, model_cfg: Any, train_cfg: 
     from refdiff.plot import curves, image_grid, scatter_2d
 
     out_dir, like = Path(out_dir), next(iter(weights.values()))
-    loaded = LoadedModel(model_callable(weights, model_cfg), model_cfg, train_cfg, tuple(x.shape[1:]),
+    model = registry.family(model_cfg, "denoiser").model(weights, model_cfg)
+    loaded = LoadedModel(model, model_cfg, train_cfg, tuple(x.shape[1:]),
                          schedules.by_name(train_cfg["schedule"], train_cfg["T"]), like, float(np.max(np.abs(x))))
     num_classes = getattr(model_cfg, "num_classes", None)
     if x.ndim == 2:                                     # points over the data, every class in turn

@@ -12,6 +12,8 @@ One step (Ho et al. 2020, Alg. 1; improved DDPM for the hybrid loss and importan
     grads    = allreduce over ranks                   (one flat buffer; nothing with one process)
     params  <- AdamW(clip(grads)); ema <- EMA(params); the t-sampler records every L_n
 
+The model is any denoiser family of refdiff.models.registry (its init, forward and backward).
+
 All randomness comes from one refdiff Generator whose state is checkpointed with the parameters, the
 optimizer state, the EMA, the timestep sampler's loss history and the loss log, so a resumed run
 repeats an uninterrupted one bit for bit on NumPy (docs/design.md rule 9). A non-finite loss stops training
@@ -41,8 +43,8 @@ from refdiff.checkpoint import load_checkpoint, save_checkpoint
 from refdiff.diffusion import PREDICTIONS, q_sample
 from refdiff.distributed import SINGLE_PROCESS, ShardedGenerator, allreduce_batch, check_batch, get_communicator, shard
 from refdiff.losses import LOSSES, WEIGHTINGS, training_loss
+from refdiff.models import registry
 from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, ema_update, learning_rate
-from refdiff.parallel import in_parts
 from refdiff.timesteps import LossSecondMomentSampler, sample_timesteps
 
 TIMESTEPS = ("uniform", "importance")
@@ -123,21 +125,6 @@ class TrainState:
     sampler: LossSecondMomentSampler | None = None  # importance sampling of t; None for uniform t
 
 
-def model_functions(model_cfg: Any) -> tuple[Callable, Callable, Callable]:
-    """(init_params, forward, backward) of the model family ``model_cfg`` belongs to (U-Net or MLP);
-    the pair runs in batch parts on the host threads (refdiff.parallel.in_parts)."""
-    name = type(model_cfg).__name__
-    if name == "UNetConfig":
-        from refdiff.models import unet
-
-        return (unet.init_params, *in_parts(unet.unet_forward, unet.unet_backward))
-    if name == "MLPConfig":
-        from refdiff.models import mlp
-
-        return (mlp.init_params, *in_parts(mlp.mlp_forward, mlp.mlp_backward))
-    raise ValueError(f"model_cfg must be a UNetConfig or an MLPConfig, got {name}")
-
-
 def _to_device(d: dict, like: Any) -> dict:
     """A dict of host arrays moved to like's library and device (dtypes kept)."""
     return {k: asarray(v, like=like) for k, v in d.items()}
@@ -154,7 +141,7 @@ def _new_sampler(cfg: TrainConfig) -> LossSecondMomentSampler | None:
 
 def init_state(cfg: TrainConfig, model_cfg: Any) -> TrainState:
     """Fresh parameters (from the run's generator), EMA = params, zeroed AdamW state, step 0."""
-    init_params, _, _ = model_functions(model_cfg)
+    init_params = registry.family(model_cfg, "denoiser").init_params
     generator = Generator(cfg.seed)
     backend = get_backend(cfg.backend)
     like = backend.asarray(np.zeros(1), dtype=backend.dtype(cfg.dtype))
@@ -172,7 +159,7 @@ def save_state(path: Path, cfg: TrainConfig, model_cfg: Any, state: TrainState, 
     """
     config = {"train": dataclasses.asdict(cfg), "data_shape": list(data_shape), "ranks": ranks,
               "data_bound": data_bound,
-              "model": {"kind": type(model_cfg).__name__, **dataclasses.asdict(model_cfg)}}
+              "model": registry.config_to_dict(model_cfg)}
     groups = {"params": _to_host(state.params), "ema": _to_host(state.ema), "opt": _to_host(state.opt),
               "log": {"loss": np.asarray(state.losses, dtype=np.float64)}}
     if state.sampler is not None:
@@ -204,8 +191,7 @@ def check_resume(config: dict, cfg: TrainConfig, model_cfg: Any, data_shape: tup
     lr, batch size, EMA decay, ...) may change between runs."""
     diffs = [f"{k} {config['train'].get(k)!r} -> {getattr(cfg, k)!r}" for k in RESUME_FIXED
              if config["train"].get(k) != getattr(cfg, k)]
-    model = {"kind": type(model_cfg).__name__, **dataclasses.asdict(model_cfg)}
-    model = json.loads(json.dumps(model))  # as the checkpoint holds it: tuples as lists
+    model = json.loads(json.dumps(registry.config_to_dict(model_cfg)))  # as the checkpoint holds it: lists
     diffs += [f"model.{k} {config['model'].get(k)!r} -> {v!r}" for k, v in model.items() if config["model"].get(k) != v]
     if list(config["data_shape"]) != list(data_shape):
         diffs.append(f"sample shape {tuple(config['data_shape'])} -> {tuple(data_shape)}")
@@ -245,7 +231,7 @@ def train_step(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule, s
     comm: this rank computes its rows of the global batch; one allreduce gives every rank the global
     gradient and every per-sample loss (refdiff.distributed.allreduce_batch).
     """
-    _, forward, backward = model_functions(model_cfg)
+    forward, backward = registry.family(model_cfg, "denoiser").in_parts()
     like = next(iter(state.params.values()))
     B, g = cfg.batch_size, state.generator
     lo, hi = shard(B, comm.rank, comm.size)

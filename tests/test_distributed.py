@@ -33,7 +33,8 @@ from refdiff.checkpoint import load_checkpoint
 from refdiff.cli import main
 from refdiff.distributed import (SINGLE_PROCESS, DistributedError, ShardedGenerator, allreduce_batch, check_batch,
                                  get_communicator, shard)
-from refdiff.generate import LoadedModel, generate, model_callable
+from refdiff.generate import LoadedModel, generate
+from refdiff.models import registry
 from refdiff.models.mlp import MLPConfig, init_params
 from refdiff.train import TrainConfig, train
 
@@ -98,7 +99,8 @@ def test_sharded_sampling_gives_the_rows_of_the_whole_sample():
     cfg = MLPConfig(hidden=16, depth=1, time_embed_dim=8, num_classes=2)
     params = {k: v + 0.1 * Generator(1).normal(v.shape) for k, v in init_params(cfg, Generator(0), np.float64).items()}
     schedule = schedules.by_name("cosine", 50)
-    loaded = LoadedModel(model_callable(params, cfg), cfg, {"prediction": "eps"}, (2,), schedule, params["out.w"])
+    model = registry.family(cfg).model(params, cfg)
+    loaded = LoadedModel(model, cfg, {"prediction": "eps"}, (2,), schedule, params["out.w"])
     labels = np.arange(10) % 2
     whole = generate(loaded, (10, 2), labels, "ddpm", 6, seed=3)
     parts = [generate(loaded, (10, 2), labels, "ddpm", 6, seed=3, rows=shard(10, r, 3)) for r in range(3)]

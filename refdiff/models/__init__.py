@@ -8,6 +8,12 @@ over a flat parameter dict.
 - ``refdiff.models.classifier``: ADM's noisy classifier p(y | x_t, t), the U-Net's encoder pooled to K
   logits (``ClassifierConfig``, ``classifier_forward``, ``classifier_backward(need_dx=True)`` for the
   guidance gradient); ``CLASSIFIER_PRESETS`` in ``refdiff.models.presets``.
+- ``refdiff.models.registry``: the one model interface: every trainable family as a frozen record of
+  these functions, found by config type or by the name checkpoints store (``registry.family(cfg)``,
+  ``registry.by_name("UNetConfig")``, ``registry.config_to_dict`` / ``config_from_dict``). Training,
+  generation, the CLI and checkpoint loading go through it; a new family is one module and one entry.
+- ``refdiff.models.common``: what the families share (parameter count, initialisation, argument checks).
 
-Each family has its own ``init_params``, so import the module (``from refdiff.models import unet``).
+Each family has its own ``init_params``, so import the module (``from refdiff.models import unet``) or
+ask the registry (``registry.family(cfg).init_params``).
 """

@@ -1,0 +1,118 @@
+"""One model interface: every trainable model family as one frozen record, found by its config type or
+by the name checkpoints store (docs/design.md rule 11).
+
+Training, generation, the CLI and checkpoint loading ask this module for a family's functions and
+never name a family themselves, so a new family (a text model, a GAN, VAE or flow baseline) is one
+module with the functions below and one entry in FAMILIES.
+
+    name          what a checkpoint stores in config["model"]["kind"]: the config class's name when the
+                  family was added (never changed, so old checkpoints keep loading)
+    task          what forward computes, which decides its signature and who trains it:
+                  "denoiser"    forward(params, cfg, x, t, y=None, train=False, generator=None)
+                                -> (out like x: eps, x0 or v [+ variance channels], cache);
+                                model(params, cfg) -> model(xt, t, y=None), the samplers' protocol;
+                                cfg.num_classes is K (labels, K the null label) or None (refdiff.train)
+                  "classifier"  forward(params, cfg, x, t, train=False, generator=None)
+                                -> (logits (N, K), cache); model(params, cfg) -> classify(x, t)
+                                (refdiff.classifier_train)
+    config        the frozen dataclass of the architecture, validated on construction
+    param_shapes  cfg -> {dotted key: shape}, in the order of init_params and backward
+    init_params   (cfg, generator, dtype) -> {key: NumPy host array}
+    backward      (dout, cache, need_dx=False) -> grads (params' keys), or (grads, dx) with need_dx;
+                  forward and backward are the plain pair over the whole batch, and ``in_parts()`` the
+                  same pair in batch parts on the host threads (refdiff.parallel), which training runs
+    model         (params, cfg) -> the evaluation-mode callable of the task (no activations kept)
+    flops         (cfg, image_size=None) -> ([(layer, multiply-adds)], total), or None
+    summary       (cfg, image_size=None) -> the text ``refdiff info --model`` prints, or None
+
+The Gaussian-mixture denoiser (refdiff.models.gaussian_mixture) is exact, not trained, and not here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from refdiff.models import classifier, mlp, unet
+from refdiff.models.common import count_params
+from refdiff.parallel import in_parts
+
+TASKS = ("denoiser", "classifier")
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A model family's functions (module docstring); ``param_count`` is derived from param_shapes."""
+
+    name: str
+    task: str
+    config: type
+    param_shapes: Callable
+    init_params: Callable
+    forward: Callable
+    backward: Callable
+    model: Callable
+    flops: Callable | None = None
+    summary: Callable | None = None
+
+    def param_count(self, cfg: Any) -> int:
+        """Number of scalar parameters of the model cfg describes (no arrays are built)."""
+        return count_params(self.param_shapes(cfg))
+
+    def in_parts(self) -> tuple[Callable, Callable]:
+        """(forward, backward) run in batch parts on the host threads, as training calls them
+        (refdiff.parallel.in_parts: same signatures; a GPU batch, or the reference path, is one part)."""
+        return in_parts(self.forward, self.backward)
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("UNetConfig", "denoiser", unet.UNetConfig, unet.param_shapes, unet.init_params, unet.unet_forward,
+           unet.unet_backward, unet.unet_model, unet.flops, unet.summary),
+    Family("MLPConfig", "denoiser", mlp.MLPConfig, mlp.param_shapes, mlp.init_params, mlp.mlp_forward,
+           mlp.mlp_backward, mlp.mlp_model),
+    Family("ClassifierConfig", "classifier", classifier.ClassifierConfig, classifier.param_shapes,
+           classifier.init_params, classifier.classifier_forward, classifier.classifier_backward,
+           classifier.classifier_model, classifier.flops, classifier.summary),
+)
+
+
+def families(task: str | None = None) -> tuple[Family, ...]:
+    """The registered families, in FAMILIES' order; with ``task`` only those of that task."""
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    return tuple(f for f in FAMILIES if task is None or f.task == task)
+
+
+def family(cfg: Any, task: str | None = None, argument: str = "model_cfg") -> Family:
+    """The family whose config type is cfg's (cfg an instance or the type itself), of ``task`` if given.
+
+    Raises a ValueError naming ``argument`` and the allowed config types otherwise.
+    """
+    cfg_type = cfg if isinstance(cfg, type) else type(cfg)
+    allowed = families(task)
+    for f in allowed:
+        if f.config is cfg_type:
+            return f
+    names = ", ".join(f.config.__name__ for f in allowed)
+    raise ValueError(f"{argument} must be one of {names}, got {cfg_type.__name__}")
+
+
+def by_name(name: str, task: str | None = None) -> Family:
+    """The family a checkpoint's stored name (config["model"]["kind"]) names, of ``task`` if given."""
+    allowed = families(task)
+    for f in allowed:
+        if f.name == name:
+            return f
+    raise ValueError(f"model kind must be one of {', '.join(f.name for f in allowed)}, got {name!r}")
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """What a checkpoint stores of a model config: {"kind": the family's name, every field}."""
+    return {"kind": family(cfg, argument="cfg").name, **dataclasses.asdict(cfg)}
+
+
+def config_from_dict(model: dict, task: str | None = None) -> Any:
+    """The model config a checkpoint's ``config["model"]`` describes (config_to_dict's inverse after a
+    JSON round trip: lists become tuples again), of a family of ``task`` if given."""
+    f = by_name(model.get("kind"), task)
+    return f.config(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items() if k != "kind"})
