@@ -10,7 +10,8 @@ How ``mpirun -n N refdiff train`` splits a step of global batch B (docs/scaling.
               generator, and every checkpoint, is the same whatever N is
     gradient  rank r computes g_r = (n_r / B) * (1/n_r) sum_{n in its rows} c_n grad L_n;
               one allreduce (sum) of one flat buffer [g_r, the rank's L_n at their rows] gives every
-              rank g = (1/B) sum_n c_n grad L_n and all B per-sample losses (``allreduce_batch``)
+              rank g = (1/B) sum_n c_n grad L_n and all B per-sample losses (``allreduce_batch``);
+              ``data_parallel`` wraps a gradient function in these rows, draws and allreduce
     step      clipping, AdamW, EMA and the timestep sampler then see the same numbers on every rank
 
 A Communicator is ``rank``, ``size`` and the few collectives training and sampling use.
@@ -28,7 +29,7 @@ import sys
 import time
 import traceback
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -148,6 +149,25 @@ def allreduce_batch(comm, grads: dict, per_sample: Any, lo: int, hi: int, n: int
         out[key] = xp.reshape(buf[offset:offset + size], g.shape)
         offset += size
     return out, buf[offset:]
+
+
+def data_parallel(gradient: Callable, comm: Any) -> Callable:
+    """``gradient`` run data-parallel: ``run(batch, generator)`` gives every rank what one process's
+    ``gradient`` gives for the whole batch, to float tolerance.
+
+    Rank r calls gradient(its rows [lo_r, hi_r) of batch (``shard``), a ShardedGenerator for those rows)
+    -> (grads, per-sample losses), and one allreduce (``allreduce_batch``) sums the ranks' gradients and
+    gathers all n losses. batch: a NamedTuple of arrays (or None) with the n-row batch as leading axis;
+    gradient's grads are the mean over its rows. With one process the rows are the whole batch.
+    """
+    def run(batch: tuple, generator: Generator) -> tuple[dict, Any]:
+        n = next(a for a in batch if a is not None).shape[0]
+        lo, hi = shard(n, comm.rank, comm.size)
+        rows = type(batch)(*(None if a is None else a[lo:hi] for a in batch))
+        grads, per_sample = gradient(rows, ShardedGenerator(generator, lo, hi, n))
+        return allreduce_batch(comm, grads, per_sample, lo, hi, n)
+
+    return run
 
 
 # ------------------------------------------------------------------------------------ communicators

@@ -1,15 +1,14 @@
 """The training loop: sample a batch, noise it, run the model forward and backward, take an AdamW step.
 
-One step (Ho et al. 2020, Alg. 1; improved DDPM for the hybrid loss and importance sampling):
+One step, ``train_step`` (Ho et al. 2020, Alg. 1; improved DDPM for the hybrid loss and importance
+sampling):
 
-    x0, y   <- a batch drawn by the generator; y -> null label with probability label_dropout
-    t, w    <- uniform steps (w = 1), or t ~ p_t by the loss's second moment, w = 1 / (T p_t)
+    x0, y   ~ q(x0)      a batch drawn by the generator; y -> null label with probability label_dropout
+    t, w    ~ U          uniform steps (w = 1), or t ~ p_t by the loss's second moment, w = 1 / (T p_t)
     eps     ~ N(0, I)
-    x_t      = q_sample(x0, t, eps)
-    out      = model(x_t, t, y)                       (forward, cache kept)
-    L, dout  = training_loss(out, x0, t, eps, w)      (loss (1/B) sum_n w_n L_n and its gradient)
-    grads    = model_backward(dout)                   (hand-derived)
-    grads    = allreduce over ranks                   (one flat buffer; nothing with one process)
+    grads, L_n = loss_gradient(x0, y, t, eps, w):
+                 x_t = q_sample(x0, t, eps); out = model(x_t, t, y) (forward, cache kept);
+                 dout = gradient of (1/B) sum_n w_n L_n(out); grads = model_backward(dout) (hand-derived)
     params  <- AdamW(clip(grads)); ema <- EMA(params); the t-sampler records every L_n
 
 The model is any denoiser family of refdiff.models.registry (its init, forward and backward).
@@ -19,21 +18,23 @@ optimizer state, the EMA, the timestep sampler's loss history and the loss log, 
 repeats an uninterrupted one bit for bit on NumPy (docs/design.md rule 9). A non-finite loss stops training
 with an error naming the step.
 
-Under ``mpirun -n N`` every rank draws the whole global batch's random numbers and keeps its rows
-(refdiff.distributed): the generator, the parameters and the checkpoint do not depend on N, so N ranks
-give the parameters of one process to float tolerance, and a checkpoint resumes on any N. Rank 0 alone
-writes checkpoints, figures and the progress bar.
+Under ``mpirun -n N`` data parallelism enters at one point, the gradient: every rank draws the whole
+global batch and ``refdiff.distributed.data_parallel`` runs loss_gradient on the rank's rows and sums
+the ranks' gradients with one allreduce. The generator, the parameters and the checkpoint do not depend
+on N, so N ranks give the parameters of one process to float tolerance, and a checkpoint resumes on any
+N. Rank 0 alone writes checkpoints, figures and the progress bar.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -41,7 +42,7 @@ from refdiff import schedules
 from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
 from refdiff.checkpoint import load_checkpoint, save_checkpoint
 from refdiff.diffusion import PREDICTIONS, q_sample
-from refdiff.distributed import SINGLE_PROCESS, ShardedGenerator, allreduce_batch, check_batch, get_communicator, shard
+from refdiff.distributed import SINGLE_PROCESS, check_batch, data_parallel, get_communicator
 from refdiff.losses import LOSSES, WEIGHTINGS, training_loss
 from refdiff.models import registry
 from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, ema_update, learning_rate
@@ -200,19 +201,25 @@ def check_resume(config: dict, cfg: TrainConfig, model_cfg: Any, data_shape: tup
                          + "; ".join(diffs))
 
 
-def draw_batch(cfg: TrainConfig, x: np.ndarray, y: np.ndarray | None, num_classes: int | None,
-               generator: Generator, like: Any, rows: tuple[int, int] | None = None):
-    """Rows [lo, hi) of a batch (x0, y) on like's backend: indices uniform over the data, labels dropped
-    to the null label (index num_classes) with probability cfg.label_dropout.
+class Batch(NamedTuple):
+    """One training batch on the parameters' backend; every field has the batch as its leading axis."""
 
-    The whole batch's numbers are drawn (cfg.batch_size of each), whatever ``rows`` keeps (default: all).
-    """
-    lo, hi = (0, cfg.batch_size) if rows is None else rows
-    idx = generator.integers(0, x.shape[0], (cfg.batch_size,))[lo:hi]      # host (n,)
-    x0 = asarray(x[idx].astype(cfg.dtype), like=like)                       # (n, C, H, W)
+    x0: Any   # (B, C, H, W) or (B, D) data
+    y: Any    # (B,) int64 labels (num_classes: the null label), or None for an unconditional model
+    t: Any    # (B,) int64 steps in [0, T)
+    w: Any    # (B,) importance weights 1 / (T p_t), or None for uniform t (every weight 1)
+    eps: Any  # like x0: the noise
+
+
+def draw_batch(cfg: TrainConfig, x: np.ndarray, y: np.ndarray | None, num_classes: int | None,
+               generator: Generator, like: Any):
+    """A batch (x0, y) of cfg.batch_size samples on like's backend: indices uniform over the data, labels
+    dropped to the null label (index num_classes) with probability cfg.label_dropout."""
+    idx = generator.integers(0, x.shape[0], (cfg.batch_size,))              # host (B,)
+    x0 = asarray(x[idx].astype(cfg.dtype), like=like)                       # (B, C, H, W) or (B, D)
     if y is None or num_classes is None:
         return x0, None
-    drop = generator.uniform((cfg.batch_size,))[lo:hi] < cfg.label_dropout  # host (n,)
+    drop = generator.uniform((cfg.batch_size,)) < cfg.label_dropout         # host (B,)
     labels = np.where(drop, num_classes, y[idx]).astype(np.int64)
     return x0, asarray(labels, like=like)
 
@@ -224,40 +231,59 @@ def _draw_timesteps(cfg: TrainConfig, state: TrainState, like: Any):
     return t, (None if state.sampler is None else w)
 
 
+def loss_gradient(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule, params: dict, batch: Batch,
+                  generator: Any) -> tuple[dict, Any]:
+    """The gradient of the training loss on ``batch`` (n rows), and every sample's loss.
+
+    Math: x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps               (Ho et al. 2020, eq. 4)
+          L = (1/n) sum_n w_n L_n(model(x_t, t, y)), L_n the cfg.loss term (L_simple: |eps - eps_theta|^2)
+          grads = dL/dtheta by the model's hand-derived backward
+
+    generator: the dropout masks' (a refdiff Generator or ShardedGenerator). Returns (grads with
+    params' keys, (n,) unweighted per-sample losses L_n).
+    """
+    forward, backward = registry.family(model_cfg, "denoiser").in_parts()          # refdiff.parallel
+    xt = q_sample(schedule, batch.x0, batch.t, batch.eps)                          # Ho et al. 2020, eq. 4
+    out, cache = forward(params, model_cfg, xt, batch.t, batch.y, train=True, generator=generator)
+    _, dout, terms = training_loss(schedule, out, batch.x0, batch.t, batch.eps, prediction=cfg.prediction,
+                                   loss=cfg.loss, weighting=cfg.weighting, weights=batch.w)
+    return backward(dout, cache), terms.loss
+
+
 def train_step(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule, state: TrainState,
                x: np.ndarray, y: np.ndarray | None, comm: Any = SINGLE_PROCESS) -> float:
-    """One optimizer step on a fresh batch; updates ``state`` in place and returns the loss.
+    """One step of Algorithm 1 on a fresh batch; updates ``state`` in place and returns the loss
+    (1/B) sum_n w_n L_n.
 
-    comm: this rank computes its rows of the global batch; one allreduce gives every rank the global
-    gradient and every per-sample loss (refdiff.distributed.allreduce_batch).
+    comm: the gradient is data-parallel over its ranks (refdiff.distributed.data_parallel): each rank
+    computes it on its rows of the batch, and one allreduce gives every rank the batch's gradient and
+    all B per-sample losses. Nothing else in the step depends on the rank.
     """
-    forward, backward = registry.family(model_cfg, "denoiser").in_parts()
-    like = next(iter(state.params.values()))
-    B, g = cfg.batch_size, state.generator
-    lo, hi = shard(B, comm.rank, comm.size)
-    x0, labels = draw_batch(cfg, x, y, getattr(model_cfg, "num_classes", None), g, like, (lo, hi))
-    t_all, w_all = _draw_timesteps(cfg, state, like)                        # (B,) each
-    t, w = t_all[lo:hi], None if w_all is None else w_all[lo:hi]
-    eps = asarray(g.normal((B, *x0.shape[1:]), dtype=np.dtype(cfg.dtype))[lo:hi], like=x0)
-    xt = q_sample(schedule, x0, t, eps)
-    rows = ShardedGenerator(g, lo, hi, B)                                   # dropout masks: the batch's rows
-    out, cache = forward(state.params, model_cfg, xt, t, labels, train=True, generator=rows)
-    _, dout, terms = training_loss(schedule, out, x0, t, eps, prediction=cfg.prediction, loss=cfg.loss,
-                                   weighting=cfg.weighting, weights=w)
-    grads, per_sample = allreduce_batch(comm, backward(dout, cache), terms.loss, lo, hi, B)
+    like, g = next(iter(state.params.values())), state.generator
+    x0, labels = draw_batch(cfg, x, y, getattr(model_cfg, "num_classes", None), g, like)    # x0 ~ q(x0)
+    t, w = _draw_timesteps(cfg, state, like)                                               # t ~ U{0..T-1}, or p_t
+    eps = g.normal(tuple(x0.shape), like=x0)                                               # eps ~ N(0, I)
+    gradient = data_parallel(functools.partial(loss_gradient, cfg, model_cfg, schedule, state.params), comm)
+    grads, per_sample = gradient(Batch(x0, labels, t, w, eps), g)                         # grad_theta L, every L_n
     xp = namespace(per_sample)
-    loss = float(to_numpy(xp.mean(per_sample if w_all is None else w_all * per_sample)))  # (1/B) sum_n w_n L_n
+    loss = float(to_numpy(xp.mean(per_sample if w is None else w * per_sample)))         # (1/B) sum_n w_n L_n
     if not math.isfinite(loss):
         raise TrainingError(f"loss is {loss} at step {state.step}: training stopped")
+    optimizer_step(cfg, state, grads)                                                      # gradient step
+    if state.sampler is not None:
+        state.sampler.update(t, per_sample)
+    state.step += 1
+    state.losses.append(loss)
+    return loss
+
+
+def optimizer_step(cfg: TrainConfig, state: TrainState, grads: dict) -> None:
+    """Update state's parameters, optimizer state and EMA from ``grads``: params <- AdamW(clip(grads)) at
+    the learning rate of state.step, then ema <- EMA(params)."""
     grads, _ = clip_grad_norm(grads, cfg.grad_clip)
     lr = learning_rate(state.step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.lr_decay)
     state.params, state.opt = adamw_step(state.params, grads, state.opt, lr, weight_decay=cfg.weight_decay)
     state.ema = ema_update(state.ema, state.params, cfg.ema_decay, state.step)
-    if state.sampler is not None:
-        state.sampler.update(t_all, per_sample)                            # every rank: the same B losses
-    state.step += 1
-    state.losses.append(loss)
-    return loss
 
 
 def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None, out_dir: str | Path,
