@@ -19,6 +19,7 @@ import time
 import types
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ from refdiff.backend import Generator, to_numpy
 from refdiff.checkpoint import load_checkpoint
 from refdiff.cli import main
 from refdiff.distributed import (SINGLE_PROCESS, DistributedError, ShardedGenerator, allreduce_batch, check_batch,
-                                 get_communicator, shard)
+                                 data_parallel, get_communicator, shard)
 from refdiff.generate import LoadedModel, generate
 from refdiff.models import registry
 from refdiff.models.mlp import MLPConfig, init_params
@@ -138,6 +139,34 @@ def test_allreduce_batch_gives_the_global_mean_gradient_and_every_loss(backend):
         assert grads[key].shape == g[0][key].shape and grads[key].dtype == f64
     np.testing.assert_array_equal(to_numpy(every), np.concatenate(losses))
     assert type(every) is type(dev[0][1])
+
+
+class _Batch(NamedTuple):
+    x: np.ndarray
+    y: None
+
+
+def _row_gradient(batch, generator):
+    """A gradient that draws per row like dropout: z_n ~ N(0, I); grads {"w": mean_n x_n z_n}, L_n = sum x_n z_n."""
+    assert batch.y is None  # None fields pass through
+    z = generator.normal(batch.x.shape)
+    return {"w": np.mean(batch.x * z, axis=0)}, np.sum(batch.x * z, axis=1)
+
+
+def test_data_parallel_gives_each_rank_the_whole_batch_gradient():
+    """data_parallel(gradient, comm) on 2 ranks (shards of 3 and 2 rows of 5, each drawing from the same
+    generator state) gives the second rank the gradient and the 5 per-sample losses that one process
+    computes for the whole batch, and leaves its generator where one process leaves it."""
+    batch = _Batch(np.random.default_rng(0).normal(size=(5, 4)), None)
+    one_generator = Generator(7)
+    grads, losses = data_parallel(_row_gradient, SINGLE_PROCESS)(batch, one_generator)
+    first = _Recorder(0)
+    data_parallel(_row_gradient, first)(batch, Generator(7))
+    second_generator = Generator(7)
+    two, every = data_parallel(_row_gradient, _Recorder(1, other=first.sent))(batch, second_generator)
+    np.testing.assert_allclose(two["w"], grads["w"], rtol=1e-14, atol=1e-15)
+    np.testing.assert_array_equal(every, losses)
+    np.testing.assert_array_equal(second_generator.get_state(), one_generator.get_state())
 
 
 def test_a_batch_smaller_than_the_ranks_is_refused_naming_both():
