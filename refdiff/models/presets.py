@@ -2,8 +2,8 @@
 
 Each preset is a function ``preset(num_classes=None, learn_sigma=False, **overrides) -> UNetConfig``;
 ``PRESETS`` maps the names ``refdiff train --preset`` accepts to them. ``**overrides`` replaces any
-other field (``mnist28(dropout=0.1)``). ``refdiff info --model NAME`` prints
-``refdiff.models.unet.summary(PRESETS[NAME]())``: the config, the parameter count and the
+other field (``mnist28(dropout=0.1)``). ``refdiff info --model NAME`` prints the family's summary
+(refdiff.models.registry) of ``PRESETS[NAME]()``: the config, the parameter count and the
 multiply-adds of every layer. ``fit_data(cfg, (C, H, W))`` gives a preset's architecture for other
 images (channels, resolution), as ``refdiff train`` does for the user's data.
 
