@@ -56,8 +56,8 @@ def test_config_round_trips_through_the_name_a_checkpoint_stores(name):
 def test_init_forward_backward_and_model_agree_on_shapes(name):
     """init_params has param_shapes' keys (in order) and shapes, param_count == sum of their sizes;
     forward gives (N, ...) like x for a denoiser and (N, K) logits for a classifier; backward gives
-    grads with the params' keys and shapes; model(params, cfg) is forward in evaluation mode; summary
-    (where offered) states param_count and flops' total."""
+    grads with the params' keys and shapes; model(params, cfg) is forward in evaluation mode, and
+    in_parts() the same pair; summary (where offered) states param_count and flops' total."""
     cfg, sample = CONFIGS[name]
     family = registry.family(cfg)
     shapes = family.param_shapes(cfg)
@@ -75,6 +75,11 @@ def test_init_forward_backward_and_model_agree_on_shapes(name):
     grads = family.backward(host_data(3, out.shape), cache)
     assert list(grads) == list(shapes) and {k: v.shape for k, v in grads.items()} == shapes
     np.testing.assert_allclose(family.model(params, cfg)(*inputs), out, *TOLERANCE["float64"])
+    forward, backward = family.in_parts()
+    parts_out, parts_cache = forward(params, cfg, *inputs)
+    np.testing.assert_allclose(parts_out, out, *TOLERANCE["float64"])
+    for key, g in backward(host_data(3, out.shape), parts_cache).items():
+        np.testing.assert_allclose(g, grads[key], *TOLERANCE["float64"], err_msg=key)
     if family.summary is not None:
         text = family.summary(cfg)
         assert f"parameters: {family.param_count(cfg):,}" in text

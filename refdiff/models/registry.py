@@ -18,9 +18,10 @@ module with the functions below and one entry in FAMILIES.
     config        the frozen dataclass of the architecture, validated on construction
     param_shapes  cfg -> {dotted key: shape}, in the order of init_params and backward
     init_params   (cfg, generator, dtype) -> {key: NumPy host array}
-    backward      (dout, cache, need_dx=False) -> grads (params' keys), or (grads, dx) with need_dx;
-                  forward and backward are the plain pair over the whole batch, and ``in_parts()`` the
-                  same pair in batch parts on the host threads (refdiff.parallel), which training runs
+    forward       the task's forward (above): the plain function over the whole batch
+    backward      (dout, cache, need_dx=False) -> grads (params' keys), or (grads, dx) with need_dx
+    in_parts()    (forward, backward) in batch parts on the host threads (refdiff.parallel), as training
+                  runs them (derived, like param_count(cfg), the total size of param_shapes(cfg))
     model         (params, cfg) -> the evaluation-mode callable of the task (no activations kept)
     flops         (cfg, image_size=None) -> ([(layer, multiply-adds)], total), or None
     summary       (cfg, image_size=None) -> the text ``refdiff info --model`` prints, or None
