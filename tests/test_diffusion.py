@@ -141,7 +141,8 @@ def test_perfect_prediction_gives_the_true_posterior(backend, schedule, shape, d
     dt = backend.dtype(dtype)
     x0, eps = backend.asarray(host_data(seed, shape), dtype=dt), backend.asarray(host_data(seed + 1, shape), dtype=dt)
     xt = D.q_sample(schedule, x0, t, eps)
-    out = D.p_mean_variance(schedule, _exact_outputs(schedule, x0, t, eps, prediction), xt, t, prediction=prediction)
+    out = D.p_mean_variance(schedule, _exact_outputs(schedule, x0, t, eps, prediction), xt, t,
+                            D.Parameterization(prediction))
     k = float(schedule.sqrt_recip_alpha_bar[t_host].max() / schedule.sqrt_one_minus_alpha_bar[t_host].min())
     assert_close(out.x0, to_numpy(x0), scale=10 * k)
     assert_close(out.eps, to_numpy(eps), scale=10 * k)
@@ -166,7 +167,7 @@ def test_fixed_variances_follow_each_convention(backend, schedule, dtype, data):
         ("fixed_large", "diffusers"): (b, np.log(b)),
     }
     for (variance, convention), (var, log_var) in expected.items():
-        out = D.p_mean_variance(schedule, xt, xt, t, variance=variance, convention=convention)
+        out = D.p_mean_variance(schedule, xt, xt, t, D.Parameterization(variance=variance, convention=convention))
         assert_close(out.variance, var.reshape(-1, 1, 1, 1))
         assert_close(out.log_variance, log_var.reshape(-1, 1, 1, 1))
 
@@ -180,14 +181,16 @@ def test_learned_range_interpolates_log_variance(backend, schedule, frac, data):
     xt = backend.asarray(host_data(0, (3, 2, 2, 2)))
     eps = backend.asarray(host_data(1, (3, 2, 2, 2)))
     v = backend.asarray(np.full((3, 2, 2, 2), frac))
-    out = D.p_mean_variance(schedule, backend.xp.concat([eps, v], axis=1), xt, t, variance="learned_range")
+    out = D.p_mean_variance(schedule, backend.xp.concat([eps, v], axis=1), xt, t,
+                            D.Parameterization(variance="learned_range"))
     f = (frac + 1) / 2
     lo, hi = schedule.posterior_log_variance_clipped[t_host], np.log(schedule.betas[t_host])
     expected = (f * hi + (1 - f) * lo).reshape(-1, 1, 1, 1) * np.ones((3, 2, 2, 2))
     assert_close(out.log_variance, expected)
     assert_close(out.variance, np.exp(expected))
     assert_close(out.mean, to_numpy(D.p_mean_variance(schedule, eps, xt, t).mean))
-    learned = D.p_mean_variance(schedule, backend.xp.concat([eps, v], axis=1), xt, t, variance="learned")
+    learned = D.p_mean_variance(schedule, backend.xp.concat([eps, v], axis=1), xt, t,
+                                D.Parameterization(variance="learned"))
     assert_close(learned.log_variance, np.full((3, 2, 2, 2), frac))
 
 
@@ -211,8 +214,8 @@ def test_clipped_x0_sets_the_mean_and_leaves_eps_raw(backend, schedule, predicti
     t_host, t = _t(backend, schedule, 3, data)
     xt = backend.asarray(host_data(2, (3, 1, 3, 3), scale=3.0))
     raw = backend.asarray(host_data(3, (3, 1, 3, 3), scale=3.0))
-    free = D.p_mean_variance(schedule, raw, xt, t, prediction=prediction)
-    clipped = D.p_mean_variance(schedule, raw, xt, t, prediction=prediction, clip_x0=1.0)
+    free = D.p_mean_variance(schedule, raw, xt, t, D.Parameterization(prediction))
+    clipped = D.p_mean_variance(schedule, raw, xt, t, D.Parameterization(prediction), clip_x0=1.0)
     assert_close(clipped.x0, np.clip(to_numpy(free.x0), -1, 1))
     assert_close(clipped.mean, to_numpy(D.q_posterior(schedule, clipped.x0, xt, t)[0]))
     assert_close(clipped.eps, to_numpy(free.eps))
@@ -232,7 +235,7 @@ def test_float32_inputs_never_create_float64_arrays():
                 D.predict_v_from_eps(schedule, x, t, x), D.predict_v_from_x0(schedule, x, t, x)]
         for prediction, variance in zip(D.PREDICTIONS, D.VARIANCES[1:]):
             output = two if variance.startswith("learned") else x
-            outs += D.p_mean_variance(schedule, output, x, t, prediction, variance, threshold=0.9)
+            outs += D.p_mean_variance(schedule, output, x, t, D.Parameterization(prediction, variance), threshold=0.9)
     assert all(out.dtype == f32 for out in outs)
 
 
@@ -259,15 +262,19 @@ def test_bad_inputs_raise_naming_the_argument(backend):
         (lambda: D.q_sample(schedule, x, ok, x[:1, ...]), ValueError, "eps must match x's shape"),
         (lambda: D.q_sample(schedule, backend.asarray(np.zeros((2, 1), dtype=np.int64)), ok, x), TypeError,
          "x0 must be a real floating array"),
-        (lambda: D.p_mean_variance(schedule, x, x, ok, prediction="score"), ValueError, "prediction must be one of"),
-        (lambda: D.p_mean_variance(schedule, x, x, ok, variance="large"), ValueError, "variance must be one of"),
-        (lambda: D.p_mean_variance(schedule, x, x, ok, convention="jax"), ValueError, "convention must be one of"),
+        (lambda: D.p_mean_variance(schedule, x, x, ok, D.Parameterization(prediction="score")), ValueError,
+         "prediction must be one of"),
+        (lambda: D.p_mean_variance(schedule, x, x, ok, D.Parameterization(variance="large")), ValueError,
+         "variance must be one of"),
+        (lambda: D.p_mean_variance(schedule, x, x, ok, D.Parameterization(convention="jax")), ValueError,
+         "convention must be one of"),
         (lambda: D.p_mean_variance(schedule, x, x, ok, clip_x0=0.0), ValueError, "clip_x0 must be None or a positive"),
         (lambda: D.p_mean_variance(schedule, x, x, ok, threshold=1.5), ValueError, r"threshold must be None or a quantile"),
         (lambda: D.p_mean_variance(schedule, x, x, ok, clip_x0=1.0, threshold=0.9), ValueError, "exclusive"),
-        (lambda: D.p_mean_variance(schedule, x, x, ok, variance="learned"), ValueError,
+        (lambda: D.p_mean_variance(schedule, x, x, ok, D.Parameterization(variance="learned")), ValueError,
          r"model_output must have shape \(2, 2, 2, 2\)"),
     ]
     for call, error, match in cases:
         with pytest.raises(error, match=match):
             call()
+
