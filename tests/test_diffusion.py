@@ -278,3 +278,79 @@ def test_bad_inputs_raise_naming_the_argument(backend):
         with pytest.raises(error, match=match):
             call()
 
+
+# --- the parameterization ----------------------------------------------------------------------
+
+FIELDS = {"prediction": D.PREDICTIONS, "variance": D.VARIANCES, "convention": D.CONVENTIONS}
+parameterizations = st.builds(D.Parameterization, *(st.sampled_from(allowed) for allowed in FIELDS.values()))
+
+
+@given(field=st.sampled_from(sorted(FIELDS)), value=st.one_of(st.text(max_size=8), st.none(), st.integers()))
+def test_parameterization_refuses_a_value_naming_its_field(field, value):
+    """Parameterization(**{field: value}) with value outside the field's allowed strings raises ValueError
+    "<field> must be one of <allowed>, got <value!r>"."""
+    assume(value not in FIELDS[field])
+    with pytest.raises(ValueError, match=f"^{field} must be one of {', '.join(FIELDS[field])}, got "):
+        D.Parameterization(**{field: value})
+
+
+@given(a=parameterizations, b=parameterizations)
+def test_equal_parameterizations_hash_equal(a, b):
+    """a == b exactly when prediction, variance and convention agree, and then hash(a) == hash(b);
+    the value is frozen (its fields cannot be reassigned)."""
+    same = (a.prediction, a.variance, a.convention) == (b.prediction, b.variance, b.convention)
+    assert (a == b) == same
+    assert not same or hash(a) == hash(b)
+    assert D.Parameterization(a.prediction, a.variance, a.convention) == a
+    with pytest.raises(AttributeError):
+        a.prediction = b.prediction
+
+
+@given(param=parameterizations, shape=image_shapes)
+def test_learned_parameterizations_double_the_output_channels(param, shape):
+    """learned is True exactly for the variances read from the output; output_shape((N, C, ...)) is
+    (N, 2C, ...) for them and (N, C, ...) otherwise."""
+    assert param.learned == param.variance.startswith("learned")
+    N, C, *rest = shape
+    assert param.output_shape(shape) == ((N, 2 * C, *rest) if param.learned else shape)
+
+
+def test_p_mean_variance_refuses_anything_but_a_parameterization():
+    """A string where the Parameterization goes (the pre-Parameterization positional prediction) raises
+    TypeError naming param."""
+    x, t = np.zeros((2, 1, 2, 2)), np.array([0, 1])
+    with pytest.raises(TypeError, match="param must be a refdiff.diffusion.Parameterization, got 'v'"):
+        D.p_mean_variance(S.cosine(10), x, x, t, "v")
+
+
+# (prediction, variance, convention) -> weighted sums of (mean, variance, log_variance, x0, eps), recorded
+# from the three-string API this value replaced (prediction=, variance=, convention=), on the same inputs.
+P_MEAN_VARIANCE_RECORDED = {
+    ("eps", "fixed_small", "openai"): (157.19837057897496, 0.5190728825246563, 45.31718057037092,
+                                       5070.141779137188, 16.164139748149857),
+    ("x0", "fixed_large", "openai"): (6.619928675603775, 0.5064300978614583, 47.88773526079538,
+                                      8.039884710625715, -143.2760932503615),
+    ("v", "learned_range", "diffusers"): (0.4153442065231019, 0.5093655295698819, 312.71447347816,
+                                          -4.722780665446123, -2.003850851733182),
+    ("eps", "learned", "openai"): (196.20923203740765, -31.94843248665233, -12.876331588096031,
+                                   6317.985629376999, 13.011515041340019),
+    ("v", "fixed_small", "diffusers"): (1.4738623454996016, 0.5190728825246563, 360.23140030855257,
+                                        14.792315421075102, -11.242990216827199),
+}
+
+
+def test_p_mean_variance_with_a_parameterization_equals_the_three_string_call():
+    """p_mean_variance(..., Parameterization(p, v, c)) gives the numbers the call with prediction=p,
+    variance=v, convention=c gave, on fixed inputs (cosine T = 50, t in {0, 1, 25, 49}, float64):
+    each field's sum weighted by a fixed normal draw, to rtol 1e-12."""
+    schedule, rng = S.cosine(50), np.random.default_rng(0)
+    x0 = rng.uniform(-1, 1, (4, 2, 3, 3))
+    eps = rng.standard_normal(x0.shape)
+    t = np.array([0, 1, 25, 49])
+    xt = D.q_sample(schedule, x0, t, eps)
+    w = rng.standard_normal(x0.shape)
+    for (p, v, c), recorded in P_MEAN_VARIANCE_RECORDED.items():
+        param = D.Parameterization(p, v, c)
+        out = D.p_mean_variance(schedule, rng.standard_normal(param.output_shape(x0.shape)), xt, t, param)
+        sums = [float(np.sum(np.broadcast_to(field, w.shape) * w)) for field in out]
+        np.testing.assert_allclose(sums, recorded, rtol=1e-12, err_msg=str(param))
