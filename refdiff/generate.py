@@ -22,6 +22,7 @@ from refdiff.distributed import ShardedGenerator
 from refdiff.models import registry
 from refdiff.samplers import (classifier_free_guidance, ddim_loop, ddpm_loop, dpmpp_2m_loop, euler_loop, final,
                               heun_loop, karras_grid, to_sigma_scale)
+from refdiff.train import TrainConfig
 
 SAMPLERS = ("ddim", "ddpm", "euler", "heun", "dpmpp_2m")
 # The grid training writes every sample_every steps: a fast deterministic DDIM from the EMA weights.
@@ -106,19 +107,19 @@ def generate(loaded: LoadedModel, shape: tuple[int, ...], labels: np.ndarray | N
         model = classifier_free_guidance(model, guidance, null_label=num_classes)
     generator = Generator(seed) if rows is None else ShardedGenerator(Generator(seed), lo, hi, shape[0])
     x = generator.normal((hi - lo, *shape[1:]), like=loaded.like)
-    prediction = loaded.train_cfg["prediction"]
+    param = TrainConfig(**loaded.train_cfg).parameterization()
     if clip_x0 == "auto":
         clip_x0 = 1.0 if len(shape) == 4 else loaded.data_bound
     if sampler in ("ddim", "ddpm"):
         schedule = schedules.respace(loaded.schedule, schedules.timesteps(loaded.schedule.T, steps, "trailing"))
         if sampler == "ddim":
-            loop = ddim_loop(model, schedule, x, y, eta=eta, generator=generator, prediction=prediction, clip_x0=clip_x0)
+            loop = ddim_loop(model, schedule, x, y, eta=eta, generator=generator, param=param, clip_x0=clip_x0)
         else:
-            loop = ddpm_loop(model, schedule, x, generator, y, prediction=prediction, clip_x0=clip_x0)
+            loop = ddpm_loop(model, schedule, x, generator, y, param=param, clip_x0=clip_x0)
     else:
         sigmas = karras_grid(loaded.schedule, steps)
         loop_fn = {"euler": euler_loop, "heun": heun_loop, "dpmpp_2m": dpmpp_2m_loop}[sampler]
-        loop = loop_fn(model, loaded.schedule, to_sigma_scale(x, float(sigmas[0])), sigmas, y, prediction=prediction,
+        loop = loop_fn(model, loaded.schedule, to_sigma_scale(x, float(sigmas[0])), sigmas, y, param=param,
                        clip_x0=clip_x0)
     return to_numpy(final(loop))
 

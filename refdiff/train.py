@@ -41,7 +41,7 @@ import numpy as np
 from refdiff import schedules
 from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
 from refdiff.checkpoint import load_checkpoint, save_checkpoint
-from refdiff.diffusion import PREDICTIONS, q_sample
+from refdiff.diffusion import PREDICTIONS, Parameterization, q_sample
 from refdiff.distributed import SINGLE_PROCESS, check_batch, data_parallel, get_communicator
 from refdiff.losses import LOSSES, WEIGHTINGS, training_loss
 from refdiff.models import registry
@@ -111,6 +111,11 @@ class TrainConfig:
     def schedule_obj(self) -> schedules.Schedule:
         """The noise schedule this run trains on."""
         return schedules.by_name(self.schedule, self.T)
+
+    def parameterization(self, variance: str = "fixed_small") -> Parameterization:
+        """What the trained model's output means: ``prediction``, with learned-range variance channels
+        when the loss trains them ("hybrid", "kl"), else the fixed ``variance`` a sampler chooses."""
+        return Parameterization(self.prediction, "learned_range" if self.loss != "mse" else variance)
 
 
 @dataclass
@@ -245,7 +250,7 @@ def loss_gradient(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule
     forward, backward = registry.family(model_cfg, "denoiser").in_parts()          # refdiff.parallel
     xt = q_sample(schedule, batch.x0, batch.t, batch.eps)                          # Ho et al. 2020, eq. 4
     out, cache = forward(params, model_cfg, xt, batch.t, batch.y, train=True, generator=generator)
-    _, dout, terms = training_loss(schedule, out, batch.x0, batch.t, batch.eps, prediction=cfg.prediction,
+    _, dout, terms = training_loss(schedule, out, batch.x0, batch.t, batch.eps, cfg.parameterization(),
                                    loss=cfg.loss, weighting=cfg.weighting, weights=batch.w)
     return backward(dout, cache), terms.loss
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from refdiff.backend import Generator, device, namespace
-from refdiff.diffusion import check_options, dynamic_threshold
+from refdiff.diffusion import Parameterization, check_options, dynamic_threshold
 from refdiff.samplers.common import Model, SampleStep, check_finite, check_sample
 from refdiff.schedules import Schedule, karras_sigmas, timesteps
 
@@ -143,8 +143,8 @@ def schedule_grid(schedule: Schedule, steps: int, spacing: str = "leading") -> n
 # The denoiser D(x; sigma) of a discrete model
 
 
-def x0_from_output(out: Any, x: Any, sigma: float, prediction: str = "eps"):
-    """x0_hat from a model output at x_t = x / sqrt(1 + sigma^2), for x in the sigma scale.
+def x0_from_output(out: Any, x: Any, sigma: float, param: Parameterization = Parameterization()):
+    """x0_hat from a model output (of kind param.prediction) at x_t = x / sqrt(1 + sigma^2), for x in the sigma scale.
 
     Math: with a = sqrt(alpha_bar) = 1 / sqrt(1 + sigma^2) and b = sqrt(1 - alpha_bar) = sigma a,
           eps: x0 = (x_t - b eps) / a = x - sigma eps                  (refdiff.diffusion.predict_x0_from_eps)
@@ -154,39 +154,37 @@ def x0_from_output(out: Any, x: Any, sigma: float, prediction: str = "eps"):
     between the schedule's steps and at sigmas whose alpha_bar rounds to 1 (sigma < 1e-8) or 0.
     out, x: (N, C, ...). Returns x0_hat like x.
     """
-    if prediction == "eps":
+    if param.prediction == "eps":
         return x - sigma * out
-    if prediction == "x0":
+    if param.prediction == "x0":
         return out
     return x / (1.0 + sigma * sigma) - (sigma / math.sqrt(1.0 + sigma * sigma)) * out
 
 
-def karras_denoiser(model: Model, schedule: Schedule, y: Any = None, prediction: str = "eps",
-                    variance: str = "fixed_small", clip_x0: float | None = None,
-                    threshold: float | None = None) -> Denoiser:
+def karras_denoiser(model: Model, schedule: Schedule, y: Any = None, param: Parameterization = Parameterization(),
+                    clip_x0: float | None = None, threshold: float | None = None) -> Denoiser:
     """The denoiser D(x, sigma, t=None) -> x0_hat of a model trained on ``schedule``.
 
     Math: x_t = x / sqrt(1 + sigma^2);  out = model(x_t, t, y);  x0_hat = x0_from_output(out, x, sigma)
     t is the schedule step fed to the model (``model_timesteps``), ``sigma_to_t(schedule, sigma)`` when None.
-    prediction: "eps", "x0" or "v"; variance: "learned" / "learned_range" only split off the model's C variance
-    channels (N, 2C, ...), which sigma-space samplers do not use; clip_x0 clips x0_hat to [-clip_x0, clip_x0];
+    param: what the output means; a learned variance only splits off the model's C variance channels
+    (N, 2C, ...), which sigma-space samplers do not use; clip_x0 clips x0_hat to [-clip_x0, clip_x0];
     threshold applies dynamic thresholding at that quantile (``refdiff.diffusion.dynamic_threshold``).
     x: (N, C, ...) in the sigma scale. Returns x0_hat like x.
     """
     _check_schedule(schedule)
-    check_options(prediction, variance, clip_x0, threshold)
-    learned = variance in ("learned", "learned_range")
+    check_options(param, clip_x0, threshold)
 
     def denoise(x: Any, sigma: float, t: float | None = None):
         t = float(sigma_to_t(schedule, sigma)) if t is None else float(t)
         out = model(to_xt_scale(x, sigma), model_timesteps(schedule, t, x), y)
-        expected = (x.shape[0], 2 * x.shape[1], *x.shape[2:]) if learned else tuple(x.shape)
+        expected = param.output_shape(tuple(x.shape))
         if tuple(out.shape) != expected or out.dtype != x.dtype:
             raise ValueError(f"model_output must have shape {expected} and dtype {x.dtype} for "
-                             f"variance={variance!r}, got {tuple(out.shape)}, {out.dtype}")
-        if learned:
+                             f"variance={param.variance!r}, got {tuple(out.shape)}, {out.dtype}")
+        if param.learned:
             out = out[:, : x.shape[1], ...]  # the prediction channels; the variance channels are unused
-        x0 = x0_from_output(out, x, float(sigma), prediction)
+        x0 = x0_from_output(out, x, float(sigma), param)
         if threshold is not None:
             return dynamic_threshold(x0, threshold)
         if clip_x0 is not None:
@@ -351,13 +349,12 @@ def _check_churn(s_churn: float, s_tmin: float, s_tmax: float, s_noise: float, g
         raise ValueError(f"generator is required when s_churn > 0, got s_churn={s_churn!r} and no generator")
 
 
-def _edm_loop(heun: bool, model: Model, schedule: Schedule, x: Any, sigmas, y, timesteps, final_sigma: float,
-              s_churn: float, s_tmin: float, s_tmax: float, s_noise: float, generator: Generator | None,
-              options: dict) -> Iterator[SampleStep]:
+def _edm_loop(heun: bool, denoiser: Denoiser, schedule: Schedule, x: Any, sigmas, timesteps, final_sigma: float,
+              s_churn: float, s_tmin: float, s_tmax: float, s_noise: float,
+              generator: Generator | None) -> Iterator[SampleStep]:
     """Karras et al. 2022, Alg. 2 over a grid: heun_step, or euler_step when not ``heun``."""
     s, t = _grid(schedule, x, sigmas, timesteps, final_sigma)
     _check_churn(s_churn, s_tmin, s_tmax, s_noise, generator)
-    denoiser = karras_denoiser(model, schedule, y, **options)
     n = len(t)
 
     def chain(x):
@@ -376,7 +373,8 @@ def _edm_loop(heun: bool, model: Model, schedule: Schedule, x: Any, sigmas, y, t
 
 def euler_loop(model: Model, schedule: Schedule, x: Any, sigmas, y: Any = None, timesteps=None,
                final_sigma: float = 0.0, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
-               s_noise: float = 1.0, generator: Generator | None = None, **options) -> Iterator[SampleStep]:
+               s_noise: float = 1.0, generator: Generator | None = None, param: Parameterization = Parameterization(),
+               clip_x0: float | None = None, threshold: float | None = None) -> Iterator[SampleStep]:
     """Euler sampling (Karras et al. 2022, Alg. 2 without line 9-11's correction) from sigmas[0] to final_sigma.
 
     x: (N, C, ...) in the sigma scale at sigmas[0]; sigmas: (n,) decreasing positive levels (``karras_grid``,
@@ -384,25 +382,29 @@ def euler_loop(model: Model, schedule: Schedule, x: Any, sigmas, y: Any = None, 
     final_sigma: the level after the last step, 0 (EDM; the result is x0) or in (0, sigmas[-1]).
     Churn (stochastic when s_churn > 0, needs a generator): gamma_i = min(s_churn / n, sqrt(2) - 1) on levels in
     [s_tmin, s_tmax]; s_noise scales the added noise. The model is then fed the step of sigma_hat = (1 + gamma)
-    sigma, clamped to T - 1: keep (1 + gamma) s_tmax within the schedule's sigma_{T-1}. ``options`` go to
-    ``karras_denoiser``. Yields SampleStep(k = n - 1 - i, t of level i, x at level i + 1 in the sigma scale,
-    x0_hat).
+    sigma, clamped to T - 1: keep (1 + gamma) s_tmax within the schedule's sigma_{T-1}. param, clip_x0,
+    threshold: ``karras_denoiser``'s. Yields SampleStep(k = n - 1 - i, t of level i, x at level i + 1 in the
+    sigma scale, x0_hat).
     """
-    return _edm_loop(False, model, schedule, x, sigmas, y, timesteps, final_sigma, s_churn, s_tmin, s_tmax,
-                     s_noise, generator, options)
+    denoiser = karras_denoiser(model, schedule, y, param, clip_x0, threshold)
+    return _edm_loop(False, denoiser, schedule, x, sigmas, timesteps, final_sigma, s_churn, s_tmin, s_tmax,
+                     s_noise, generator)
 
 
 def heun_loop(model: Model, schedule: Schedule, x: Any, sigmas, y: Any = None, timesteps=None,
               final_sigma: float = 0.0, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
-              s_noise: float = 1.0, generator: Generator | None = None, **options) -> Iterator[SampleStep]:
+              s_noise: float = 1.0, generator: Generator | None = None, param: Parameterization = Parameterization(),
+              clip_x0: float | None = None, threshold: float | None = None) -> Iterator[SampleStep]:
     """Heun sampling (Karras et al. 2022, Alg. 2): as ``euler_loop`` with the second-order correction on every
     step whose target level is not 0 (2n - 1 model evaluations to final_sigma = 0, 2n otherwise)."""
-    return _edm_loop(True, model, schedule, x, sigmas, y, timesteps, final_sigma, s_churn, s_tmin, s_tmax,
-                     s_noise, generator, options)
+    denoiser = karras_denoiser(model, schedule, y, param, clip_x0, threshold)
+    return _edm_loop(True, denoiser, schedule, x, sigmas, timesteps, final_sigma, s_churn, s_tmin, s_tmax,
+                     s_noise, generator)
 
 
 def euler_ancestral_loop(model: Model, schedule: Schedule, x: Any, sigmas, generator: Generator, y: Any = None,
-                         timesteps=None, final_sigma: float = 0.0, **options) -> Iterator[SampleStep]:
+                         timesteps=None, final_sigma: float = 0.0, param: Parameterization = Parameterization(),
+                         clip_x0: float | None = None, threshold: float | None = None) -> Iterator[SampleStep]:
     """Euler-ancestral sampling (diffusers' EulerAncestralDiscreteScheduler) from sigmas[0] to final_sigma.
 
     Each step moves deterministically to sigma_down and adds fresh noise of std sigma_up (``ancestral_sigmas``);
@@ -411,7 +413,7 @@ def euler_ancestral_loop(model: Model, schedule: Schedule, x: Any, sigmas, gener
     s, t = _grid(schedule, x, sigmas, timesteps, final_sigma)
     if generator is None:
         raise ValueError("generator is required for ancestral sampling, got None")
-    denoiser = karras_denoiser(model, schedule, y, **options)
+    denoiser = karras_denoiser(model, schedule, y, param, clip_x0, threshold)
     n = len(t)
 
     def chain(x):
@@ -424,7 +426,9 @@ def euler_ancestral_loop(model: Model, schedule: Schedule, x: Any, sigmas, gener
 
 
 def dpmpp_2m_loop(model: Model, schedule: Schedule, x: Any, sigmas, y: Any = None, timesteps=None,
-                  final_sigma: float = 0.0, lower_order_final: bool = True, **options) -> Iterator[SampleStep]:
+                  final_sigma: float = 0.0, lower_order_final: bool = True,
+                  param: Parameterization = Parameterization(), clip_x0: float | None = None,
+                  threshold: float | None = None) -> Iterator[SampleStep]:
     """DPM-Solver++(2M) sampling (Lu et al. 2022, Alg. 2) from sigmas[0] to final_sigma.
 
     The first step is first order (no previous x0); so is the last when lower_order_final (diffusers' default,
@@ -435,7 +439,7 @@ def dpmpp_2m_loop(model: Model, schedule: Schedule, x: Any, sigmas, y: Any = Non
     s, t = _grid(schedule, x, sigmas, timesteps, final_sigma)
     if not isinstance(lower_order_final, bool):
         raise ValueError(f"lower_order_final must be a bool, got {lower_order_final!r}")
-    denoiser = karras_denoiser(model, schedule, y, **options)
+    denoiser = karras_denoiser(model, schedule, y, param, clip_x0, threshold)
     n = len(t)
 
     def chain(x):
