@@ -16,8 +16,9 @@ from refdiff.diffusion import Parameterization, predict_x0_from_eps, predict_x0_
 from refdiff.samplers import ddim_loop, final
 from refdiff.samplers.karras import (ancestral_sigmas, churn_gamma, dpmpp_2m_loop, dpmpp_2m_step,
                                      euler_ancestral_loop, euler_ancestral_step, euler_loop, euler_step, heun_loop,
-                                     heun_step, karras_denoiser, karras_grid, model_timesteps, schedule_grid,
-                                     sigma_to_t, t_to_sigma, to_sigma_scale, to_xt_scale, x0_from_output)
+                                     heun_step)
+from refdiff.samplers.sigmas import (karras_denoiser, karras_grid, model_timesteps, schedule_grid, sigma_to_t,
+                                     t_to_sigma, to_sigma_scale, to_xt_scale, x0_from_output)
 from support import assert_close, assert_same_array_kind, no_float64_intermediates, schedule_strategy
 from oracles import GAUSSIAN, MIXTURE, diffusers_dummy_model, diffusers_dummy_sample
 from support import assert_moments_match
