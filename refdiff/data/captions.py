@@ -6,9 +6,9 @@ and its caption comes from a fixed grammar of four attributes:
 
     "<size> <colour> <shape> <position>"       e.g. "small red circle top left"
 
-    size      small | large     the shape's area as a fraction of the frame's, a = area / R^2:
-                                small a ~ U(0.035, 0.06), large a ~ U(0.10, 0.14); the size
-                                s = R sqrt(a / AREA[shape]) in pixels (the table of shapes.py)
+    size      small | large     the shape's area as a fraction of the frame's, f = area / R^2:
+                                small f ~ U(0.035, 0.06), large f ~ U(0.10, 0.14); the size
+                                s = R sqrt(f / AREA[shape]) in pixels (the table of shapes.py)
     colour    red green blue yellow magenta cyan        pure: each channel 0 or 1, one or two of them 1
     shape     circle square triangle diamond cross ring
     position  top left | top right | bottom left | bottom right
@@ -28,7 +28,7 @@ only them, and its captions always name the colour and the shape.
 Read-back: read_colour, read_position and read_size recover the attributes from the pixels alone (all
 but the shape, which needs a classifier), and parse_captions reads them from a caption; together they
 let a program check a sample against its prompt. The tokenizer maps captions to word indices for a text
-encoder: VOCAB, CONTEXT, tokenize, detokenize.
+encoder: VOCAB, CONTEXT, tokenize, detokenize. The page beside this module: docs/captions.md.
 """
 
 from numbers import Integral, Real
@@ -43,7 +43,7 @@ COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan")
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")  # index = 2 * (row half) + (column half)
 ATTRIBUTES = ("size", "colour", "shape", "position")  # the grammar's phrase order
 PALETTE = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]], dtype=np.float64)
-# Area fractions a = area / R^2 of each size: disjoint, with SIZE_THRESHOLD between them for read_size.
+# Area fractions f = area / R^2 of each size: disjoint, with SIZE_THRESHOLD between them for read_size.
 SIZE_AREA = {"small": (0.035, 0.06), "large": (0.10, 0.14)}
 SIZE_THRESHOLD = 0.08
 HELD_OUT = (("red", "square"), ("green", "ring"), ("blue", "triangle"), ("yellow", "cross"))
@@ -101,12 +101,12 @@ def _balanced(rng, n, k):
 def _draw_geometry(rng, attributes, resolution):
     """Size s and centre (cx, cy) in pixels, (n,) each, that realise the attributes (module docstring).
 
-    Math: a ~ U(SIZE_AREA[size]); s = R sqrt(a / AREA[shape]); the distance of the centre from the
+    Math: f ~ U(SIZE_AREA[size]); s = R sqrt(f / AREA[shape]); the distance of the centre from the
     nearer frame edge along each axis ~ U(s + RIM, R / 2 - MIDLINE), mirrored for right and bottom.
     """
     low, high = np.array([SIZE_AREA[name] for name in SIZES]).T  # (2,) each
-    a = rng.uniform(low[attributes["size"]], high[attributes["size"]])  # area fraction
-    s = resolution * np.sqrt(a / np.array([AREA[name] for name in SHAPES])[attributes["shape"]])
+    f = rng.uniform(low[attributes["size"]], high[attributes["size"]])  # area fraction
+    s = resolution * np.sqrt(f / np.array([AREA[name] for name in SHAPES])[attributes["shape"]])
     room = resolution / 2 - MIDLINE - RIM - s  # > 0 for resolution >= 16 (largest s: 0.33 R, a triangle)
     near = RIM + s + rng.uniform(size=(2, s.size)) * room  # (2, n): from the left and from the top
     right, bottom = attributes["position"] % 2 == 1, attributes["position"] // 2 == 1
