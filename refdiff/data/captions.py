@@ -274,8 +274,8 @@ def detokenize(tokens):
     tokens: (N, L) integers in [0, len(VOCAB)). Returns (N,) str array.
     """
     tokens = np.asarray(tokens)
-    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer) or tokens.size and not (
-            0 <= tokens.min() and tokens.max() < len(VOCAB)):
+    integers = tokens.ndim == 2 and np.issubdtype(tokens.dtype, np.integer)
+    if not integers or tokens.size and not (tokens.min() >= 0 and tokens.max() < len(VOCAB)):
         raise ValueError(f"tokens must be (N, L) integers in [0, {len(VOCAB)}), got {tokens.dtype} of shape "
                          f"{tokens.shape}")
     return np.array([" ".join(VOCAB[t] for t in row if t != 0) for row in tokens.tolist()], dtype=str)
