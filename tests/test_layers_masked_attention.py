@@ -57,7 +57,7 @@ def context_forward(backend, a, heads, mask, context_mask):
 
 # ------------------------------------------------------------------------------------- gradients
 
-@settings(max_examples=20)  # each example runs ~150 forwards
+@settings(max_examples=10)  # each example runs ~150 forwards
 @given(problem=problems(), seed=seeds)
 def test_masked_self_attention_backward_matches_finite_differences(backend, problem, seed):
     """(dx, dw_qkv, db_qkv, dw_out, db_out) = masked_self_attention_backward(dy) equal the gradients of
@@ -74,7 +74,7 @@ def test_masked_self_attention_backward_matches_finite_differences(backend, prob
     assert_gradients_match(loss, arrays, dict(zip(SELF, map(to_numpy, grads))))
 
 
-@settings(max_examples=20)
+@settings(max_examples=10)
 @given(problem=problems(), seed=seeds)
 def test_context_attention_backward_matches_finite_differences(backend, problem, seed):
     """(dx, dcontext, dw_qkv, db_qkv, dw_kv, db_kv, dw_out, db_out) = context_attention_backward(dy) equal
