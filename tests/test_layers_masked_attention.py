@@ -204,7 +204,7 @@ def torch_context_attention(torch, t, heads, mask, context_mask, with_context):
 @given(problem=problems(), seed=seeds)
 def test_masked_attention_matches_torch(with_context, problem, seed):
     """Forward and backward of both pairs == a torch twin built on scaled_dot_product_attention with a
-    boolean mask, and its autograd gradients of every input (float64, relative 1e-10). torch (>= 2.5)
+    boolean mask, and its autograd gradients of every input (float64, relative 1e-10). torch (2.13)
     also gives a query with no key zero weights, so empty rows are compared too."""
     torch = pytest.importorskip("torch")
     dims, (mask, context_mask) = problem

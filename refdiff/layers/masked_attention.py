@@ -6,7 +6,7 @@ Two forward/backward pairs on sequences x (N, L, C) (Vaswani et al. 2017, eqs. 1
   (True where a key is a real token): masked keys get the score -inf before the softmax, so they get no
   weight. A query whose keys are all masked attends to nothing: its weights are all 0, its attention
   output is 0 (the layer returns b_out there) and no gradient flows through it. (The plain softmax of a
-  row of -inf is 0/0 = NaN; this is the choice of torch's scaled_dot_product_attention since 2.5.)
+  row of -inf is 0/0 = NaN; torch 2.13's scaled_dot_product_attention also gives such a row zero weights.)
 - ``context_attention_*``: the keys and values are the concatenation of a context's, projected by this
   layer's own w_kv, in front of the sequence's own: GLIDE's ``encoder_kv`` (Nichol et al. 2021, Sec. 2.3:
   the text encoder's token sequence, projected per attention layer, is concatenated to its keys and
