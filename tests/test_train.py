@@ -340,3 +340,30 @@ def test_parameterization_reads_prediction_and_whether_the_loss_learns_the_varia
             cfg = dataclasses.replace(CONFIG, prediction=prediction, loss=loss)
             assert cfg.parameterization(variance) == Parameterization(prediction, expected, "openai")
     assert CONFIG.parameterization() == Parameterization()
+
+
+# ---------------------------------------------------------------------------- a text model on captions
+
+def _tiny_text_config():
+    """A text-conditional U-Net for 3x16x16 captioned shapes, small enough for a test (base 8, width 8)."""
+    from refdiff.data.captions import CONTEXT, VOCAB
+    from refdiff.models.text_encoder import TextEncoderConfig
+    from refdiff.models.text_unet import TextUNetConfig
+
+    return TextUNetConfig(unet=UNetConfig(in_channels=3, out_channels=3, image_size=16, base_channels=8,
+                                          channel_mult=(1, 2), attention_resolutions=(8,), groups=4,
+                                          time_embed_dim=16, dropout=0.1),
+                          text=TextEncoderConfig(vocab_size=len(VOCAB), context_length=CONTEXT, width=8, layers=1,
+                                                 heads=2, mlp_ratio=1))
+
+
+def test_caption_dropout_replaces_whole_captions_by_the_empty_one():
+    """draw_batch with tokens (N, L) and the padding token as the null condition: each row is its caption
+    unchanged or, with probability p, the empty caption (all padding), never a mix; the fraction is p
+    within 5 standard errors (B = 4000)."""
+    cfg, p = dataclasses.replace(CONFIG, batch_size=4000), 0.2
+    tokens = np.tile(np.array([[3, 9, 15, 0]]), (10, 1))
+    _, y = train_module.draw_batch(cfg, np.zeros((10, 2)), tokens, 0, p, train_module.Generator(0), None)
+    empty = np.all(y == 0, axis=1)
+    assert np.all(empty | np.all(y == tokens[0], axis=1))
+    assert abs(empty.mean() - p) < 5 * np.sqrt(p * (1 - p) / cfg.batch_size)
