@@ -66,9 +66,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     if args.model is not None:
         from refdiff.models import registry
-        from refdiff.models.presets import CLASSIFIER_PRESETS, PRESETS
+        from refdiff.models.presets import CLASSIFIER_PRESETS, PRESETS, TEXT_PRESETS
 
-        presets = {**PRESETS, **CLASSIFIER_PRESETS}
+        presets = {**PRESETS, **TEXT_PRESETS, **CLASSIFIER_PRESETS}
         if args.model not in presets:
             raise ValueError(f"--model must be one of {', '.join(presets)}, got {args.model!r}")
         cfg = presets[args.model]()
@@ -88,7 +88,8 @@ def _add_info(subparsers: argparse._SubParsersAction) -> None:
                     "and the BLAS libraries with their thread counts.")
     parser.add_argument("--model", default=None, metavar="PRESET",
                         help="instead, print a preset's config, parameter count and per-layer FLOPs "
-                             "(digits8, mnist28, shapes32, and NAME_classifier for their noisy classifiers)")
+                             "(digits8, mnist28, shapes32, text16, and NAME_classifier for their noisy "
+                             "classifiers)")
     parser.set_defaults(func=cmd_info)
 
 
@@ -170,7 +171,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if saved is not None and args.preset is None:
             model_cfg = registry.config_from_dict(saved["model"], "denoiser")
         else:
-            model_cfg = _model_config(args.preset or "digits8", x, num_classes, cfg.loss)
+            default = "text16" if args.data == "captions" else "digits8"
+            model_cfg = _model_config(args.preset or default, x, num_classes, cfg.loss, args.data == "captions")
         preview = previewer(cfg, model_cfg, x, args.out) if cfg.sample_every else None
         train(cfg, model_cfg, x, y, args.out, resume=args.resume, comm=comm, preview=preview)
     except (ValueError, FileNotFoundError, RuntimeError):
@@ -198,8 +200,9 @@ def _train_config(args: argparse.Namespace, saved: dict | None):
 
 
 def _load_dataset(spec: str, seed: int, image_size: int | None = None):
-    """(x, y, num_classes) for --data: digits, shapes, toy2d:NAME, a .npz path or a folder of images
-    (resized to image_size when given); the digits' training split only."""
+    """(x, y, num_classes) for --data: digits, shapes, captions (y: the captions' tokens (N, L), no
+    classes), toy2d:NAME, a .npz path or a folder of images (resized to image_size when given); the
+    digits' training split only."""
     from pathlib import Path
 
     import numpy as np
@@ -211,6 +214,9 @@ def _load_dataset(spec: str, seed: int, image_size: int | None = None):
         x, _, y, _ = data.train_test_split(x, y, test_fraction=0.1, seed=0)
     elif spec == "shapes":
         x, y = data.load_shapes(5000, seed=seed)
+    elif spec == "captions":
+        x, captions, _ = data.load_captions(5000, resolution=image_size or 16, seed=seed)
+        return x, data.tokenize(captions)[0], None
     elif spec.startswith("toy2d:"):
         x, y = data.load_toy2d(spec[len("toy2d:"):], 20000, seed=seed)
     elif spec.endswith(".npz"):
@@ -218,15 +224,26 @@ def _load_dataset(spec: str, seed: int, image_size: int | None = None):
     elif Path(spec).is_dir():
         x, y = data.load_image_folder(spec, size=image_size)
     else:
-        raise ValueError(f"--data must be digits, shapes, toy2d:NAME, a .npz file or a folder of images, "
-                         f"got {spec!r}")
+        raise ValueError(f"--data must be digits, shapes, toy2d:NAME, a .npz file or a folder of images, or captions "
+                         f"(for a text preset), got {spec!r}")
     return x, y, None if y is None else int(np.max(y)) + 1
 
 
-def _model_config(preset: str, x, num_classes, loss: str):
-    """The model config for --preset: a U-Net preset fitted to the images' channels and size, or the MLP
-    for points."""
+def _model_config(preset: str, x, num_classes, loss: str, captions: bool = False):
+    """The model config for --preset: a U-Net preset fitted to the images' channels and size, a text
+    U-Net preset for captions (its U-Net fitted likewise), or the MLP for points."""
+    import dataclasses
+
+    from refdiff.models.presets import PRESETS, TEXT_PRESETS, fit_data
+
     learn_sigma = loss != "mse"
+    if captions != (preset in TEXT_PRESETS):
+        raise ValueError(f"--data captions trains a text preset ({', '.join(TEXT_PRESETS)}) and a text preset "
+                         f"trains on --data captions, got --preset {preset}" + (" with captions" if captions else ""))
+    if captions:
+        cfg = TEXT_PRESETS[preset]()
+        return dataclasses.replace(cfg, unet=fit_data(dataclasses.replace(cfg.unet, learn_sigma=learn_sigma),
+                                                      x.shape[1:]))
     if preset == "mlp":
         from refdiff.models.mlp import MLPConfig
 
@@ -234,10 +251,9 @@ def _model_config(preset: str, x, num_classes, loss: str):
             raise ValueError(f"--preset mlp takes points (N, D), but --data gives samples of shape {x.shape[1:]}: "
                              "use a U-Net preset (digits8, mnist28, shapes32) for images")
         return MLPConfig(data_dim=x.shape[1], num_classes=num_classes, learn_sigma=learn_sigma)
-    from refdiff.models.presets import PRESETS, fit_data
-
     if preset not in PRESETS:
-        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, mlp; got {preset!r}")
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, {', '.join(TEXT_PRESETS)}, mlp; "
+                         f"got {preset!r}")
     if x.ndim != 4:
         raise ValueError(f"--preset {preset} is a U-Net for images (N, C, H, W), but --data gives samples of "
                          f"shape {x.shape[1:]}: use --preset mlp for points")
@@ -251,14 +267,16 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                                    "Under `mpirun -n N` the ranks split every batch (--batch-size is the "
                                    "global batch); see docs/scaling.md.")
     parser.add_argument("--data", default="digits",
-                        help="digits, shapes, toy2d:NAME (swiss_roll, two_moons, 8gaussians, checkerboard, "
+                        help="digits, shapes, captions (captioned shapes, for a text preset), toy2d:NAME "
+                             "(swiss_roll, two_moons, 8gaussians, checkerboard, "
                              "rings), a .npz file (x or images, optional y or labels), or a folder of images "
                              "(one subfolder per class gives labels) (default: digits)")
     _add_image_size(parser)
     parser.add_argument("--preset", default=None,
                         help="digits8, mnist28, shapes32 (U-Nets, fitted to the images' channels and size: "
-                             "refdiff.models.presets.fit_data) or mlp (points) (default: digits8, or the "
-                             "checkpoint's model with --resume)")
+                             "refdiff.models.presets.fit_data), text16 (text-conditional, for --data captions) "
+                             "or mlp (points) (default: digits8, text16 for captions, or the checkpoint's "
+                             "model with --resume)")
     for dest, (_, default, options) in TRAIN_FLAGS.items():
         about = "; ".join(filter(None, [options.get("help"), f"default: {default}, or the checkpoint's with --resume"]))
         parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, **{**options, "help": about})
@@ -292,6 +310,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from refdiff.checkpoint import load_checkpoint
     from refdiff.distributed import get_communicator, shard
     from refdiff.generate import generate, model_from_checkpoint
+    from refdiff.models import registry
 
     if args.count < 1:
         raise ValueError(f"--count must be an integer >= 1, got {args.count}")
@@ -303,14 +322,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
             comm.use_local_gpu()
         ckpt = comm.bcast(load_checkpoint(args.checkpoint) if comm.rank == 0 else None)
         loaded = model_from_checkpoint(ckpt, use_ema=not args.raw, backend=args.backend)
-        labels = _sample_labels(args.cls, args.count, getattr(loaded.model_cfg, "num_classes", None))
-        n = args.count if labels is None else labels.size
+        prompts = None
+        if registry.family(loaded.model_cfg).condition == "tokens":
+            labels, prompts = _sample_prompts(args.prompt, args.cls, args.count, loaded.model_cfg)
+        elif args.prompt:
+            raise ValueError("--prompt needs a text-conditional model (trained with --data captions); this "
+                             "checkpoint's is not: use --class")
+        else:
+            labels = _sample_labels(args.cls, args.count, getattr(loaded.model_cfg, "num_classes", None))
+        n = args.count if labels is None else labels.shape[0]
         shape, rows = (n, *loaded.data_shape), None if comm.size == 1 else shard(n, comm.rank, comm.size)
         images = generate(loaded, shape, labels, args.sampler, args.steps, args.eta, args.guidance, args.seed,
                           rows=rows)
         images = comm.gather_rows(images, what="gathering the samples")
         if comm.rank == 0:
-            _write_samples(args.out, images, labels, args.count)
+            _write_samples(args.out, images, labels, args.count, prompts)
             print(f"samples: {args.out}" + (f" ({comm.size} ranks)" if comm.size > 1 else ""))
     return 0
 
@@ -330,15 +356,43 @@ def _sample_labels(cls: int | None, count: int, num_classes: int | None):
     return np.repeat(classes, count)
 
 
-def _write_samples(out: str, images, labels, per_row: int) -> None:
+def _sample_prompts(given: list[str] | None, cls: int | None, count: int, model_cfg):
+    """(tokens, prompts) to sample a text model: ``count`` of every prompt of --prompt (a prompt, or a text
+    file of one prompt a line), tokens (n, L) and the (n,) str prompts; (None, None) without --prompt
+    (the empty caption: unconditional samples)."""
+    from pathlib import Path
+
     import numpy as np
 
-    if out.endswith(".npz"):
+    from refdiff.data import tokenize
+
+    if cls is not None:
+        raise ValueError(f"--class {cls} needs a class-conditional model; this checkpoint's is text-conditional: "
+                         "use --prompt")
+    if not given:
+        return None, None
+    prompts = []
+    for prompt in given:
+        lines = Path(prompt).read_text().splitlines() if Path(prompt).is_file() else [prompt]
+        prompts += [line.strip() for line in lines if line.strip()]
+    tokens, _ = tokenize(prompts, context=model_cfg.text.context_length)
+    return np.repeat(tokens, count, axis=0), np.repeat(np.asarray(prompts, dtype=str), count)
+
+
+def _write_samples(out: str, images, labels, per_row: int, prompts=None) -> None:
+    """A .npz of images and labels (or prompts: a str array, no pickle), or a .png grid: per_row samples a
+    row (one row per prompt, labelled with it), or a scatter of points."""
+    import numpy as np
+
+    if out.endswith(".npz") and prompts is not None:
+        np.savez(out, images=images.astype(np.float32), prompts=np.asarray(prompts, dtype=str))
+    elif out.endswith(".npz"):
         np.savez(out, images=images.astype(np.float32), labels=np.asarray([] if labels is None else labels))
     elif images.ndim == 4:
         from refdiff.plot import image_grid
 
-        image_grid(images, nrow=per_row, path=out)
+        rows = None if prompts is None else [str(p) for p in prompts[::per_row]]
+        image_grid(images, nrow=per_row, path=out, row_labels=rows)
     else:
         from refdiff.plot import scatter_2d
 
@@ -356,11 +410,16 @@ def _add_sample(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default: 0)")
     parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default: 1)")
     parser.add_argument("--class", dest="cls", type=int, default=None, help="one class (default: every class)")
-    parser.add_argument("--count", type=int, default=10, help="samples (per class for conditional models)")
+    parser.add_argument("--count", type=int, default=10,
+                        help="samples (per class or per prompt for conditional models)")
+    parser.add_argument("--prompt", action="append", default=None,
+                        help="a text model's caption (repeat for more), or a text file of one caption a line "
+                             "(default: none, the empty caption)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     parser.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
-    parser.add_argument("--out", default="samples.png", help="a .png grid or a .npz (images, labels)")
+    parser.add_argument("--out", default="samples.png",
+                        help="a .png grid or a .npz (images, and labels or prompts)")
     _add_mpi_timeout(parser)
     parser.set_defaults(func=cmd_sample)
 
