@@ -172,12 +172,12 @@ def text_unet_forward(params: dict, cfg: TextUNetConfig, x: Any, t: Any, y: Any 
     mask = tokens != cfg.pad_token  # (N, ctx): True at words
     f, text_cache = TE.text_encoder_forward(_prefixed(params, "text."), cfg.text, tokens, mask)  # (N, ctx, C_t)
     s, summary = linear_forward(f[:, -1, :], params["text_embed.w"], params["text_embed.b"])  # (a): (N, E)
-    emb, embed_cache = U._embed_forward(params, cfg.unet, x, t, None, extra=s)  # (N, E)
+    emb, embed_cache = U.embed_forward(params, cfg.unet, x, t, None, extra=s)  # (N, E)
     context_mask = mask if cfg.text.padding == "mask" else None
 
-    def run_step(step, p, unet_cfg, h, e, train, generator):  # (b): the attention blocks read f
+    def run_step(step, p, unet_cfg, h, e, *dropout):  # (b): the attention blocks read f; dropout: train, generator
         if step.kind != "attn":
-            return U.step_forward(step, p, unet_cfg, h, e, train, generator)
+            return U.step_forward(step, p, unet_cfg, h, e, *dropout)
         block = _prefixed(p, f"{step.name}.")
         return B.context_attnblock_forward(block, h, f, context_mask, unet_cfg.heads, unet_cfg.groups)
 
@@ -212,7 +212,7 @@ def text_unet_backward(dout: Any, cache: TextUNetCache, need_dx: bool = False):
         return dx, None, g
 
     grads, demb, dx = U.plan_backward(cfg.unet, dout, cache.steps, run_step)
-    embed_grads, ds = U._embed_backward(demb, cache.embed)  # ds: (N, E), the gradient of s = f[:, -1] W_t + b_t
+    embed_grads, ds = U.embed_backward(demb, cache.embed)  # ds: (N, E), the gradient of s = f[:, -1] W_t + b_t
     grads.update(embed_grads)
     dsummary, grads["text_embed.w"], grads["text_embed.b"] = linear_backward(ds, cache.summary)  # (N, C_t)
     df = dcontexts[0]

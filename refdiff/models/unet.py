@@ -100,7 +100,7 @@ class UNetCache(NamedTuple):
     out_shape: tuple[int, ...]  # (N, C_out, H, W)
 
 
-def _embed_forward(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any, extra: Any = None):
+def embed_forward(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any, extra: Any = None):
     """emb = silu(fc2(silu(fc1(sinusoid(t)))) + table[y] + extra): ADM's time_embed, label_emb and the
     SiLU that starts every ResBlock's emb_layers, computed once. extra: (N, E) added before the SiLU (the
     text-conditional U-Net's projected caption, GLIDE's xf_proj), or None. Returns (N, E) like x, and an
@@ -155,7 +155,7 @@ def unet_forward(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any = None, t
     (what unet_model and the model registry use on the speed layer).
     """
     _check_forward(params, cfg, x, t, y, train, generator)
-    emb, embed_cache = _embed_forward(params, cfg, x, t, y)  # (N, E)
+    emb, embed_cache = embed_forward(params, cfg, x, t, y)  # (N, E)
     out, caches = plan_forward(params, cfg, x, emb, train, generator, keep_cache)
     if not keep_cache:
         return out, None
@@ -200,8 +200,8 @@ def step_backward(step: Step, dh: Any, cache: Any):
     return dx, None, grads
 
 
-def _embed_backward(demb: Any, c: EmbedCache) -> tuple[dict, Any]:
-    """Gradients of _embed_forward's parameters from demb (N, E), the sum over every ResBlock; and de
+def embed_backward(demb: Any, c: EmbedCache) -> tuple[dict, Any]:
+    """Gradients of embed_forward's parameters from demb (N, E), the sum over every ResBlock; and de
     (N, E), the gradient of the sum before the SiLU, which is also the gradient of ``extra``."""
     g = {}
     de = silu_backward(demb, c.silu2)  # emb = time_mlp + table[y] + extra: de reaches every term
@@ -228,7 +228,7 @@ def unet_backward(dout: Any, cache: UNetCache, need_dx: bool = False):
     """
     check_backward("dout", dout, cache, UNetCache, "unet_forward", "output's")
     grads, demb, dx = plan_backward(cache.cfg, dout, cache.steps)
-    grads.update(_embed_backward(demb, cache.embed)[0])
+    grads.update(embed_backward(demb, cache.embed)[0])
     grads = {k: grads[k] for k in _param_shapes(cache.cfg)}  # params' order
     return (grads, dx) if need_dx else grads
 
