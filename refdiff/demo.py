@@ -33,7 +33,7 @@ from refdiff.distributed import get_communicator
 from refdiff.generate import check_sampling, generate, load_model
 from refdiff.models.presets import PRESETS
 from refdiff.plot import curves, image_grid
-from refdiff.train import TrainConfig, train
+from refdiff.train import TrainConfig, hold_output, train
 
 DEMO_TRAIN = TrainConfig(steps=2000, batch_size=64, lr=2e-3, warmup_steps=100, lr_decay="cosine",
                          ema_decay=0.999, schedule="cosine", T=1000, label_dropout=0.1, checkpoint_every=500)
@@ -65,14 +65,24 @@ def run_demo(out: str | Path = "out/demo", steps: int | None = None, samples_per
     if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
         raise ValueError(f"samples_per_class must be an integer >= 1, got {samples_per_class!r}")
     check_sampling("ddim", sample_steps, guidance, cfg.T)  # before minutes of training, not after
+    comm = get_communicator()
+    with hold_output(out, comm):  # one run at a time in a folder (refdiff.checkpoint.folder_lock)
+        paths = _demo_steps(out, cfg, samples_per_class, guidance, sample_steps, progress, model_overrides, comm,
+                            start)
+    comm.barrier("rank 0's sampling and scoring")
+    return paths
+
+
+def _demo_steps(out: Path, cfg: TrainConfig, samples_per_class: int, guidance: float, sample_steps: int,
+                progress: bool, model_overrides: dict | None, comm, start: float) -> dict[str, Path]:
+    """Steps 1-5 of the demo into out (run_demo's settings); rank 0 returns the paths written, others {}."""
     # 1. the fixed split (seed 0, whatever the run's seed) that `refdiff train/eval --data digits` and the
     #    digit classifier use: the held-out digits are never trained on by either network.
     split = digit_split()
     x_train, _, y_train, _ = split
-    comm, paths = get_communicator(), {}
+    paths = {}
     with comm.abort_on_error():  # a failure on rank 0 ends every rank, here and after training
         if comm.rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
             paths["forward_chain"] = write_forward_chain(x_train[:6].astype(np.float64), cfg.schedule_obj(),
                                                          out / "forward_chain.png")            # 2.
     model_cfg = PRESETS["digits8"](num_classes=NUM_CLASSES, **(model_overrides or {}))
@@ -84,9 +94,8 @@ def run_demo(out: str | Path = "out/demo", steps: int | None = None, samples_per
             paths["loss_curve"] = curves({"training loss": (np.arange(1, len(state.losses) + 1),
                                                             np.asarray(state.losses))},
                                          out / "loss_curve.png", xlabel="step", ylabel="loss (MSE of eps)")
-            paths.update(sample_and_score(out, split, samples_per_class, guidance, sample_steps, seed, backend,
-                                          start))                                              # 4., 5.
-    comm.barrier("rank 0's sampling and scoring")
+            paths.update(sample_and_score(out, split, samples_per_class, guidance, sample_steps, cfg.seed,
+                                          cfg.backend, start))                                 # 4., 5.
     return paths
 
 

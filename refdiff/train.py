@@ -27,6 +27,7 @@ N. Rank 0 alone writes checkpoints, figures and the progress bar.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -40,7 +41,7 @@ import numpy as np
 
 from refdiff import schedules
 from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
-from refdiff.checkpoint import load_checkpoint, save_checkpoint
+from refdiff.checkpoint import folder_lock, load_checkpoint, save_checkpoint
 from refdiff.diffusion import PREDICTIONS, q_sample
 from refdiff.distributed import SINGLE_PROCESS, check_batch, data_parallel, get_communicator
 from refdiff.losses import LOSSES, WEIGHTINGS, training_loss
@@ -306,20 +307,32 @@ def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
     comm = get_communicator() if comm is None else comm
     check_batch(cfg.batch_size, comm.size)
     path = Path(out_dir) / "checkpoint.npz"
-    with comm.abort_on_error():  # rank 0 reads, every rank gets it; a missing or unreadable file ends them all
-        if resume:
-            ckpt = comm.bcast(load_checkpoint(path) if comm.rank == 0 else None)
-        else:
-            found = comm.bcast(path.exists() if comm.rank == 0 else None)
-    if resume:  # every rank raises these alike, outside abort_on_error
-        check_resume(ckpt["config"], cfg, model_cfg, x.shape[1:])
-    elif found and not overwrite:
-        raise ValueError(f"{path} exists: resume it, or train into another folder to keep it")
-    with comm.abort_on_error(collective=(TrainingError,)):
-        if cfg.backend == "cupy":
-            comm.use_local_gpu()
-        state = resume_state(ckpt, cfg) if resume else init_state(cfg, model_cfg)
-        return _loop(cfg, model_cfg, x, y, path, state, progress and comm.rank == 0, stop_at, comm, preview)
+    with hold_output(out_dir, comm):
+        with comm.abort_on_error():  # rank 0 reads, every rank gets it; a missing or unreadable file ends them all
+            if resume:
+                ckpt = comm.bcast(load_checkpoint(path) if comm.rank == 0 else None)
+            else:
+                found = comm.bcast(path.exists() if comm.rank == 0 else None)
+        if resume:  # every rank raises these alike, outside abort_on_error
+            check_resume(ckpt["config"], cfg, model_cfg, x.shape[1:])
+        elif found and not overwrite:
+            raise ValueError(f"{path} exists: resume it, or train into another folder to keep it")
+        with comm.abort_on_error(collective=(TrainingError,)):
+            if cfg.backend == "cupy":
+                comm.use_local_gpu()
+            state = resume_state(ckpt, cfg) if resume else init_state(cfg, model_cfg)
+            return _loop(cfg, model_cfg, x, y, path, state, progress and comm.rank == 0, stop_at, comm, preview)
+
+
+@contextlib.contextmanager
+def hold_output(out_dir: str | Path, comm: Any = SINGLE_PROCESS):
+    """Rank 0 holds out_dir's lock (refdiff.checkpoint.folder_lock) for the block: a second run on the
+    folder is refused; on rank 0's refusal every rank ends."""
+    with contextlib.ExitStack() as held:
+        with comm.abort_on_error():
+            if comm.rank == 0:
+                held.enter_context(folder_lock(out_dir))
+        yield
 
 
 def _loop(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None, path: Path, state: TrainState,

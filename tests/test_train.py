@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import refdiff.train as train_module
-from refdiff.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from refdiff.checkpoint import CHECKPOINT_VERSION, TMP_SUFFIX, load_checkpoint, save_checkpoint
 from refdiff.cli import main
 from refdiff.generate import check_sampling, previewer
 from refdiff.models.mlp import MLPConfig
@@ -235,7 +235,7 @@ def test_killed_writer_leaves_the_previous_checkpoint_intact(tmp_path):
     """)
     proc = subprocess.Popen([sys.executable, "-c", writer], env={"PYTHONPATH": str(REPO), "PATH": ""})
     try:
-        while not path.with_name(path.name + ".tmp").exists() and proc.poll() is None:
+        while not list(tmp_path.glob("*" + TMP_SUFFIX)) and proc.poll() is None:
             pass  # wait until a rewrite is under way
         proc.kill()
     finally:
