@@ -104,7 +104,17 @@ def load_checkpoint(path: str | Path, arrays: bool = True) -> dict[str, Any]:
         for group in GROUPS if arrays else ():
             prefix = group + "/"
             out[group] = {n[len(prefix):]: npz[n].copy() for n in npz.files if n.startswith(prefix)}
+    for group in ("params", "ema", "opt") if arrays else ():
+        _check_finite(path, group, out[group])
     return out
+
+
+def _check_finite(path: Path, group: str, entries: dict[str, np.ndarray]) -> None:
+    """Raise a ValueError naming the file and the first array of a group that holds NaN or inf."""
+    for key, value in entries.items():
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise ValueError(f"checkpoint {path} holds non-finite values in {group}/{key}: it comes from a "
+                             "diverged run and can neither be resumed nor sampled")
 
 
 @contextlib.contextmanager

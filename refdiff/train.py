@@ -246,9 +246,15 @@ def loss_gradient(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule
     forward, backward = registry.family(model_cfg, "denoiser").in_parts()          # refdiff.parallel
     xt = q_sample(schedule, batch.x0, batch.t, batch.eps)                          # Ho et al. 2020, eq. 4
     out, cache = forward(params, model_cfg, xt, batch.t, batch.y, train=True, generator=generator)
+    dout, losses = batch_loss(cfg, schedule, out, batch)
+    return backward(dout, cache), losses
+
+
+def batch_loss(cfg: TrainConfig, schedule: schedules.Schedule, out: Any, batch: Batch) -> tuple[Any, Any]:
+    """cfg's training loss of the model output ``out`` on ``batch``: (dL/dout like out, (n,) losses L_n)."""
     _, dout, terms = training_loss(schedule, out, batch.x0, batch.t, batch.eps, prediction=cfg.prediction,
                                    loss=cfg.loss, weighting=cfg.weighting, weights=batch.w)
-    return backward(dout, cache), terms.loss
+    return dout, terms.loss
 
 
 def train_step(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule, state: TrainState,
@@ -280,8 +286,13 @@ def train_step(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule, s
 
 def optimizer_step(cfg: TrainConfig, state: TrainState, grads: dict) -> None:
     """Update state's parameters, optimizer state and EMA from ``grads``: params <- AdamW(clip(grads)) at
-    the learning rate of state.step, then ema <- EMA(params)."""
-    grads, _ = clip_grad_norm(grads, cfg.grad_clip)
+    the learning rate of state.step, then ema <- EMA(params). A non-finite gradient norm (data or
+    gradients that overflow, which clipping would turn into a zero step) raises TrainingError first."""
+    grads, norm = clip_grad_norm(grads, cfg.grad_clip)
+    norm = float(to_numpy(norm))
+    if not math.isfinite(norm):
+        raise TrainingError(f"the gradient norm is {norm} at step {state.step} (the data or the gradients "
+                            "overflow): training stopped")
     lr = learning_rate(state.step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.lr_decay)
     state.params, state.opt = adamw_step(state.params, grads, state.opt, lr, weight_decay=cfg.weight_decay)
     state.ema = ema_update(state.ema, state.params, cfg.ema_decay, state.step)
@@ -304,6 +315,9 @@ def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
     if cfg.sample_every and preview is None:
         raise ValueError(f"sample_every={cfg.sample_every} needs preview=, the hook it calls "
                          "(refdiff.generate.previewer writes sample grids)")
+    x_max = float(np.max(np.abs(x)))
+    if not x_max < float(np.finfo(cfg.dtype).max):  # NaN fails too
+        raise ValueError(f"x must be finite in {cfg.dtype} (data in [-1, 1]), got max |x| = {x_max}")
     comm = get_communicator() if comm is None else comm
     check_batch(cfg.batch_size, comm.size)
     path = Path(out_dir) / "checkpoint.npz"
@@ -341,12 +355,14 @@ def _loop(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
     schedule = cfg.schedule_obj()
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     data_bound = float(np.max(np.abs(x)))
+    probe = probe_batch(cfg, x, y, next(iter(state.params.values())))
     bar = _progress(state.step, end, progress)
     start_step, start_time = state.step, time.perf_counter()
     try:
         while state.step < end:
             loss = train_step(cfg, model_cfg, schedule, state, x, y, comm)
             if comm.rank == 0 and (state.step % cfg.checkpoint_every == 0 or state.step == end):
+                check_state_finite(cfg, model_cfg, schedule, state, probe)  # never save an exploded state
                 save_state(path, cfg, model_cfg, state, x.shape[1:], comm.size, data_bound)
             if comm.rank == 0 and cfg.sample_every and state.step % cfg.sample_every == 0:
                 preview(state)
@@ -359,6 +375,32 @@ def _loop(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
     finally:
         bar.close()
     return state
+
+
+def probe_batch(cfg: TrainConfig, x: np.ndarray, y: np.ndarray | None, like: Any) -> Batch:
+    """A fixed batch on like's backend to check parameters with before they are saved: the first 4
+    samples of x and their labels (or None), at 4 steps spread over [0, T), with noise from a generator
+    of its own (seed 0: the run's stream is not touched)."""
+    n = min(4, x.shape[0])
+    x0 = asarray(x[:n].astype(cfg.dtype), like=like)                                      # (n, ...)
+    labels = None if y is None else asarray(np.asarray(y[:n], dtype=np.int64), like=like)
+    t = asarray(np.linspace(0, cfg.T - 1, n).astype(np.int64), like=like)                 # (n,)
+    return Batch(x0, labels, t, None, Generator(0).normal(tuple(x0.shape), like=x0))
+
+
+def check_state_finite(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule, state: TrainState,
+                       probe: Batch) -> None:
+    """Raise TrainingError naming the step unless the parameters and the EMA give a finite training loss
+    on the probe batch (probe_batch): finite parameters can still have exploded (|w| ~ 1e30 after
+    lr = 1e30), and a state whose loss overflows at once is no good to resume or sample."""
+    family = registry.family(model_cfg, "denoiser")
+    xt = q_sample(schedule, probe.x0, probe.t, probe.eps)                                  # Ho et al. 2020, eq. 4
+    for name, weights in (("parameters", state.params), ("EMA", state.ema)):
+        losses = batch_loss(cfg, schedule, family.model(weights, model_cfg)(xt, probe.t, probe.y), probe)[1]
+        xp = namespace(losses)
+        if not bool(to_numpy(xp.all(xp.isfinite(losses)))):
+            raise TrainingError(f"the {name} at step {state.step} give a non-finite loss (they exploded): "
+                                "training stopped before saving them")
 
 
 def _progress(start: int, end: int, enabled: bool):

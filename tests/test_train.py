@@ -211,14 +211,45 @@ def test_sampling_settings_are_checked_naming_the_setting_and_its_range():
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
                             "ignore:invalid value encountered:RuntimeWarning")  # the blow-up on purpose
 def test_non_finite_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
-    """A learning rate of 1e30 blows the parameters up; training stops with a TrainingError naming the
-    step, and the last checkpoint written before it is intact and loadable."""
+    """Three good steps, then a learning rate of 1e30 blows the parameters up (|w| ~ 1e30, still finite):
+    training stops with a TrainingError naming the step, the exploded state is never saved, and the
+    last good checkpoint (step 3) loads and takes a step with a finite loss."""
     x, y = _toy_data()
-    cfg = TrainConfig(steps=50, batch_size=16, lr=1e30, warmup_steps=0, T=50, checkpoint_every=1, grad_clip=1e30)
+    cfg = TrainConfig(steps=50, batch_size=16, lr=1e-3, warmup_steps=0, T=50, checkpoint_every=1, grad_clip=1e30)
+    train(dataclasses.replace(cfg, steps=3), MODEL, x, y, tmp_path, progress=False)
+    cfg = dataclasses.replace(cfg, lr=1e30)
     with pytest.raises(TrainingError, match=r"at step \d+.*last good checkpoint is .*checkpoint.npz"):
-        train(cfg, MODEL, x, y, tmp_path, progress=False)
+        train(cfg, MODEL, x, y, tmp_path, resume=True, progress=False)
     ckpt = load_checkpoint(tmp_path / "checkpoint.npz")
-    assert all(np.all(np.isfinite(v)) for v in ckpt["log"].values())
+    assert ckpt["step"] == 3 and all(np.all(np.isfinite(v)) for v in ckpt["log"].values())
+    state = train_module.resume_state(ckpt, cfg)
+    assert np.isfinite(train_step(dataclasses.replace(cfg, lr=1e-3), MODEL, cfg.schedule_obj(), state, x, y))
+
+
+def test_a_checkpoint_with_non_finite_parameters_is_refused_naming_the_file_and_array(tmp_path):
+    """load_checkpoint of a file whose params, EMA or optimizer state hold NaN or inf raises a ValueError
+    naming the file and the array; a finite one loads."""
+    path = tmp_path / "checkpoint.npz"
+    for group in ("params", "ema", "opt"):
+        save_checkpoint(path, {}, 1, np.zeros(6, dtype=np.uint64), {group: {"w": np.array([1.0, np.inf])}})
+        with pytest.raises(ValueError, match=f"checkpoint {path} holds non-finite values in {group}/w"):
+            load_checkpoint(path)
+    save_checkpoint(path, {}, 1, np.zeros(6, dtype=np.uint64), {"params": {"w": np.array([1.0, 2.0])}})
+    assert load_checkpoint(path)["params"]["w"].tolist() == [1.0, 2.0]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")
+def test_data_that_overflow_stop_training_naming_the_step_or_the_data(tmp_path):
+    """Data at 1e30 make the gradient norm overflow: training stops at step 0 with a TrainingError naming
+    the step, instead of "training" with zero steps; data beyond float32's range or NaN are refused."""
+    x, y = _toy_data()
+    with pytest.raises(TrainingError, match=r"at step 0"):
+        train(CONFIG, MODEL, x * 1e30, y, tmp_path / "a", progress=False)
+    assert not (tmp_path / "a" / "checkpoint.npz").exists()
+    for bad in (x * 1e300, np.where(x > 0.5, np.nan, x)):
+        with pytest.raises(ValueError, match=r"x must be finite in float32 \(data in \[-1, 1\]\), got max"):
+            train(CONFIG, MODEL, bad, y, tmp_path / "b", progress=False)
 
 
 def test_killed_writer_leaves_the_previous_checkpoint_intact(tmp_path):
