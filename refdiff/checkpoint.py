@@ -31,6 +31,8 @@ import json
 import os
 import sys
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -86,27 +88,75 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def load_checkpoint(path: str | Path, arrays: bool = True) -> dict[str, Any]:
-    """Read a checkpoint: {"config": dict, "step": int, "rng": (6,) uint64, "params": {...}, "ema": ..., ...};
-    with arrays=False only config, step and rng (the groups' arrays are not read)."""
+    """Read a checkpoint: {"path": str, "config": dict, "step": int, "rng": (6,) uint64, "params": {...},
+    "ema": ..., ...}; with arrays=False only path, config, step and rng (the groups' arrays are not read).
+
+    Anything that is not a whole refdiff checkpoint of plain, finite arrays (a folder, a truncated or
+    corrupt file, a .npy, object arrays, a config that is not JSON) is a ValueError naming the file.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    with np.load(path, allow_pickle=False) as npz:
-        names = set(npz.files)
-        missing = {"version", "config", "step", "rng"} - names
-        if missing:
-            raise ValueError(f"checkpoint {path} is not a refdiff checkpoint: missing {sorted(missing)}")
-        version = int(npz["version"])
-        if version != CHECKPOINT_VERSION:
-            raise ValueError(f"checkpoint {path} has version {version}; this refdiff reads {CHECKPOINT_VERSION}")
-        out: dict[str, Any] = {"config": json.loads(str(npz["config"])), "step": int(npz["step"]),
-                               "rng": npz["rng"].copy()}
-        for group in GROUPS if arrays else ():
-            prefix = group + "/"
-            out[group] = {n[len(prefix):]: npz[n].copy() for n in npz.files if n.startswith(prefix)}
+    header = ("version", "config", "step", "rng")
+    npz = read_arrays(path, "checkpoint", None if arrays else header)
+    missing = set(header) - set(npz)
+    if missing:
+        raise ValueError(f"checkpoint {path} is not a refdiff checkpoint: missing {sorted(missing)}")
+    try:
+        version, step, rng = int(npz["version"]), int(npz["step"]), npz["rng"].astype(np.uint64).reshape(6)
+        config = json.loads(str(npz["config"]))
+    except (TypeError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"checkpoint {path} has a malformed header ({type(err).__name__}: {err})") from None
+    if version != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint {path} has version {version}; this refdiff reads {CHECKPOINT_VERSION}")
+    if not isinstance(config, dict):
+        raise ValueError(f"checkpoint {path} has a malformed config: a JSON {type(config).__name__}, not an object")
+    out: dict[str, Any] = {"path": str(path), "config": config, "step": step, "rng": rng}
+    for group in GROUPS if arrays else ():
+        prefix = group + "/"
+        out[group] = {n[len(prefix):]: a for n, a in npz.items() if n.startswith(prefix)}
     for group in ("params", "ema", "opt") if arrays else ():
         _check_finite(path, group, out[group])
     return out
+
+
+def read_arrays(path: str | Path, what: str, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file (those in ``names`` only, when given), read without pickle.
+
+    ``what`` names the file in errors ("checkpoint", "--samples"): a missing file is a FileNotFoundError,
+    a folder, a .npy, object arrays and a truncated or corrupt archive are ValueErrors.
+    """
+    path = Path(path)
+    if path.is_dir():
+        hint = f": did you mean {path / 'checkpoint.npz'}?" if (path / "checkpoint.npz").is_file() else ""
+        raise ValueError(f"{what} {path} is a folder, not an .npz file{hint}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        with open(path, "rb") as f:  # our own handle: closed even when np.load fails half-way
+            npz = np.load(f, allow_pickle=False)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise ValueError(f"{what} {path} holds one .npy array, not an .npz archive of named arrays")
+            with npz:
+                return {n: npz[n] for n in npz.files if names is None or n in names}
+    except ValueError as err:
+        if str(err).startswith(what):
+            raise
+        if "Object arrays cannot be loaded" in str(err):
+            raise ValueError(f"{what} {path} holds object arrays, which refdiff never loads (no pickle)") from None
+        raise ValueError(f"{what} {path} is not a readable .npz archive: {err}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(f"{what} {path} is truncated or corrupt ({type(err).__name__}: {err})") from None
+
+
+@contextlib.contextmanager
+def interpreting(ckpt: dict[str, Any]) -> Iterator[None]:
+    """Turn a KeyError, TypeError or IndexError met while reading a loaded checkpoint's config (a field
+    missing, of the wrong type, or an unknown one) into a ValueError naming the file. (A field of the
+    right type but out of range is the config's own ValueError, which names the field.)"""
+    try:
+        yield
+    except (KeyError, TypeError, IndexError, AttributeError) as err:
+        raise ValueError(f"checkpoint {ckpt['path']} has a malformed or foreign config "
+                         f"({type(err).__name__}: {err})") from None
 
 
 def _check_finite(path: Path, group: str, entries: dict[str, np.ndarray]) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from refdiff import schedules
 from refdiff.backend import Generator
+from refdiff.checkpoint import LOCK_NAME
 from refdiff.data.digits import NUM_CLASSES
 from refdiff.diffusion import q_sample
 from refdiff.digits_eval import digit_classifier, digit_sample_report, digit_split, format_sample_report
@@ -38,6 +39,25 @@ from refdiff.train import TrainConfig, hold_output, train
 DEMO_TRAIN = TrainConfig(steps=2000, batch_size=64, lr=2e-3, warmup_steps=100, lr_decay="cosine",
                          ema_decay=0.999, schedule="cosine", T=1000, label_dropout=0.1, checkpoint_every=500)
 CHAIN_STEPS = (0, 100, 250, 500, 750, 999)
+OUTPUTS = ("forward_chain.png", "checkpoint.npz", "loss_curve.png", "samples.png", "samples.npz", "metrics.json")
+
+
+def check_demo_folder(out: Path, force: bool = False) -> None:
+    """Refuse (ValueError) a folder that holds anything but an earlier demo's outputs, unless ``force``:
+    the demo writes only into a folder that is new, empty or its own. An earlier demo's folder holds
+    only OUTPUTS (and the lock file), and a checkpoint.npz there comes with that demo's metrics.json."""
+    if not out.is_dir() or force:
+        return
+    names = {p.name for p in out.iterdir()} - {LOCK_NAME}
+    foreign = sorted(names - set(OUTPUTS))
+    if "checkpoint.npz" in names and "metrics.json" not in names:
+        foreign.insert(0, "checkpoint.npz (without a demo's metrics.json)")
+    if foreign:
+        raise ValueError(f"--out {out} holds files that are not an earlier demo's ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}): give a new or empty folder, or --force to write "
+                         "into it")
+    if names:
+        print(f"replacing the earlier demo's {', '.join(n for n in OUTPUTS if n in names)} in {out}")
 
 
 def write_forward_chain(x: np.ndarray, schedule: schedules.Schedule, path: Path) -> Path:
@@ -51,8 +71,9 @@ def write_forward_chain(x: np.ndarray, schedule: schedules.Schedule, path: Path)
 
 def run_demo(out: str | Path = "out/demo", steps: int | None = None, samples_per_class: int = 10,
              guidance: float = 3.0, sample_steps: int = 50, seed: int = 0, backend: str = "numpy",
-             progress: bool = True, model_overrides: dict | None = None) -> dict[str, Path]:
-    """Run the demo's five steps into ``out``; returns the paths written.
+             progress: bool = True, model_overrides: dict | None = None, force: bool = False) -> dict[str, Path]:
+    """Run the demo's five steps into ``out``; returns the paths written. ``out`` must be new, empty or
+    an earlier demo's folder unless ``force`` (check_demo_folder).
 
     Under ``mpirun -n N`` the ranks train data-parallel (refdiff.train); rank 0 alone writes files,
     samples and scores, and returns the paths, while the others wait for it and return {}.
@@ -67,6 +88,7 @@ def run_demo(out: str | Path = "out/demo", steps: int | None = None, samples_per
     check_sampling("ddim", sample_steps, guidance, cfg.T)  # before minutes of training, not after
     comm = get_communicator()
     with hold_output(out, comm):  # one run at a time in a folder (refdiff.checkpoint.folder_lock)
+        check_demo_folder(out, force)
         paths = _demo_steps(out, cfg, samples_per_class, guidance, sample_steps, progress, model_overrides, comm,
                             start)
     comm.barrier("rank 0's sampling and scoring")

@@ -17,7 +17,7 @@ import numpy as np
 
 from refdiff import schedules
 from refdiff.backend import Generator, asarray, get_backend, to_numpy
-from refdiff.checkpoint import load_checkpoint
+from refdiff.checkpoint import interpreting, load_checkpoint
 from refdiff.distributed import ShardedGenerator
 from refdiff.models import registry
 from refdiff.samplers import (classifier_free_guidance, ddim_loop, ddpm_loop, dpmpp_2m_loop, euler_loop, final,
@@ -56,11 +56,12 @@ def model_from_checkpoint(ckpt: dict, use_ema: bool = True, backend: str = "nump
     like = b.asarray(np.zeros(1), dtype=b.dtype(dtype))
     weights = ckpt["ema"] if use_ema else ckpt["params"]
     params = {k: asarray(v.astype(dtype), like=like) for k, v in weights.items()}
-    model_cfg = registry.config_from_dict(ckpt["config"]["model"], "denoiser")
-    train_cfg = ckpt["config"]["train"]
-    schedule = schedules.by_name(train_cfg["schedule"], train_cfg["T"])
-    data_shape = tuple(ckpt["config"]["data_shape"])
-    model = registry.family(model_cfg).model(params, model_cfg)  # the samplers' model(xt, t, y)
+    with interpreting(ckpt):  # a malformed config is an error naming the file
+        model_cfg = registry.config_from_dict(ckpt["config"]["model"], "denoiser")
+        train_cfg = ckpt["config"]["train"]
+        schedule = schedules.by_name(train_cfg["schedule"], train_cfg["T"])
+        data_shape = tuple(ckpt["config"]["data_shape"])
+        model = registry.family(model_cfg).model(params, model_cfg)  # the samplers' model(xt, t, y)
     return LoadedModel(model, model_cfg, train_cfg, data_shape, schedule, like, ckpt["config"].get("data_bound"))
 
 

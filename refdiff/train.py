@@ -41,7 +41,7 @@ import numpy as np
 
 from refdiff import schedules
 from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
-from refdiff.checkpoint import folder_lock, load_checkpoint, save_checkpoint
+from refdiff.checkpoint import folder_lock, interpreting, load_checkpoint, save_checkpoint
 from refdiff.diffusion import PREDICTIONS, q_sample
 from refdiff.distributed import SINGLE_PROCESS, check_batch, data_parallel, get_communicator
 from refdiff.losses import LOSSES, WEIGHTINGS, training_loss
@@ -328,13 +328,15 @@ def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
             else:
                 found = comm.bcast(path.exists() if comm.rank == 0 else None)
         if resume:  # every rank raises these alike, outside abort_on_error
-            check_resume(ckpt["config"], cfg, model_cfg, x.shape[1:])
+            with interpreting(ckpt):
+                check_resume(ckpt["config"], cfg, model_cfg, x.shape[1:])
         elif found and not overwrite:
             raise ValueError(f"{path} exists: resume it, or train into another folder to keep it")
         with comm.abort_on_error(collective=(TrainingError,)):
             if cfg.backend == "cupy":
                 comm.use_local_gpu()
-            state = resume_state(ckpt, cfg) if resume else init_state(cfg, model_cfg)
+            with interpreting(ckpt) if resume else contextlib.nullcontext():
+                state = resume_state(ckpt, cfg) if resume else init_state(cfg, model_cfg)
             return _loop(cfg, model_cfg, x, y, path, state, progress and comm.rank == 0, stop_at, comm, preview)
 
 
@@ -404,6 +406,7 @@ def check_state_finite(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Sch
 
 
 def _progress(start: int, end: int, enabled: bool):
+    """The training progress bar; shown on a terminal only (tqdm's disable=None), never written to a log."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=end, initial=start, disable=not enabled, desc="train", unit="step")
+    return tqdm(total=end, initial=start, disable=None if enabled else True, desc="train", unit="step")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from support import quick_digit_classifier
 
 import refdiff
@@ -294,3 +295,140 @@ def test_eval_samples_of_2d_data_reports_distances_next_to_their_floor(tmp_path,
     np.savez(tmp_path / "q.npz", images=np.zeros((4, 1, 8, 8), np.float32))
     assert main(["eval", "--samples", str(tmp_path / "q.npz"), "--data", "toy2d:swiss_roll"]) == 1
     assert "must hold (n, 2) points" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def toy_checkpoint(tmp_path_factory):
+    """A 2-step MLP checkpoint on two_moons (labelled), and a good samples .npz of 8x8 digits."""
+    from refdiff.digits_eval import digit_split
+
+    folder = tmp_path_factory.mktemp("toy")
+    assert main(["train", "--data", "toy2d:two_moons", "--preset", "mlp", "--steps", "2", "--batch-size", "4",
+                 "--T", "5", "--out", str(folder / "run")]) == 0
+    _, x_test, _, y_test = digit_split()
+    np.savez(folder / "digits.npz", images=x_test[:20], labels=y_test[:20])
+    return folder / "run" / "checkpoint.npz", folder / "digits.npz"
+
+
+def _one_line_error(capsys, *names) -> str:
+    """The stderr of a failed command: one line, no traceback, naming one of ``names``."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert any(str(name) in err for name in names), (err, names)
+    return err
+
+
+def test_corrupt_truncated_empty_and_foreign_files_get_one_line_naming_the_file(tmp_path, toy_checkpoint, capsys):
+    """Every command that reads a checkpoint, a samples file or a classifier (sample, eval, eval --samples,
+    eval --classifier, train --resume) answers an empty, truncated, bit-flipped, text, .npy, object-array,
+    non-JSON-config, model-less, unknown-field or wrong-shape file, or a folder, with exit 1 and one line
+    naming the file (or its flag), and writes nothing."""
+    import shutil
+
+    from support import malformed_files
+
+    checkpoint, digits = toy_checkpoint
+    capsys.readouterr()
+    for name, bad in malformed_files(tmp_path / "bad", checkpoint).items():
+        run = tmp_path / f"resume_{name}"
+        run.mkdir()
+        (shutil.copytree if bad.is_dir() else shutil.copy)(bad, run / "checkpoint.npz")
+        commands = [(["sample", str(bad), "--steps", "2", "--out", str(tmp_path / "s.npz")], bad),
+                    (["eval", str(bad), "--count", "2"], bad),
+                    (["eval", "--samples", str(bad)], "--samples"),
+                    (["eval", "--samples", str(digits), "--classifier", str(bad)], "--classifier"),
+                    (["train", "--resume", "--data", "toy2d:two_moons", "--out", str(run)], run / "checkpoint.npz")]
+        for argv, named in commands:
+            assert main(argv) == 1, (name, argv)
+            _one_line_error(capsys, bad, named)
+        assert not (tmp_path / "s.npz").exists()
+
+
+def test_output_paths_are_checked_before_the_work(tmp_path, toy_checkpoint, capsys):
+    """An --out that is a folder, the checkpoint itself, an existing file (without --force), in a missing
+    folder or under a file, an empty --out, and an eval --classifier FILE that cannot be written are refused
+    at once with one line naming the flag; nothing is written and no classifier is trained. --force
+    replaces an existing samples file."""
+    checkpoint, digits = toy_checkpoint
+    before = checkpoint.read_bytes()
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "old.npz").write_bytes(b"keep")
+    sample = ["sample", str(checkpoint), "--steps", "2", "--count", "2", "--out"]
+    for out, message in [(str(tmp_path) + "/dir.npz", "a folder"), (str(checkpoint), "is an input of this command"),
+                         (str(tmp_path / "old.npz"), "exists: give --force to replace it"),
+                         (str(tmp_path / "none" / "s.npz"), "does not exist"),
+                         (str(tmp_path / "a_file" / "s.npz"), "does not exist")]:
+        (tmp_path / "dir.npz").mkdir(exist_ok=True)
+        assert main(sample + [out]) == 1
+        assert message in _one_line_error(capsys, "--out"), out
+    assert checkpoint.read_bytes() == before and (tmp_path / "old.npz").read_bytes() == b"keep"
+    assert main(sample + [str(tmp_path / "old.npz"), "--force"]) == 0
+    assert np.load(tmp_path / "old.npz")["images"].shape == (4, 2)
+    for argv in (["train", "--out", ""], ["demo", "--out", ""], ["train", "--out", str(tmp_path / "a_file")],
+                 ["demo", "--out", str(tmp_path / "a_file" / "sub")]):
+        assert main(argv) == 1
+        _one_line_error(capsys, "--out")
+    for bad in (tmp_path / "dir.npz", tmp_path / "none" / "c.npz"):
+        assert main(["eval", "--samples", str(digits), "--classifier", str(bad)]) == 1  # before 800 steps
+        _one_line_error(capsys, "--classifier")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "dir.npz", "old.npz"]
+
+
+def test_unclear_cases_get_messages_that_say_what_to_type(tmp_path, toy_checkpoint, capsys):
+    """sample --eta 5 names --eta and [0, 1]; a folder given as a checkpoint says so and points at the
+    checkpoint inside; train --resume with --steps at or below the checkpoint's step, or inside its
+    warm-up, says so and what to give; a resume to more steps than the run began with says what it keeps
+    and that it differs from a run started that long."""
+    checkpoint, _ = toy_checkpoint
+    assert main(["sample", str(checkpoint), "--eta", "5", "--out", str(tmp_path / "s.npz")]) == 1
+    assert "--eta must be a number in [0, 1]" in _one_line_error(capsys, "--eta")
+    assert main(["sample", str(checkpoint.parent), "--out", str(tmp_path / "s.npz")]) == 1
+    assert f"is a folder, not an .npz file: did you mean {checkpoint}?" in _one_line_error(capsys, checkpoint.parent)
+    out = tmp_path / "run"
+    common = ["train", "--data", "toy2d:two_moons", "--preset", "mlp", "--batch-size", "4", "--T", "5", "--out",
+              str(out)]
+    assert main(common + ["--steps", "20"]) == 0  # warm-up: 19 steps
+    for steps, message in [("20", "is at step 20 already; give --steps greater than 20"),
+                           ("10", "is at step 20 already; give --steps greater than 20")]:
+        assert main(common + ["--resume", "--steps", steps]) == 1
+        assert message in _one_line_error(capsys, "--steps")
+    capsys.readouterr()
+    assert main(common + ["--resume", "--steps", "22"]) == 0
+    said = capsys.readouterr().out
+    assert "at step 20: training to step 22 (it was started for 20); the warm-up stays 19 steps" in said
+    assert "differs from a run started with --steps 22" in said
+
+
+def test_resume_inside_the_warm_up_says_what_to_give(tmp_path, capsys):
+    """A run stopped at step 3 of a 320-step run (warm-up 100) resumed with --steps 50 is told that 50
+    ends inside the warm-up and to give more than 100 (not "warmup_steps must be < steps")."""
+    from refdiff.train import TrainConfig, train
+    from refdiff.models.mlp import MLPConfig
+    from refdiff.data import load_toy2d
+
+    x, y = load_toy2d("two_moons", 200, seed=0)
+    train(TrainConfig(steps=320, batch_size=4, T=5), MLPConfig(num_classes=2), x, y, tmp_path, stop_at=3,
+          progress=False)
+    assert main(["train", "--data", "toy2d:two_moons", "--out", str(tmp_path), "--resume", "--steps", "50"]) == 1
+    assert "--steps 50 ends inside the run's learning-rate warm-up of 100 steps (set when it started); give " \
+           "--steps greater than 100" in _one_line_error(capsys, "--steps")
+
+
+def test_help_progress_bars_and_a_closed_pipe(tmp_path, capsys):
+    """`sample --help` shows the defaults of --sampler, --steps and --count; `demo --help` lists all six
+    outputs; training writes no progress bar when stderr is not a terminal; `refdiff info | head -1` ends
+    without a traceback (a subprocess: the pipe is the point)."""
+    assert main(["sample", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(s in text for s in ("the sampler (default: ddim)", "sampling steps (default: 50)", "(default: 10)"))
+    assert main(["demo", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in ("forward_chain.png", "checkpoint.npz", "loss_curve.png", "samples.png",
+                                         "samples.npz", "metrics.json"))
+    assert main(["train", "--data", "toy2d:two_moons", "--preset", "mlp", "--steps", "3", "--batch-size", "4",
+                 "--T", "5", "--out", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().err == ""
+    package_parent = str(Path(refdiff.__file__).resolve().parent.parent)
+    done = subprocess.run(f"{sys.executable} -m refdiff info --model digits8 | head -1", shell=True,
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": package_parent})
+    assert done.stdout.count("\n") == 1 and "Traceback" not in done.stderr and "Broken" not in done.stderr

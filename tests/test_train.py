@@ -172,7 +172,7 @@ def test_checkpoint_holds_the_documented_plain_arrays(tmp_path):
         assert any(n.startswith(prefix) for n in names), prefix
     assert load_checkpoint(tmp_path / "checkpoint.npz")["config"]["train"]["steps"] == CONFIG.steps
     head = load_checkpoint(tmp_path / "checkpoint.npz", arrays=False)  # what resume reads for the settings
-    assert set(head) == {"config", "step", "rng"} and head["step"] == CONFIG.steps
+    assert set(head) == {"path", "config", "step", "rng"} and head["step"] == CONFIG.steps
 
 
 def test_samples_of_points_are_clipped_to_the_training_data_bound(tmp_path):
