@@ -86,9 +86,9 @@ def run_demo(out: str | Path = "out/demo", steps: int | None = None, samples_per
     if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
         raise ValueError(f"samples_per_class must be an integer >= 1, got {samples_per_class!r}")
     check_sampling("ddim", sample_steps, guidance, cfg.T)  # before minutes of training, not after
+    check_demo_folder(out, force)  # before the lock file is made: a refused folder is left as it was
     comm = get_communicator()
     with hold_output(out, comm):  # one run at a time in a folder (refdiff.checkpoint.folder_lock)
-        check_demo_folder(out, force)
         paths = _demo_steps(out, cfg, samples_per_class, guidance, sample_steps, progress, model_overrides, comm,
                             start)
     comm.barrier("rank 0's sampling and scoring")

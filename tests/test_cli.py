@@ -432,3 +432,31 @@ def test_help_progress_bars_and_a_closed_pipe(tmp_path, capsys):
     done = subprocess.run(f"{sys.executable} -m refdiff info --model digits8 | head -1", shell=True,
                           capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": package_parent})
     assert done.stdout.count("\n") == 1 and "Traceback" not in done.stderr and "Broken" not in done.stderr
+
+
+def test_demo_writes_only_into_a_new_empty_or_earlier_demo_folder(tmp_path, toy_checkpoint, capsys):
+    """`refdiff demo --out DIR` refuses, before training, a folder holding a train run's checkpoint (no
+    metrics.json beside it) or any file that is not a demo output, naming one; it accepts a new folder,
+    an empty one and an earlier demo's, saying which files it replaces; --force lets it write anyway."""
+    import shutil
+
+    from refdiff.demo import OUTPUTS, check_demo_folder
+
+    checkpoint, _ = toy_checkpoint
+    train_run, user = tmp_path / "train_run", tmp_path / "user"
+    shutil.copytree(checkpoint.parent, train_run)
+    user.mkdir()
+    (user / "thesis.tex").write_text("keep")
+    for folder, named in ((train_run, "checkpoint.npz (without a demo's metrics.json)"), (user, "thesis.tex")):
+        before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+        assert main(["demo", "--out", str(folder), "--steps", "2"]) == 1
+        assert named in _one_line_error(capsys, "--out")
+        assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+        check_demo_folder(folder, force=True)
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    for name in OUTPUTS:
+        (earlier / name).write_bytes(b"")
+    for folder in (tmp_path / "new", tmp_path / "empty", earlier):
+        check_demo_folder(folder)
+    assert f"replacing the earlier demo's {', '.join(OUTPUTS)} in {earlier}" in capsys.readouterr().out
