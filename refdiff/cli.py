@@ -156,6 +156,10 @@ TRAIN_FLAGS = {
 }
 
 
+MAX_CLASSES = 10_000  # a label embedding row per class: a stray label of 10^9 is a typo, not a dataset
+MAX_COUNT = 100_000  # sample --count (per class): memory is estimated too (refdiff.generate.generate)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a preset on a dataset (refdiff.train), resuming when asked; data-parallel under mpirun."""
     from pathlib import Path
@@ -224,10 +228,15 @@ def _train_config(args: argparse.Namespace, saved: dict | None):
 
     given = {field: getattr(args, dest) for dest, (field, _, _) in TRAIN_FLAGS.items()
              if getattr(args, dest) is not None}
-    if saved is not None:
-        return dataclasses.replace(TrainConfig(**saved), **given)
-    settings = {**{field: default for field, default, _ in TRAIN_FLAGS.values()}, **given}
-    return TrainConfig(warmup_steps=min(100, max(settings["steps"] - 1, 0)), **settings)
+    try:
+        if saved is not None:
+            return dataclasses.replace(TrainConfig(**saved), **given)
+        settings = {**{field: default for field, default, _ in TRAIN_FLAGS.values()}, **given}
+        return TrainConfig(warmup_steps=min(100, max(settings["steps"] - 1, 0)), **settings)
+    except ValueError as err:  # "batch_size must be ..." -> "--batch-size must be ..." for a flag given
+        flags = {field: "--" + dest.replace("_", "-") for dest, (field, _, _) in TRAIN_FLAGS.items() if field in given}
+        field = str(err).split(" ", 1)[0]
+        raise ValueError(f"{flags[field]}{str(err)[len(field):]}" if field in flags else str(err)) from None
 
 
 def _check_output_folder(flag: str, path: str) -> None:
@@ -287,7 +296,11 @@ def _load_dataset(spec: str, seed: int, image_size: int | None = None):
     else:
         raise ValueError(f"--data must be digits, shapes, toy2d:NAME, a .npz file or a folder of images, "
                          f"got {spec!r}")
-    return x, y, None if y is None else int(np.max(y)) + 1
+    num_classes = None if y is None else int(np.max(y)) + 1
+    if num_classes is not None and num_classes > MAX_CLASSES:
+        raise ValueError(f"--data {spec}: its labels reach {num_classes - 1}, but a model takes at most {MAX_CLASSES} "
+                         f"classes (labels in [0, {MAX_CLASSES - 1}])")
+    return x, y, num_classes
 
 
 def _model_config(preset: str, x, num_classes, loss: str):
@@ -360,8 +373,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from refdiff.distributed import get_communicator, shard
     from refdiff.generate import generate, model_from_checkpoint
 
-    if args.count < 1:
-        raise ValueError(f"--count must be an integer >= 1, got {args.count}")
+    if not 1 <= args.count <= MAX_COUNT:
+        raise ValueError(f"--count must be an integer in [1, {MAX_COUNT}], got {args.count}")
     if not 0 <= args.eta <= 1:  # DDIM's sigma exceeds sqrt(1 - alpha_bar_prev) past 1 (Song et al. 2021, eq. 16)
         raise ValueError(f"--eta must be a number in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {args.eta}")
     if not args.out.endswith((".png", ".npz")):

@@ -20,10 +20,12 @@ from refdiff.backend import Generator, asarray, get_backend, to_numpy
 from refdiff.checkpoint import interpreting, load_checkpoint
 from refdiff.distributed import ShardedGenerator
 from refdiff.models import registry
+from refdiff.parallel import check_fits
 from refdiff.samplers import (classifier_free_guidance, ddim_loop, ddpm_loop, dpmpp_2m_loop, euler_loop, final,
                               heun_loop, karras_grid, to_sigma_scale)
 
 SAMPLERS = ("ddim", "ddpm", "euler", "heun", "dpmpp_2m")
+MAX_SIGMA_STEPS = 10_000  # the sigma-space samplers' steps: far past any use, short of minutes of silence
 # The grid training writes every sample_every steps: a fast deterministic DDIM from the EMA weights.
 PREVIEW_STEPS = 20
 PREVIEW_PER_ROW = 8      # images per class row (or per row, unconditional: PREVIEW_ROWS rows)
@@ -67,13 +69,14 @@ def model_from_checkpoint(ckpt: dict, use_ema: bool = True, backend: str = "nump
 
 def check_sampling(sampler: str, steps: int, guidance: float, T: int) -> None:
     """Raise a ValueError naming the setting unless ``sampler`` is one of SAMPLERS, ``steps`` an integer
-    >= 1 (at most the model's T for ddim and ddpm, which respace its steps) and ``guidance`` a finite
+    >= 1 (at most the model's T for ddim and ddpm, which respace its steps, else MAX_SIGMA_STEPS) and ``guidance`` a finite
     number >= 0. ``generate`` checks its arguments with it; callers can check before long work."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    most = T if sampler in ("ddim", "ddpm") else math.inf
+    most = T if sampler in ("ddim", "ddpm") else MAX_SIGMA_STEPS
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= most:
-        allowed = f"in [1, {T}] for {sampler} (the model's T = {T})" if most < math.inf else ">= 1"
+        allowed = (f"in [1, {T}] for {sampler} (the model's T = {T})" if sampler in ("ddim", "ddpm")
+                   else f"in [1, {MAX_SIGMA_STEPS}] for {sampler}")
         raise ValueError(f"steps must be an integer {allowed}, got {steps!r}")
     if not (isinstance(guidance, (int, float)) and 0 <= guidance < math.inf):
         raise ValueError(f"guidance must be a finite number >= 0 (0: unconditional, 1: conditional), got {guidance!r}")
@@ -97,6 +100,9 @@ def generate(loaded: LoadedModel, shape: tuple[int, ...], labels: np.ndarray | N
     lo, hi = (0, shape[0]) if rows is None else rows
     if not 0 <= lo <= hi <= shape[0]:
         raise ValueError(f"rows must satisfy 0 <= lo <= hi <= {shape[0]}, got {rows!r}")
+    dtype = str(to_numpy(loaded.like).dtype)  # every row is one batch: about its forward's activations
+    check_fits((hi - lo) * registry.sample_bytes(loaded.model_cfg, tuple(shape[1:]), dtype),
+               f"sampling {hi - lo} samples of shape {tuple(shape[1:])} at once", "ask for fewer (--count)")
     if hi == lo:
         return np.zeros((0, *shape[1:]), dtype=to_numpy(loaded.like).dtype)
     model, num_classes = loaded.model, getattr(loaded.model_cfg, "num_classes", None)

@@ -47,9 +47,13 @@ from refdiff.distributed import SINGLE_PROCESS, check_batch, data_parallel, get_
 from refdiff.losses import LOSSES, WEIGHTINGS, training_loss
 from refdiff.models import registry
 from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, ema_update, learning_rate
+from refdiff.parallel import check_fits
 from refdiff.timesteps import LossSecondMomentSampler, sample_timesteps
 
 TIMESTEPS = ("uniform", "importance")
+# Sizes beyond which a run is refused at once: the loss log grows by a float a step, the schedule by
+# several arrays of T (a MemoryError, or minutes of silence, otherwise). Memory is estimated too (train).
+LIMITS = {"steps": 10**7, "batch_size": 2**16, "T": 10**5}
 RESUME_FIXED = ("T", "schedule", "prediction", "loss", "weighting", "timesteps")  # what a checkpoint's state means
 
 
@@ -84,9 +88,10 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "T", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            value, most = getattr(self, name), LIMITS.get(name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value > (most or value):
+                allowed = f"in [1, {most}]" if most else ">= 1"
+                raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
         for name, hint in (("warmup_steps", ""), ("sample_every", " (0: no sample grids)")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -332,12 +337,26 @@ def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
                 check_resume(ckpt["config"], cfg, model_cfg, x.shape[1:])
         elif found and not overwrite:
             raise ValueError(f"{path} exists: resume it, or train into another folder to keep it")
+        check_step_fits(cfg, model_cfg, x.shape[1:], comm.size)
         with comm.abort_on_error(collective=(TrainingError,)):
             if cfg.backend == "cupy":
                 comm.use_local_gpu()
             with interpreting(ckpt) if resume else contextlib.nullcontext():
                 state = resume_state(ckpt, cfg) if resume else init_state(cfg, model_cfg)
             return _loop(cfg, model_cfg, x, y, path, state, progress and comm.rank == 0, stop_at, comm, preview)
+
+
+def check_step_fits(cfg: TrainConfig, model_cfg: Any, data_shape: tuple, ranks: int = 1) -> None:
+    """Refuse (ValueError) a training step that cannot fit in host memory, before training starts: a
+    rank's rows of the batch keep about 3x the activations of refdiff.models.registry.sample_bytes
+    (the forward's cache, the backward's gradients, temporaries); parameters, gradients, AdamW's two
+    moments and the EMA take 5x the parameters. A GPU's own memory is not checked."""
+    rows = -(-cfg.batch_size // ranks)
+    family = registry.family(model_cfg, "denoiser")
+    nbytes = 3 * rows * registry.sample_bytes(model_cfg, data_shape, cfg.dtype) + \
+        5 * family.param_count(model_cfg) * np.dtype(cfg.dtype).itemsize
+    check_fits(nbytes, f"a training step of batch size {cfg.batch_size} on samples of shape {tuple(data_shape)}",
+               "lower the batch size (--batch-size)")
 
 
 @contextlib.contextmanager

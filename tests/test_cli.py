@@ -197,7 +197,7 @@ def test_sample_and_eval_errors_name_the_option_and_its_range(tmp_path, capsys):
     for ckpt, extra, message in [(cond, ["--class", "2"], "--class must be in [0, 1] (the model's 2 classes), got 2"),
                                  (cond, ["--class", "-1"], "--class must be in [0, 1]"),
                                  (uncond, ["--class", "0"], "--class 0 needs a class-conditional model"),
-                                 (cond, ["--count", "0"], "--count must be an integer >= 1, got 0"),
+                                 (cond, ["--count", "0"], "--count must be an integer in [1, 100000], got 0"),
                                  (cond, ["--out", "s.txt"], "--out must end in .png (a grid) or .npz")]:
         assert main(["sample", str(ckpt), "--steps", "2", *extra]) == 1
         assert message in capsys.readouterr().err, extra
@@ -460,3 +460,38 @@ def test_demo_writes_only_into_a_new_empty_or_earlier_demo_folder(tmp_path, toy_
     for folder in (tmp_path / "new", tmp_path / "empty", earlier):
         check_demo_folder(folder)
     assert f"replacing the earlier demo's {', '.join(OUTPUTS)} in {earlier}" in capsys.readouterr().out
+
+
+def test_sizes_beyond_the_limits_or_the_memory_are_refused_naming_the_flag(tmp_path, toy_checkpoint, capsys,
+                                                                            monkeypatch):
+    """--batch-size 1e9, --T 1e9, sample --count 1e8, euler --steps 1e8 and a label of 200000 are refused at
+    once naming the flag and its range; a batch, a sample count or an image size whose work cannot fit
+    in the memory available (here 64 MiB, or the machine's for 2 images of 100000 x 100000) is refused
+    before it starts, naming the flag to lower. Nothing is written."""
+    from PIL import Image
+
+    import refdiff.parallel
+
+    checkpoint, _ = toy_checkpoint
+    np.savez(tmp_path / "labels.npz", x=np.full((4, 1, 8, 8), -1, np.float32), y=np.array([0, 1, 2, 200000]))
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / f"{name}.png")
+    train = ["train", "--out", str(tmp_path / "run"), "--steps", "2"]
+    cases = [(train + ["--batch-size", "1000000000"], "--batch-size must be an integer in [1, 65536]"),
+             (train + ["--T", "1000000000"], "--T must be an integer in [1, 100000], got 1000000000"),
+             (train + ["--data", str(tmp_path / "labels.npz")], "its labels reach 200000, but a model takes at most"),
+             (train + ["--data", str(tmp_path), "--image-size", "100000"],
+              "reading 2 images of 100000x100000 (height x width) needs about"),
+             (["sample", str(checkpoint), "--count", "100000000"], "--count must be an integer in [1, 100000]"),
+             (["sample", str(checkpoint), "--sampler", "euler", "--steps", "100000000"],
+              "steps must be an integer in [1, 10000] for euler")]
+    for argv, message in cases:
+        assert main(argv) == 1
+        assert message in _one_line_error(capsys, message), argv
+    monkeypatch.setattr(refdiff.parallel, "available_memory", lambda: 64 << 20)
+    assert main(train + ["--batch-size", "4096"]) == 1
+    assert "a training step of batch size 4096 on samples of shape (1, 8, 8) needs about" in \
+        _one_line_error(capsys, "lower the batch size (--batch-size)")
+    assert main(["sample", str(checkpoint), "--count", "100000", "--steps", "2", "--out", str(tmp_path / "s.npz")]) == 1
+    assert "sampling 200000 samples of shape (2,) at once needs about" in _one_line_error(capsys, "(--count)")
+    assert not (tmp_path / "run" / "checkpoint.npz").exists() and not (tmp_path / "s.npz").exists()

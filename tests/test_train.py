@@ -200,7 +200,8 @@ def test_sampling_settings_are_checked_naming_the_setting_and_its_range():
     for args, match in [(("plms", 10, 1.0, 1000), "sampler must be one of ddim, ddpm, euler"),
                         (("ddim", 0, 1.0, 1000), r"steps must be an integer in \[1, 1000\] for ddim"),
                         (("ddpm", 1001, 1.0, 1000), r"steps must be an integer in \[1, 1000\] for ddpm"),
-                        (("heun", 0, 1.0, 1000), "steps must be an integer >= 1, got 0"),
+                        (("heun", 0, 1.0, 1000), r"steps must be an integer in \[1, 10000\] for heun, got 0"),
+                        (("euler", 100_000_000, 1.0, 1000), r"steps must be an integer in \[1, 10000\] for euler"),
                         (("ddim", 2.5, 1.0, 1000), "steps must be an integer"),
                         (("ddim", 10, -1.0, 1000), "guidance must be a finite number >= 0"),
                         (("ddim", 10, float("inf"), 1000), "guidance must be a finite number >= 0")]:
@@ -325,8 +326,12 @@ def test_resume_refuses_other_diffusion_model_or_data_settings_and_takes_new_ste
 
 def test_bad_train_config_raises_naming_the_argument():
     """Every invalid setting is refused when the config is built, naming the field and what it allows."""
-    for kwargs, match in [({"steps": 0}, "steps must be an integer >= 1"), ({"lr": -1.0}, "lr must be a positive"),
-                          ({"batch_size": 2.0}, "batch_size must be an integer >= 1"),
+    for kwargs, match in [({"steps": 0}, r"steps must be an integer in \[1, 10000000\], got 0"),
+                          ({"lr": -1.0}, "lr must be a positive"),
+                          ({"batch_size": 2.0}, r"batch_size must be an integer in \[1, 65536\]"),
+                          ({"batch_size": 10**9}, r"batch_size must be an integer in \[1, 65536\], got 1000000000"),
+                          ({"T": 10**9}, r"T must be an integer in \[1, 100000\], got 1000000000"),
+                          ({"checkpoint_every": 0}, "checkpoint_every must be an integer >= 1, got 0"),
                           ({"warmup_steps": -1}, "warmup_steps must be an integer >= 0, got -1"),
                           ({"steps": 5, "warmup_steps": 5}, "warmup_steps must be < steps = 5, got 5"),
                           ({"grad_clip": 0.0}, "grad_clip must be a positive finite number"),

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from refdiff.data.digits import _check_dtype
+from refdiff.parallel import check_fits
 
 IMAGE_KEYS = ("x", "images", "x_train")  # the image array of an archive has exactly one of these names
 LABEL_KEYS = ("y", "labels", "y_train")  # x pairs with y, images with labels, x_train with y_train
@@ -210,6 +211,17 @@ def _class_folders(root):
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _check_folder_fits(Image, files, size, dtype):
+    """Refuse, before reading them, images that cannot fit in memory once read: len(files) x 3 x H x W
+    values of dtype and the decoded pixels (2 bytes each at most); (H, W) is size, or the first file's."""
+    if size is None:
+        with Image.open(files[0]) as im:  # reads the header only
+            size = im.size[::-1]
+    check_fits(len(files) * 3 * size[0] * size[1] * (dtype.itemsize + 2),
+               f"reading {len(files)} images of {size[0]}x{size[1]} (height x width)",
+               "resize them smaller (size=, refdiff's --image-size)")
+
+
 def image_folder_classes(path):
     """The class names of an image folder: its subfolder names, sorted (label k is names[k]); () if none."""
     return tuple(p.name for p in _class_folders(_existing(path, "dir")))
@@ -312,6 +324,7 @@ def load_image_folder(path, size=None, colors=None, dtype=np.float32):
     root = _existing(path, "dir")
     files, y = _folder_listing(root)
     Image, ImageOps = _import_pillow()
+    _check_folder_fits(Image, files, size, np.dtype(dtype))
     mode = {None: None, 1: "L", 3: "RGB"}[colors]
     images = [_read_image(Image, ImageOps, f, mode, size) for f in files]  # (k, top), k (H, W) or (H, W, 3)
     (first, _), shape = images[0], images[0][0].shape[:2]
