@@ -182,14 +182,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                 cfg = _resume_config(args, saved)
         else:
             cfg = _train_config(args, None)
-        x, y, num_classes = _load_dataset(args.data, cfg.seed, args.image_size)
+        source = _data_source(args, saved)
+        x, y, num_classes = _load_dataset(source["data"], cfg.seed, source["image_size"])
         if saved is not None and args.preset is None:
             with interpreting(saved):
                 model_cfg = registry.config_from_dict(saved["config"]["model"], "denoiser")
         else:
             model_cfg = _model_config(args.preset or "digits8", x, num_classes, cfg.loss)
         preview = previewer(cfg, model_cfg, x, args.out) if cfg.sample_every else None
-        train(cfg, model_cfg, x, y, args.out, resume=args.resume, comm=comm, preview=preview)
+        train(cfg, model_cfg, x, y, args.out, resume=args.resume, comm=comm, preview=preview, data_source=source)
     except (ValueError, FileNotFoundError, RuntimeError):
         if comm.rank == 0:  # every rank raises these alike: rank 0 alone reports (main's one line)
             raise
@@ -197,6 +198,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     if comm.rank == 0:
         print(f"checkpoint: {Path(args.out) / 'checkpoint.npz'}" + (f" ({comm.size} ranks)" if comm.size > 1 else ""))
     return 0
+
+
+def _data_source(args: argparse.Namespace, saved: dict | None) -> dict:
+    """{"data": spec, "image_size": S or None}: --data and --image-size as given (a file or folder by its
+    absolute path, so that a resume from elsewhere finds it), or with --resume and no --data what the
+    checkpoint recorded (said out loud), else the embedded digits."""
+    from pathlib import Path
+
+    recorded = (saved or {}).get("config", {}).get("data_source")
+    if args.data is None and recorded:
+        print(f"resuming on --data {recorded['data']}" +
+              (f" --image-size {recorded['image_size']}" if recorded.get("image_size") else "") +
+              " (recorded in the checkpoint)")
+        return {"data": recorded["data"], "image_size": recorded.get("image_size")}
+    spec = args.data or "digits"
+    if spec.endswith(".npz") or Path(spec).is_dir():
+        spec = str(Path(spec).resolve())
+    return {"data": spec, "image_size": args.image_size}
 
 
 def _resume_config(args: argparse.Namespace, saved: dict):
@@ -330,10 +349,11 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                                    "checkpoints go to OUT/checkpoint.npz and --resume continues from there. "
                                    "Under `mpirun -n N` the ranks split every batch (--batch-size is the "
                                    "global batch); see docs/scaling.md.")
-    parser.add_argument("--data", default="digits",
+    parser.add_argument("--data", default=None,
                         help="digits, shapes, toy2d:NAME (swiss_roll, two_moons, 8gaussians, checkerboard, "
                              "rings), a .npz file (x or images, optional y or labels), or a folder of images "
-                             "(one subfolder per class gives labels) (default: digits)")
+                             "(one subfolder per class gives labels) (default: digits, or with --resume the data "
+                             "the checkpoint recorded)")
     _add_image_size(parser)
     parser.add_argument("--preset", default=None,
                         help="digits8, mnist28, shapes32 (U-Nets, fitted to the images' channels and size: "
@@ -344,9 +364,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, **{**options, "help": about})
     parser.add_argument("--out", default="out/train")
     parser.add_argument("--resume", action="store_true",
-                        help="continue OUT/checkpoint.npz with its settings and model (flags given override "
-                             "settings that may change: steps, lr, batch size, ...); without it an existing "
-                             "checkpoint in OUT is an error, never overwritten")
+                        help="continue OUT/checkpoint.npz with its settings, model and data (flags given override "
+                             "settings that may change: steps, lr, batch size, ...); resumed to the same --steps it "
+                             "repeats the uninterrupted run exactly; to more --steps it keeps the run's warm-up and "
+                             "decays the learning rate to the new end from where it is, so it differs from a run "
+                             "started with those steps (it says so). Without --resume an existing checkpoint in OUT "
+                             "is an error, never overwritten")
     _add_mpi_timeout(parser)
     parser.set_defaults(func=cmd_train)
 

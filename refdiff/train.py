@@ -158,14 +158,16 @@ def init_state(cfg: TrainConfig, model_cfg: Any) -> TrainState:
 
 
 def save_state(path: Path, cfg: TrainConfig, model_cfg: Any, state: TrainState, data_shape: tuple,
-               ranks: int = 1, data_bound: float | None = None) -> Path:
+               ranks: int = 1, data_bound: float | None = None, data_source: dict | None = None) -> Path:
     """Write the run's checkpoint atomically (refdiff.checkpoint); data_shape is one sample's shape.
 
     ranks (the processes that trained it) is recorded for information: any number of ranks resumes it.
     data_bound, max |x| over the training data, is where samplers clip predicted points (refdiff.generate).
+    data_source, how the caller named the data (refdiff train: {"data": ..., "image_size": ...}), is
+    recorded for a resume that does not name it again.
     """
     config = {"train": dataclasses.asdict(cfg), "data_shape": list(data_shape), "ranks": ranks,
-              "data_bound": data_bound,
+              "data_bound": data_bound, "data_source": data_source,
               "model": registry.config_to_dict(model_cfg)}
     groups = {"params": _to_host(state.params), "ema": _to_host(state.ema), "opt": _to_host(state.opt),
               "log": {"loss": np.asarray(state.losses, dtype=np.float64)}}
@@ -305,7 +307,8 @@ def optimizer_step(cfg: TrainConfig, state: TrainState, grads: dict) -> None:
 
 def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None, out_dir: str | Path,
           resume: bool = False, progress: bool = True, stop_at: int | None = None, comm: Any = None,
-          preview: Callable[[TrainState], Any] | None = None, overwrite: bool = False) -> TrainState:
+          preview: Callable[[TrainState], Any] | None = None, overwrite: bool = False,
+          data_source: dict | None = None) -> TrainState:
     """Train for cfg.steps steps (or until ``stop_at``), checkpointing to ``out_dir/checkpoint.npz``.
 
     x: (N, C, H, W) or (N, D) host data in [-1, 1]; y: (N,) labels or None. resume=True continues from
@@ -315,6 +318,7 @@ def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
     (``refdiff.generate.previewer`` writes a sample grid and the loss curve); it must not draw from
     state.generator. comm: a refdiff.distributed communicator; None picks MPI under mpirun, else one
     process. Rank 0 alone writes files and shows the progress bar; a failure on one rank aborts them all.
+    data_source: how the data was named, recorded in the checkpoint (save_state).
     Returns the final TrainState (the same on every rank); the checkpoint holds it too.
     """
     if cfg.sample_every and preview is None:
@@ -343,7 +347,8 @@ def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
                 comm.use_local_gpu()
             with interpreting(ckpt) if resume else contextlib.nullcontext():
                 state = resume_state(ckpt, cfg) if resume else init_state(cfg, model_cfg)
-            return _loop(cfg, model_cfg, x, y, path, state, progress and comm.rank == 0, stop_at, comm, preview)
+            return _loop(cfg, model_cfg, x, y, path, state, progress and comm.rank == 0, stop_at, comm, preview,
+                         data_source)
 
 
 def check_step_fits(cfg: TrainConfig, model_cfg: Any, data_shape: tuple, ranks: int = 1) -> None:
@@ -371,7 +376,8 @@ def hold_output(out_dir: str | Path, comm: Any = SINGLE_PROCESS):
 
 
 def _loop(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None, path: Path, state: TrainState,
-          progress: bool, stop_at: int | None, comm: Any, preview: Callable[[TrainState], Any] | None) -> TrainState:
+          progress: bool, stop_at: int | None, comm: Any, preview: Callable[[TrainState], Any] | None,
+          data_source: dict | None) -> TrainState:
     """The steps of ``train``, with checkpoints and sample grids written by rank 0."""
     schedule = cfg.schedule_obj()
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
@@ -384,7 +390,7 @@ def _loop(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
             loss = train_step(cfg, model_cfg, schedule, state, x, y, comm)
             if comm.rank == 0 and (state.step % cfg.checkpoint_every == 0 or state.step == end):
                 check_state_finite(cfg, model_cfg, schedule, state, probe)  # never save an exploded state
-                save_state(path, cfg, model_cfg, state, x.shape[1:], comm.size, data_bound)
+                save_state(path, cfg, model_cfg, state, x.shape[1:], comm.size, data_bound, data_source)
             if comm.rank == 0 and cfg.sample_every and state.step % cfg.sample_every == 0:
                 preview(state)
             rate = cfg.batch_size * (state.step - start_step) / max(time.perf_counter() - start_time, 1e-9)

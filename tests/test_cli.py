@@ -161,7 +161,7 @@ def test_train_resume_takes_the_checkpoints_settings_and_never_overwrites_withou
     assert main(resume + ["--steps", "7", "--T", "30"]) == 1
     assert "cannot resume a checkpoint trained with other settings (checkpoint -> this run): T 20 -> 30" in \
         capsys.readouterr().err
-    assert main(["train", "--out", str(out), "--resume", "--steps", "7"]) == 1  # --data left at digits
+    assert main(["train", "--out", str(out), "--resume", "--steps", "7", "--data", "digits"]) == 1
     assert "sample shape (2,) -> (1, 8, 8)" in capsys.readouterr().err
     assert load_checkpoint(out / "checkpoint.npz")["step"] == 6
 
@@ -495,3 +495,26 @@ def test_sizes_beyond_the_limits_or_the_memory_are_refused_naming_the_flag(tmp_p
     assert main(["sample", str(checkpoint), "--count", "100000", "--steps", "2", "--out", str(tmp_path / "s.npz")]) == 1
     assert "sampling 200000 samples of shape (2,) at once needs about" in _one_line_error(capsys, "(--count)")
     assert not (tmp_path / "run" / "checkpoint.npz").exists() and not (tmp_path / "s.npz").exists()
+
+
+def test_resume_without_data_trains_on_the_data_the_checkpoint_recorded(tmp_path, capsys, monkeypatch):
+    """A run started on a user's .npz of 8x8 images (the digits' shape) records its absolute path; `train
+    --resume` without --data, from another folder, trains on that file (and says so), not on the digits."""
+    import refdiff.cli as cli
+    from refdiff.checkpoint import load_checkpoint
+
+    x = np.linspace(-1, 1, 6 * 64, dtype=np.float32).reshape(6, 1, 8, 8)
+    np.savez(tmp_path / "mine.npz", x=x)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "mine.npz", "--steps", "2", "--batch-size", "2", "--T", "5", "--out", "run"]) == 0
+    source = load_checkpoint(tmp_path / "run" / "checkpoint.npz")["config"]["data_source"]
+    assert source == {"data": str(tmp_path / "mine.npz"), "image_size": None}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    loaded = []
+    load = cli._load_dataset
+    monkeypatch.setattr(cli, "_load_dataset", lambda spec, *a: loaded.append(spec) or load(spec, *a))
+    capsys.readouterr()
+    assert main(["train", "--resume", "--steps", "3", "--out", str(tmp_path / "run")]) == 0
+    assert loaded == [str(tmp_path / "mine.npz")]
+    assert f"resuming on --data {tmp_path / 'mine.npz'} (recorded in the checkpoint)" in capsys.readouterr().out
