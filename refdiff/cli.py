@@ -312,6 +312,8 @@ def _load_dataset(spec: str, seed: int, image_size: int | None = None):
         x, y = data.load_npz(spec)
     elif Path(spec).is_dir():
         x, y = data.load_image_folder(spec, size=image_size)
+    elif "/" in spec or os.sep in spec:
+        raise FileNotFoundError(f"--data {spec}: no such folder")
     else:
         raise ValueError(f"--data must be digits, shapes, toy2d:NAME, a .npz file or a folder of images, "
                          f"got {spec!r}")
@@ -586,6 +588,8 @@ def _held_out(spec: str, image_size: int | None = None):
         return data.load_npz(spec)[0], 256
     if Path(spec).is_dir():
         return data.load_image_folder(spec, size=image_size)[0], 256
+    if "/" in spec or os.sep in spec:
+        raise FileNotFoundError(f"--data {spec}: no such folder")
     raise ValueError(f"--data must be digits, a .npz file or a folder of images, got {spec!r}")
 
 

@@ -518,3 +518,30 @@ def test_resume_without_data_trains_on_the_data_the_checkpoint_recorded(tmp_path
     assert main(["train", "--resume", "--steps", "3", "--out", str(tmp_path / "run")]) == 0
     assert loaded == [str(tmp_path / "mine.npz")]
     assert f"resuming on --data {tmp_path / 'mine.npz'} (recorded in the checkpoint)" in capsys.readouterr().out
+
+
+def test_readme_other_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    """The README's "Other commands" block runs top to bottom from an empty folder, each line exit 0, with
+    its step counts cut (train --steps / 1000, T = 10, sampling 3 steps, bits/dim on 4 digits)."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"Other commands.*?```sh\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    for line in block.strip().splitlines():
+        argv = shlex.split(line.split("#")[0])
+        assert argv[0] == "refdiff", line
+        argv = argv[1:]
+        if "--steps" in argv:
+            k = argv.index("--steps") + 1
+            argv[k] = str(int(argv[k]) // 1000) if argv[0] == "train" else "3"
+        if argv[0] == "train" and "--resume" not in argv:
+            argv += ["--T", "10", "--batch-size", "8"]
+        if argv[0] == "eval" and argv[1].endswith("checkpoint.npz"):
+            argv += ["--count", "4"]
+        assert main(argv) == 0, (line, capsys.readouterr().err)
+    assert {"swiss.png", "samples.npz"} <= {p.name for p in tmp_path.iterdir()}
+    for argv in (["train", "--out", "out/mine"], ["eval", "out/digits/checkpoint.npz"]):  # a missing folder
+        assert main(argv + ["--data", "my_images/"]) == 1
+        assert "--data my_images/: no such folder" in _one_line_error(capsys, "--data")
