@@ -100,3 +100,38 @@ def test_two_trainings_on_one_folder_the_second_is_refused_and_a_killed_holders_
     assert load_checkpoint(out / "checkpoint.npz")["step"] == target
     assert list(out.glob("*" + TMP_SUFFIX)) == []
 
+
+
+def _mtime(path: Path) -> int:
+    """The file's modification time in ns, 0 if it is not there."""
+    return path.stat().st_mtime_ns if path.exists() else 0
+
+
+def test_kill_9_at_random_moments_then_resume_repeats_the_uninterrupted_run(tmp_path):
+    """`refdiff train --checkpoint-every 1` killed with SIGKILL at three random moments, each time resumed
+    with the same --steps, ends with the parameters, EMA and loss log of one uninterrupted run, bit for
+    bit: every kill leaves a loadable checkpoint, and its lock is taken over."""
+    import random
+
+    argv = TRAIN + ["--steps", "120", "--seed", "3"]
+    out, env, rng = tmp_path / "killed", {**os.environ, "PYTHONPATH": str(REPO)}, random.Random()
+    steps = []
+    for kill in range(4):
+        before = _mtime(out / "checkpoint.npz")
+        resume = ["--resume"] if before else []
+        proc = subprocess.Popen([sys.executable, "-m", "refdiff", *argv, "--out", str(out), *resume], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if kill < 3:
+            while _mtime(out / "checkpoint.npz") == before and proc.poll() is None:  # until it trains
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.3))
+            proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+        assert kill < 3 or proc.returncode == 0, err
+        steps.append(load_checkpoint(out / "checkpoint.npz")["step"])
+    assert steps[-1] == 120 and steps == sorted(steps), steps
+    assert main(argv + ["--out", str(tmp_path / "whole")]) == 0
+    killed, whole = load_checkpoint(out / "checkpoint.npz"), load_checkpoint(tmp_path / "whole" / "checkpoint.npz")
+    for group in ("params", "ema", "opt", "log"):
+        for key in whole[group]:
+            np.testing.assert_array_equal(killed[group][key], whole[group][key], err_msg=f"{group}/{key}")
