@@ -101,12 +101,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Train the digits U-Net and sample every class (refdiff.demo); print the files written."""
     from refdiff.demo import run_demo
 
+    _check_demo_args(args)
     _check_output_folder("--out", args.out)
     paths = run_demo(args.out, steps=args.steps, samples_per_class=args.per_class, guidance=args.guidance,
                      sample_steps=args.sample_steps, seed=args.seed, backend=args.backend, force=args.force)
     for name, path in paths.items():
         print(f"{name + ':':<15} {path}")
     return 0
+
+
+def _check_demo_args(args: argparse.Namespace) -> None:
+    """refdiff demo's sizes and sampling settings, checked before anything runs, with the flags' names."""
+    from refdiff.demo import DEMO_TRAIN
+    from refdiff.train import LIMITS
+
+    if args.steps is not None and not 1 <= args.steps <= LIMITS["steps"]:
+        raise ValueError(f"--steps must be an integer in [1, {LIMITS['steps']}], got {args.steps}")
+    if not 1 <= args.per_class <= MAX_COUNT:
+        raise ValueError(f"--per-class must be an integer in [1, {MAX_COUNT}], got {args.per_class}")
+    _check_sampling_flags("ddim", args.sample_steps, args.guidance, DEMO_TRAIN.T, "--sample-steps")
+
+
+def _check_sampling_flags(sampler: str, steps: int, guidance: float, T: int, steps_flag: str = "--steps") -> None:
+    """refdiff.generate.check_sampling, its errors naming the flags ("steps must ..." -> "--steps must ...")."""
+    from refdiff.generate import check_sampling
+
+    try:
+        check_sampling(sampler, steps, guidance, T)
+    except ValueError as err:
+        name = str(err).split(" ", 1)[0]
+        flags = {"steps": steps_flag, "guidance": "--guidance", "sampler": "--sampler"}
+        raise ValueError(flags.get(name, name) + str(err)[len(name):]) from None
 
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
@@ -411,6 +436,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             comm.use_local_gpu()
         ckpt = comm.bcast(load_checkpoint(args.checkpoint) if comm.rank == 0 else None)
         loaded = model_from_checkpoint(ckpt, use_ema=not args.raw, backend=args.backend)
+        _check_sampling_flags(args.sampler, args.steps, args.guidance, loaded.schedule.T)
         labels = _sample_labels(args.cls, args.count, getattr(loaded.model_cfg, "num_classes", None))
         n = args.count if labels is None else labels.size
         shape, rows = (n, *loaded.data_shape), None if comm.size == 1 else shard(n, comm.rank, comm.size)

@@ -33,6 +33,7 @@ import functools
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -347,8 +348,11 @@ def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
                 comm.use_local_gpu()
             with interpreting(ckpt) if resume else contextlib.nullcontext():
                 state = resume_state(ckpt, cfg) if resume else init_state(cfg, model_cfg)
-            return _loop(cfg, model_cfg, x, y, path, state, progress and comm.rank == 0, stop_at, comm, preview,
-                         data_source)
+            with warnings.catch_warnings():  # on every thread: non-finite values are checked and named instead
+                for message in ("overflow encountered", "invalid value encountered"):
+                    warnings.filterwarnings("ignore", message, RuntimeWarning)
+                return _loop(cfg, model_cfg, x, y, path, state, progress and comm.rank == 0, stop_at, comm, preview,
+                             data_source)
 
 
 def check_step_fits(cfg: TrainConfig, model_cfg: Any, data_shape: tuple, ranks: int = 1) -> None:

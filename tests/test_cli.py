@@ -178,9 +178,9 @@ def test_cli_errors_name_what_to_fix(tmp_path, capsys):
     assert "--preset mlp takes points (N, D), but --data gives samples of shape (1, 8, 8)" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "none.npz")]) == 1
     assert "does not exist" in capsys.readouterr().err
-    for extra, message in [(["--per-class", "0"], "samples_per_class must be an integer >= 1, got 0"),
-                           (["--sample-steps", "0"], "steps must be an integer in [1, 1000] for ddim"),
-                           (["--guidance", "-1"], "guidance must be a finite number >= 0")]:
+    for extra, message in [(["--per-class", "0"], "--per-class must be an integer in [1, 100000], got 0"),
+                           (["--sample-steps", "0"], "--sample-steps must be an integer in [1, 1000] for ddim"),
+                           (["--guidance", "-1"], "--guidance must be a finite number >= 0")]:
         assert main(["demo", "--out", str(tmp_path / "demo"), *extra]) == 1  # before training, not after
         assert message in capsys.readouterr().err
 

@@ -140,7 +140,9 @@ def _pick_keys(names, where):
     """(image key, label key or None) among the archive's array names; ValueError if none or ambiguous."""
     found = [k for k in IMAGE_KEYS if k in names]
     if not found:
-        raise ValueError(f"{where}: no image array named one of {IMAGE_KEYS}; the archive holds {sorted(names)}")
+        held = sorted(names)
+        raise ValueError(f"{where}: no image array named one of {IMAGE_KEYS}; the archive holds {len(held)} arrays: "
+                         f"{', '.join(held[:5])}{', ...' if len(held) > 5 else ''}")
     if len(found) > 1:
         raise ValueError(f"{where}: several image arrays {found}, expected exactly one of {IMAGE_KEYS}")
     labels = [k for k in LABEL_KEYS if k in names]
