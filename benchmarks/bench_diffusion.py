@@ -49,13 +49,14 @@ def main() -> None:
         eps = g.normal(x0.shape, like=like)
         out2 = g.normal((args.batch, 6, 32, 32), like=like)
         t = g.integers(0, 1000, (args.batch,), like=like)
+        v_learned = D.Parameterization("v", "learned_range")
         nbytes = math.prod(x0.shape) * np.dtype(dtype).itemsize  # one (N, 3, 32, 32) array
         calls = {
             "q_sample": (lambda: D.q_sample(schedule, x0, t, eps), 3),
             "q_posterior": (lambda: D.q_posterior(schedule, x0, eps, t), 3),
             "p_mean_variance(eps, fixed_small)": (lambda: D.p_mean_variance(schedule, x0, eps, t), 4),
             "p_mean_variance(v, learned, thresh)": (
-                lambda: D.p_mean_variance(schedule, out2, x0, t, "v", "learned_range", threshold=0.995), 8),
+                lambda: D.p_mean_variance(schedule, out2, x0, t, v_learned, threshold=0.995), 8),
         }
         for name, (fn, arrays_touched) in calls.items():
             seconds = _time(fn, args.repeats)

@@ -27,8 +27,18 @@ BACKENDS = ("numpy", "cupy", "array_api_strict")
 STRICT_DEVICE = "device1"
 
 
+_NUMPY_NAMESPACE = array_api_compat.array_namespace(np.empty(0))
+
+
 def namespace(*arrays: Any):
-    """The Array API namespace shared by ``arrays`` (array_api_compat wraps NumPy and CuPy)."""
+    """The Array API namespace shared by ``arrays`` (array_api_compat wraps NumPy and CuPy).
+
+    Plain NumPy arrays take a shortcut to array_api_compat's NumPy namespace: the general lookup
+    inspects every argument for every library it knows, about 5-10 us a call, and a U-Net step asks
+    several hundred times.
+    """
+    if arrays and all(type(a) is np.ndarray for a in arrays):
+        return _NUMPY_NAMESPACE
     return array_api_compat.array_namespace(*arrays)
 
 
@@ -162,7 +172,7 @@ def get_backend(name: str = "numpy") -> Backend:
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
     if name == "numpy":
-        return Backend("numpy", array_api_compat.array_namespace(np.empty(0)), "cpu")
+        return Backend("numpy", _NUMPY_NAMESPACE, "cpu")
     if name == "cupy":
         try:
             cp = importlib.import_module("cupy")

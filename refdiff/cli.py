@@ -579,22 +579,23 @@ def _eval_bits_per_dim(args: argparse.Namespace) -> None:
     from refdiff.backend import Generator, asarray
     from refdiff.generate import load_model
     from refdiff.likelihood import bits_per_dim
+    from refdiff.train import TrainConfig
 
     for name in ("count", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {getattr(args, name)}")
     loaded = load_model(args.checkpoint, use_ema=not args.raw, backend=args.backend, dtype="float64")
+    param = TrainConfig(**loaded.train_cfg).parameterization(args.variance)
     x, levels = _held_out(args.data, args.image_size)
     x = x[: args.count]
     generator, totals = Generator(args.seed), []
     for start in range(0, x.shape[0], args.batch_size):
         x0 = asarray(x[start : start + args.batch_size].astype(np.float64), like=loaded.like)
-        result = bits_per_dim(loaded.model, loaded.schedule, x0, generator, prediction=loaded.train_cfg["prediction"],
-                              variance=args.variance, levels=levels, progress=True)
+        result = bits_per_dim(loaded.model, loaded.schedule, x0, generator, param=param, levels=levels, progress=True)
         totals.append(np.asarray(result.total, dtype=np.float64))
     total = np.concatenate(totals)
     se = total.std(ddof=1) / np.sqrt(total.size) if total.size > 1 else float("nan")
-    print(f"bits/dim on {total.size} held-out samples ({levels} levels, {args.variance} variance): "
+    print(f"bits/dim on {total.size} held-out samples ({levels} levels, {param.variance} variance): "
           f"{total.mean():.4f} +- {se:.4f} (standard error)")
 
 

@@ -4,11 +4,14 @@ Pure math on arrays of any Array API library: every function follows its inputs'
 and dtype (docs/design.md rules 1-2), and gathers float64 schedule tables at t through ``backend.gather``.
 Prediction targets: eps (Ho et al.), x0, and v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0
 (Salimans & Ho 2022, Sec. 4). Learned variances follow improved DDPM (Nichol & Dhariwal 2021, eq. 15).
+What a model's output means (prediction target, variance, t = 0 convention) is one frozen value,
+``Parameterization``, that the reverse step, the losses, the samplers and the likelihood take.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -18,10 +21,48 @@ from refdiff.schedules import Schedule
 
 PREDICTIONS = ("eps", "x0", "v")
 VARIANCES = ("fixed_small", "fixed_large", "learned", "learned_range")
+LEARNED_VARIANCES = ("learned_range", "learned")
 CONVENTIONS = ("openai", "diffusers")
 
 # diffusers floors the t = 0 posterior variance (exactly 0) at this value before taking its log.
 DIFFUSERS_MIN_VARIANCE = 1e-20
+
+
+@dataclass(frozen=True)
+class Parameterization:
+    """What a model's output means: its prediction target, its reverse variance, the t = 0 convention.
+
+    prediction: "eps" (Ho et al. 2020), "x0", or "v" = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0
+                (Salimans & Ho 2022, Sec. 4)
+    variance:   "fixed_small" (beta~_t) or "fixed_large" (beta_t) (Ho et al. 2020, Sec. 3.2), or read from
+                C more output channels: "learned" (the log-variance itself) or "learned_range"
+                (Nichol & Dhariwal 2021, eq. 15)
+    convention: the variance at t = 0, "openai" or "diffusers" (docs/conventions.md)
+    The losses, the samplers and the likelihood take this one value (docs/design.md rule 12).
+    """
+
+    prediction: str = "eps"
+    variance: str = "fixed_small"
+    convention: str = "openai"
+
+    def __post_init__(self):
+        for name, allowed in (("prediction", PREDICTIONS), ("variance", VARIANCES), ("convention", CONVENTIONS)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+    @property
+    def learned(self) -> bool:
+        """True when the model outputs C variance channels after its C prediction channels."""
+        return self.variance in LEARNED_VARIANCES
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The model output's shape for x of ``shape`` (N, C, ...): (N, 2C, ...) for a learned variance."""
+        if not self.learned:
+            return tuple(shape)
+        if len(shape) < 2:
+            raise ValueError(f"variance={self.variance!r} needs a channel axis: x must be (N, C, ...), got {shape}")
+        return (shape[0], 2 * shape[1], *shape[2:])
 
 
 def check_t(schedule: Schedule, t: Any, x: Any) -> None:
@@ -183,57 +224,57 @@ class PMeanVariance(NamedTuple):
     eps: Any            # (N, ...) eps implied by the raw prediction (before clipping)
 
 
-def _fixed_variance(schedule: Schedule, kind: str, convention: str):
+def _fixed_variance(schedule: Schedule, param: Parameterization):
     """(T,) variance and log-variance tables of the fixed reverse variances.
 
     fixed_small = beta~_t (the posterior's); fixed_large = beta_t (Ho et al. 2020, Sec. 3.2).
     At t = 0: OpenAI uses beta~_1 in the log of fixed_small and in both of fixed_large;
     diffusers floors beta~_0 at 1e-20 and keeps beta_0.
     """
-    if kind == "fixed_small":
-        if convention == "openai":
+    if param.variance == "fixed_small":
+        if param.convention == "openai":
             return schedule.posterior_variance, schedule.posterior_log_variance_clipped
         variance = np.maximum(schedule.posterior_variance, DIFFUSERS_MIN_VARIANCE)
         return variance, np.log(variance)
-    if convention == "openai":
+    if param.convention == "openai":
         variance = np.append(schedule.posterior_variance_clipped[0], schedule.betas[1:])
         return variance, np.log(variance)
     return schedule.betas, np.log(schedule.betas)
 
 
-def learned_range_bounds(schedule: Schedule, convention: str) -> tuple[np.ndarray, np.ndarray]:
+def learned_range_bounds(schedule: Schedule, param: Parameterization) -> tuple[np.ndarray, np.ndarray]:
     """(T,) float64 (min_log, max_log): the two ends of the learned-range log-variance.
 
     Math: max_log_t = log beta_t,  min_log_t = log beta~_t          (Nichol & Dhariwal 2021, eq. 15)
-    beta~_0 = 0, so t = 0 follows the convention: "openai" uses log beta~_1 there (the schedule's
+    beta~_0 = 0, so t = 0 follows param.convention: "openai" uses log beta~_1 there (the schedule's
     clipped log), "diffusers" log max(beta~_t, 1e-20).
     """
-    if convention == "openai":
+    if param.convention == "openai":
         min_log = schedule.posterior_log_variance_clipped
     else:
         min_log = np.log(np.maximum(schedule.posterior_variance, DIFFUSERS_MIN_VARIANCE))
     return min_log, np.log(schedule.betas)
 
 
-def _learned_log_variance(schedule: Schedule, kind: str, out: Any, t: Any, convention: str):
+def _learned_log_variance(schedule: Schedule, param: Parameterization, out: Any, t: Any):
     """Log-variance from the model's variance channels (Nichol & Dhariwal 2021, eq. 15).
 
     learned:        log var_t = out
     learned_range:  log var_t = f max_log_t + (1 - f) min_log_t,  f = (out + 1) / 2
                     with (min_log, max_log) = (log beta~_t, log beta_t) (``learned_range_bounds``)
     """
-    if kind == "learned":
+    if param.variance == "learned":
         return out
-    min_log, max_log = learned_range_bounds(schedule, convention)
+    min_log, max_log = learned_range_bounds(schedule, param)
     frac = (out + 1.0) / 2.0
     return frac * gather(max_log, t, out) + (1.0 - frac) * gather(min_log, t, out)
 
 
-def _x0_and_eps(schedule: Schedule, prediction: str, out: Any, xt: Any, t: Any):
-    """The x0 and eps a prediction of kind ``prediction`` implies at (x_t, t)."""
-    if prediction == "eps":
+def _x0_and_eps(schedule: Schedule, param: Parameterization, out: Any, xt: Any, t: Any):
+    """The x0 and eps a prediction of kind ``param.prediction`` implies at (x_t, t)."""
+    if param.prediction == "eps":
         return predict_x0_from_eps(schedule, xt, t, out), out
-    if prediction == "x0":
+    if param.prediction == "x0":
         return out, predict_eps_from_x0(schedule, xt, t, out)
     return predict_x0_from_v(schedule, xt, t, out), predict_eps_from_v(schedule, xt, t, out)
 
@@ -243,11 +284,9 @@ def p_mean_variance(
     model_output: Any,
     xt: Any,
     t: Any,
-    prediction: str = "eps",
-    variance: str = "fixed_small",
+    param: Parameterization = Parameterization(),
     clip_x0: float | None = None,
     threshold: float | None = None,
-    convention: str = "openai",
 ) -> PMeanVariance:
     """The reverse step p(x_{t-1} | x_t) = N(mu~_t(x0_hat, x_t), var_t I) a model's output defines.
 
@@ -257,27 +296,26 @@ def p_mean_variance(
 
     model_output: (N, C, ...) for fixed variances, (N, 2C, ...) for learned ones (prediction in the
     first C channels, variance values in the last C); xt: (N, C, ...); t: (N,).
-    ``convention`` picks OpenAI's or diffusers' variance at t = 0 (docs/conventions.md).
+    ``param`` says what the output means, and which variance t = 0 takes (docs/conventions.md).
     """
-    check_options(prediction, variance, clip_x0, threshold, convention)
+    check_options(param, clip_x0, threshold)
     _check_float("xt", xt)
     check_t(schedule, t, xt)
-    C = xt.shape[1] if xt.ndim > 1 else None
-    learned = variance in ("learned", "learned_range")
-    expected = (xt.shape[0], 2 * C, *xt.shape[2:]) if learned and C else xt.shape
-    if model_output.shape != tuple(expected) or model_output.dtype != xt.dtype:
-        raise ValueError(f"model_output must have shape {tuple(expected)} and dtype {xt.dtype} "
-                         f"for variance={variance!r}, got {model_output.shape}, {model_output.dtype}")
+    expected = param.output_shape(tuple(xt.shape))
+    if model_output.shape != expected or model_output.dtype != xt.dtype:
+        raise ValueError(f"model_output must have shape {expected} and dtype {xt.dtype} "
+                         f"for variance={param.variance!r}, got {model_output.shape}, {model_output.dtype}")
     xp = namespace(xt, model_output)
-    if learned:
+    if param.learned:
+        C = xt.shape[1]
         out, var_out = model_output[:, :C, ...], model_output[:, C:, ...]
-        log_var = _learned_log_variance(schedule, variance, var_out, t, convention)
+        log_var = _learned_log_variance(schedule, param, var_out, t)
         var = xp.exp(log_var)
     else:
         out = model_output
-        table, log_table = _fixed_variance(schedule, variance, convention)
+        table, log_table = _fixed_variance(schedule, param)
         var, log_var = gather(table, t, xt), gather(log_table, t, xt)
-    x0, eps = _x0_and_eps(schedule, prediction, out, xt, t)
+    x0, eps = _x0_and_eps(schedule, param, out, xt, t)
     if threshold is not None:
         x0 = dynamic_threshold(x0, threshold)
     elif clip_x0 is not None:
@@ -285,14 +323,10 @@ def p_mean_variance(
     return PMeanVariance(_q_posterior_mean(schedule, x0, xt, t), var, log_var, x0, eps)
 
 
-def check_options(prediction, variance, clip_x0=None, threshold=None, convention="openai") -> None:
-    """Raise unless the reverse-step options are valid (names each argument and its allowed values)."""
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
-    if variance not in VARIANCES:
-        raise ValueError(f"variance must be one of {', '.join(VARIANCES)}, got {variance!r}")
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
+def check_options(param: Parameterization, clip_x0: float | None = None, threshold: float | None = None) -> None:
+    """Raise unless param is a Parameterization and the x0 bounds are valid (naming each argument)."""
+    if not isinstance(param, Parameterization):
+        raise TypeError(f"param must be a refdiff.diffusion.Parameterization, got {param!r}")
     if clip_x0 is not None and not 0 < clip_x0 < math.inf:
         raise ValueError(f"clip_x0 must be None or a positive finite bound, got {clip_x0!r}")
     if threshold is not None and not 0 < threshold <= 1:

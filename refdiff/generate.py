@@ -23,6 +23,7 @@ from refdiff.models import registry
 from refdiff.parallel import check_fits
 from refdiff.samplers import (classifier_free_guidance, ddim_loop, ddpm_loop, dpmpp_2m_loop, euler_loop, final,
                               heun_loop, karras_grid, to_sigma_scale)
+from refdiff.train import TrainConfig
 
 SAMPLERS = ("ddim", "ddpm", "euler", "heun", "dpmpp_2m")
 MAX_SIGMA_STEPS = 10_000  # the sigma-space samplers' steps: far past any use, short of minutes of silence
@@ -61,6 +62,7 @@ def model_from_checkpoint(ckpt: dict, use_ema: bool = True, backend: str = "nump
     with interpreting(ckpt):  # a malformed config is an error naming the file
         model_cfg = registry.config_from_dict(ckpt["config"]["model"], "denoiser")
         train_cfg = ckpt["config"]["train"]
+        TrainConfig(**train_cfg)  # the settings generate reads (parameterization) are checked here, named
         schedule = schedules.by_name(train_cfg["schedule"], train_cfg["T"])
         data_shape = tuple(ckpt["config"]["data_shape"])
         model = registry.family(model_cfg).model(params, model_cfg)  # the samplers' model(xt, t, y)
@@ -69,8 +71,9 @@ def model_from_checkpoint(ckpt: dict, use_ema: bool = True, backend: str = "nump
 
 def check_sampling(sampler: str, steps: int, guidance: float, T: int) -> None:
     """Raise a ValueError naming the setting unless ``sampler`` is one of SAMPLERS, ``steps`` an integer
-    >= 1 (at most the model's T for ddim and ddpm, which respace its steps, else MAX_SIGMA_STEPS) and ``guidance`` a finite
-    number >= 0. ``generate`` checks its arguments with it; callers can check before long work."""
+    >= 1 (at most the model's T for ddim and ddpm, which respace its steps, else MAX_SIGMA_STEPS) and
+    ``guidance`` a finite number >= 0. ``generate`` checks its arguments with it; callers can check before
+    long work."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     most = T if sampler in ("ddim", "ddpm") else MAX_SIGMA_STEPS
@@ -113,19 +116,19 @@ def generate(loaded: LoadedModel, shape: tuple[int, ...], labels: np.ndarray | N
         model = classifier_free_guidance(model, guidance, null_label=num_classes)
     generator = Generator(seed) if rows is None else ShardedGenerator(Generator(seed), lo, hi, shape[0])
     x = generator.normal((hi - lo, *shape[1:]), like=loaded.like)
-    prediction = loaded.train_cfg["prediction"]
+    param = TrainConfig(**loaded.train_cfg).parameterization()
     if clip_x0 == "auto":
         clip_x0 = 1.0 if len(shape) == 4 else loaded.data_bound
     if sampler in ("ddim", "ddpm"):
         schedule = schedules.respace(loaded.schedule, schedules.timesteps(loaded.schedule.T, steps, "trailing"))
         if sampler == "ddim":
-            loop = ddim_loop(model, schedule, x, y, eta=eta, generator=generator, prediction=prediction, clip_x0=clip_x0)
+            loop = ddim_loop(model, schedule, x, y, eta=eta, generator=generator, param=param, clip_x0=clip_x0)
         else:
-            loop = ddpm_loop(model, schedule, x, generator, y, prediction=prediction, clip_x0=clip_x0)
+            loop = ddpm_loop(model, schedule, x, generator, y, param=param, clip_x0=clip_x0)
     else:
         sigmas = karras_grid(loaded.schedule, steps)
         loop_fn = {"euler": euler_loop, "heun": heun_loop, "dpmpp_2m": dpmpp_2m_loop}[sampler]
-        loop = loop_fn(model, loaded.schedule, to_sigma_scale(x, float(sigmas[0])), sigmas, y, prediction=prediction,
+        loop = loop_fn(model, loaded.schedule, to_sigma_scale(x, float(sigmas[0])), sigmas, y, param=param,
                        clip_x0=clip_x0)
     return to_numpy(final(loop))
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from refdiff.backend import Generator, asarray, device, erf, namespace
-from refdiff.diffusion import p_mean_variance, q_mean_variance, q_posterior, q_sample
+from refdiff.diffusion import Parameterization, check_options, p_mean_variance, q_mean_variance, q_posterior, q_sample
 from refdiff.schedules import Schedule
 
 # Probabilities are floored at this value before their log, so an empty bin costs at most
@@ -253,30 +253,32 @@ class BitsPerDim(NamedTuple):
 
 
 def vlb_step(model: Callable, schedule: Schedule, x0: Any, k: int, eps: Any, y: Any = None,
-             decoder: str = "discretized", levels: int = 256, cdf: str = "approx", **options):
+             decoder: str = "discretized", levels: int = 256, cdf: str = "approx",
+             param: Parameterization = Parameterization(), clip_x0: float | None = None,
+             threshold: float | None = None):
     """The bound's term L_k for one step k of the schedule, with the noise passed in.
 
     Math: x_k = sqrt(alpha_bar_k) x0 + sqrt(1 - alpha_bar_k) eps            (Ho et al. 2020, eq. 4)
           p(x_{k-1} | x_k) = N(mean, var) from model(x_k, timestep_map[k], y)   (eqs. 1, 11)
           L_k = KL(q(x_{k-1} | x_k, x0) || p(x_{k-1} | x_k)) for k > 0, -log p(x0 | x_0) for k = 0
 
-    x0, eps: (N, C, ...); k: schedule index in [0, T). ``options`` go to ``p_mean_variance``
-    (prediction, variance, clip_x0, threshold, convention). Returns (L_k, x0_mse, eps_mse), each (N,).
+    x0, eps: (N, C, ...); k: schedule index in [0, T). param, clip_x0, threshold: ``p_mean_variance``'s.
+    Returns (L_k, x0_mse, eps_mse), each (N,).
     """
     xp = namespace(x0)
     dev = device(x0)
     t = xp.full((x0.shape[0],), k, dtype=xp.int64, device=dev)               # schedule index
     t_model = xp.full((x0.shape[0],), int(schedule.timestep_map[k]), dtype=xp.int64, device=dev)
     xt = q_sample(schedule, x0, t, eps)
-    out = p_mean_variance(schedule, model(xt, t_model, y), xt, t, **options)
+    out = p_mean_variance(schedule, model(xt, t_model, y), xt, t, param, clip_x0, threshold)
     term = vlb_term_bpd(schedule, x0, xt, t, out.mean, out.log_variance, levels, cdf, decoder)
     return term, _mean_flat((out.x0 - x0) ** 2), _mean_flat((out.eps - eps) ** 2)
 
 
 def bits_per_dim(model: Callable, schedule: Schedule, x0: Any, generator: Generator, y: Any = None, *,
-                 prediction: str = "eps", variance: str = "fixed_small", clip_x0: float | None = None,
-                 threshold: float | None = None, convention: str = "openai", decoder: str = "discretized",
-                 levels: int = 256, cdf: str = "approx", progress: bool = False) -> BitsPerDim:
+                 param: Parameterization = Parameterization(), clip_x0: float | None = None,
+                 threshold: float | None = None, decoder: str = "discretized", levels: int = 256,
+                 cdf: str = "approx", progress: bool = False) -> BitsPerDim:
     """The full variational bound of x0 under a model, in bits/dim (improved DDPM's ``calc_bpd_loop``).
 
     Math: -log p(x0) <= L_T + sum_{k=0}^{T-1} L_k                          (Ho et al. 2020, eq. 5)
@@ -286,13 +288,12 @@ def bits_per_dim(model: Callable, schedule: Schedule, x0: Any, generator: Genera
     eps ~ N(0, I) from ``generator``, drawn for k = T-1 down to 0, so one seed gives the same bound on
     every backend. decoder: "discretized" (x0 on ``levels`` values in [-1, 1]; Ho et al. eq. 13) or
     "continuous" (the density N(x0; mean, var); the bound is then on -log of a density and may be
-    negative). The other options are ``p_mean_variance``'s. One model call per step on the whole batch.
+    negative). param, clip_x0, threshold: ``p_mean_variance``'s. One model call per step on the whole batch.
 
     x0: (N, C, ...) real floating; y: (N,) labels or None. Returns a BitsPerDim of x0's backend and dtype.
     """
+    check_options(param, clip_x0, threshold)
     _check_bpd_inputs(x0, generator, decoder, levels, cdf)
-    options = dict(prediction=prediction, variance=variance, clip_x0=clip_x0, threshold=threshold,
-                   convention=convention)
     xp = namespace(x0)
     T = schedule.T
     terms, x0_mse, eps_mse = [None] * T, [None] * T, [None] * T
@@ -303,7 +304,8 @@ def bits_per_dim(model: Callable, schedule: Schedule, x0: Any, generator: Genera
         steps = tqdm(steps, total=T, desc="bits/dim", disable=None)
     for k in steps:
         eps = generator.normal(x0.shape, like=x0)
-        terms[k], x0_mse[k], eps_mse[k] = vlb_step(model, schedule, x0, k, eps, y, decoder, levels, cdf, **options)
+        terms[k], x0_mse[k], eps_mse[k] = vlb_step(model, schedule, x0, k, eps, y, decoder, levels, cdf, param,
+                                                   clip_x0, threshold)
     terms, x0_mse, eps_mse = (xp.stack(a, axis=1) for a in (terms, x0_mse, eps_mse))  # (N, T) each
     prior = prior_bpd(schedule, x0)
     return BitsPerDim(prior + xp.sum(terms, axis=1), prior, terms, x0_mse, eps_mse)

@@ -23,8 +23,9 @@ import numpy as np
 
 from refdiff.backend import asarray, gather, namespace
 from refdiff.diffusion import (
-    CONVENTIONS,
-    PREDICTIONS,
+    LEARNED_VARIANCES,
+    Parameterization,
+    check_options,
     check_t,
     learned_range_bounds,
     p_mean_variance,
@@ -36,7 +37,6 @@ from refdiff.schedules import Schedule
 
 LOSSES = ("mse", "hybrid", "kl")
 WEIGHTINGS = ("none", "min_snr")
-LEARNED_VARIANCES = ("learned_range", "learned")
 MIN_SNR_GAMMA = 5.0  # the gamma Hang et al. 2023 recommend
 
 
@@ -49,10 +49,9 @@ class LossTerms(NamedTuple):
 
 
 def training_loss(schedule: Schedule, model_output: Any, x0: Any, t: Any, eps: Any,
-                  prediction: str = "eps", loss: str = "mse", weighting: str = "none",
+                  param: Parameterization = Parameterization(), loss: str = "mse", weighting: str = "none",
                   vlb_weight: float = 0.001, levels: int = 256, *, weights: Any = None,
-                  snr_gamma: float = MIN_SNR_GAMMA, variance: str = "learned_range",
-                  convention: str = "openai", cdf: str = "approx"):
+                  snr_gamma: float = MIN_SNR_GAMMA, cdf: str = "approx"):
     """The training loss at x_t = q_sample(x0, t, eps), and its gradient w.r.t. model_output.
 
     Math, per sample n (w_n the min-SNR weight or 1, c_n the importance weight or 1):
@@ -63,24 +62,24 @@ def training_loss(schedule: Schedule, model_output: Any, x0: Any, t: Any, eps: A
     sg[.] stops the gradient: the VLB term of the hybrid loss trains only the variance channels.
 
     model_output: (N, C, ...) for "mse", (N, 2C, ...) for "hybrid" / "kl" (prediction in the first
-    C channels, variance values in the last C, read as ``variance``); x0, eps: (N, C, ...);
+    C channels, variance values in the last C, read as param.variance, which these two losses need
+    learned); param: what the output means (refdiff.diffusion.Parameterization); x0, eps: (N, C, ...);
     t: (N,) int; weights: (N,) like x0's dtype, e.g. from ``timesteps.sample_timesteps``.
     Returns (loss 0-d, dout like model_output, LossTerms of (N,) arrays), on x0's backend.
     """
-    _check_loss_args(schedule, model_output, x0, t, eps, prediction, loss, weighting, vlb_weight,
-                     levels, weights, snr_gamma, variance, convention, cdf)
+    _check_loss_args(schedule, model_output, x0, t, eps, param, loss, weighting, vlb_weight,
+                     levels, weights, snr_gamma, cdf)
     xp = namespace(x0, model_output)
     C = x0.shape[1]
     out = model_output[:, :C, ...] if loss != "mse" else model_output
-    mse, dmse = mse_with_grad(out, mse_target(schedule, prediction, x0, t, eps))
-    w = min_snr_weights(schedule, t, x0, prediction, snr_gamma) if weighting == "min_snr" else None
+    mse, dmse = mse_with_grad(out, mse_target(schedule, param, x0, t, eps))
+    w = min_snr_weights(schedule, t, x0, param, snr_gamma) if weighting == "min_snr" else None
     per_sample = mse if w is None else w * mse
     dout = dmse if w is None else _per_sample(w, dmse) * dmse
     vlb = None
     if loss != "mse":
         xt = q_sample(schedule, x0, t, eps)
-        vlb, dmean_out, dvar_out = vlb_with_grad(schedule, model_output, x0, xt, t, prediction,
-                                                 variance, convention, levels, cdf)
+        vlb, dmean_out, dvar_out = vlb_with_grad(schedule, model_output, x0, xt, t, param, levels, cdf)
         scale = schedule.T * (vlb_weight if loss == "hybrid" else 1.0)
         if loss == "hybrid":  # the mean is a constant here: only the variance channels learn from L_vlb
             per_sample = per_sample + scale * vlb
@@ -93,11 +92,11 @@ def training_loss(schedule: Schedule, model_output: Any, x0: Any, t: Any, eps: A
     return xp.mean(weighted), coef * dout, LossTerms(per_sample, mse, vlb)
 
 
-def mse_target(schedule: Schedule, prediction: str, x0: Any, t: Any, eps: Any):
-    """The regression target of a prediction kind: eps, x0, or v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0."""
-    if prediction == "eps":
+def mse_target(schedule: Schedule, param: Parameterization, x0: Any, t: Any, eps: Any):
+    """The regression target of param.prediction: eps, x0, or v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0."""
+    if param.prediction == "eps":
         return eps
-    if prediction == "x0":
+    if param.prediction == "x0":
         return x0
     return predict_v(schedule, x0, t, eps)
 
@@ -114,8 +113,8 @@ def mse_with_grad(out: Any, target: Any):
     return xp.mean(diff * diff, axis=tuple(range(1, out.ndim))), (2.0 / M) * diff
 
 
-def min_snr_weight_table(schedule: Schedule, prediction: str, gamma: float = MIN_SNR_GAMMA) -> np.ndarray:
-    """(T,) float64 min-SNR-gamma weights of each step for a prediction kind (Hang et al. 2023).
+def min_snr_weight_table(schedule: Schedule, param: Parameterization, gamma: float = MIN_SNR_GAMMA) -> np.ndarray:
+    """(T,) float64 min-SNR-gamma weights of each step for param.prediction (Hang et al. 2023).
 
     Math: eps: min(SNR_t, gamma) / SNR_t;  x0: min(SNR_t, gamma);  v: min(SNR_t, gamma) / (SNR_t + 1)
     Each turns its target's squared error into min(SNR_t, gamma) ||x0 - x0_hat||^2, since
@@ -123,18 +122,18 @@ def min_snr_weight_table(schedule: Schedule, prediction: str, gamma: float = MIN
     The eps weight is computed as min(1, gamma / SNR_t): 1 where SNR_t = 0 (zero terminal SNR).
     """
     snr = schedule.snr
-    if prediction == "eps":
+    if param.prediction == "eps":
         with np.errstate(divide="ignore"):
             return np.minimum(1.0, gamma / snr)
-    if prediction == "x0":
+    if param.prediction == "x0":
         return np.minimum(snr, gamma)
     return np.minimum(snr, gamma) / (snr + 1.0)
 
 
-def min_snr_weights(schedule: Schedule, t: Any, like: Any, prediction: str, gamma: float = MIN_SNR_GAMMA):
+def min_snr_weights(schedule: Schedule, t: Any, like: Any, param: Parameterization, gamma: float = MIN_SNR_GAMMA):
     """(N,) min-SNR weights at t (see ``min_snr_weight_table``), in like's library, device and dtype."""
     xp = namespace(like)
-    return xp.take(asarray(min_snr_weight_table(schedule, prediction, gamma), like=like, dtype=like.dtype), t)
+    return xp.take(asarray(min_snr_weight_table(schedule, param, gamma), like=like, dtype=like.dtype), t)
 
 
 def _per_sample(w: Any, x: Any):
@@ -146,8 +145,8 @@ def _per_sample(w: Any, x: Any):
 # --- the VLB term and its gradient ------------------------------------------------------------
 
 
-def vlb_with_grad(schedule: Schedule, model_output: Any, x0: Any, xt: Any, t: Any, prediction: str,
-                  variance: str, convention: str, levels: int, cdf: str):
+def vlb_with_grad(schedule: Schedule, model_output: Any, x0: Any, xt: Any, t: Any, param: Parameterization,
+                  levels: int, cdf: str):
     """The VLB term L_t in bits/dim and its gradients w.r.t. both halves of a learned-variance output.
 
     Math (docs/derivations/losses.md): mean = A_t out + B_t (mu~_t of the predicted x0, eq. 7 of
@@ -155,19 +154,19 @@ def vlb_with_grad(schedule: Schedule, model_output: Any, x0: Any, xt: Any, t: An
       d L_t / d out     = A_t * d L_t / d mean
       d L_t / d var_out = S_t * d L_t / d log_var
 
-    model_output: (N, 2C, ...); x0, xt: (N, C, ...); t: (N,).
+    model_output: (N, 2C, ...), read as param says (a learned variance); x0, xt: (N, C, ...); t: (N,).
     Returns (vlb (N,), d vlb / d out (N, C, ...), d vlb / d var_out (N, C, ...)).
     """
-    p = p_mean_variance(schedule, model_output, xt, t, prediction, variance, convention=convention)
+    p = p_mean_variance(schedule, model_output, xt, t, param)
     vlb = vlb_term_bpd(schedule, x0, xt, t, p.mean, p.log_variance, levels, cdf)
     dmean, dlog_var = vlb_backward(schedule, x0, xt, t, p.mean, p.log_variance, levels, cdf)
-    dout = gather(mean_slope_table(schedule, prediction), t, x0) * dmean
-    if variance == "learned":
+    dout = gather(mean_slope_table(schedule, param), t, x0) * dmean
+    if param.variance == "learned":
         return vlb, dout, dlog_var                                                  # log_var = var_out
-    return vlb, dout, gather(learned_range_slope_table(schedule, convention), t, x0) * dlog_var
+    return vlb, dout, gather(learned_range_slope_table(schedule, param), t, x0) * dlog_var
 
 
-def mean_slope_table(schedule: Schedule, prediction: str) -> np.ndarray:
+def mean_slope_table(schedule: Schedule, param: Parameterization) -> np.ndarray:
     """(T,) float64 A_t = d mean / d out: mean = coef1 x0_hat + coef2 x_t with x0_hat linear in out.
 
     Math: eps: x0_hat = sqrt(1/alpha_bar) x_t - sqrt(1/alpha_bar - 1) out  -> A = -coef1 sqrt(1/alpha_bar - 1)
@@ -176,38 +175,40 @@ def mean_slope_table(schedule: Schedule, prediction: str) -> np.ndarray:
     coef1 = posterior_mean_coef1 (Ho et al. 2020, eq. 7). No clipping of x0_hat in training.
     """
     coef1 = schedule.posterior_mean_coef1
-    if prediction == "eps":
+    if param.prediction == "eps":
         return -coef1 * schedule.sqrt_recipm1_alpha_bar
-    if prediction == "x0":
+    if param.prediction == "x0":
         return coef1
     return -coef1 * schedule.sqrt_one_minus_alpha_bar
 
 
-def learned_range_slope_table(schedule: Schedule, convention: str) -> np.ndarray:
+def learned_range_slope_table(schedule: Schedule, param: Parameterization) -> np.ndarray:
     """(T,) float64 S_t = d log_var / d var_out of the learned-range variance (Nichol & Dhariwal, eq. 15).
 
     Math: log_var = f max_log_t + (1 - f) min_log_t, f = (var_out + 1) / 2
           -> S_t = (max_log_t - min_log_t) / 2
     with (min_log, max_log) = (log beta~_t, log beta_t) from ``diffusion.learned_range_bounds``
-    (its t = 0 value per convention).
+    (its t = 0 value per param.convention).
     """
-    min_log, max_log = learned_range_bounds(schedule, convention)
+    min_log, max_log = learned_range_bounds(schedule, param)
     return 0.5 * (max_log - min_log)
 
 
 # --- validation at the boundary ---------------------------------------------------------------
 
 
-def _check_loss_args(schedule, model_output, x0, t, eps, prediction, loss, weighting, vlb_weight,
-                     levels, weights, snr_gamma, variance, convention, cdf) -> None:
-    for name, value, allowed in (("prediction", prediction, PREDICTIONS), ("loss", loss, LOSSES),
-                                 ("weighting", weighting, WEIGHTINGS),
-                                 ("variance", variance, LEARNED_VARIANCES),
-                                 ("convention", convention, CONVENTIONS), ("cdf", cdf, tuple(CDFS))):
+def _check_loss_args(schedule, model_output, x0, t, eps, param, loss, weighting, vlb_weight,
+                     levels, weights, snr_gamma, cdf) -> None:
+    check_options(param)
+    for name, value, allowed in (("loss", loss, LOSSES), ("weighting", weighting, WEIGHTINGS),
+                                 ("cdf", cdf, tuple(CDFS))):
         if not isinstance(value, str) or value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     if weighting == "min_snr" and loss == "kl":
         raise ValueError("weighting='min_snr' reweights the MSE term; loss='kl' has none: use weighting='none'")
+    if loss != "mse" and not param.learned:
+        raise ValueError(f"loss={loss!r} trains the variance channels: param.variance must be one of "
+                         f"{', '.join(LEARNED_VARIANCES)}, got {param.variance!r}")
     if isinstance(vlb_weight, bool) or not 0.0 <= vlb_weight < math.inf:
         raise ValueError(f"vlb_weight must be a finite number >= 0, got {vlb_weight!r}")
     if not snr_gamma > 0:

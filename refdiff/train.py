@@ -43,7 +43,7 @@ import numpy as np
 from refdiff import schedules
 from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
 from refdiff.checkpoint import folder_lock, interpreting, load_checkpoint, save_checkpoint
-from refdiff.diffusion import PREDICTIONS, q_sample
+from refdiff.diffusion import PREDICTIONS, Parameterization, q_sample
 from refdiff.distributed import SINGLE_PROCESS, check_batch, data_parallel, get_communicator
 from refdiff.losses import LOSSES, WEIGHTINGS, training_loss
 from refdiff.models import registry
@@ -118,6 +118,11 @@ class TrainConfig:
     def schedule_obj(self) -> schedules.Schedule:
         """The noise schedule this run trains on."""
         return schedules.by_name(self.schedule, self.T)
+
+    def parameterization(self, variance: str = "fixed_small") -> Parameterization:
+        """What the trained model's output means: ``prediction``, with learned-range variance channels
+        when the loss trains them ("hybrid", "kl"), else the fixed ``variance`` a sampler chooses."""
+        return Parameterization(self.prediction, "learned_range" if self.loss != "mse" else variance)
 
 
 @dataclass
@@ -260,7 +265,7 @@ def loss_gradient(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule
 
 def batch_loss(cfg: TrainConfig, schedule: schedules.Schedule, out: Any, batch: Batch) -> tuple[Any, Any]:
     """cfg's training loss of the model output ``out`` on ``batch``: (dL/dout like out, (n,) losses L_n)."""
-    _, dout, terms = training_loss(schedule, out, batch.x0, batch.t, batch.eps, prediction=cfg.prediction,
+    _, dout, terms = training_loss(schedule, out, batch.x0, batch.t, batch.eps, cfg.parameterization(),
                                    loss=cfg.loss, weighting=cfg.weighting, weights=batch.w)
     return dout, terms.loss
 

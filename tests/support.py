@@ -123,8 +123,8 @@ def quick_digit_classifier(path):
 def malformed_files(folder, checkpoint) -> dict:
     """Files that are not what a refdiff command reads, made from a good ``checkpoint`` into ``folder``:
     {name: path} for an empty file, a truncated and a bit-flipped copy, a text file, a .npy, object
-    arrays, a config that is not JSON, one without its model, one with an unknown model field, one whose
-    model is a list, a folder, and images of the wrong shape."""
+    arrays, a config that is not JSON, one without its model, one with an unknown model or training
+    field, one whose model is a list, a folder, and images of the wrong shape."""
     import json
     from pathlib import Path
 
@@ -139,7 +139,8 @@ def malformed_files(folder, checkpoint) -> dict:
         (folder / f"{name}.npz").write_bytes(content)
     configs = {"bad_json": "{not json", "no_model": json.dumps({k: v for k, v in config.items() if k != "model"}),
                "unknown_field": json.dumps({**config, "model": {**config["model"], "wings": 2}}),
-               "model_list": json.dumps({**config, "model": [1, 2]}), "list_config": "[1, 2]"}
+               "model_list": json.dumps({**config, "model": [1, 2]}), "list_config": "[1, 2]",
+               "unknown_train": json.dumps({**config, "train": {**config["train"], "wings": 2}})}
     for name, text in configs.items():
         np.savez(folder / f"{name}.npz", **{**arrays, "config": np.array(text)})
     np.save(folder / "one_array.npy", np.zeros(3))

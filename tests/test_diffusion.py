@@ -141,7 +141,8 @@ def test_perfect_prediction_gives_the_true_posterior(backend, schedule, shape, d
     dt = backend.dtype(dtype)
     x0, eps = backend.asarray(host_data(seed, shape), dtype=dt), backend.asarray(host_data(seed + 1, shape), dtype=dt)
     xt = D.q_sample(schedule, x0, t, eps)
-    out = D.p_mean_variance(schedule, _exact_outputs(schedule, x0, t, eps, prediction), xt, t, prediction=prediction)
+    out = D.p_mean_variance(schedule, _exact_outputs(schedule, x0, t, eps, prediction), xt, t,
+                            D.Parameterization(prediction))
     k = float(schedule.sqrt_recip_alpha_bar[t_host].max() / schedule.sqrt_one_minus_alpha_bar[t_host].min())
     assert_close(out.x0, to_numpy(x0), scale=10 * k)
     assert_close(out.eps, to_numpy(eps), scale=10 * k)
@@ -166,7 +167,7 @@ def test_fixed_variances_follow_each_convention(backend, schedule, dtype, data):
         ("fixed_large", "diffusers"): (b, np.log(b)),
     }
     for (variance, convention), (var, log_var) in expected.items():
-        out = D.p_mean_variance(schedule, xt, xt, t, variance=variance, convention=convention)
+        out = D.p_mean_variance(schedule, xt, xt, t, D.Parameterization(variance=variance, convention=convention))
         assert_close(out.variance, var.reshape(-1, 1, 1, 1))
         assert_close(out.log_variance, log_var.reshape(-1, 1, 1, 1))
 
@@ -180,14 +181,16 @@ def test_learned_range_interpolates_log_variance(backend, schedule, frac, data):
     xt = backend.asarray(host_data(0, (3, 2, 2, 2)))
     eps = backend.asarray(host_data(1, (3, 2, 2, 2)))
     v = backend.asarray(np.full((3, 2, 2, 2), frac))
-    out = D.p_mean_variance(schedule, backend.xp.concat([eps, v], axis=1), xt, t, variance="learned_range")
+    out = D.p_mean_variance(schedule, backend.xp.concat([eps, v], axis=1), xt, t,
+                            D.Parameterization(variance="learned_range"))
     f = (frac + 1) / 2
     lo, hi = schedule.posterior_log_variance_clipped[t_host], np.log(schedule.betas[t_host])
     expected = (f * hi + (1 - f) * lo).reshape(-1, 1, 1, 1) * np.ones((3, 2, 2, 2))
     assert_close(out.log_variance, expected)
     assert_close(out.variance, np.exp(expected))
     assert_close(out.mean, to_numpy(D.p_mean_variance(schedule, eps, xt, t).mean))
-    learned = D.p_mean_variance(schedule, backend.xp.concat([eps, v], axis=1), xt, t, variance="learned")
+    learned = D.p_mean_variance(schedule, backend.xp.concat([eps, v], axis=1), xt, t,
+                                D.Parameterization(variance="learned"))
     assert_close(learned.log_variance, np.full((3, 2, 2, 2), frac))
 
 
@@ -211,8 +214,8 @@ def test_clipped_x0_sets_the_mean_and_leaves_eps_raw(backend, schedule, predicti
     t_host, t = _t(backend, schedule, 3, data)
     xt = backend.asarray(host_data(2, (3, 1, 3, 3), scale=3.0))
     raw = backend.asarray(host_data(3, (3, 1, 3, 3), scale=3.0))
-    free = D.p_mean_variance(schedule, raw, xt, t, prediction=prediction)
-    clipped = D.p_mean_variance(schedule, raw, xt, t, prediction=prediction, clip_x0=1.0)
+    free = D.p_mean_variance(schedule, raw, xt, t, D.Parameterization(prediction))
+    clipped = D.p_mean_variance(schedule, raw, xt, t, D.Parameterization(prediction), clip_x0=1.0)
     assert_close(clipped.x0, np.clip(to_numpy(free.x0), -1, 1))
     assert_close(clipped.mean, to_numpy(D.q_posterior(schedule, clipped.x0, xt, t)[0]))
     assert_close(clipped.eps, to_numpy(free.eps))
@@ -232,7 +235,7 @@ def test_float32_inputs_never_create_float64_arrays():
                 D.predict_v_from_eps(schedule, x, t, x), D.predict_v_from_x0(schedule, x, t, x)]
         for prediction, variance in zip(D.PREDICTIONS, D.VARIANCES[1:]):
             output = two if variance.startswith("learned") else x
-            outs += D.p_mean_variance(schedule, output, x, t, prediction, variance, threshold=0.9)
+            outs += D.p_mean_variance(schedule, output, x, t, D.Parameterization(prediction, variance), threshold=0.9)
     assert all(out.dtype == f32 for out in outs)
 
 
@@ -259,15 +262,95 @@ def test_bad_inputs_raise_naming_the_argument(backend):
         (lambda: D.q_sample(schedule, x, ok, x[:1, ...]), ValueError, "eps must match x's shape"),
         (lambda: D.q_sample(schedule, backend.asarray(np.zeros((2, 1), dtype=np.int64)), ok, x), TypeError,
          "x0 must be a real floating array"),
-        (lambda: D.p_mean_variance(schedule, x, x, ok, prediction="score"), ValueError, "prediction must be one of"),
-        (lambda: D.p_mean_variance(schedule, x, x, ok, variance="large"), ValueError, "variance must be one of"),
-        (lambda: D.p_mean_variance(schedule, x, x, ok, convention="jax"), ValueError, "convention must be one of"),
+        (lambda: D.p_mean_variance(schedule, x, x, ok, D.Parameterization(prediction="score")), ValueError,
+         "prediction must be one of"),
+        (lambda: D.p_mean_variance(schedule, x, x, ok, D.Parameterization(variance="large")), ValueError,
+         "variance must be one of"),
+        (lambda: D.p_mean_variance(schedule, x, x, ok, D.Parameterization(convention="jax")), ValueError,
+         "convention must be one of"),
         (lambda: D.p_mean_variance(schedule, x, x, ok, clip_x0=0.0), ValueError, "clip_x0 must be None or a positive"),
         (lambda: D.p_mean_variance(schedule, x, x, ok, threshold=1.5), ValueError, r"threshold must be None or a quantile"),
         (lambda: D.p_mean_variance(schedule, x, x, ok, clip_x0=1.0, threshold=0.9), ValueError, "exclusive"),
-        (lambda: D.p_mean_variance(schedule, x, x, ok, variance="learned"), ValueError,
+        (lambda: D.p_mean_variance(schedule, x, x, ok, D.Parameterization(variance="learned")), ValueError,
          r"model_output must have shape \(2, 2, 2, 2\)"),
     ]
     for call, error, match in cases:
         with pytest.raises(error, match=match):
             call()
+
+
+# --- the parameterization ----------------------------------------------------------------------
+
+FIELDS = {"prediction": D.PREDICTIONS, "variance": D.VARIANCES, "convention": D.CONVENTIONS}
+parameterizations = st.builds(D.Parameterization, *(st.sampled_from(allowed) for allowed in FIELDS.values()))
+
+
+@given(field=st.sampled_from(sorted(FIELDS)), value=st.one_of(st.text(max_size=8), st.none(), st.integers()))
+def test_parameterization_refuses_a_value_naming_its_field(field, value):
+    """Parameterization(**{field: value}) with value outside the field's allowed strings raises ValueError
+    "<field> must be one of <allowed>, got <value!r>"."""
+    assume(value not in FIELDS[field])
+    with pytest.raises(ValueError, match=f"^{field} must be one of {', '.join(FIELDS[field])}, got "):
+        D.Parameterization(**{field: value})
+
+
+@given(a=parameterizations, b=parameterizations)
+def test_equal_parameterizations_hash_equal(a, b):
+    """a == b exactly when prediction, variance and convention agree, and then hash(a) == hash(b);
+    the value is frozen (its fields cannot be reassigned)."""
+    same = (a.prediction, a.variance, a.convention) == (b.prediction, b.variance, b.convention)
+    assert (a == b) == same
+    assert not same or hash(a) == hash(b)
+    assert D.Parameterization(a.prediction, a.variance, a.convention) == a
+    with pytest.raises(AttributeError):
+        a.prediction = b.prediction
+
+
+@given(param=parameterizations, shape=image_shapes)
+def test_learned_parameterizations_double_the_output_channels(param, shape):
+    """learned is True exactly for the variances read from the output; output_shape((N, C, ...)) is
+    (N, 2C, ...) for them and (N, C, ...) otherwise."""
+    assert param.learned == param.variance.startswith("learned")
+    N, C, *rest = shape
+    assert param.output_shape(shape) == ((N, 2 * C, *rest) if param.learned else shape)
+
+
+def test_p_mean_variance_refuses_anything_but_a_parameterization():
+    """A string where the Parameterization goes (the pre-Parameterization positional prediction) raises
+    TypeError naming param."""
+    x, t = np.zeros((2, 1, 2, 2)), np.array([0, 1])
+    with pytest.raises(TypeError, match="param must be a refdiff.diffusion.Parameterization, got 'v'"):
+        D.p_mean_variance(S.cosine(10), x, x, t, "v")
+
+
+# (prediction, variance, convention) -> weighted sums of (mean, variance, log_variance, x0, eps), recorded
+# from the three-string API this value replaced (prediction=, variance=, convention=), on the same inputs.
+P_MEAN_VARIANCE_RECORDED = {
+    ("eps", "fixed_small", "openai"): (157.19837057897496, 0.5190728825246563, 45.31718057037092,
+                                       5070.141779137188, 16.164139748149857),
+    ("x0", "fixed_large", "openai"): (6.619928675603775, 0.5064300978614583, 47.88773526079538,
+                                      8.039884710625715, -143.2760932503615),
+    ("v", "learned_range", "diffusers"): (0.4153442065231019, 0.5093655295698819, 312.71447347816,
+                                          -4.722780665446123, -2.003850851733182),
+    ("eps", "learned", "openai"): (196.20923203740765, -31.94843248665233, -12.876331588096031,
+                                   6317.985629376999, 13.011515041340019),
+    ("v", "fixed_small", "diffusers"): (1.4738623454996016, 0.5190728825246563, 360.23140030855257,
+                                        14.792315421075102, -11.242990216827199),
+}
+
+
+def test_p_mean_variance_with_a_parameterization_equals_the_three_string_call():
+    """p_mean_variance(..., Parameterization(p, v, c)) gives the numbers the call with prediction=p,
+    variance=v, convention=c gave, on fixed inputs (cosine T = 50, t in {0, 1, 25, 49}, float64):
+    each field's sum weighted by a fixed normal draw, to rtol 1e-12."""
+    schedule, rng = S.cosine(50), np.random.default_rng(0)
+    x0 = rng.uniform(-1, 1, (4, 2, 3, 3))
+    eps = rng.standard_normal(x0.shape)
+    t = np.array([0, 1, 25, 49])
+    xt = D.q_sample(schedule, x0, t, eps)
+    w = rng.standard_normal(x0.shape)
+    for (p, v, c), recorded in P_MEAN_VARIANCE_RECORDED.items():
+        param = D.Parameterization(p, v, c)
+        out = D.p_mean_variance(schedule, rng.standard_normal(param.output_shape(x0.shape)), xt, t, param)
+        sums = [float(np.sum(np.broadcast_to(field, w.shape) * w)) for field in out]
+        np.testing.assert_allclose(sums, recorded, rtol=1e-12, err_msg=str(param))

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from oracles import GaussianMixtureDenoiser
 from refdiff import schedules
 from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
-from refdiff.diffusion import p_mean_variance, q_sample
+from refdiff.diffusion import Parameterization, p_mean_variance, q_sample
 from refdiff.likelihood import bits_per_dim, gaussian_log_likelihood, prior_bpd, vlb_term_bpd
 from support import DTYPES, assert_close, assert_same_array_kind, host_data, no_float64_intermediates
 
@@ -175,8 +175,9 @@ def test_vlb_of_the_exact_denoiser_bounds_the_exact_nll_and_approaches_it_as_T_g
         oracle = gaussian_oracle(schedule)
         host = oracle.sample(n, seed=T)
         nll = -oracle.log_prob(host) / (host.shape[1] * LN2)                  # (n,) exact, bits/dim
-        result = bits_per_dim(oracle, schedule, backend.asarray(host), Generator(T), variance="fixed_large",
-                              convention="diffusers", decoder="continuous")
+        result = bits_per_dim(oracle, schedule, backend.asarray(host), Generator(T),
+                              param=Parameterization(variance="fixed_large", convention="diffusers"),
+                              decoder="continuous")
         gap, se = gap_stats(result, nll)
         assert gap >= -Z * se, f"T={T}: bound {gap:+.4f} below the exact NLL by more than {Z} se = {Z * se:.4f}"
         expected = expected_gap(schedule, schedule.betas)
@@ -200,7 +201,7 @@ def test_vlb_with_the_exact_reverse_variance_is_tight(backend, name):
     host = oracle.sample(n, seed=7)
     nll = -oracle.log_prob(host) / (host.shape[1] * LN2)
     result = bits_per_dim(ExactReverseVariance(oracle), schedule, backend.asarray(host), Generator(3),
-                          variance="learned", decoder="continuous")
+                          param=Parameterization(variance="learned"), decoder="continuous")
     gap, se = gap_stats(result, nll)
     expected = expected_gap(schedule, exact_reverse_variance(schedule))  # the prior mismatch alone
     assert abs(gap - expected) <= Z * se, f"gap {gap:.4f}, prior mismatch {expected:.2e}, se {se:.4f}"
@@ -246,10 +247,10 @@ def test_total_is_prior_plus_terms_and_each_term_is_its_step(backend, schedule, 
     host = grid_data(seed, shape) if decoder == "discretized" else host_data(seed, shape)
     x0 = backend.asarray(host.astype(dtype))
     model = toy_model(variance)
-    options = dict(prediction=prediction, variance=variance, convention=convention)
+    param = Parameterization(prediction, variance, convention)
     with no_float64_intermediates() if dtype == "float32" and backend.name == "array_api_strict" \
             else contextlib.nullcontext():
-        result = bits_per_dim(model, schedule, x0, Generator(seed), decoder=decoder, **options)
+        result = bits_per_dim(model, schedule, x0, Generator(seed), param=param, decoder=decoder)
     for name, value in result._asdict().items():
         assert_same_array_kind(value, x0)
         assert value.shape == ((shape[0],) if name in ("total", "prior") else (shape[0], T)), name
@@ -264,7 +265,7 @@ def test_total_is_prior_plus_terms_and_each_term_is_its_step(backend, schedule, 
         eps = generator.normal(shape, like=x0)
     t = backend.asarray(np.full(shape[0], k, dtype=np.int64))
     xt = q_sample(schedule, x0, t, eps)
-    out = p_mean_variance(schedule, model(xt, t), xt, t, **options)
+    out = p_mean_variance(schedule, model(xt, t), xt, t, param)
     term = vlb_term_bpd(schedule, x0, xt, t, out.mean, out.log_variance, decoder=decoder)
     assert_close(result.terms[:, k], to_numpy(term), scale=1.0 + float(np.abs(to_numpy(term)).max()))
 
@@ -307,7 +308,8 @@ def test_discretized_bound_of_uniform_grid_data_is_at_least_its_entropy(backend)
     s = math.sqrt(np.mean(grid_data(0, 10**6) ** 2))  # the grid's standard deviation, ~0.5797
     oracle = gaussian_oracle(schedule, mu=(0.0, 0.0), s=(s, s))
     host = grid_data(1, (1000, 2))
-    result = bits_per_dim(oracle, schedule, backend.asarray(host), Generator(2), variance="fixed_large")
+    result = bits_per_dim(oracle, schedule, backend.asarray(host), Generator(2),
+                          param=Parameterization(variance="fixed_large"))
     terms, total = to_numpy(result.terms), to_numpy(result.total)
     assert np.all(np.isfinite(terms)) and np.all(terms >= 0.0)
     se = total.std(ddof=1) / math.sqrt(total.shape[0])
@@ -365,20 +367,19 @@ BAD_INPUTS = [
     (dict(x0=np.array([[0.0, np.nan]])), r"x0 must be finite"),
     (dict(x0=np.array([[0.0, np.inf]]), decoder="continuous"), r"x0 must be finite"),
     (dict(x0=np.array([[0.0, 1.5]])), r"x0 must lie in \[-1, 1\] for decoder='discretized'"),
-    (dict(prediction="score"), r"prediction must be one of eps, x0, v, got 'score'"),
-    (dict(variance="large"), r"variance must be one of"),
+    (dict(param=dict(prediction="score")), r"prediction must be one of eps, x0, v, got 'score'"),
+    (dict(param=dict(variance="large")), r"variance must be one of"),
+    (dict(clip_x0=0.0), r"clip_x0 must be None or a positive finite bound"),
 ]
 
 
 @pytest.mark.parametrize("bad, message", BAD_INPUTS)
 def test_bad_inputs_raise_naming_the_argument(backend, bad, message):
-    """Each invalid argument raises ValueError naming it and what is allowed; data and settings are
-    checked before any model call (prediction and variance by p_mean_variance at the first step)."""
-    args = dict(x0=np.zeros((4, 2)), generator=Generator(0))
+    """Each invalid argument raises ValueError naming it and what is allowed, before any model call
+    (a bad Parameterization field when the value is built: "param" holds its fields)."""
+    args = dict(x0=np.zeros((4, 2)), generator=Generator(0), param={})
     args.update(bad)
     x0 = backend.asarray(args.pop("x0"))
-    generator = args.pop("generator")
-    schedule = schedules.cosine(4)
-    model = _never_called if "prediction" not in bad and "variance" not in bad else gaussian_oracle(schedule)
+    generator, fields = args.pop("generator"), args.pop("param")
     with pytest.raises(ValueError, match=message):
-        bits_per_dim(model, schedule, x0, generator, **args)
+        bits_per_dim(_never_called, schedules.cosine(4), x0, generator, param=Parameterization(**fields), **args)

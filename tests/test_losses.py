@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from gradcheck import assert_gradients_match
 from refdiff import losses as L
 from refdiff.backend import to_numpy
-from refdiff.diffusion import p_mean_variance, predict_eps_from_x0, predict_v, q_sample
+from refdiff.diffusion import Parameterization, p_mean_variance, predict_eps_from_x0, predict_v, q_sample
 from refdiff.likelihood import CDFS, vlb_term_bpd
 from refdiff.schedules import cosine
 from support import DTYPES, assert_close, assert_same_array_kind, no_float64_intermediates, schedule_strategy
@@ -43,18 +43,18 @@ def loss_cases(draw, loss=None, max_T=30):
     loss = loss or draw(st.sampled_from(L.LOSSES))
     N, C, S = draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.sampled_from([(), (2,)]))
     levels = draw(st.sampled_from([256, 17, 2] if loss == "mse" else [256, 17]))
-    options = dict(prediction=draw(predictions), loss=loss, levels=levels,
+    param = Parameterization(draw(predictions), draw(st.sampled_from(L.LEARNED_VARIANCES)),
+                             draw(st.sampled_from(["openai", "diffusers"])))
+    options = dict(param=param, loss=loss, levels=levels,
                    weighting="none" if loss == "kl" else draw(st.sampled_from(L.WEIGHTINGS)),
-                   variance=draw(st.sampled_from(L.LEARNED_VARIANCES)),
-                   convention=draw(st.sampled_from(["openai", "diffusers"])),
                    cdf=draw(st.sampled_from(["approx", "exact"])))
     rng = np.random.default_rng(draw(seeds))
     t = np.array([draw(st.one_of(st.just(0), st.integers(0, schedule.T - 1))) for _ in range(N)])
     x0 = -1.0 + 2.0 * rng.integers(0, levels, (N, C) + S) / (levels - 1)
     eps = rng.standard_normal(x0.shape)
-    out = L.mse_target(schedule, options["prediction"], x0, t, eps) + 0.1 * rng.standard_normal(x0.shape)
+    out = L.mse_target(schedule, param, x0, t, eps) + 0.1 * rng.standard_normal(x0.shape)
     if loss != "mse":
-        if options["variance"] == "learned_range":
+        if param.variance == "learned_range":
             var_out = rng.uniform(-1.0, 1.0, x0.shape)
         else:
             log_var = schedule.posterior_log_variance_clipped[t].reshape((N, 1) + (1,) * len(S))
@@ -83,11 +83,10 @@ def well_conditioned(schedule, out, x0, t, eps, options) -> bool:
     """
     if options["loss"] == "mse" or not np.any(t == 0):
         return True
-    if options["variance"] == "learned_range":
-        if np.max(np.abs(L.learned_range_slope_table(schedule, options["convention"])[t])) > 10:
+    if options["param"].variance == "learned_range":
+        if np.max(np.abs(L.learned_range_slope_table(schedule, options["param"])[t])) > 10:
             return False
-    p = p_mean_variance(schedule, out, q_sample(schedule, x0, t, eps), t, options["prediction"],
-                        options["variance"], convention=options["convention"])
+    p = p_mean_variance(schedule, out, q_sample(schedule, x0, t, eps), t, options["param"])
     zero = t == 0
     x, mean, inv_s = x0[zero], p.mean[zero], np.exp(-0.5 * p.log_variance[zero])
     h = 1.0 / (options["levels"] - 1)
@@ -167,9 +166,9 @@ def test_losses_equal_their_definitions(backend, case):
     schedule, out, x0, t, eps, options = case
     loss, C = options["loss"], x0.shape[1]
     total, dout, terms = run(backend, schedule, out, x0, t, eps, options)
-    mse = np.mean((out[:, :C] - L.mse_target(schedule, options["prediction"], x0, t, eps)) ** 2,
+    mse = np.mean((out[:, :C] - L.mse_target(schedule, options["param"], x0, t, eps)) ** 2,
                   axis=tuple(range(1, x0.ndim)))
-    w = L.min_snr_weight_table(schedule, options["prediction"])[t] if options["weighting"] == "min_snr" else 1.0
+    w = L.min_snr_weight_table(schedule, options["param"])[t] if options["weighting"] == "min_snr" else 1.0
     per_sample = w * mse
     if loss == "mse":
         assert terms.vlb is None
@@ -177,8 +176,7 @@ def test_losses_equal_their_definitions(backend, case):
         # on the backend itself: array_api_strict's CDF (backend.erf's series) differs from SciPy's by 1e-15
         A = backend.asarray
         xt = q_sample(schedule, A(x0), A(t), A(eps))
-        p = p_mean_variance(schedule, A(out), xt, A(t), options["prediction"], options["variance"],
-                            convention=options["convention"])
+        p = p_mean_variance(schedule, A(out), xt, A(t), options["param"])
         vlb = to_numpy(vlb_term_bpd(schedule, A(x0), xt, A(t), p.mean, p.log_variance, options["levels"],
                                     options["cdf"]))
         per_sample = per_sample + 0.001 * schedule.T * vlb if loss == "hybrid" else schedule.T * vlb
@@ -223,10 +221,11 @@ def test_min_snr_weights_equal_their_closed_forms(backend, schedule, prediction,
     with np.errstate(divide="ignore", invalid="ignore"):
         expected = {"eps": np.where(snr == 0, 1.0, np.minimum(snr, gamma) / snr), "x0": np.minimum(snr, gamma),
                     "v": np.minimum(snr, gamma) / (snr + 1.0)}[prediction]
-    np.testing.assert_allclose(L.min_snr_weight_table(schedule, prediction, gamma), expected, rtol=1e-14, atol=0)
+    param = Parameterization(prediction)
+    np.testing.assert_allclose(L.min_snr_weight_table(schedule, param, gamma), expected, rtol=1e-14, atol=0)
     t = np.array(data.draw(st.lists(st.integers(0, schedule.T - 1), min_size=1, max_size=5)))
     like = backend.asarray(np.zeros((t.shape[0], 1)), dtype=backend.dtype(dtype))
-    w = L.min_snr_weights(schedule, backend.asarray(t), like, prediction, gamma)
+    w = L.min_snr_weights(schedule, backend.asarray(t), like, param, gamma)
     assert_same_array_kind(w, like)
     assert_close(w, expected[t])
 
@@ -246,7 +245,7 @@ def test_min_snr_weighted_losses_agree_across_targets(backend, schedule, gamma, 
     outputs = {"x0": x0_hat, "eps": eps_hat, "v": predict_v(schedule, x0_hat, t, eps_hat)}
     per_sample = {}
     for prediction, out in outputs.items():
-        options = dict(prediction=prediction, weighting="min_snr", snr_gamma=gamma)
+        options = dict(param=Parameterization(prediction), weighting="min_snr", snr_gamma=gamma)
         terms = run(backend, schedule, out, x0, t, eps, options)[2]
         per_sample[prediction] = to_numpy(terms.loss)
     snr = schedule.snr[t]
@@ -262,20 +261,22 @@ def test_min_snr_weighted_losses_agree_across_targets(backend, schedule, gamma, 
 def test_min_snr_with_infinite_gamma_converts_every_target_to_the_eps_loss(schedule):
     """gamma -> inf: the eps weight is 1 (plain L_simple), the x0 weight is SNR_t and the v weight is
     SNR_t / (SNR_t + 1) = alpha_bar_t: each turns its target's error into the eps error."""
-    np.testing.assert_array_equal(L.min_snr_weight_table(schedule, "eps", math.inf), 1.0)
-    np.testing.assert_array_equal(L.min_snr_weight_table(schedule, "x0", math.inf), schedule.snr)
-    np.testing.assert_allclose(L.min_snr_weight_table(schedule, "v", math.inf), schedule.alpha_bar, rtol=1e-12)
+    eps, x0, v = (Parameterization(prediction) for prediction in ("eps", "x0", "v"))
+    np.testing.assert_array_equal(L.min_snr_weight_table(schedule, eps, math.inf), 1.0)
+    np.testing.assert_array_equal(L.min_snr_weight_table(schedule, x0, math.inf), schedule.snr)
+    np.testing.assert_allclose(L.min_snr_weight_table(schedule, v, math.inf), schedule.alpha_bar, rtol=1e-12)
 
 
 # --- bad input --------------------------------------------------------------------------------
 
 
+# "param" holds the Parameterization's fields: it is built inside pytest.raises, where a bad field raises.
 BAD_OPTIONS = [
-    (dict(prediction="noise"), "prediction must be one of eps, x0, v"),
+    (dict(param=dict(prediction="noise")), "prediction must be one of eps, x0, v"),
     (dict(loss="l1"), "loss must be one of mse, hybrid, kl"),
     (dict(weighting="snr"), "weighting must be one of none, min_snr"),
-    (dict(loss="hybrid", variance="fixed_small"), "variance must be one of learned_range, learned"),
-    (dict(convention="torch"), "convention must be one of openai, diffusers"),
+    (dict(loss="hybrid", param=dict(variance="fixed_small")), "variance must be one of learned_range, learned"),
+    (dict(param=dict(convention="torch")), "convention must be one of openai, diffusers"),
     (dict(cdf="erf"), "cdf must be one of approx, exact"),
     (dict(loss="kl", weighting="min_snr"), "weighting='min_snr' reweights the MSE term"),
     (dict(vlb_weight=-1.0), "vlb_weight must be a finite number >= 0"),
@@ -283,7 +284,7 @@ BAD_OPTIONS = [
     (dict(snr_gamma=0.0), "snr_gamma must be > 0"),
     (dict(snr_gamma=math.nan), "snr_gamma must be > 0"),
     (dict(levels=1), "levels must be an integer >= 2"),
-    (dict(loss="hybrid"), r"model_output must have shape \(2, 4, 3\)"),
+    (dict(loss="hybrid", param=dict(variance="learned_range")), r"model_output must have shape \(2, 4, 3\)"),
 ]
 
 
@@ -291,8 +292,10 @@ BAD_OPTIONS = [
 def test_training_loss_rejects_bad_options(backend, options, message):
     """Each bad option raises ValueError naming the argument and what is allowed."""
     x0 = backend.asarray(np.zeros((2, 2, 3)))
+    others = {name: value for name, value in options.items() if name != "param"}
     with pytest.raises(ValueError, match=message):
-        L.training_loss(cosine(10), x0, x0, backend.asarray(np.array([0, 1])), x0, **options)
+        param = Parameterization(**options.get("param", {}))
+        L.training_loss(cosine(10), x0, x0, backend.asarray(np.array([0, 1])), x0, param, **others)
 
 
 def test_training_loss_rejects_bad_arrays(backend):
@@ -312,3 +315,28 @@ def test_training_loss_rejects_bad_arrays(backend):
         with pytest.raises(ValueError, match=message):
             L.training_loss(schedule, args["model_output"], args["x0"], args["t"], args["eps"],
                             weights=args.get("weights"))
+
+
+# (prediction, variance, convention, loss, weighting) -> (loss, sum of dout weighted by a fixed normal draw),
+# recorded from the three-string API this value replaced (prediction, variance=, convention=), same inputs.
+TRAINING_LOSS_RECORDED = {
+    ("eps", "learned_range", "openai", "mse", "min_snr"): (1.0638477385794767, -0.11019075659832159),
+    ("v", "learned_range", "diffusers", "hybrid", "none"): (2.282041541714751, -0.19221933234271732),
+    ("x0", "learned", "openai", "kl", "none"): (264.2772785532485, -66.10613525066873),
+    ("v", "learned", "openai", "hybrid", "min_snr"): (0.33820429770961824, -0.025944358149372702),
+}
+
+
+def test_training_loss_with_a_parameterization_equals_the_three_string_call():
+    """training_loss(..., Parameterization(p, v, c), loss, weighting) gives the loss and gradient the call
+    with prediction=p, variance=v, convention=c gave, on fixed inputs (cosine T = 50, t in {0, 1, 25, 49},
+    float64), to rtol 1e-12."""
+    schedule, rng = cosine(50), np.random.default_rng(1)
+    x0 = rng.uniform(-1, 1, (4, 2, 3, 3))
+    eps = rng.standard_normal(x0.shape)
+    t = np.array([0, 1, 25, 49])
+    for (p, v, c, loss, weighting), recorded in TRAINING_LOSS_RECORDED.items():
+        out = rng.standard_normal(x0.shape if loss == "mse" else (4, 4, 3, 3))
+        w = rng.standard_normal(out.shape)
+        total, dout, _ = L.training_loss(schedule, out, x0, t, eps, Parameterization(p, v, c), loss, weighting)
+        np.testing.assert_allclose([float(total), float(np.sum(dout * w))], recorded, rtol=1e-12, err_msg=loss)

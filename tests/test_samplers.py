@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from oracles import GAUSSIAN, MIXTURE, GaussianMixtureDenoiser, diffusers_dummy_model, diffusers_dummy_sample
 from refdiff import schedules as S
+from refdiff.diffusion import Parameterization
 from refdiff.backend import Generator, to_numpy
 from refdiff.samplers import (ddim_alpha_bar_prev, ddim_invert_loop, ddim_loop, ddim_step, ddpm_loop, ddpm_step,
                               final)
@@ -31,7 +32,7 @@ def test_ddpm_samples_have_the_gaussian_data_moments(backend, variance):
     schedule = S.cosine(1000)
     x, generator = _start(backend)
     model = GaussianMixtureDenoiser(schedule, **GAUSSIAN)
-    samples = to_numpy(final(ddpm_loop(model, schedule, x, generator, variance=variance)))
+    samples = to_numpy(final(ddpm_loop(model, schedule, x, generator, param=Parameterization(variance=variance))))
     assert_moments_match(samples, GAUSSIAN["means"][0], GAUSSIAN["stds"][0])
 
 
@@ -42,7 +43,7 @@ def test_ddim_samples_have_the_gaussian_data_moments(backend, prediction):
     schedule = S.respace(S.cosine(1000), S.timesteps(1000, 200, "leading"))
     x, _ = _start(backend)
     model = GaussianMixtureDenoiser(S.cosine(1000), **GAUSSIAN, prediction=prediction)
-    samples = to_numpy(final(ddim_loop(model, schedule, x, prediction=prediction)))
+    samples = to_numpy(final(ddim_loop(model, schedule, x, param=Parameterization(prediction))))
     assert_moments_match(samples, GAUSSIAN["means"][0], GAUSSIAN["stds"][0])
 
 
@@ -71,7 +72,7 @@ def test_ddpm_fixed_small_equals_ddim_eta1_on_the_full_grid(backend):
     schedule = S.linear(200)
     model = GaussianMixtureDenoiser(schedule, **MIXTURE)
     x, _ = _start(backend, n=64)
-    ddpm = final(ddpm_loop(model, schedule, x, Generator(7), variance="fixed_small"))
+    ddpm = final(ddpm_loop(model, schedule, x, Generator(7), param=Parameterization(variance="fixed_small")))
     ddim = final(ddim_loop(model, schedule, x, eta=1.0, generator=Generator(7)))
     assert_close(ddim, to_numpy(ddpm), scale=100)
 
@@ -116,8 +117,9 @@ def test_ddim_reproduces_diffusers_published_numbers(backend, dtype, prediction,
     full = S.linear(1000, beta_start=beta_start, beta_end=0.02, rescale=False)
     schedule = S.respace(full, S.timesteps(1000, 10, "leading"))
     final_alpha_bar = 1.0 if set_alpha_to_one else float(full.alpha_bar[0])
-    x = final(ddim_loop(diffusers_dummy_model, schedule, diffusers_dummy_sample(backend, dtype), prediction=prediction,
-                        clip_x0=1.0, rederive_eps=False, final_alpha_bar=final_alpha_bar))
+    x = final(ddim_loop(diffusers_dummy_model, schedule, diffusers_dummy_sample(backend, dtype),
+                        param=Parameterization(prediction), clip_x0=1.0, rederive_eps=False,
+                        final_alpha_bar=final_alpha_bar))
     result = np.abs(to_numpy(x))
     assert abs(result.sum() - abs_sum) < 1e-3 and abs(result.mean() - abs_mean) < 1e-4
 
@@ -148,7 +150,8 @@ def test_bad_arguments_raise_naming_the_argument(backend):
         (lambda: ddim_loop(model, schedule, x, eta=float("nan")), "eta must be a finite number"),
         (lambda: ddim_loop(model, schedule, x, eta=0.5), "generator is required when eta > 0"),
         (lambda: ddpm_loop(model, schedule, x, generator, start=10), r"start must be an integer in \[0, 10\)"),
-        (lambda: ddim_loop(model, schedule, x, variance="learned_range"), "model_output must have shape"),
+        (lambda: ddim_loop(model, schedule, x, param=Parameterization(variance="learned_range")),
+         "model_output must have shape"),
         (lambda: ddpm_loop(model, schedule, x[:, 0], generator), r"x must be a real floating \(N, C, ...\)"),
     ]
     for call, match in cases:

@@ -91,7 +91,7 @@ def test_cfg_on_x0_or_v_outputs_gives_the_same_ddim_samples_as_on_eps(backend, p
     eps_model = classifier_free_guidance(GaussianMixtureDenoiser(full, **MIXTURE), 3.0, NULL)
     other = classifier_free_guidance(GaussianMixtureDenoiser(full, **MIXTURE, prediction=prediction), 3.0, NULL)
     expected = to_numpy(final(ddim_loop(eps_model, schedule, x, y=y)))
-    assert_close(final(ddim_loop(other, schedule, x, y=y, prediction=prediction)), expected, scale=100)
+    assert_close(final(ddim_loop(other, schedule, x, y=y, param=D.Parameterization(prediction))), expected, scale=100)
 
 
 def test_cfg_with_scale_one_samples_the_conditional_component(backend):

@@ -12,12 +12,13 @@ from hypothesis import strategies as st
 from oracles import GaussianMixtureDenoiser
 from refdiff import schedules as S
 from refdiff.backend import Generator, to_numpy
-from refdiff.diffusion import predict_x0_from_eps, predict_x0_from_v
+from refdiff.diffusion import Parameterization, predict_x0_from_eps, predict_x0_from_v
 from refdiff.samplers import ddim_loop, final
 from refdiff.samplers.karras import (ancestral_sigmas, churn_gamma, dpmpp_2m_loop, dpmpp_2m_step,
                                      euler_ancestral_loop, euler_ancestral_step, euler_loop, euler_step, heun_loop,
-                                     heun_step, karras_denoiser, karras_grid, model_timesteps, schedule_grid,
-                                     sigma_to_t, t_to_sigma, to_sigma_scale, to_xt_scale, x0_from_output)
+                                     heun_step)
+from refdiff.samplers.sigmas import (karras_denoiser, karras_grid, model_timesteps, schedule_grid, sigma_to_t,
+                                     t_to_sigma, to_sigma_scale, to_xt_scale, x0_from_output)
 from support import assert_close, assert_same_array_kind, no_float64_intermediates, schedule_strategy
 from oracles import GAUSSIAN, MIXTURE, diffusers_dummy_model, diffusers_dummy_sample
 from support import assert_moments_match
@@ -78,8 +79,8 @@ def test_x0_from_output_is_refdiff_diffusion_conversion_at_the_schedule_steps(ba
     convert = {"eps": predict_x0_from_eps, "v": predict_x0_from_v}.get(prediction, lambda *args: out)
     expected = convert(schedule, xt, t, out)
     # condition number: x0 is a difference of terms of size sqrt(1 + sigma^2) |x_t| and sigma |out|
-    assert_close(x0_from_output(out, to_sigma_scale(xt, sigma), sigma, prediction), to_numpy(expected),
-                 scale=10 * (1 + sigma))
+    assert_close(x0_from_output(out, to_sigma_scale(xt, sigma), sigma, Parameterization(prediction)),
+                 to_numpy(expected), scale=10 * (1 + sigma))
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
@@ -94,7 +95,7 @@ def test_denoiser_of_the_exact_model_is_the_exact_denoiser(backend, prediction):
         fed.append(t)
         return oracle.continuous_t(xt, t, y)
 
-    denoiser = karras_denoiser(model, LINEAR, prediction=prediction)
+    denoiser = karras_denoiser(model, LINEAR, param=Parameterization(prediction))
     x, _ = _prior(backend, 3.0, n=64)
     for sigma in list(LINEAR.sigmas[[0, 1, 500, 999]]) + list(karras_grid(LINEAR, 7)[1:-1]):
         on_grid = sigma in LINEAR.sigmas
@@ -184,11 +185,12 @@ def _ddim_and_sigma_runs(backend, schedule, steps, spacing, prediction, sigma_lo
     grid = S.timesteps(schedule.T, steps, spacing)
     model = GaussianMixtureDenoiser(schedule, **MIXTURE, prediction=prediction)
     x_T = Generator(0).normal((16, 2), like=backend.asarray(np.zeros(1)))
-    ddim = list(ddim_loop(model, S.respace(schedule, grid), x_T, prediction=prediction))
+    ddim = list(ddim_loop(model, S.respace(schedule, grid), x_T, param=Parameterization(prediction)))
     landing = np.append(schedule.sigmas[grid[1:]], 0.0)
     ddim_x = [to_sigma_scale(to_numpy(step.x), float(sigma)) for step, sigma in zip(ddim, landing)]
     sigmas = schedule_grid(schedule, steps, spacing)
-    ours = list(sigma_loop(model, schedule, to_sigma_scale(x_T, float(sigmas[0])), sigmas, prediction=prediction))
+    ours = list(sigma_loop(model, schedule, to_sigma_scale(x_T, float(sigmas[0])), sigmas,
+                           param=Parameterization(prediction)))
     return ddim, ddim_x, ours, 10 * (1 + float(sigmas[0]))
 
 
@@ -290,7 +292,7 @@ def test_dpmpp_2m_reproduces_diffusers_published_numbers(backend, dtype, grid, p
     x = to_sigma_scale(diffusers_dummy_sample(backend, dtype), float(sigmas[0]))
     sigma_last = float(schedule.sigmas[0])
     x = final(dpmpp_2m_loop(diffusers_dummy_model, schedule, x, sigmas, final_sigma=sigma_last, lower_order_final=False,
-                            prediction=prediction))
+                            param=Parameterization(prediction)))
     result = np.abs(to_numpy(to_xt_scale(x, sigma_last)))
     assert abs(result.mean() - abs_mean) < 1e-4, result.mean()
 
@@ -307,7 +309,7 @@ def test_steps_keep_the_input_library_device_and_dtype(backend, seed, sigma, rat
     x = Generator(seed).normal((3, 2), like=backend.asarray(np.zeros(1), dtype=backend.dtype("float32")))
     noise = Generator(seed + 1).normal((3, 2), like=x)
     denoiser = karras_denoiser(GaussianMixtureDenoiser(LINEAR, **MIXTURE, prediction="v").continuous_t, LINEAR,
-                               prediction="v", clip_x0=3.0)
+                               param=Parameterization("v"), clip_x0=3.0)
     sigma_next = ratio * sigma
     with no_float64_intermediates() if backend.name == "array_api_strict" else contextlib.nullcontext():
         outputs = [*euler_step(denoiser, x, sigma, sigma_next, gamma=gamma, noise=noise),
@@ -369,7 +371,8 @@ def test_bad_arguments_raise_naming_the_argument(backend):
         (lambda: heun_loop(model, LINEAR, x, grid, timesteps=[999.0]), "timesteps must be None or 5 steps"),
         (lambda: dpmpp_2m_loop(model, LINEAR, x, grid, lower_order_final=1), "lower_order_final must be a bool"),
         (lambda: euler_loop(model, zero_snr, x, grid), "schedule must have finite sigmas"),
-        (lambda: euler_loop(model, LINEAR, x, grid, prediction="score"), "prediction must be one of"),
+        (lambda: euler_loop(model, LINEAR, x, grid, param=Parameterization(prediction="score")),
+         "prediction must be one of"),
         (lambda: euler_loop(model, LINEAR, x[:, 0], grid), r"x must be a real floating \(N, C, ...\)"),
         (lambda: euler_step(model, x, 1.0, 0.5, gamma=0.2), "noise is required when gamma > 0"),
     ]
@@ -378,4 +381,4 @@ def test_bad_arguments_raise_naming_the_argument(backend):
             call()
     exact = GaussianMixtureDenoiser(LINEAR, **GAUSSIAN).continuous_t  # C channels where learned wants 2C
     with pytest.raises(ValueError, match=r"model_output must have shape \(4, 4\)"):
-        final(heun_loop(exact, LINEAR, x, grid, variance="learned"))
+        final(heun_loop(exact, LINEAR, x, grid, param=Parameterization(variance="learned")))

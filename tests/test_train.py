@@ -13,6 +13,7 @@ import pytest
 import refdiff.train as train_module
 from refdiff.checkpoint import CHECKPOINT_VERSION, TMP_SUFFIX, load_checkpoint, save_checkpoint
 from refdiff.cli import main
+from refdiff.diffusion import Parameterization
 from refdiff.generate import check_sampling, previewer
 from refdiff.models.mlp import MLPConfig
 from refdiff.models.unet import UNetConfig
@@ -191,6 +192,20 @@ def test_samples_of_points_are_clipped_to_the_training_data_bound(tmp_path):
     assert np.max(np.abs(clipped)) <= loaded.data_bound * (1 + 1e-6) < np.max(np.abs(free))
 
 
+def test_a_model_trained_with_the_hybrid_loss_samples_with_its_learned_variance(tmp_path):
+    """generate reads the checkpoint's parameterization (TrainConfig.parameterization): a model whose loss
+    trained (N, 2C) learned-range outputs samples with every sampler, to finite (N, C) points."""
+    from refdiff.generate import SAMPLERS, generate, load_model
+
+    x, y = _toy_data()
+    cfg = dataclasses.replace(CONFIG, steps=3, warmup_steps=1, loss="hybrid")
+    train(cfg, dataclasses.replace(MODEL, learn_sigma=True), x, y, tmp_path, progress=False)
+    loaded = load_model(tmp_path / "checkpoint.npz")
+    for sampler in SAMPLERS:
+        samples = generate(loaded, (4, 2), np.arange(4) % 2, sampler, 3)
+        assert samples.shape == (4, 2) and np.all(np.isfinite(samples)), sampler
+
+
 def test_sampling_settings_are_checked_naming_the_setting_and_its_range():
     """check_sampling (what generate and the demo check before work): a known sampler, steps in [1, T] for
     ddim and ddpm (they respace the model's T steps) and >= 1 for the sigma-space samplers, guidance a
@@ -348,3 +363,16 @@ def test_bad_train_config_raises_naming_the_argument():
                           ({"sample_every": -1}, "sample_every must be an integer >= 0")]:
         with pytest.raises(ValueError, match=match):
             TrainConfig(**kwargs)
+
+
+def test_parameterization_reads_prediction_and_whether_the_loss_learns_the_variance():
+    """TrainConfig.parameterization(variance) == Parameterization(prediction, learned_range) for the losses
+    that train variance channels (hybrid, kl), else Parameterization(prediction, variance); convention openai."""
+    for prediction in ("eps", "x0", "v"):
+        for loss, variance, expected in [("mse", "fixed_small", "fixed_small"),
+                                         ("mse", "fixed_large", "fixed_large"),
+                                         ("hybrid", "fixed_large", "learned_range"),
+                                         ("kl", "fixed_small", "learned_range")]:
+            cfg = dataclasses.replace(CONFIG, prediction=prediction, loss=loss)
+            assert cfg.parameterization(variance) == Parameterization(prediction, expected, "openai")
+    assert CONFIG.parameterization() == Parameterization()

@@ -26,9 +26,8 @@ import math
 import numpy as np
 
 from refdiff.backend import asarray, device, gather, namespace, to_numpy
+from refdiff.diffusion import PREDICTIONS
 from refdiff.schedules import Schedule
-
-PREDICTIONS = ("eps", "x0", "v")
 
 
 def _check_mixture(weights, means, stds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

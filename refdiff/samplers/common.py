@@ -2,7 +2,7 @@
 
 A model is any callable ``model(xt, t, y=None) -> output``: xt (N, C, ...) on some backend, t (N,)
 the step indices the model was trained with (the schedule's ``timestep_map``; the sigma-space samplers
-of refdiff.samplers.karras also pass float t between steps, in x's dtype), y (N,) labels or None;
+of refdiff.samplers.karras and .sigmas also pass float t between steps, in x's dtype), y (N,) labels or None;
 the output is eps, x0 or v (N, C, ...), optionally followed by C variance channels (N, 2C, ...).
 Sampling loops are generators (as in improved DDPM's ``p_sample_loop_progressive``): they yield one
 ``SampleStep`` per update so a reader can watch the chain; ``final`` runs one to its end.

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from refdiff.backend import Generator
-from refdiff.diffusion import p_mean_variance, predict_eps_from_x0
+from refdiff.diffusion import Parameterization, check_options, p_mean_variance, predict_eps_from_x0
 from refdiff.samplers.common import (Model, SampleStep, check_finite, check_sample, check_start, model_t,
                                      reverse_chain, step_t)
 from refdiff.schedules import Schedule
@@ -29,7 +29,8 @@ def ddim_sigma(alpha_bar: float, alpha_bar_prev: float, eta: float) -> float:
 
 def ddim_step(schedule: Schedule, model_output: Any, xt: Any, k: int, noise: Any = None, eta: float = 0.0,
               cond_grad: Any = None, rederive_eps: bool = True, alpha_bar_prev: float | None = None,
-              **options) -> tuple[Any, Any]:
+              param: Parameterization = Parameterization(), clip_x0: float | None = None,
+              threshold: float | None = None) -> tuple[Any, Any]:
     """One DDIM update x_k -> x_{k-1}.
 
     Math: x_{k-1} = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma^2) eps_hat + sigma noise
@@ -40,11 +41,11 @@ def ddim_step(schedule: Schedule, model_output: Any, xt: Any, k: int, noise: Any
 
     model_output: the model's output at (xt, timestep_map[k]); noise: like xt, needed when eta > 0;
     alpha_bar_prev: overrides schedule.alpha_bar_prev[k] (diffusers' set_alpha_to_one=False at k = 0).
-    ``options``: prediction, variance (only to split off variance channels), clip_x0, threshold.
+    param, clip_x0, threshold: ``p_mean_variance``'s (the variance only splits off variance channels).
     Returns (x_{k-1}, x0_hat).
     """
     t = step_t(k, xt)
-    out = p_mean_variance(schedule, model_output, xt, t, **options)
+    out = p_mean_variance(schedule, model_output, xt, t, param, clip_x0, threshold)
     x0 = out.x0
     eps = predict_eps_from_x0(schedule, xt, t, x0) if rederive_eps else out.eps
     ab = float(schedule.alpha_bar[k])
@@ -106,7 +107,8 @@ def _check_prev_step(schedule: Schedule, prev_step: str, full_schedule: Schedule
 def ddim_loop(model: Model, schedule: Schedule, x: Any, y: Any = None, eta: float = 0.0,
               generator: Generator | None = None, cond_fn: Callable | None = None, start: int | None = None,
               final_alpha_bar: float = 1.0, prev_step: str = "grid", full_schedule: Schedule | None = None,
-              **options) -> Iterator[SampleStep]:
+              rederive_eps: bool = True, param: Parameterization = Parameterization(),
+              clip_x0: float | None = None, threshold: float | None = None) -> Iterator[SampleStep]:
     """DDIM sampling from x at level ``start`` (default T - 1) down to x0.
 
     eta >= 0 (0: deterministic, needs no generator); final_alpha_bar: the alpha_bar the last step
@@ -114,9 +116,10 @@ def ddim_loop(model: Model, schedule: Schedule, x: Any, y: Any = None, eta: floa
     (diffusers' set_alpha_to_one=False). prev_step: where each step lands (ddim_alpha_bar_prev):
     "grid" (the grid's next step; the default) or "stride" (t - T // S on full_schedule, the
     schedule the grid was respaced from; diffusers). Noise is drawn at exactly the steps whose
-    sigma > 0. ``options`` go to ``ddim_step``. Yields a SampleStep per update.
+    sigma > 0. rederive_eps, param, clip_x0, threshold: as ``ddim_step``. Yields a SampleStep per update.
     """
     check_sample(x)
+    check_options(param, clip_x0, threshold)
     k0 = check_start(schedule, start)
     eta = check_finite("eta", eta, low=0.0)
     final_alpha_bar = check_finite("final_alpha_bar", final_alpha_bar, low=0.0)
@@ -129,12 +132,15 @@ def ddim_loop(model: Model, schedule: Schedule, x: Any, y: Any = None, eta: floa
         # sigma = 0 at eta = 0 and at a last step landing on 1 or where it starts; other steps need noise
         sigma = ddim_sigma(float(schedule.alpha_bar[k]), ab_prev, eta)            # eq. 16
         noise = generator.normal(x.shape, like=x) if sigma > 0 else None
-        return ddim_step(schedule, output, x, k, noise, eta, cond_grad, alpha_bar_prev=ab_prev, **options)
+        return ddim_step(schedule, output, x, k, noise, eta, cond_grad, rederive_eps, alpha_bar_prev=ab_prev,
+                         param=param, clip_x0=clip_x0, threshold=threshold)
 
     return reverse_chain(model, schedule, x, y, cond_fn, k0, step)
 
 
-def ddim_invert_step(schedule: Schedule, model_output: Any, x: Any, k: int, **options) -> tuple[Any, Any]:
+def ddim_invert_step(schedule: Schedule, model_output: Any, x: Any, k: int,
+                     param: Parameterization = Parameterization(), clip_x0: float | None = None,
+                     threshold: float | None = None) -> tuple[Any, Any]:
     """One deterministic inversion step x_{k-1} -> x_k, the mirror of ddim_step with eta = 0.
 
     Math: x_k = sqrt(alpha_bar_k) x0_hat + sqrt(1 - alpha_bar_k) eps_hat,
@@ -142,26 +148,38 @@ def ddim_invert_step(schedule: Schedule, model_output: Any, x: Any, k: int, **op
           at its start point (x_k, k). At k = 0 the start point is the data, read at level 0 (as
           OpenAI's ddim_reverse_sample does; alpha_bar_0 ~ 1).
 
-    model_output: the model's output at (x, timestep_map[max(k - 1, 0)]). Returns (x_k, x0_hat).
+    model_output: the model's output at (x, timestep_map[max(k - 1, 0)]); param, clip_x0, threshold:
+    ``p_mean_variance``'s. Returns (x_k, x0_hat).
     """
     level = max(k - 1, 0)
-    out = p_mean_variance(schedule, model_output, x, step_t(level, x), **options)
+    out = p_mean_variance(schedule, model_output, x, step_t(level, x), param, clip_x0, threshold)
     ab = float(schedule.alpha_bar[k])
     return math.sqrt(ab) * out.x0 + math.sqrt(1.0 - ab) * out.eps, out.x0
 
 
 def ddim_invert_loop(model: Model, schedule: Schedule, x0: Any, y: Any = None, end: int | None = None,
-                     **options) -> Iterator[SampleStep]:
+                     param: Parameterization = Parameterization(), clip_x0: float | None = None,
+                     threshold: float | None = None) -> Iterator[SampleStep]:
     """Deterministic DDIM inversion of data x0 up to level ``end`` (default T - 1): the x_T that
-    ddim_loop with eta = 0 maps back to (approximately) x0. Yields a SampleStep per update."""
+    ddim_loop with eta = 0 maps back to (approximately) x0. param, clip_x0, threshold: as
+    ``ddim_invert_step``. Yields a SampleStep per update."""
     check_sample(x0)
+    check_options(param, clip_x0, threshold)
     k_end = check_start(schedule, end)
-    return _invert_chain(model, schedule, x0, y, k_end, options)
+
+    def step(output, x, k):
+        return ddim_invert_step(schedule, output, x, k, param, clip_x0, threshold)
+
+    return _invert_chain(model, schedule, x0, y, k_end, step)
 
 
-def _invert_chain(model: Model, schedule: Schedule, x: Any, y: Any, k_end: int, options: dict) -> Iterator[SampleStep]:
-    """Levels 0, ..., k_end of the inversion, one SampleStep each (the generator behind ddim_invert_loop)."""
+def _invert_chain(model: Model, schedule: Schedule, x: Any, y: Any, k_end: int,
+                  step: Callable) -> Iterator[SampleStep]:
+    """Levels 0, ..., k_end of the inversion, one SampleStep each (the generator behind ddim_invert_loop):
+
+        output = model(x, timestep_map[max(k - 1, 0)], y);  x, x0 = step(output, x, k)
+    """
     for k in range(0, k_end + 1):
         t = model_t(schedule, max(k - 1, 0), x)
-        x, x0_hat = ddim_invert_step(schedule, model(x, t, y), x, k, **options)
+        x, x0_hat = step(model(x, t, y), x, k)
         yield SampleStep(k, t, x, x0_hat)

@@ -9,12 +9,12 @@ index k is one ``ddpm_step`` from level k to k - 1; an "up" move at index k is o
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from refdiff.backend import Generator, namespace
-from refdiff.diffusion import q_sample, q_step
+from refdiff.diffusion import Parameterization, check_options, q_sample, q_step
 from refdiff.samplers.common import Model, SampleStep, check_finite, check_sample, model_t, step_t
 from refdiff.samplers.ddim import ddim_loop
 from refdiff.samplers.ddpm import ddpm_loop, ddpm_step
@@ -72,7 +72,8 @@ def _check_mask(mask: Any, x: Any):
 
 
 def inpaint_loop(model: Model, schedule: Schedule, x: Any, known: Any, mask: Any, generator: Generator,
-                 y: Any = None, jump_length: int = 1, resample: int = 1, **options) -> Iterator[SampleStep]:
+                 y: Any = None, jump_length: int = 1, resample: int = 1, param: Parameterization = Parameterization(),
+                 clip_x0: float | None = None, threshold: float | None = None) -> Iterator[SampleStep]:
     """Inpainting by replacement, with RePaint's resampling (Lugmayr et al. 2022, Alg. 1).
 
     Math, each down move at index k (level k -> k - 1):
@@ -86,19 +87,26 @@ def inpaint_loop(model: Model, schedule: Schedule, x: Any, known: Any, mask: Any
     x: (N, C, ...) start at level T - 1 (N(0, I)); known: like x, the data (read only where mask = 1);
     mask: 0/1 (or bool) array broadcastable against x, 1 = known; generator draws, per down move
     with k > 0, the step noise then the known region's noise, and per up move the forward noise.
-    ``options`` go to ``ddpm_step``. Yields a SampleStep per down move (the up moves show as a
-    repeated k); the last one's x equals ``known`` exactly where mask = 1.
+    param, clip_x0, threshold: as ``ddpm_step``. Yields a SampleStep per down move (the up moves show
+    as a repeated k); the last one's x equals ``known`` exactly where mask = 1.
     """
     check_sample(x)
+    check_options(param, clip_x0, threshold)
     if known.shape != x.shape or known.dtype != x.dtype:
         raise ValueError(f"known must match x's shape {x.shape} and dtype {x.dtype}, "
                          f"got {known.shape}, {known.dtype}")
     is_known = _check_mask(mask, x)
     moves = repaint_moves(schedule.T, jump_length, resample)
-    return _inpaint(model, schedule, x, known, is_known, generator, y, moves, options)
+
+    def down(output, x, k, noise):
+        return ddpm_step(schedule, output, x, k, noise, None, param, clip_x0, threshold)
+
+    return _inpaint(model, schedule, x, known, is_known, generator, y, moves, down)
 
 
-def _inpaint(model, schedule, x, known, is_known, generator, y, moves, options) -> Iterator[SampleStep]:
+def _inpaint(model: Model, schedule: Schedule, x: Any, known: Any, is_known: Any, generator: Generator, y: Any,
+             moves: list[tuple[int, str]], down: Callable) -> Iterator[SampleStep]:
+    """The moves of ``inpaint_loop``: ``down(model(x, t, y), x, k, noise)`` is one ddpm_step."""
     xp = namespace(x)
     for k, direction in moves:
         if direction == "up":
@@ -106,7 +114,7 @@ def _inpaint(model, schedule, x, known, is_known, generator, y, moves, options) 
             continue
         t = model_t(schedule, k, x)
         noise = generator.normal(x.shape, like=x) if k > 0 else None
-        x, x0 = ddpm_step(schedule, model(x, t, y), x, k, noise, **options)
+        x, x0 = down(model(x, t, y), x, k, noise)
         if k > 0:
             known_level = q_sample(schedule, known, step_t(k - 1, x), generator.normal(x.shape, like=x))
         else:
@@ -130,7 +138,9 @@ def sdedit_start(T: int, strength: float) -> int:
 
 
 def sdedit_loop(model: Model, schedule: Schedule, x0: Any, strength: float, generator: Generator,
-                sampler: str = "ddim", y: Any = None, **options) -> Iterator[SampleStep]:
+                sampler: str = "ddim", y: Any = None, eta: float = 0.0, cond_fn: Callable | None = None,
+                param: Parameterization = Parameterization(), clip_x0: float | None = None,
+                threshold: float | None = None) -> Iterator[SampleStep]:
     """SDEdit: perturb x0 to level k0, then sample back to x0 (Meng et al. 2022, Alg. 1).
 
     Math: x_{k0} = sqrt(alpha_bar_{k0}) x0 + sqrt(1 - alpha_bar_{k0}) eps     (Ho et al. 2020, eq. 4)
@@ -139,16 +149,21 @@ def sdedit_loop(model: Model, schedule: Schedule, x0: Any, strength: float, gene
 
     x0: (N, C, ...) the input to edit; strength in [0, 1]: 0 returns x0 itself (the loop yields one
     SampleStep(k=-1, t=None, x=x0, x0=x0) so that final() works), 1 starts from level T - 1;
-    generator draws eps first, then the sampler's noise; sampler: "ddim" or "ddpm"; ``options`` go to
-    the loop (eta, cond_fn, prediction, variance, clip_x0, ...). Yields a SampleStep per update.
+    generator draws eps first, then the sampler's noise; sampler: "ddim" or "ddpm"; eta: DDIM's (0
+    with "ddpm"); cond_fn, param, clip_x0, threshold: the loop's. Yields a SampleStep per update.
     """
     check_sample(x0)
+    check_options(param, clip_x0, threshold)
     k0 = sdedit_start(schedule.T, strength)
     if sampler not in SDEDIT_SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SDEDIT_SAMPLERS)}, got {sampler!r}")
+    if sampler == "ddpm" and eta != 0.0:
+        raise ValueError(f"eta is DDIM's stochasticity: it must be 0 with sampler='ddpm', got {eta!r}")
     if k0 < 0:
         return iter([SampleStep(-1, None, x0, x0)])
     xk = q_sample(schedule, x0, step_t(k0, x0), generator.normal(x0.shape, like=x0))
     if sampler == "ddpm":
-        return ddpm_loop(model, schedule, xk, generator, y=y, start=k0, **options)
-    return ddim_loop(model, schedule, xk, y=y, generator=generator, start=k0, **options)
+        return ddpm_loop(model, schedule, xk, generator, y, cond_fn, start=k0, param=param, clip_x0=clip_x0,
+                         threshold=threshold)
+    return ddim_loop(model, schedule, xk, y, eta, generator, cond_fn, start=k0, param=param, clip_x0=clip_x0,
+                     threshold=threshold)
