@@ -337,16 +337,7 @@ def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
     check_batch(cfg.batch_size, comm.size)
     path = Path(out_dir) / "checkpoint.npz"
     with hold_output(out_dir, comm):
-        with comm.abort_on_error():  # rank 0 reads, every rank gets it; a missing or unreadable file ends them all
-            if resume:
-                ckpt = comm.bcast(load_checkpoint(path) if comm.rank == 0 else None)
-            else:
-                found = comm.bcast(path.exists() if comm.rank == 0 else None)
-        if resume:  # every rank raises these alike, outside abort_on_error
-            with interpreting(ckpt):
-                check_resume(ckpt["config"], cfg, model_cfg, x.shape[1:])
-        elif found and not overwrite:
-            raise ValueError(f"{path} exists: resume it, or train into another folder to keep it")
+        ckpt = _start_checkpoint(cfg, model_cfg, x, path, resume, overwrite, comm)
         check_step_fits(cfg, model_cfg, x.shape[1:], comm.size)
         with comm.abort_on_error(collective=(TrainingError,)):
             if cfg.backend == "cupy":
@@ -358,6 +349,24 @@ def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
                     warnings.filterwarnings("ignore", message, RuntimeWarning)
                 return _loop(cfg, model_cfg, x, y, path, state, progress and comm.rank == 0, stop_at, comm, preview,
                              data_source)
+
+
+def _start_checkpoint(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, path: Path, resume: bool, overwrite: bool,
+                      comm: Any) -> dict | None:
+    """``train``'s checkpoint at path, read by rank 0 and given to every rank, when it resumes (it must
+    agree with the run: check_resume); else None, after checking that no checkpoint is there to lose."""
+    with comm.abort_on_error():  # rank 0 reads, every rank gets it; a missing or unreadable file ends them all
+        if resume:
+            ckpt = comm.bcast(load_checkpoint(path) if comm.rank == 0 else None)
+        else:
+            found = comm.bcast(path.exists() if comm.rank == 0 else None)
+    if not resume:  # every rank raises these alike, outside abort_on_error
+        if found and not overwrite:
+            raise ValueError(f"{path} exists: resume it, or train into another folder to keep it")
+        return None
+    with interpreting(ckpt):
+        check_resume(ckpt["config"], cfg, model_cfg, x.shape[1:])
+    return ckpt
 
 
 def check_step_fits(cfg: TrainConfig, model_cfg: Any, data_shape: tuple, ranks: int = 1) -> None:
@@ -397,9 +406,10 @@ def _loop(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
     try:
         while state.step < end:
             loss = train_step(cfg, model_cfg, schedule, state, x, y, comm)
-            if comm.rank == 0 and (state.step % cfg.checkpoint_every == 0 or state.step == end):
-                check_state_finite(cfg, model_cfg, schedule, state, probe)  # never save an exploded state
-                save_state(path, cfg, model_cfg, state, x.shape[1:], comm.size, data_bound, data_source)
+            if state.step % cfg.checkpoint_every == 0 or state.step == end:
+                check_state_finite(cfg, model_cfg, schedule, state, probe)  # every rank alike: no exploded save
+                if comm.rank == 0:
+                    save_state(path, cfg, model_cfg, state, x.shape[1:], comm.size, data_bound, data_source)
             if comm.rank == 0 and cfg.sample_every and state.step % cfg.sample_every == 0:
                 preview(state)
             rate = cfg.batch_size * (state.step - start_step) / max(time.perf_counter() - start_time, 1e-9)
