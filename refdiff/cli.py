@@ -20,6 +20,7 @@ import importlib.util
 import os
 import platform
 import sys
+from typing import Callable
 
 from refdiff import __version__
 
@@ -197,6 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _check_output_folder("--out", args.out)
     comm = get_communicator(args.mpi_timeout)
+    say = print if comm.rank == 0 else (lambda *_: None)  # what resume does, said once
     try:
         saved = None
         if args.resume:
@@ -204,10 +206,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 saved = comm.bcast(load_checkpoint(Path(args.out) / "checkpoint.npz", arrays=False)
                                    if comm.rank == 0 else None)
             with interpreting(saved):
-                cfg = _resume_config(args, saved)
+                cfg = _resume_config(args, saved, say)
         else:
             cfg = _train_config(args, None)
-        source = _data_source(args, saved)
+        source = _data_source(args, saved, say)
         x, y, num_classes = _load_dataset(source["data"], cfg.seed, source["image_size"])
         if saved is not None and args.preset is None:
             with interpreting(saved):
@@ -225,7 +227,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_source(args: argparse.Namespace, saved: dict | None) -> dict:
+def _data_source(args: argparse.Namespace, saved: dict | None, say: Callable = print) -> dict:
     """{"data": spec, "image_size": S or None}: --data and --image-size as given (a file or folder by its
     absolute path, so that a resume from elsewhere finds it), or with --resume and no --data what the
     checkpoint recorded (said out loud), else the embedded digits."""
@@ -233,7 +235,7 @@ def _data_source(args: argparse.Namespace, saved: dict | None) -> dict:
 
     recorded = (saved or {}).get("config", {}).get("data_source")
     if args.data is None and recorded:
-        print(f"resuming on --data {recorded['data']}" +
+        say(f"resuming on --data {recorded['data']}" +
               (f" --image-size {recorded['image_size']}" if recorded.get("image_size") else "") +
               " (recorded in the checkpoint)")
         return {"data": recorded["data"], "image_size": recorded.get("image_size")}
@@ -243,7 +245,7 @@ def _data_source(args: argparse.Namespace, saved: dict | None) -> dict:
     return {"data": spec, "image_size": args.image_size}
 
 
-def _resume_config(args: argparse.Namespace, saved: dict):
+def _resume_config(args: argparse.Namespace, saved: dict, say: Callable = print):
     """The TrainConfig of ``train --resume`` from the checkpoint ``saved`` (load_checkpoint(arrays=False)):
     --steps must go past its step and its warm-up; a new --steps is said out loud, as it changes the
     learning-rate decay from here on."""
@@ -257,7 +259,7 @@ def _resume_config(args: argparse.Namespace, saved: dict):
                          f"steps (set when it started); give --steps greater than {train_cfg['warmup_steps']}")
     cfg = _train_config(args, train_cfg)
     if cfg.steps != train_cfg["steps"]:
-        print(f"resuming {saved['path']} at step {step}: training to step {cfg.steps} (it was started for "
+        say(f"resuming {saved['path']} at step {step}: training to step {cfg.steps} (it was started for "
               f"{train_cfg['steps']}); the warm-up stays {cfg.warmup_steps} steps and the learning rate now decays "
               f"({cfg.lr_decay}) to step {cfg.steps}, so this differs from a run started with --steps {cfg.steps}")
     return cfg
@@ -285,7 +287,6 @@ def _train_config(args: argparse.Namespace, saved: dict | None):
 
 def _check_output_folder(flag: str, path: str) -> None:
     """Before any work: ``path`` names a folder that exists or can be made, and can be written to."""
-    import os
     from pathlib import Path
 
     if not path:
@@ -301,7 +302,6 @@ def _check_output_folder(flag: str, path: str) -> None:
 def _check_output_file(flag: str, path: str, inputs: tuple = (), force: bool = False) -> None:
     """Before any work: ``path`` is a new file (or an existing one and ``force``) in a writable folder,
     and none of the command's ``inputs``."""
-    import os
     from pathlib import Path
 
     out = Path(path)
