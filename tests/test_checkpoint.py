@@ -3,6 +3,7 @@ flushed after the rename, and the output folder's lock (docs/design.md rule 9)."
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -51,7 +52,7 @@ def test_the_folder_is_flushed_after_the_rename(tmp_path, monkeypatch):
     """save_checkpoint fsyncs the temporary file before os.replace and the folder after it, so that
     the rename survives a power cut."""
     events, fsync, replace = [], os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}")))
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", stat.S_ISDIR(os.fstat(fd).st_mode)))
                         or fsync(fd))
     monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace",)) or replace(a, b))
     _save(tmp_path / "checkpoint.npz", 1)
