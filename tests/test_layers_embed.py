@@ -171,3 +171,71 @@ def test_embedding_bad_inputs_raise(backend, y, table_shape, message):
     """Labels outside [0, K] (K = the null label), non-integer or non-(N,) y and a non-2-D table raise."""
     with pytest.raises(ValueError, match=message):
         E.embedding_forward(backend.asarray(np.array(y)), backend.asarray(np.ones(table_shape)))
+
+
+# ------------------------------------------------------------------------------- token embedding
+
+@st.composite
+def tokens_and_table(draw):
+    """(tokens (N, L), V, C): ids in [0, V), repeats likely."""
+    V, C, N, L = draw(st.integers(1, 5)), draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    ids = draw(st.lists(st.integers(0, V - 1), min_size=N * L, max_size=N * L))
+    return np.array(ids).reshape(N, L), V, C
+
+
+@given(tvc=tokens_and_table(), seed=seeds)
+def test_token_embedding_backward_matches_finite_differences(backend, tvc, seed):
+    """dtable = token_embedding_backward(dout) equals the gradient of sum(table[tokens] * dout) (float64)."""
+    tokens, V, C = tvc
+    arrays = {"table": host_data(seed, (V, C))}
+    dout = host_data(seed + 1, tokens.shape + (C,))
+    tb = backend.asarray(tokens)
+    _, cache = E.token_embedding_forward(tb, backend.asarray(arrays["table"]))
+    dtable = E.token_embedding_backward(backend.asarray(dout), cache)
+
+    def loss(a):
+        out, _ = E.token_embedding_forward(tb, backend.asarray(a["table"]))
+        return float(to_numpy(backend.xp.sum(out * backend.asarray(dout))))
+    assert_gradients_match(loss, arrays, {"table": to_numpy(dtable)})
+
+
+@given(tvc=tokens_and_table(), seed=seeds, dtype=st.sampled_from(DTYPES))
+def test_token_embedding_looks_up_rows_and_scatter_adds_repeated_tokens(backend, tvc, seed, dtype):
+    """token_embedding(tokens, table) == table[tokens] exactly, and dtable[v] == the sum of dout[n, l] over
+    the (n, l) with tokens[n, l] == v (a host loop: the scatter-add), zero for ids that do not occur; both
+    keep table's library, device and dtype."""
+    tokens, V, C = tvc
+    table, dout = host_data(seed, (V, C), dtype), host_data(seed + 1, tokens.shape + (C,), dtype)
+    tb = backend.asarray(table)
+    out, cache = E.token_embedding_forward(backend.asarray(tokens), tb)
+    np.testing.assert_array_equal(to_numpy(out), table[tokens])
+    dtable = E.token_embedding_backward(backend.asarray(dout), cache)
+    expected = np.zeros((V, C))
+    for (n, l), v in np.ndenumerate(tokens):
+        expected[v] += dout[n, l]
+    assert_close(dtable, expected, scale=tokens.size)
+    for a in (out, dtable):
+        assert_same_array_kind(a, tb)
+
+
+def test_token_embedding_float32_creates_no_float64(backend):
+    """float32 forward and backward of token_embedding create no float64 array (tripwire on array_api_strict)."""
+    table = backend.asarray(host_data(0, (5, 3), "float32"))
+    tokens = backend.asarray(np.array([[4, 0, 4], [1, 1, 2]]))
+    with float64_tripwire(backend):
+        out, cache = E.token_embedding_forward(tokens, table)
+        dtable = E.token_embedding_backward(out, cache)
+    assert_same_array_kind(dtable, table)
+
+
+@pytest.mark.parametrize("tokens, table_shape, message", [
+    ([[0, 5]], (5, 3), r"tokens must hold ids in \[0, 4\] \(V = 5 rows of table\), got values in \[0, 5\]"),
+    ([[-1, 2]], (5, 3), r"tokens must hold ids in \[0, 4\]"),
+    ([[0.0, 1.0]], (5, 3), r"tokens must be an \(N, L\) integer array"),
+    ([0, 1], (5, 3), r"tokens must be an \(N, L\) integer array"),
+    ([[0, 1]], (5,), r"table must be \(V, C\)"),
+])
+def test_token_embedding_bad_inputs_raise(backend, tokens, table_shape, message):
+    """Ids outside [0, V), non-integer or non-(N, L) tokens and a non-2-D table raise ValueError."""
+    with pytest.raises(ValueError, match=message):
+        E.token_embedding_forward(backend.asarray(np.array(tokens)), backend.asarray(np.ones(table_shape)))

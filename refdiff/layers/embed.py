@@ -1,9 +1,11 @@
-"""Conditioning inputs: sinusoidal timestep embeddings and class-label embeddings.
+"""Conditioning inputs: sinusoidal timestep embeddings, class-label embeddings and token embeddings.
 
 The timestep embedding is the transformer's positional encoding (Vaswani et al. 2017, Sec. 3.5) as
 DDPM and ADM use it for t; its [cos, sin] vs [sin, cos] order is a switch (docs/design.md rule 7,
 docs/conventions.md). The label embedding has one row more than there are classes: label K is the
-"null" label that classifier-free guidance trains with and samples with (Ho & Salimans 2022).
+"null" label that classifier-free guidance trains with and samples with (Ho & Salimans 2022). The
+token embedding is the same lookup over an (N, L) array of token ids (a text encoder's input); both
+backwards are the scatter-add of the output's gradient into the table's rows.
 """
 
 from __future__ import annotations
@@ -99,3 +101,46 @@ def embedding_backward(dout: Any, cache: EmbeddingCache) -> Any:
     y, rows = cache
     onehot = xp.astype(y[:, None] == xp.arange(rows, device=device(y)), dout.dtype)  # (N, K + 1)
     return xp.matmul(xp.matrix_transpose(onehot), dout)  # (K + 1, N) @ (N, C) -> (K + 1, C)
+
+
+class TokenEmbeddingCache(NamedTuple):
+    ids: Any  # (N*L,) the token ids, flattened
+    rows: int  # V, the vocabulary size
+    shape: tuple[int, int]  # (N, L)
+
+
+def token_embedding_forward(tokens: Any, table: Any) -> tuple[Any, TokenEmbeddingCache]:
+    """Look up one learned row per token of a sequence.
+
+    Math: out[n, l] = table[tokens[n, l]]
+
+    tokens: (N, L) integer ids in [0, V); table: (V, C). Returns (N, L, C) like table.
+    """
+    xp = namespace(tokens, table)
+    if table.ndim != 2 or table.shape[0] < 1:
+        raise ValueError(f"table must be (V, C) (one row per token id), got shape {tuple(table.shape)}")
+    V = table.shape[0]
+    if tokens.ndim != 2 or not xp.isdtype(tokens.dtype, "integral"):
+        raise ValueError(f"tokens must be an (N, L) integer array of token ids, got shape {tuple(tokens.shape)}, "
+                         f"dtype {tokens.dtype}")
+    if tokens.size > 0 and bool(xp.any((tokens < 0) | (tokens >= V))):  # one device-to-host read on a GPU
+        raise ValueError(f"tokens must hold ids in [0, {V - 1}] (V = {V} rows of table), "
+                         f"got values in [{int(xp.min(tokens))}, {int(xp.max(tokens))}]")
+    N, L = tokens.shape
+    ids = xp.reshape(tokens, (N * L,))  # (N*L,)
+    out = xp.reshape(xp.take(table, ids, axis=0), (N, L, table.shape[1]))  # (N*L, C) -> (N, L, C)
+    return out, TokenEmbeddingCache(ids, V, (N, L))
+
+
+def token_embedding_backward(dout: Any, cache: TokenEmbeddingCache) -> Any:
+    """Gradient of token_embedding_forward with respect to the table: returns dtable.
+
+    Math: dtable[v] = sum over (n, l) with tokens[n, l] == v of dout[n, l]  (a scatter-add)
+
+    embedding_backward's one-hot product over the N*L flattened tokens: a word that occurs several times
+    adds up all its rows' gradients. dout: (N, L, C). Returns dtable (V, C).
+    """
+    xp = namespace(dout)
+    ids, rows, (N, L) = cache
+    dout2 = xp.reshape(dout, (N * L, dout.shape[-1]))  # (N*L, C)
+    return embedding_backward(dout2, EmbeddingCache(ids, rows))  # (V, C)
