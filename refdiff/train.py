@@ -48,7 +48,7 @@ from refdiff.distributed import SINGLE_PROCESS, check_batch, data_parallel, get_
 from refdiff.losses import LOSSES, WEIGHTINGS, training_loss
 from refdiff.models import registry
 from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, ema_update, learning_rate
-from refdiff.parallel import check_fits
+from refdiff.memory import check_fits
 from refdiff.timesteps import LossSecondMomentSampler, sample_timesteps
 
 TIMESTEPS = ("uniform", "importance")
