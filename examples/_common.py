@@ -30,8 +30,12 @@ def argument_parser(doc: str, out: str, seed_help: str, quick: dict | None = Non
 
 
 def backend_and_out(args):
-    """The refdiff Backend of --backend and the folder --out (created where missing): (backend, out)."""
-    backend = get_backend(args.backend)
+    """The refdiff Backend of --backend and the folder --out (created where missing): (backend, out); a
+    backend that cannot run here ends the example with one line saying why."""
+    try:
+        backend = get_backend(args.backend)
+    except (ValueError, ImportError) as err:
+        raise SystemExit(f"--backend {args.backend}: {err}") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return backend, out

@@ -31,7 +31,7 @@ import numpy as np
 
 from refdiff import schedules
 from refdiff.backend import Generator, asarray, get_backend, to_numpy
-from refdiff.checkpoint import load_checkpoint, save_checkpoint
+from refdiff.checkpoint import interpreting, load_checkpoint, save_checkpoint
 from refdiff.diffusion import q_sample
 from refdiff.layers.cross_entropy import cross_entropy
 from refdiff.models import registry
@@ -142,7 +142,7 @@ def train_classifier(train_cfg: ClassifierTrainConfig, cfg: ClassifierConfig, x:
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    with tqdm(total=train_cfg.steps, disable=not progress, desc="classifier", unit="step") as bar:
+    with tqdm(total=train_cfg.steps, disable=None if progress else True, desc="classifier", unit="step") as bar:
         for step in range(train_cfg.steps):
             opt, loss = classifier_step(trained, opt, schedule, x, y, g, step)
             trained.losses.append(loss)
@@ -221,11 +221,12 @@ def save_classifier(path: str | Path, trained: TrainedClassifier) -> Path:
 def load_classifier(path: str | Path, backend: str = "numpy", dtype: str = "float32") -> TrainedClassifier:
     """A classifier written by save_classifier, its parameters on ``backend`` in ``dtype``."""
     ckpt = load_checkpoint(path)
-    model = ckpt["config"].get("model", {})
-    if model.get("kind") not in [family.name for family in registry.families("classifier")]:
-        raise ValueError(f"checkpoint {path} does not hold a classifier (model kind {model.get('kind')!r})")
-    cfg = registry.config_from_dict(model)
-    train_cfg = ClassifierTrainConfig(**dict(ckpt["config"]["train"], backend=backend, dtype=dtype))
+    with interpreting(ckpt):  # a malformed config is an error naming the file
+        model = ckpt["config"].get("model", {})
+        if model.get("kind") not in [family.name for family in registry.families("classifier")]:
+            raise ValueError(f"checkpoint {path} does not hold a classifier (model kind {model.get('kind')!r})")
+        cfg = registry.config_from_dict(model)
+        train_cfg = ClassifierTrainConfig(**dict(ckpt["config"]["train"], backend=backend, dtype=dtype))
     b = get_backend(backend)
     like = b.asarray(np.zeros(1), dtype=b.dtype(dtype))
     params = {k: asarray(v, like=like, dtype=like.dtype) for k, v in ckpt["params"].items()}

@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import platform
 import sys
+from typing import Callable
 
 from refdiff import __version__
 
@@ -48,7 +50,8 @@ def _versions() -> list[tuple[str, str]]:
 
 
 def _blas_rows() -> list[tuple[str, str]]:
-    """One ("BLAS", description) row per BLAS library loaded in this process (threadpoolctl)."""
+    """One ("BLAS", description) row per BLAS library loaded in this process (threadpoolctl), each with
+    its file, which says whose it is (NumPy's and SciPy's wheels each bring one)."""
     import numpy  # noqa: F401  -- load NumPy's and SciPy's BLAS so threadpoolctl can see them
     import scipy.linalg  # noqa: F401
     from threadpoolctl import threadpool_info
@@ -56,8 +59,8 @@ def _blas_rows() -> list[tuple[str, str]]:
     blas = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
     if not blas:
         return [("BLAS", "none found")]
-    return [("BLAS", f"{lib.get('internal_api')} {lib.get('version')}, "
-                     f"{lib.get('num_threads')} threads ({lib.get('prefix')})") for lib in blas]
+    return [("BLAS", f"{lib.get('internal_api')} {lib.get('version')}, {lib.get('num_threads')} threads "
+                     f"({lib.get('filepath')})") for lib in blas]
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -100,11 +103,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Train the digits U-Net and sample every class (refdiff.demo); print the files written."""
     from refdiff.demo import run_demo
 
+    _check_demo_args(args)
+    _check_output_folder("--out", args.out)
     paths = run_demo(args.out, steps=args.steps, samples_per_class=args.per_class, guidance=args.guidance,
-                     sample_steps=args.sample_steps, seed=args.seed, backend=args.backend)
+                     sample_steps=args.sample_steps, seed=args.seed, backend=args.backend, force=args.force)
     for name, path in paths.items():
         print(f"{name + ':':<15} {path}")
     return 0
+
+
+def _check_demo_args(args: argparse.Namespace) -> None:
+    """refdiff demo's sizes and sampling settings, checked before anything runs, with the flags' names."""
+    from refdiff.demo import DEMO_TRAIN
+    from refdiff.train import LIMITS
+
+    if args.steps is not None and not 1 <= args.steps <= LIMITS["steps"]:
+        raise ValueError(f"--steps must be an integer in [1, {LIMITS['steps']}], got {args.steps}")
+    if not 1 <= args.per_class <= MAX_COUNT:
+        raise ValueError(f"--per-class must be an integer in [1, {MAX_COUNT}], got {args.per_class}")
+    _check_sampling_flags("ddim", args.sample_steps, args.guidance, DEMO_TRAIN.T, "--sample-steps")
+
+
+def _check_sampling_flags(sampler: str, steps: int, guidance: float, T: int, steps_flag: str = "--steps") -> None:
+    """refdiff.generate.check_sampling, its errors naming the flags ("steps must ..." -> "--steps must ...")."""
+    from refdiff.generate import check_sampling
+
+    try:
+        check_sampling(sampler, steps, guidance, T)
+    except ValueError as err:
+        name = str(err).split(" ", 1)[0]
+        flags = {"steps": steps_flag, "guidance": "--guidance", "sampler": "--sampler"}
+        raise ValueError(flags.get(name, name) + str(err)[len(name):]) from None
 
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
@@ -112,9 +141,14 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo", help="train a class-conditional U-Net on the embedded digits and sample every class",
         description="The main job: train the digits8 U-Net on the embedded 8x8 digits (a few minutes on a "
-                    "2-core CPU), then sample every class with DDIM and classifier-free guidance. Writes "
-                    "forward_chain.png, loss_curve.png, samples.png, samples.npz and checkpoint.npz.")
-    parser.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+                    "2-core CPU), then sample every class with DDIM and classifier-free guidance, and score "
+                    "the samples with the digit classifier refdiff ships. Writes forward_chain.png, "
+                    "checkpoint.npz, loss_curve.png, samples.png, samples.npz and metrics.json into OUT (and "
+                    "holds OUT's lock file, .refdiff.lock, while it runs).")
+    parser.add_argument("--out", default="out/demo",
+                        help="output folder: new, empty or an earlier demo's, whose files are replaced "
+                             "(default: out/demo)")
+    parser.add_argument("--force", action="store_true", help="write into an --out that holds other files")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: 2000)")
     parser.add_argument("--per-class", type=int, default=10, help="samples per class (default: 10)")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
@@ -149,39 +183,89 @@ TRAIN_FLAGS = {
 }
 
 
+MAX_CLASSES = 10_000  # a label embedding row per class: a stray label of 10^9 is a typo, not a dataset
+MAX_COUNT = 100_000  # sample --count (per class): memory is estimated too (refdiff.generate.generate)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a preset on a dataset (refdiff.train), resuming when asked; data-parallel under mpirun."""
     from pathlib import Path
 
-    from refdiff.checkpoint import load_checkpoint
+    from refdiff.checkpoint import interpreting, load_checkpoint
     from refdiff.distributed import get_communicator
     from refdiff.generate import previewer
     from refdiff.models import registry
     from refdiff.train import train
 
+    _check_output_folder("--out", args.out)
     comm = get_communicator(args.mpi_timeout)
+    say = print if comm.rank == 0 else (lambda *_: None)  # what resume does, said once
     try:
         saved = None
         if args.resume:
             with comm.abort_on_error():  # rank 0 reads it; a missing file ends every rank
-                saved = comm.bcast(load_checkpoint(Path(args.out) / "checkpoint.npz", arrays=False)["config"]
+                saved = comm.bcast(load_checkpoint(Path(args.out) / "checkpoint.npz", arrays=False)
                                    if comm.rank == 0 else None)
-        cfg = _train_config(args, None if saved is None else saved["train"])
-        x, y, num_classes = _load_dataset(args.data, cfg.seed, args.image_size)
-        if saved is not None and args.preset is None:
-            model_cfg = registry.config_from_dict(saved["model"], "denoiser")
+            with interpreting(saved):
+                cfg = _resume_config(args, saved, say)
         else:
-            default = "text16" if args.data == "captions" else "digits8"
-            model_cfg = _model_config(args.preset or default, x, num_classes, cfg.loss, args.data == "captions")
+            cfg = _train_config(args, None)
+        source = _data_source(args, saved, say)
+        x, y, num_classes = _load_dataset(source["data"], cfg.seed, source["image_size"])
+        if saved is not None and args.preset is None:
+            with interpreting(saved):
+                model_cfg = registry.config_from_dict(saved["config"]["model"], "denoiser")
+        else:
+            captions = source["data"] == "captions"
+            model_cfg = _model_config(args.preset or ("text16" if captions else "digits8"), x, num_classes, cfg.loss,
+                                      captions)
         preview = previewer(cfg, model_cfg, x, args.out) if cfg.sample_every else None
-        train(cfg, model_cfg, x, y, args.out, resume=args.resume, comm=comm, preview=preview)
+        train(cfg, model_cfg, x, y, args.out, resume=args.resume, comm=comm, preview=preview, data_source=source)
     except (ValueError, FileNotFoundError, RuntimeError):
         if comm.rank == 0:  # every rank raises these alike: rank 0 alone reports (main's one line)
             raise
         return 1
     if comm.rank == 0:
-        print(f"checkpoint: {args.out}/checkpoint.npz" + (f" ({comm.size} ranks)" if comm.size > 1 else ""))
+        print(f"checkpoint: {Path(args.out) / 'checkpoint.npz'}" + (f" ({comm.size} ranks)" if comm.size > 1 else ""))
     return 0
+
+
+def _data_source(args: argparse.Namespace, saved: dict | None, say: Callable = print) -> dict:
+    """{"data": spec, "image_size": S or None}: --data and --image-size as given (a file or folder by its
+    absolute path, so that a resume from elsewhere finds it), or with --resume and no --data what the
+    checkpoint recorded (said out loud), else the embedded digits."""
+    from pathlib import Path
+
+    recorded = (saved or {}).get("config", {}).get("data_source")
+    if args.data is None and recorded:
+        say(f"resuming on --data {recorded['data']}" +
+              (f" --image-size {recorded['image_size']}" if recorded.get("image_size") else "") +
+              " (recorded in the checkpoint)")
+        return {"data": recorded["data"], "image_size": recorded.get("image_size")}
+    spec = args.data or "digits"
+    if spec.endswith(".npz") or Path(spec).is_dir():
+        spec = str(Path(spec).resolve())
+    return {"data": spec, "image_size": args.image_size}
+
+
+def _resume_config(args: argparse.Namespace, saved: dict, say: Callable = print):
+    """The TrainConfig of ``train --resume`` from the checkpoint ``saved`` (load_checkpoint(arrays=False)):
+    --steps must go past its step and its warm-up; a new --steps is said out loud, as it changes the
+    learning-rate decay from here on."""
+    train_cfg, step = saved["config"]["train"], saved["step"]
+    steps = train_cfg["steps"] if args.steps is None else args.steps
+    if steps <= step:
+        raise ValueError(f"--steps {steps}: {saved['path']} is at step {step} already; give --steps greater "
+                         f"than {step} to train on")
+    if steps <= train_cfg["warmup_steps"]:
+        raise ValueError(f"--steps {steps} ends inside the run's learning-rate warm-up of {train_cfg['warmup_steps']} "
+                         f"steps (set when it started); give --steps greater than {train_cfg['warmup_steps']}")
+    cfg = _train_config(args, train_cfg)
+    if cfg.steps != train_cfg["steps"]:
+        say(f"resuming {saved['path']} at step {step}: training to step {cfg.steps} (it was started for "
+              f"{train_cfg['steps']}); the warm-up stays {cfg.warmup_steps} steps and the learning rate now decays "
+              f"({cfg.lr_decay}) to step {cfg.steps}, so this differs from a run started with --steps {cfg.steps}")
+    return cfg
 
 
 def _train_config(args: argparse.Namespace, saved: dict | None):
@@ -193,10 +277,47 @@ def _train_config(args: argparse.Namespace, saved: dict | None):
 
     given = {field: getattr(args, dest) for dest, (field, _, _) in TRAIN_FLAGS.items()
              if getattr(args, dest) is not None}
-    if saved is not None:
-        return dataclasses.replace(TrainConfig(**saved), **given)
-    settings = {**{field: default for field, default, _ in TRAIN_FLAGS.values()}, **given}
-    return TrainConfig(warmup_steps=min(100, settings["steps"] - 1), **settings)
+    try:
+        if saved is not None:
+            return dataclasses.replace(TrainConfig(**saved), **given)
+        settings = {**{field: default for field, default, _ in TRAIN_FLAGS.values()}, **given}
+        return TrainConfig(warmup_steps=min(100, max(settings["steps"] - 1, 0)), **settings)
+    except ValueError as err:  # "batch_size must be ..." -> "--batch-size must be ..." for a flag given
+        flags = {field: "--" + dest.replace("_", "-") for dest, (field, _, _) in TRAIN_FLAGS.items() if field in given}
+        field = str(err).split(" ", 1)[0]
+        raise ValueError(f"{flags[field]}{str(err)[len(field):]}" if field in flags else str(err)) from None
+
+
+def _check_output_folder(flag: str, path: str) -> None:
+    """Before any work: ``path`` names a folder that exists or can be made, and can be written to."""
+    from pathlib import Path
+
+    if not path:
+        raise ValueError(f"{flag} must name a folder, got ''")
+    folder = Path(path)
+    existing = next(a for a in (folder, *folder.absolute().parents) if a.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {existing} is not writable")
+
+
+def _check_output_file(flag: str, path: str, inputs: tuple = (), force: bool = False) -> None:
+    """Before any work: ``path`` is a new file (or an existing one and ``force``) in a writable folder,
+    and none of the command's ``inputs``."""
+    from pathlib import Path
+
+    out = Path(path)
+    if not path or out.is_dir():
+        raise ValueError(f"{flag} must name a file, got {path!r}" + (" (a folder)" if path else ""))
+    if any(out.exists() and out.resolve() == Path(i).resolve() for i in inputs):
+        raise ValueError(f"{flag} {path} is an input of this command: give another file name")
+    if out.exists() and not force:
+        raise ValueError(f"{flag} {path} exists: give --force to replace it, or another file name")
+    if not out.absolute().parent.is_dir():
+        raise ValueError(f"{flag} {path}: the folder {out.absolute().parent} does not exist")
+    if not os.access(out.absolute().parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: the folder {out.absolute().parent} is not writable")
 
 
 def _load_dataset(spec: str, seed: int, image_size: int | None = None):
@@ -223,10 +344,16 @@ def _load_dataset(spec: str, seed: int, image_size: int | None = None):
         x, y = data.load_npz(spec)
     elif Path(spec).is_dir():
         x, y = data.load_image_folder(spec, size=image_size)
+    elif "/" in spec or os.sep in spec:
+        raise FileNotFoundError(f"--data {spec}: no such folder")
     else:
         raise ValueError(f"--data must be digits, shapes, toy2d:NAME, a .npz file or a folder of images, or captions "
                          f"(for a text preset), got {spec!r}")
-    return x, y, None if y is None else int(np.max(y)) + 1
+    num_classes = None if y is None else int(np.max(y)) + 1
+    if num_classes is not None and num_classes > MAX_CLASSES:
+        raise ValueError(f"--data {spec}: its labels reach {num_classes - 1}, but a model takes at most {MAX_CLASSES} "
+                         f"classes (labels in [0, {MAX_CLASSES - 1}])")
+    return x, y, num_classes
 
 
 def _model_config(preset: str, x, num_classes, loss: str, captions: bool = False):
@@ -266,11 +393,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                                    "checkpoints go to OUT/checkpoint.npz and --resume continues from there. "
                                    "Under `mpirun -n N` the ranks split every batch (--batch-size is the "
                                    "global batch); see docs/scaling.md.")
-    parser.add_argument("--data", default="digits",
+    parser.add_argument("--data", default=None,
                         help="digits, shapes, captions (captioned shapes, for a text preset), toy2d:NAME "
                              "(swiss_roll, two_moons, 8gaussians, checkerboard, "
                              "rings), a .npz file (x or images, optional y or labels), or a folder of images "
-                             "(one subfolder per class gives labels) (default: digits)")
+                             "(one subfolder per class gives labels) (default: digits, or with --resume the data "
+                             "the checkpoint recorded)")
     _add_image_size(parser)
     parser.add_argument("--preset", default=None,
                         help="digits8, mnist28, shapes32 (U-Nets, fitted to the images' channels and size: "
@@ -282,9 +410,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, **{**options, "help": about})
     parser.add_argument("--out", default="out/train")
     parser.add_argument("--resume", action="store_true",
-                        help="continue OUT/checkpoint.npz with its settings and model (flags given override "
-                             "settings that may change: steps, lr, batch size, ...); without it an existing "
-                             "checkpoint in OUT is an error, never overwritten")
+                        help="continue OUT/checkpoint.npz with its settings, model and data (flags given override "
+                             "settings that may change: steps, lr, batch size, ...); resumed to the same --steps it "
+                             "repeats the uninterrupted run exactly; to more --steps it keeps the run's warm-up and "
+                             "decays the learning rate to the new end from where it is, so it differs from a run "
+                             "started with those steps (it says so). Without --resume an existing checkpoint in OUT "
+                             "is an error, never overwritten")
     _add_mpi_timeout(parser)
     parser.set_defaults(func=cmd_train)
 
@@ -312,16 +443,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from refdiff.generate import generate, model_from_checkpoint
     from refdiff.models import registry
 
-    if args.count < 1:
-        raise ValueError(f"--count must be an integer >= 1, got {args.count}")
+    if not 1 <= args.count <= MAX_COUNT:
+        raise ValueError(f"--count must be an integer in [1, {MAX_COUNT}], got {args.count}")
+    if not 0 <= args.eta <= 1:  # DDIM's sigma exceeds sqrt(1 - alpha_bar_prev) past 1 (Song et al. 2021, eq. 16)
+        raise ValueError(f"--eta must be a number in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {args.eta}")
     if not args.out.endswith((".png", ".npz")):
         raise ValueError(f"--out must end in .png (a grid) or .npz (images and labels), got {args.out!r}")
+    _check_output_file("--out", args.out, (args.checkpoint,), args.force)
     comm = get_communicator(args.mpi_timeout)
     with comm.abort_on_error():
         if args.backend == "cupy":
             comm.use_local_gpu()
         ckpt = comm.bcast(load_checkpoint(args.checkpoint) if comm.rank == 0 else None)
         loaded = model_from_checkpoint(ckpt, use_ema=not args.raw, backend=args.backend)
+        _check_sampling_flags(args.sampler, args.steps, args.guidance, loaded.schedule.T)
         prompts = None
         if registry.family(loaded.model_cfg).condition == "tokens":
             labels, prompts = _sample_prompts(args.prompt, args.cls, args.count, loaded.model_cfg)
@@ -405,21 +540,24 @@ def _add_sample(subparsers: argparse._SubParsersAction) -> None:
                                    description="Sample from a checkpoint (EMA weights unless --raw). Under "
                                                "`mpirun -n N` the ranks split the samples; rank 0 writes them.")
     parser.add_argument("checkpoint", help="path to checkpoint.npz")
-    parser.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm", "euler", "heun", "dpmpp_2m"))
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default: 0)")
+    parser.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm", "euler", "heun", "dpmpp_2m"),
+                        help="the sampler (default: ddim)")
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default: 0)")
     parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default: 1)")
     parser.add_argument("--class", dest="cls", type=int, default=None, help="one class (default: every class)")
     parser.add_argument("--count", type=int, default=10,
-                        help="samples (per class or per prompt for conditional models)")
+                        help="samples, per class or per prompt for conditional models (default: 10)")
     parser.add_argument("--prompt", action="append", default=None,
                         help="a text model's caption (repeat for more), or a text file of one caption a line "
                              "(default: none, the empty caption)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="(default: 0)")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
-    parser.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
+    parser.add_argument("--backend", default="numpy", choices=("numpy", "cupy"), help="(default: numpy)")
     parser.add_argument("--out", default="samples.png",
-                        help="a .png grid or a .npz (images, and labels or prompts)")
+                        help="a .png grid or a .npz (images, and labels or prompts); never the checkpoint "
+                             "(default: samples.png)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     _add_mpi_timeout(parser)
     parser.set_defaults(func=cmd_sample)
 
@@ -427,9 +565,13 @@ def _add_sample(subparsers: argparse._SubParsersAction) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Bits/dim of held-out data under a checkpoint's model, and/or the Frechet distance and class fraction
     of a samples .npz (--samples) against the held-out digits."""
+    from pathlib import Path
+
     if args.checkpoint is None and args.samples is None:
         raise ValueError("give a checkpoint (bits/dim of held-out data), --samples FILE (Frechet distance and "
                          "class fraction of samples), or both")
+    if args.classifier is not None and not Path(args.classifier).is_file():  # trained, then written there
+        _check_output_file("--classifier", args.classifier)
     if args.checkpoint is not None:
         _eval_bits_per_dim(args)
     if args.samples is not None:
@@ -439,26 +581,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_samples(args: argparse.Namespace) -> None:
     """Print digit_sample_report for the samples .npz of ``refdiff sample`` (images, labels)."""
-    from pathlib import Path
-
-    import numpy as np
-
-    from refdiff.digits_eval import digit_classifier, digit_sample_report, digit_split, format_sample_report
+    from refdiff.checkpoint import read_arrays
+    from refdiff.digits_eval import (check_digit_samples, digit_classifier, digit_sample_report, digit_split,
+                                     format_sample_report)
 
     if args.data != "digits" and not args.data.startswith("toy2d:"):
         raise ValueError(f"--samples needs --data digits (the digit classifier knows the 8x8 digits) or "
                          f"toy2d:NAME (2-D points), got {args.data!r}")
-    if not Path(args.samples).is_file():
-        raise FileNotFoundError(f"--samples {args.samples} does not exist")
-    with np.load(args.samples, allow_pickle=False) as npz:
-        if "images" not in npz.files:
-            raise ValueError(f"--samples {args.samples} must hold an 'images' array (refdiff sample --out FILE.npz), "
-                             f"got {npz.files}")
-        images = npz["images"]
-        labels = npz["labels"] if "labels" in npz.files and npz["labels"].size else None
-    if args.data.startswith("toy2d:"):
-        print(_toy2d_report(args.data[len("toy2d:"):], images, args.seed))
-        return
+    npz = read_arrays(args.samples, "--samples")
+    if "images" not in npz:
+        raise ValueError(f"--samples {args.samples} must hold an 'images' array (refdiff sample --out FILE.npz), "
+                         f"got {sorted(npz)}")
+    images = npz["images"]
+    labels = npz["labels"] if "labels" in npz and npz["labels"].size else None
+    try:  # the samples' shape, dtype and labels, checked before a classifier is loaded or trained
+        if args.data.startswith("toy2d:"):
+            print(_toy2d_report(args.data[len("toy2d:"):], images, args.seed))
+            return
+        check_digit_samples(images, labels)
+    except ValueError as err:
+        raise ValueError(f"--samples {args.samples}: {err}") from None
     classifier = digit_classifier(args.classifier, progress=True)
     x_train, x_test, y_train, y_test = digit_split()
     report = digit_sample_report(classifier, images, labels, (x_test, y_test), reference=(x_train, y_train),
@@ -480,7 +622,7 @@ def _toy2d_report(name: str, samples, seed: int) -> str:
 
     samples = np.asarray(samples, dtype=np.float64)
     if samples.ndim != 2 or samples.shape[1] != 2 or samples.shape[0] < 2:
-        raise ValueError(f"--samples must hold (n, 2) points with n >= 2 for toy2d data, got {samples.shape}")
+        raise ValueError(f"the samples must hold (n, 2) points with n >= 2 for toy2d data, got {samples.shape}")
     n = samples.shape[0]
     held_out, other = (load_toy2d(name, n, seed=10**6 + seed + k, dtype=np.float64)[0] for k in (0, 1))
     rows = [("sliced W2", sliced_wasserstein(samples, held_out), sliced_wasserstein(other, held_out)),
@@ -532,6 +674,8 @@ def _held_out(spec: str, image_size: int | None = None):
         return data.load_npz(spec)[0], 256
     if Path(spec).is_dir():
         return data.load_image_folder(spec, size=image_size)[0], 256
+    if "/" in spec or os.sep in spec:
+        raise FileNotFoundError(f"--data {spec}: no such folder")
     raise ValueError(f"--data must be digits, a .npz file or a folder of images, got {spec!r}")
 
 
@@ -602,4 +746,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:  # bad input, missing file, failed training
         print(f"refdiff {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `refdiff info | head`: the reader left; say nothing more to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe (docs: signal)
         return 1

@@ -11,7 +11,7 @@ Steps (each prints what it writes):
      distance on the digit classifier's features next to its floor (two class-stratified halves of the
      held-out digits) and to real training digits of the same class counts, and the fraction of samples
      classified as their label (metrics.json, printed), with the digit classifier refdiff ships.
-Defaults are sized for a 2-core laptop CPU: a few minutes in all. Under ``mpirun -n N`` the ranks
+Defaults are sized for a 2-core laptop CPU: about a minute in all. Under ``mpirun -n N`` the ranks
 train data-parallel (step 3) and rank 0 alone does the rest.
 """
 
@@ -26,6 +26,7 @@ import numpy as np
 
 from refdiff import schedules
 from refdiff.backend import Generator
+from refdiff.checkpoint import LOCK_NAME
 from refdiff.data.digits import NUM_CLASSES
 from refdiff.diffusion import q_sample
 from refdiff.digits_eval import digit_classifier, digit_sample_report, digit_split, format_sample_report
@@ -33,11 +34,34 @@ from refdiff.distributed import get_communicator
 from refdiff.generate import check_sampling, generate, load_model
 from refdiff.models.presets import PRESETS
 from refdiff.plot import curves, image_grid
-from refdiff.train import TrainConfig, train
+from refdiff.train import TrainConfig, hold_output, train
 
-DEMO_TRAIN = TrainConfig(steps=2000, batch_size=64, lr=2e-3, warmup_steps=100, lr_decay="cosine",
-                         ema_decay=0.999, schedule="cosine", T=1000, label_dropout=0.1, checkpoint_every=500)
+# 600 steps at lr 4e-3 (cosine decay to 0 at the end): the least time at which the demo's samples
+# reached its targets on every seed tried (benchmarks/bench_quality.py, docs/performance.md, "Time to a
+# good sample": class fraction >= 99% and a Frechet distance within 10% of real digits', seeds 0-2);
+# 2000 steps at 2e-3 scored no better.
+DEMO_TRAIN = TrainConfig(steps=600, batch_size=64, lr=4e-3, warmup_steps=100, lr_decay="cosine",
+                         ema_decay=0.999, schedule="cosine", T=1000, label_dropout=0.1, checkpoint_every=300)
 CHAIN_STEPS = (0, 100, 250, 500, 750, 999)
+OUTPUTS = ("forward_chain.png", "checkpoint.npz", "loss_curve.png", "samples.png", "samples.npz", "metrics.json")
+
+
+def check_demo_folder(out: Path, force: bool = False) -> None:
+    """Refuse (ValueError) a folder that holds anything but an earlier demo's outputs, unless ``force``:
+    the demo writes only into a folder that is new, empty or its own. An earlier demo's folder holds
+    only OUTPUTS (and the lock file), and a checkpoint.npz there comes with that demo's metrics.json."""
+    if not out.is_dir() or force:
+        return
+    names = {p.name for p in out.iterdir()} - {LOCK_NAME}
+    foreign = sorted(names - set(OUTPUTS))
+    if "checkpoint.npz" in names and "metrics.json" not in names:
+        foreign.insert(0, "checkpoint.npz (without a demo's metrics.json)")
+    if foreign:
+        raise ValueError(f"--out {out} holds files that are not an earlier demo's ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}): give a new or empty folder, or --force to write "
+                         "into it")
+    if names:
+        print(f"replacing the earlier demo's {', '.join(n for n in OUTPUTS if n in names)} in {out}")
 
 
 def write_forward_chain(x: np.ndarray, schedule: schedules.Schedule, path: Path) -> Path:
@@ -51,8 +75,9 @@ def write_forward_chain(x: np.ndarray, schedule: schedules.Schedule, path: Path)
 
 def run_demo(out: str | Path = "out/demo", steps: int | None = None, samples_per_class: int = 10,
              guidance: float = 3.0, sample_steps: int = 50, seed: int = 0, backend: str = "numpy",
-             progress: bool = True, model_overrides: dict | None = None) -> dict[str, Path]:
-    """Run the demo's five steps into ``out``; returns the paths written.
+             progress: bool = True, model_overrides: dict | None = None, force: bool = False) -> dict[str, Path]:
+    """Run the demo's five steps into ``out``; returns the paths written. ``out`` must be new, empty or
+    an earlier demo's folder unless ``force`` (check_demo_folder).
 
     Under ``mpirun -n N`` the ranks train data-parallel (refdiff.train); rank 0 alone writes files,
     samples and scores, and returns the paths, while the others wait for it and return {}.
@@ -65,14 +90,25 @@ def run_demo(out: str | Path = "out/demo", steps: int | None = None, samples_per
     if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
         raise ValueError(f"samples_per_class must be an integer >= 1, got {samples_per_class!r}")
     check_sampling("ddim", sample_steps, guidance, cfg.T)  # before minutes of training, not after
+    check_demo_folder(out, force)  # before the lock file is made: a refused folder is left as it was
+    comm = get_communicator()
+    with hold_output(out, comm):  # one run at a time in a folder (refdiff.checkpoint.folder_lock)
+        paths = _demo_steps(out, cfg, samples_per_class, guidance, sample_steps, progress, model_overrides, comm,
+                            start)
+    comm.barrier("rank 0's sampling and scoring")
+    return paths
+
+
+def _demo_steps(out: Path, cfg: TrainConfig, samples_per_class: int, guidance: float, sample_steps: int,
+                progress: bool, model_overrides: dict | None, comm, start: float) -> dict[str, Path]:
+    """Steps 1-5 of the demo into out (run_demo's settings); rank 0 returns the paths written, others {}."""
     # 1. the fixed split (seed 0, whatever the run's seed) that `refdiff train/eval --data digits` and the
     #    digit classifier use: the held-out digits are never trained on by either network.
     split = digit_split()
     x_train, _, y_train, _ = split
-    comm, paths = get_communicator(), {}
+    paths = {}
     with comm.abort_on_error():  # a failure on rank 0 ends every rank, here and after training
         if comm.rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
             paths["forward_chain"] = write_forward_chain(x_train[:6].astype(np.float64), cfg.schedule_obj(),
                                                          out / "forward_chain.png")            # 2.
     model_cfg = PRESETS["digits8"](num_classes=NUM_CLASSES, **(model_overrides or {}))
@@ -84,9 +120,8 @@ def run_demo(out: str | Path = "out/demo", steps: int | None = None, samples_per
             paths["loss_curve"] = curves({"training loss": (np.arange(1, len(state.losses) + 1),
                                                             np.asarray(state.losses))},
                                          out / "loss_curve.png", xlabel="step", ylabel="loss (MSE of eps)")
-            paths.update(sample_and_score(out, split, samples_per_class, guidance, sample_steps, seed, backend,
-                                          start))                                              # 4., 5.
-    comm.barrier("rank 0's sampling and scoring")
+            paths.update(sample_and_score(out, split, samples_per_class, guidance, sample_steps, cfg.seed,
+                                          cfg.backend, start))                                 # 4., 5.
     return paths
 
 

@@ -121,7 +121,7 @@ def digit_sample_report(classifier: DigitClassifier, samples, labels, held_out, 
     samples: no class_fraction, and fd_real draws N reference digits at random); held_out: (x (M, 1, 8, 8),
     y (M,)) with at least 4 images in all.
     """
-    samples, labels = _check_digit_samples(samples, labels)
+    samples, labels = check_digit_samples(samples, labels)
     x_held, y_held = (np.asarray(a) for a in held_out)
     if x_held.shape[0] < 4 or y_held.shape != (x_held.shape[0],):
         raise ValueError(f"held_out must be (x, y) with at least 4 images and one label each, got shapes "
@@ -143,7 +143,7 @@ def digit_sample_report(classifier: DigitClassifier, samples, labels, held_out, 
     return report
 
 
-def _check_digit_samples(samples, labels) -> tuple[np.ndarray, np.ndarray | None]:
+def check_digit_samples(samples, labels) -> tuple[np.ndarray, np.ndarray | None]:
     """(samples (N, 1, 8, 8) finite floats, N >= 2; labels (N,) ints in [0, 10) or None), or a clear error."""
     samples = np.asarray(samples)
     if samples.ndim != 4 or samples.shape[1:] != (1, 8, 8) or samples.shape[0] < 2 or samples.dtype.kind != "f":

@@ -17,14 +17,16 @@ import numpy as np
 
 from refdiff import schedules
 from refdiff.backend import Generator, asarray, get_backend, to_numpy
-from refdiff.checkpoint import load_checkpoint
+from refdiff.checkpoint import interpreting, load_checkpoint
 from refdiff.distributed import ShardedGenerator
 from refdiff.models import registry
+from refdiff.memory import check_fits
 from refdiff.samplers import (classifier_free_guidance, ddim_loop, ddpm_loop, dpmpp_2m_loop, euler_loop, final,
                               heun_loop, karras_grid, to_sigma_scale)
 from refdiff.train import TrainConfig
 
 SAMPLERS = ("ddim", "ddpm", "euler", "heun", "dpmpp_2m")
+MAX_SIGMA_STEPS = 10_000  # the sigma-space samplers' steps: far past any use, short of minutes of silence
 # The grid training writes every sample_every steps: a fast deterministic DDIM from the EMA weights.
 PREVIEW_STEPS = 20
 PREVIEW_PER_ROW = 8      # images per class row (or per row, unconditional: PREVIEW_ROWS rows)
@@ -57,23 +59,27 @@ def model_from_checkpoint(ckpt: dict, use_ema: bool = True, backend: str = "nump
     like = b.asarray(np.zeros(1), dtype=b.dtype(dtype))
     weights = ckpt["ema"] if use_ema else ckpt["params"]
     params = {k: asarray(v.astype(dtype), like=like) for k, v in weights.items()}
-    model_cfg = registry.config_from_dict(ckpt["config"]["model"], "denoiser")
-    train_cfg = ckpt["config"]["train"]
-    schedule = schedules.by_name(train_cfg["schedule"], train_cfg["T"])
-    data_shape = tuple(ckpt["config"]["data_shape"])
-    model = registry.family(model_cfg).model(params, model_cfg)  # the samplers' model(xt, t, y)
+    with interpreting(ckpt):  # a malformed config is an error naming the file
+        model_cfg = registry.config_from_dict(ckpt["config"]["model"], "denoiser")
+        train_cfg = ckpt["config"]["train"]
+        TrainConfig(**train_cfg)  # the settings generate reads (parameterization) are checked here, named
+        schedule = schedules.by_name(train_cfg["schedule"], train_cfg["T"])
+        data_shape = tuple(ckpt["config"]["data_shape"])
+        model = registry.family(model_cfg).model(params, model_cfg)  # the samplers' model(xt, t, y)
     return LoadedModel(model, model_cfg, train_cfg, data_shape, schedule, like, ckpt["config"].get("data_bound"))
 
 
 def check_sampling(sampler: str, steps: int, guidance: float, T: int) -> None:
     """Raise a ValueError naming the setting unless ``sampler`` is one of SAMPLERS, ``steps`` an integer
-    >= 1 (at most the model's T for ddim and ddpm, which respace its steps) and ``guidance`` a finite
-    number >= 0. ``generate`` checks its arguments with it; callers can check before long work."""
+    >= 1 (at most the model's T for ddim and ddpm, which respace its steps, else MAX_SIGMA_STEPS) and
+    ``guidance`` a finite number >= 0. ``generate`` checks its arguments with it; callers can check before
+    long work."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    most = T if sampler in ("ddim", "ddpm") else math.inf
+    most = T if sampler in ("ddim", "ddpm") else MAX_SIGMA_STEPS
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= most:
-        allowed = f"in [1, {T}] for {sampler} (the model's T = {T})" if most < math.inf else ">= 1"
+        allowed = (f"in [1, {T}] for {sampler} (the model's T = {T})" if sampler in ("ddim", "ddpm")
+                   else f"in [1, {MAX_SIGMA_STEPS}] for {sampler}")
         raise ValueError(f"steps must be an integer {allowed}, got {steps!r}")
     if not (isinstance(guidance, (int, float)) and 0 <= guidance < math.inf):
         raise ValueError(f"guidance must be a finite number >= 0 (0: unconditional, 1: conditional), got {guidance!r}")
@@ -98,6 +104,9 @@ def generate(loaded: LoadedModel, shape: tuple[int, ...], labels: np.ndarray | N
     lo, hi = (0, shape[0]) if rows is None else rows
     if not 0 <= lo <= hi <= shape[0]:
         raise ValueError(f"rows must satisfy 0 <= lo <= hi <= {shape[0]}, got {rows!r}")
+    dtype = str(to_numpy(loaded.like).dtype)  # every row is one batch: about its forward's activations
+    check_fits((hi - lo) * registry.sample_bytes(loaded.model_cfg, tuple(shape[1:]), dtype),
+               f"sampling {hi - lo} samples of shape {tuple(shape[1:])} at once", "ask for fewer (--count)")
     if hi == lo:
         return np.zeros((0, *shape[1:]), dtype=to_numpy(loaded.like).dtype)
     model, null = loaded.model, registry.null_condition(loaded.model_cfg)

@@ -301,7 +301,7 @@ def bits_per_dim(model: Callable, schedule: Schedule, x0: Any, generator: Genera
     if progress:
         from tqdm.auto import tqdm
 
-        steps = tqdm(steps, total=T, desc="bits/dim")
+        steps = tqdm(steps, total=T, desc="bits/dim", disable=None)
     for k in steps:
         eps = generator.normal(x0.shape, like=x0)
         terms[k], x0_mse[k], eps_mse[k] = vlb_step(model, schedule, x0, k, eps, y, decoder, levels, cdf, param,

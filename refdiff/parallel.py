@@ -246,3 +246,6 @@ def in_parts(forward: Callable, backward: Callable) -> tuple[Callable, Callable]
     forward_parts.__doc__ = f"{forward.__name__} in batch parts (refdiff.parallel.forward_in_parts)."
     backward_parts.__doc__ = f"{backward.__name__} in batch parts (refdiff.parallel.backward_in_parts)."
     return forward_parts, backward_parts
+
+
+# --- host memory: work that cannot fit is refused before it starts ------------------------------

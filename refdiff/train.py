@@ -28,11 +28,13 @@ N. Rank 0 alone writes checkpoints, figures and the progress bar.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -41,15 +43,19 @@ import numpy as np
 
 from refdiff import schedules
 from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
-from refdiff.checkpoint import load_checkpoint, save_checkpoint
+from refdiff.checkpoint import folder_lock, interpreting, load_checkpoint, save_checkpoint
 from refdiff.diffusion import PREDICTIONS, Parameterization, q_sample
 from refdiff.distributed import SINGLE_PROCESS, check_batch, data_parallel, get_communicator
 from refdiff.losses import LOSSES, WEIGHTINGS, training_loss
 from refdiff.models import registry
 from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, ema_update, learning_rate
+from refdiff.memory import check_fits
 from refdiff.timesteps import LossSecondMomentSampler, sample_timesteps
 
 TIMESTEPS = ("uniform", "importance")
+# Sizes beyond which a run is refused at once: the loss log grows by a float a step, the schedule by
+# several arrays of T (a MemoryError, or minutes of silence, otherwise). Memory is estimated too (train).
+LIMITS = {"steps": 10**7, "batch_size": 2**16, "T": 10**5}
 RESUME_FIXED = ("T", "schedule", "prediction", "loss", "weighting", "timesteps")  # what a checkpoint's state means
 
 
@@ -85,9 +91,10 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "T", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            value, most = getattr(self, name), LIMITS.get(name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value > (most or value):
+                allowed = f"in [1, {most}]" if most else ">= 1"
+                raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
         for name, hint in (("warmup_steps", ""), ("sample_every", " (0: no sample grids)")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -160,14 +167,16 @@ def init_state(cfg: TrainConfig, model_cfg: Any) -> TrainState:
 
 
 def save_state(path: Path, cfg: TrainConfig, model_cfg: Any, state: TrainState, data_shape: tuple,
-               ranks: int = 1, data_bound: float | None = None) -> Path:
+               ranks: int = 1, data_bound: float | None = None, data_source: dict | None = None) -> Path:
     """Write the run's checkpoint atomically (refdiff.checkpoint); data_shape is one sample's shape.
 
     ranks (the processes that trained it) is recorded for information: any number of ranks resumes it.
     data_bound, max |x| over the training data, is where samplers clip predicted points (refdiff.generate).
+    data_source, how the caller named the data (refdiff train: {"data": ..., "image_size": ...}), is
+    recorded for a resume that does not name it again.
     """
     config = {"train": dataclasses.asdict(cfg), "data_shape": list(data_shape), "ranks": ranks,
-              "data_bound": data_bound,
+              "data_bound": data_bound, "data_source": data_source,
               "model": registry.config_to_dict(model_cfg)}
     groups = {"params": _to_host(state.params), "ema": _to_host(state.ema), "opt": _to_host(state.opt),
               "log": {"loss": np.asarray(state.losses, dtype=np.float64)}}
@@ -254,9 +263,15 @@ def loss_gradient(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule
     forward, backward = registry.family(model_cfg, "denoiser").in_parts()          # refdiff.parallel
     xt = q_sample(schedule, batch.x0, batch.t, batch.eps)                          # Ho et al. 2020, eq. 4
     out, cache = forward(params, model_cfg, xt, batch.t, batch.y, train=True, generator=generator)
+    dout, losses = batch_loss(cfg, schedule, out, batch)
+    return backward(dout, cache), losses
+
+
+def batch_loss(cfg: TrainConfig, schedule: schedules.Schedule, out: Any, batch: Batch) -> tuple[Any, Any]:
+    """cfg's training loss of the model output ``out`` on ``batch``: (dL/dout like out, (n,) losses L_n)."""
     _, dout, terms = training_loss(schedule, out, batch.x0, batch.t, batch.eps, cfg.parameterization(),
                                    loss=cfg.loss, weighting=cfg.weighting, weights=batch.w)
-    return backward(dout, cache), terms.loss
+    return dout, terms.loss
 
 
 def train_step(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule, state: TrainState,
@@ -290,8 +305,13 @@ def train_step(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule, s
 
 def optimizer_step(cfg: TrainConfig, state: TrainState, grads: dict) -> None:
     """Update state's parameters, optimizer state and EMA from ``grads``: params <- AdamW(clip(grads)) at
-    the learning rate of state.step, then ema <- EMA(params)."""
-    grads, _ = clip_grad_norm(grads, cfg.grad_clip)
+    the learning rate of state.step, then ema <- EMA(params). A non-finite gradient norm (data or
+    gradients that overflow, which clipping would turn into a zero step) raises TrainingError first."""
+    grads, norm = clip_grad_norm(grads, cfg.grad_clip)
+    norm = float(to_numpy(norm))
+    if not math.isfinite(norm):
+        raise TrainingError(f"the gradient norm is {norm} at step {state.step} (the data or the gradients "
+                            "overflow): training stopped")
     lr = learning_rate(state.step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.lr_decay)
     state.params, state.opt = adamw_step(state.params, grads, state.opt, lr, weight_decay=cfg.weight_decay)
     state.ema = ema_update(state.ema, state.params, cfg.ema_decay, state.step)
@@ -299,7 +319,8 @@ def optimizer_step(cfg: TrainConfig, state: TrainState, grads: dict) -> None:
 
 def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None, out_dir: str | Path,
           resume: bool = False, progress: bool = True, stop_at: int | None = None, comm: Any = None,
-          preview: Callable[[TrainState], Any] | None = None, overwrite: bool = False) -> TrainState:
+          preview: Callable[[TrainState], Any] | None = None, overwrite: bool = False,
+          data_source: dict | None = None) -> TrainState:
     """Train for cfg.steps steps (or until ``stop_at``), checkpointing to ``out_dir/checkpoint.npz``.
 
     x: (N, C, H, W) or (N, D) host data in [-1, 1]; y: (N,) labels or None. resume=True continues from
@@ -309,43 +330,92 @@ def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
     (``refdiff.generate.previewer`` writes a sample grid and the loss curve); it must not draw from
     state.generator. comm: a refdiff.distributed communicator; None picks MPI under mpirun, else one
     process. Rank 0 alone writes files and shows the progress bar; a failure on one rank aborts them all.
+    data_source: how the data was named, recorded in the checkpoint (save_state).
     Returns the final TrainState (the same on every rank); the checkpoint holds it too.
     """
     if cfg.sample_every and preview is None:
         raise ValueError(f"sample_every={cfg.sample_every} needs preview=, the hook it calls "
                          "(refdiff.generate.previewer writes sample grids)")
+    x_max = float(np.max(np.abs(x)))
+    if not x_max < float(np.finfo(cfg.dtype).max):  # NaN fails too
+        raise ValueError(f"x must be finite in {cfg.dtype} (data in [-1, 1]), got max |x| = {x_max}")
     comm = get_communicator() if comm is None else comm
     check_batch(cfg.batch_size, comm.size)
     path = Path(out_dir) / "checkpoint.npz"
+    with hold_output(out_dir, comm):
+        ckpt = _start_checkpoint(cfg, model_cfg, x, path, resume, overwrite, comm)
+        check_step_fits(cfg, model_cfg, x.shape[1:], comm.size)
+        with comm.abort_on_error(collective=(TrainingError,)):
+            if cfg.backend == "cupy":
+                comm.use_local_gpu()
+            with interpreting(ckpt) if resume else contextlib.nullcontext():
+                state = resume_state(ckpt, cfg) if resume else init_state(cfg, model_cfg)
+            with warnings.catch_warnings():  # on every thread: non-finite values are checked and named instead
+                for message in ("overflow encountered", "invalid value encountered"):
+                    warnings.filterwarnings("ignore", message, RuntimeWarning)
+                return _loop(cfg, model_cfg, x, y, path, state, progress and comm.rank == 0, stop_at, comm, preview,
+                             data_source)
+
+
+def _start_checkpoint(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, path: Path, resume: bool, overwrite: bool,
+                      comm: Any) -> dict | None:
+    """``train``'s checkpoint at path, read by rank 0 and given to every rank, when it resumes (it must
+    agree with the run: check_resume); else None, after checking that no checkpoint is there to lose."""
     with comm.abort_on_error():  # rank 0 reads, every rank gets it; a missing or unreadable file ends them all
         if resume:
             ckpt = comm.bcast(load_checkpoint(path) if comm.rank == 0 else None)
         else:
             found = comm.bcast(path.exists() if comm.rank == 0 else None)
-    if resume:  # every rank raises these alike, outside abort_on_error
+    if not resume:  # every rank raises these alike, outside abort_on_error
+        if found and not overwrite:
+            raise ValueError(f"{path} exists: resume it, or train into another folder to keep it")
+        return None
+    with interpreting(ckpt):
         check_resume(ckpt["config"], cfg, model_cfg, x.shape[1:])
-    elif found and not overwrite:
-        raise ValueError(f"{path} exists: resume it, or train into another folder to keep it")
-    with comm.abort_on_error(collective=(TrainingError,)):
-        if cfg.backend == "cupy":
-            comm.use_local_gpu()
-        state = resume_state(ckpt, cfg) if resume else init_state(cfg, model_cfg)
-        return _loop(cfg, model_cfg, x, y, path, state, progress and comm.rank == 0, stop_at, comm, preview)
+    return ckpt
+
+
+def check_step_fits(cfg: TrainConfig, model_cfg: Any, data_shape: tuple, ranks: int = 1) -> None:
+    """Refuse (ValueError) a training step that cannot fit in host memory, before training starts: a
+    rank's rows of the batch keep about 3x the activations of refdiff.models.registry.sample_bytes
+    (the forward's cache, the backward's gradients, temporaries); parameters, gradients, AdamW's two
+    moments and the EMA take 5x the parameters. A GPU's own memory is not checked."""
+    rows = -(-cfg.batch_size // ranks)
+    family = registry.family(model_cfg, "denoiser")
+    nbytes = 3 * rows * registry.sample_bytes(model_cfg, data_shape, cfg.dtype) + \
+        5 * family.param_count(model_cfg) * np.dtype(cfg.dtype).itemsize
+    check_fits(nbytes, f"a training step of batch size {cfg.batch_size} on samples of shape {tuple(data_shape)}",
+               "lower the batch size (--batch-size)")
+
+
+@contextlib.contextmanager
+def hold_output(out_dir: str | Path, comm: Any = SINGLE_PROCESS):
+    """Rank 0 holds out_dir's lock (refdiff.checkpoint.folder_lock) for the block: a second run on the
+    folder is refused; on rank 0's refusal every rank ends."""
+    with contextlib.ExitStack() as held:
+        with comm.abort_on_error():
+            if comm.rank == 0:
+                held.enter_context(folder_lock(out_dir))
+        yield
 
 
 def _loop(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None, path: Path, state: TrainState,
-          progress: bool, stop_at: int | None, comm: Any, preview: Callable[[TrainState], Any] | None) -> TrainState:
+          progress: bool, stop_at: int | None, comm: Any, preview: Callable[[TrainState], Any] | None,
+          data_source: dict | None) -> TrainState:
     """The steps of ``train``, with checkpoints and sample grids written by rank 0."""
     schedule = cfg.schedule_obj()
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     data_bound = float(np.max(np.abs(x)))
+    probe = probe_batch(cfg, x, y, next(iter(state.params.values())))
     bar = _progress(state.step, end, progress)
     start_step, start_time = state.step, time.perf_counter()
     try:
         while state.step < end:
             loss = train_step(cfg, model_cfg, schedule, state, x, y, comm)
-            if comm.rank == 0 and (state.step % cfg.checkpoint_every == 0 or state.step == end):
-                save_state(path, cfg, model_cfg, state, x.shape[1:], comm.size, data_bound)
+            if state.step % cfg.checkpoint_every == 0 or state.step == end:
+                check_state_finite(cfg, model_cfg, schedule, state, probe)  # every rank alike: no exploded save
+                if comm.rank == 0:
+                    save_state(path, cfg, model_cfg, state, x.shape[1:], comm.size, data_bound, data_source)
             if comm.rank == 0 and cfg.sample_every and state.step % cfg.sample_every == 0:
                 preview(state)
             rate = cfg.batch_size * (state.step - start_step) / max(time.perf_counter() - start_time, 1e-9)
@@ -359,7 +429,34 @@ def _loop(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
     return state
 
 
+def probe_batch(cfg: TrainConfig, x: np.ndarray, y: np.ndarray | None, like: Any) -> Batch:
+    """A fixed batch on like's backend to check parameters with before they are saved: the first 4
+    samples of x and their labels (or None), at 4 steps spread over [0, T), with noise from a generator
+    of its own (seed 0: the run's stream is not touched)."""
+    n = min(4, x.shape[0])
+    x0 = asarray(x[:n].astype(cfg.dtype), like=like)                                      # (n, ...)
+    labels = None if y is None else asarray(np.asarray(y[:n], dtype=np.int64), like=like)
+    t = asarray(np.linspace(0, cfg.T - 1, n).astype(np.int64), like=like)                 # (n,)
+    return Batch(x0, labels, t, None, Generator(0).normal(tuple(x0.shape), like=x0))
+
+
+def check_state_finite(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule, state: TrainState,
+                       probe: Batch) -> None:
+    """Raise TrainingError naming the step unless the parameters and the EMA give a finite training loss
+    on the probe batch (probe_batch): finite parameters can still have exploded (|w| ~ 1e30 after
+    lr = 1e30), and a state whose loss overflows at once is no good to resume or sample."""
+    family = registry.family(model_cfg, "denoiser")
+    xt = q_sample(schedule, probe.x0, probe.t, probe.eps)                                  # Ho et al. 2020, eq. 4
+    for name, weights in (("parameters", state.params), ("EMA", state.ema)):
+        losses = batch_loss(cfg, schedule, family.model(weights, model_cfg)(xt, probe.t, probe.y), probe)[1]
+        xp = namespace(losses)
+        if not bool(to_numpy(xp.all(xp.isfinite(losses)))):
+            raise TrainingError(f"the {name} at step {state.step} give a non-finite loss (they exploded): "
+                                "training stopped before saving them")
+
+
 def _progress(start: int, end: int, enabled: bool):
+    """The training progress bar; shown on a terminal only (tqdm's disable=None), never written to a log."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=end, initial=start, disable=not enabled, desc="train", unit="step")
+    return tqdm(total=end, initial=start, disable=None if enabled else True, desc="train", unit="step")

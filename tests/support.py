@@ -118,3 +118,35 @@ def quick_digit_classifier(path):
 
     digit_classifier(path, train_cfg=ClassifierTrainConfig(steps=5, noisy=False))
     return path
+
+
+def malformed_files(folder, checkpoint) -> dict:
+    """Files that are not what a refdiff command reads, made from a good ``checkpoint`` into ``folder``:
+    {name: path} for an empty file, a truncated and a bit-flipped copy, a text file, a .npy, object
+    arrays, a config that is not JSON, one without its model, one with an unknown model or training
+    field, one whose model is a list, a folder, and images of the wrong shape."""
+    import json
+    from pathlib import Path
+
+    folder, data = Path(folder), Path(checkpoint).read_bytes()
+    folder.mkdir(parents=True, exist_ok=True)
+    with np.load(checkpoint, allow_pickle=False) as npz:
+        arrays = {n: npz[n] for n in npz.files}
+    config = json.loads(str(arrays["config"]))
+    files = {"empty": b"", "truncated": data[: len(data) // 2], "text": b"not an archive\n",
+             "flipped": data[:200] + bytes(b ^ 0xFF for b in data[200:260]) + data[260:]}
+    for name, content in files.items():
+        (folder / f"{name}.npz").write_bytes(content)
+    configs = {"bad_json": "{not json", "no_model": json.dumps({k: v for k, v in config.items() if k != "model"}),
+               "unknown_field": json.dumps({**config, "model": {**config["model"], "wings": 2}}),
+               "model_list": json.dumps({**config, "model": [1, 2]}), "list_config": "[1, 2]",
+               "unknown_train": json.dumps({**config, "train": {**config["train"], "wings": 2}})}
+    for name, text in configs.items():
+        np.savez(folder / f"{name}.npz", **{**arrays, "config": np.array(text)})
+    np.save(folder / "one_array.npy", np.zeros(3))
+    np.savez(folder / "objects.npz", images=np.array([{"a": 1}, None], dtype=object))
+    np.savez(folder / "wrong_shape.npz", images=np.zeros((3, 5), np.float32), labels=np.zeros(3, np.int64))
+    (folder / "a_folder").mkdir(exist_ok=True)
+    names = [*files, *configs, "objects", "wrong_shape"]
+    return {**{name: folder / f"{name}.npz" for name in names}, "npy": folder / "one_array.npy",
+            "folder": folder / "a_folder"}

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from support import quick_digit_classifier
 
 import refdiff
@@ -29,13 +30,16 @@ def test_version_flag_prints_package_version(capsys):
 
 
 def test_info_reports_numpy_version_and_numpy_backend(capsys):
-    """``refdiff info`` returns 0, reports the imported NumPy's version and lists the numpy backend."""
+    """``refdiff info`` returns 0, reports the imported NumPy's version and lists the numpy backend; its
+    BLAS rows differ from each other (each names its library's file)."""
     assert main(["info"]) == 0
     fields = _info_fields(capsys.readouterr().out)
     assert fields["NumPy"] == [np.__version__]
     assert fields["refdiff"] == [__version__]
     assert "numpy" in fields["backends"][0].split(", ")
     assert {"Python", "SciPy", "array-api-compat", "array-api-strict", "CuPy", "BLAS"} <= set(fields)
+    blas = fields["BLAS"]  # NumPy's and SciPy's wheels each load one: every row names its library file
+    assert blas == ["none found"] or all(os.sep in row.rsplit("(", 1)[-1] for row in blas)
 
 
 def test_no_subcommand_prints_help_and_returns_2(capsys):
@@ -160,7 +164,7 @@ def test_train_resume_takes_the_checkpoints_settings_and_never_overwrites_withou
     assert main(resume + ["--steps", "7", "--T", "30"]) == 1
     assert "cannot resume a checkpoint trained with other settings (checkpoint -> this run): T 20 -> 30" in \
         capsys.readouterr().err
-    assert main(["train", "--out", str(out), "--resume", "--steps", "7"]) == 1  # --data left at digits
+    assert main(["train", "--out", str(out), "--resume", "--steps", "7", "--data", "digits"]) == 1
     assert "sample shape (2,) -> (1, 8, 8)" in capsys.readouterr().err
     assert load_checkpoint(out / "checkpoint.npz")["step"] == 6
 
@@ -177,9 +181,9 @@ def test_cli_errors_name_what_to_fix(tmp_path, capsys):
     assert "--preset mlp takes points (N, D), but --data gives samples of shape (1, 8, 8)" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "none.npz")]) == 1
     assert "does not exist" in capsys.readouterr().err
-    for extra, message in [(["--per-class", "0"], "samples_per_class must be an integer >= 1, got 0"),
-                           (["--sample-steps", "0"], "steps must be an integer in [1, 1000] for ddim"),
-                           (["--guidance", "-1"], "guidance must be a finite number >= 0")]:
+    for extra, message in [(["--per-class", "0"], "--per-class must be an integer in [1, 100000], got 0"),
+                           (["--sample-steps", "0"], "--sample-steps must be an integer in [1, 1000] for ddim"),
+                           (["--guidance", "-1"], "--guidance must be a finite number >= 0")]:
         assert main(["demo", "--out", str(tmp_path / "demo"), *extra]) == 1  # before training, not after
         assert message in capsys.readouterr().err
 
@@ -196,7 +200,7 @@ def test_sample_and_eval_errors_name_the_option_and_its_range(tmp_path, capsys):
     for ckpt, extra, message in [(cond, ["--class", "2"], "--class must be in [0, 1] (the model's 2 classes), got 2"),
                                  (cond, ["--class", "-1"], "--class must be in [0, 1]"),
                                  (uncond, ["--class", "0"], "--class 0 needs a class-conditional model"),
-                                 (cond, ["--count", "0"], "--count must be an integer >= 1, got 0"),
+                                 (cond, ["--count", "0"], "--count must be an integer in [1, 100000], got 0"),
                                  (cond, ["--out", "s.txt"], "--out must end in .png (a grid) or .npz")]:
         assert main(["sample", str(ckpt), "--steps", "2", *extra]) == 1
         assert message in capsys.readouterr().err, extra
@@ -317,8 +321,9 @@ def test_train_on_captions_then_sample_prompts_with_guidance(tmp_path, capsys):
     assert main(common + ["--out", str(tmp_path / "grid.png")]) == 0
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
-    for argv, message in [(["sample", ckpt, "--class", "1"], "--class 1 needs a class-conditional model"),
-                          (["sample", ckpt, "--prompt", "purple circle"], "unknown word 'purple'"),
+    quick = ["--steps", "2", "--out", str(tmp_path / "e.png")]
+    for argv, message in [(["sample", ckpt, "--class", "1", *quick], "--class 1 needs a class-conditional model"),
+                          (["sample", ckpt, "--prompt", "purple circle", *quick], "unknown word 'purple'"),
                           (["train", "--data", "captions", "--preset", "digits8", "--out", str(tmp_path / "x")],
                            "--data captions trains a text preset (text16)")]:
         assert main(argv) == 1
@@ -332,3 +337,253 @@ def test_info_model_reports_the_text_preset(capsys):
     out = capsys.readouterr().out
     assert out.startswith("TextUNetConfig(") and "parameters: 899,459" in out
     assert "text.blocks.1.attention" in out and "mid.attn.context" in out
+
+
+@pytest.fixture(scope="module")
+def toy_checkpoint(tmp_path_factory):
+    """A 2-step MLP checkpoint on two_moons (labelled), and a good samples .npz of 8x8 digits."""
+    from refdiff.digits_eval import digit_split
+
+    folder = tmp_path_factory.mktemp("toy")
+    assert main(["train", "--data", "toy2d:two_moons", "--preset", "mlp", "--steps", "2", "--batch-size", "4",
+                 "--T", "5", "--out", str(folder / "run")]) == 0
+    _, x_test, _, y_test = digit_split()
+    np.savez(folder / "digits.npz", images=x_test[:20], labels=y_test[:20])
+    return folder / "run" / "checkpoint.npz", folder / "digits.npz"
+
+
+def _one_line_error(capsys, *names) -> str:
+    """The stderr of a failed command: one line, no traceback, naming one of ``names``."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert any(str(name) in err for name in names), (err, names)
+    return err
+
+
+def test_corrupt_truncated_empty_and_foreign_files_get_one_line_naming_the_file(tmp_path, toy_checkpoint, capsys):
+    """Every command that reads a checkpoint, a samples file or a classifier (sample, eval, eval --samples,
+    eval --classifier, train --resume) answers an empty, truncated, bit-flipped, text, .npy, object-array,
+    non-JSON-config, model-less, unknown-field or wrong-shape file, or a folder, with exit 1 and one line
+    naming the file (or its flag), and writes nothing."""
+    import shutil
+
+    from support import malformed_files
+
+    checkpoint, digits = toy_checkpoint
+    capsys.readouterr()
+    for name, bad in malformed_files(tmp_path / "bad", checkpoint).items():
+        run = tmp_path / f"resume_{name}"
+        run.mkdir()
+        (shutil.copytree if bad.is_dir() else shutil.copy)(bad, run / "checkpoint.npz")
+        commands = [(["sample", str(bad), "--steps", "2", "--out", str(tmp_path / "s.npz")], bad),
+                    (["eval", str(bad), "--count", "2"], bad),
+                    (["eval", "--samples", str(bad)], "--samples"),
+                    (["eval", "--samples", str(digits), "--classifier", str(bad)], "--classifier"),
+                    (["train", "--resume", "--data", "toy2d:two_moons", "--out", str(run)], run / "checkpoint.npz")]
+        for argv, named in commands:
+            assert main(argv) == 1, (name, argv)
+            _one_line_error(capsys, bad, named)
+        assert not (tmp_path / "s.npz").exists()
+
+
+def test_output_paths_are_checked_before_the_work(tmp_path, toy_checkpoint, capsys):
+    """An --out that is a folder, the checkpoint itself, an existing file (without --force), in a missing
+    folder or under a file, an empty --out, and an eval --classifier FILE that cannot be written are refused
+    at once with one line naming the flag; nothing is written and no classifier is trained. --force
+    replaces an existing samples file."""
+    checkpoint, digits = toy_checkpoint
+    before = checkpoint.read_bytes()
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "old.npz").write_bytes(b"keep")
+    sample = ["sample", str(checkpoint), "--steps", "2", "--count", "2", "--out"]
+    for out, message in [(str(tmp_path) + "/dir.npz", "a folder"), (str(checkpoint), "is an input of this command"),
+                         (str(tmp_path / "old.npz"), "exists: give --force to replace it"),
+                         (str(tmp_path / "none" / "s.npz"), "does not exist"),
+                         (str(tmp_path / "a_file" / "s.npz"), "does not exist")]:
+        (tmp_path / "dir.npz").mkdir(exist_ok=True)
+        assert main(sample + [out]) == 1
+        assert message in _one_line_error(capsys, "--out"), out
+    assert checkpoint.read_bytes() == before and (tmp_path / "old.npz").read_bytes() == b"keep"
+    assert main(sample + [str(tmp_path / "old.npz"), "--force"]) == 0
+    assert np.load(tmp_path / "old.npz")["images"].shape == (4, 2)
+    for argv in (["train", "--out", ""], ["demo", "--out", ""], ["train", "--out", str(tmp_path / "a_file")],
+                 ["demo", "--out", str(tmp_path / "a_file" / "sub")]):
+        assert main(argv) == 1
+        _one_line_error(capsys, "--out")
+    for bad in (tmp_path / "dir.npz", tmp_path / "none" / "c.npz"):
+        assert main(["eval", "--samples", str(digits), "--classifier", str(bad)]) == 1  # before 800 steps
+        _one_line_error(capsys, "--classifier")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "dir.npz", "old.npz"]
+
+
+def test_unclear_cases_get_messages_that_say_what_to_type(tmp_path, toy_checkpoint, capsys):
+    """sample --eta 5 names --eta and [0, 1]; a folder given as a checkpoint says so and points at the
+    checkpoint inside; train --resume with --steps at or below the checkpoint's step, or inside its
+    warm-up, says so and what to give; a resume to more steps than the run began with says what it keeps
+    and that it differs from a run started that long."""
+    checkpoint, _ = toy_checkpoint
+    assert main(["sample", str(checkpoint), "--eta", "5", "--out", str(tmp_path / "s.npz")]) == 1
+    assert "--eta must be a number in [0, 1]" in _one_line_error(capsys, "--eta")
+    assert main(["sample", str(checkpoint.parent), "--out", str(tmp_path / "s.npz")]) == 1
+    assert f"is a folder, not an .npz file: did you mean {checkpoint}?" in _one_line_error(capsys, checkpoint.parent)
+    out = tmp_path / "run"
+    common = ["train", "--data", "toy2d:two_moons", "--preset", "mlp", "--batch-size", "4", "--T", "5", "--out",
+              str(out)]
+    assert main(common + ["--steps", "20"]) == 0  # warm-up: 19 steps
+    for steps, message in [("20", "is at step 20 already; give --steps greater than 20"),
+                           ("10", "is at step 20 already; give --steps greater than 20")]:
+        assert main(common + ["--resume", "--steps", steps]) == 1
+        assert message in _one_line_error(capsys, "--steps")
+    capsys.readouterr()
+    assert main(common + ["--resume", "--steps", "22"]) == 0
+    said = capsys.readouterr().out
+    assert "at step 20: training to step 22 (it was started for 20); the warm-up stays 19 steps" in said
+    assert "differs from a run started with --steps 22" in said
+
+
+def test_resume_inside_the_warm_up_says_what_to_give(tmp_path, capsys):
+    """A run stopped at step 3 of a 320-step run (warm-up 100) resumed with --steps 50 is told that 50
+    ends inside the warm-up and to give more than 100 (not "warmup_steps must be < steps")."""
+    from refdiff.train import TrainConfig, train
+    from refdiff.models.mlp import MLPConfig
+    from refdiff.data import load_toy2d
+
+    x, y = load_toy2d("two_moons", 200, seed=0)
+    train(TrainConfig(steps=320, batch_size=4, T=5), MLPConfig(num_classes=2), x, y, tmp_path, stop_at=3,
+          progress=False)
+    assert main(["train", "--data", "toy2d:two_moons", "--out", str(tmp_path), "--resume", "--steps", "50"]) == 1
+    assert "--steps 50 ends inside the run's learning-rate warm-up of 100 steps (set when it started); give " \
+           "--steps greater than 100" in _one_line_error(capsys, "--steps")
+
+
+def test_help_progress_bars_and_a_closed_pipe(tmp_path, capsys):
+    """`sample --help` shows the defaults of --sampler, --steps and --count; `demo --help` lists all six
+    outputs; training writes no progress bar when stderr is not a terminal; `refdiff info | head -1` ends
+    without a traceback (a subprocess: the pipe is the point)."""
+    assert main(["sample", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(s in text for s in ("the sampler (default: ddim)", "sampling steps (default: 50)", "(default: 10)"))
+    assert main(["demo", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in ("forward_chain.png", "checkpoint.npz", "loss_curve.png", "samples.png",
+                                         "samples.npz", "metrics.json"))
+    assert main(["train", "--data", "toy2d:two_moons", "--preset", "mlp", "--steps", "3", "--batch-size", "4",
+                 "--T", "5", "--out", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().err == ""
+    package_parent = str(Path(refdiff.__file__).resolve().parent.parent)
+    done = subprocess.run(f"{sys.executable} -m refdiff info --model digits8 | head -1", shell=True,
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": package_parent})
+    assert done.stdout.count("\n") == 1 and "Traceback" not in done.stderr and "Broken" not in done.stderr
+
+
+def test_demo_writes_only_into_a_new_empty_or_earlier_demo_folder(tmp_path, toy_checkpoint, capsys):
+    """`refdiff demo --out DIR` refuses, before training, a folder holding a train run's checkpoint (no
+    metrics.json beside it) or any file that is not a demo output, naming one; it accepts a new folder,
+    an empty one and an earlier demo's, saying which files it replaces; --force lets it write anyway."""
+    import shutil
+
+    from refdiff.demo import OUTPUTS, check_demo_folder
+
+    checkpoint, _ = toy_checkpoint
+    train_run, user = tmp_path / "train_run", tmp_path / "user"
+    shutil.copytree(checkpoint.parent, train_run)
+    user.mkdir()
+    (user / "thesis.tex").write_text("keep")
+    for folder, named in ((train_run, "checkpoint.npz (without a demo's metrics.json)"), (user, "thesis.tex")):
+        before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+        assert main(["demo", "--out", str(folder), "--steps", "2"]) == 1
+        assert named in _one_line_error(capsys, "--out")
+        assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+        check_demo_folder(folder, force=True)
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    for name in OUTPUTS:
+        (earlier / name).write_bytes(b"")
+    for folder in (tmp_path / "new", tmp_path / "empty", earlier):
+        check_demo_folder(folder)
+    assert f"replacing the earlier demo's {', '.join(OUTPUTS)} in {earlier}" in capsys.readouterr().out
+
+
+def test_sizes_beyond_the_limits_or_the_memory_are_refused_naming_the_flag(tmp_path, toy_checkpoint, capsys,
+                                                                            monkeypatch):
+    """--batch-size 1e9, --T 1e9, sample --count 1e8, euler --steps 1e8 and a label of 200000 are refused at
+    once naming the flag and its range; a batch, a sample count or an image size whose work cannot fit
+    in the memory available (here 64 MiB, or the machine's for 2 images of 100000 x 100000) is refused
+    before it starts, naming the flag to lower. Nothing is written."""
+    from PIL import Image
+
+    import refdiff.memory
+
+    checkpoint, _ = toy_checkpoint
+    np.savez(tmp_path / "labels.npz", x=np.full((4, 1, 8, 8), -1, np.float32), y=np.array([0, 1, 2, 200000]))
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / f"{name}.png")
+    train = ["train", "--out", str(tmp_path / "run"), "--steps", "2"]
+    cases = [(train + ["--batch-size", "1000000000"], "--batch-size must be an integer in [1, 65536]"),
+             (train + ["--T", "1000000000"], "--T must be an integer in [1, 100000], got 1000000000"),
+             (train + ["--data", str(tmp_path / "labels.npz")], "its labels reach 200000, but a model takes at most"),
+             (train + ["--data", str(tmp_path), "--image-size", "100000"],
+              "reading 2 images of 100000x100000 (height x width) needs about"),
+             (["sample", str(checkpoint), "--count", "100000000"], "--count must be an integer in [1, 100000]"),
+             (["sample", str(checkpoint), "--sampler", "euler", "--steps", "100000000"],
+              "steps must be an integer in [1, 10000] for euler")]
+    for argv, message in cases:
+        assert main(argv) == 1
+        assert message in _one_line_error(capsys, message), argv
+    monkeypatch.setattr(refdiff.memory, "available_memory", lambda: 64 << 20)
+    assert main(train + ["--batch-size", "4096"]) == 1
+    assert "a training step of batch size 4096 on samples of shape (1, 8, 8) needs about" in \
+        _one_line_error(capsys, "lower the batch size (--batch-size)")
+    assert main(["sample", str(checkpoint), "--count", "100000", "--steps", "2", "--out", str(tmp_path / "s.npz")]) == 1
+    assert "sampling 200000 samples of shape (2,) at once needs about" in _one_line_error(capsys, "(--count)")
+    assert not (tmp_path / "run" / "checkpoint.npz").exists() and not (tmp_path / "s.npz").exists()
+
+
+def test_resume_without_data_trains_on_the_data_the_checkpoint_recorded(tmp_path, capsys, monkeypatch):
+    """A run started on a user's .npz of 8x8 images (the digits' shape) records its absolute path; `train
+    --resume` without --data, from another folder, trains on that file (and says so), not on the digits."""
+    import refdiff.cli as cli
+    from refdiff.checkpoint import load_checkpoint
+
+    x = np.linspace(-1, 1, 6 * 64, dtype=np.float32).reshape(6, 1, 8, 8)
+    np.savez(tmp_path / "mine.npz", x=x)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "mine.npz", "--steps", "2", "--batch-size", "2", "--T", "5", "--out", "run"]) == 0
+    source = load_checkpoint(tmp_path / "run" / "checkpoint.npz")["config"]["data_source"]
+    assert source == {"data": str(tmp_path / "mine.npz"), "image_size": None}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    loaded = []
+    load = cli._load_dataset
+    monkeypatch.setattr(cli, "_load_dataset", lambda spec, *a: loaded.append(spec) or load(spec, *a))
+    capsys.readouterr()
+    assert main(["train", "--resume", "--steps", "3", "--out", str(tmp_path / "run")]) == 0
+    assert loaded == [str(tmp_path / "mine.npz")]
+    assert f"resuming on --data {tmp_path / 'mine.npz'} (recorded in the checkpoint)" in capsys.readouterr().out
+
+
+def test_readme_other_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    """The README's "Other commands" block runs top to bottom from an empty folder, each line exit 0, with
+    its step counts cut (train --steps / 1000, T = 10, sampling 3 steps, bits/dim on 4 digits)."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"Other commands.*?```sh\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    for line in block.strip().splitlines():
+        argv = shlex.split(line.split("#")[0])
+        assert argv[0] == "refdiff", line
+        argv = argv[1:]
+        if "--steps" in argv:
+            k = argv.index("--steps") + 1
+            argv[k] = str(int(argv[k]) // 1000) if argv[0] == "train" else "3"
+        if argv[0] == "train" and "--resume" not in argv:
+            argv += ["--T", "10", "--batch-size", "8"]
+        if argv[0] == "eval" and argv[1].endswith("checkpoint.npz"):
+            argv += ["--count", "4"]
+        assert main(argv) == 0, (line, capsys.readouterr().err)
+    assert {"swiss.png", "samples.npz"} <= {p.name for p in tmp_path.iterdir()}
+    for argv in (["train", "--out", "out/mine"], ["eval", "out/digits/checkpoint.npz"]):  # a missing folder
+        assert main(argv + ["--data", "my_images/"]) == 1
+        assert "--data my_images/: no such folder" in _one_line_error(capsys, "--data")

@@ -129,7 +129,7 @@ def bad_npz_cases():
         "one-hot labels": ({"x": k, "y": np.eye(3)}, "one-hot"),
         "fractional labels": ({"x": k, "y": np.array([0.5, 1, 2])}, "whole numbers"),
         "string labels": ({"x": k, "y": np.array(["a", "b", "c"])}, "integers"),
-        "no known name": ({"pictures": k, "targets": np.arange(3)}, r"\['pictures', 'targets'\]"),
+        "no known name": ({"pictures": k, "targets": np.arange(3)}, "holds 2 arrays: pictures, targets"),
         "two image arrays": ({"x": k, "images": k}, "several image arrays"),
     }
 

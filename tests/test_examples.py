@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from refdiff.backend import available_backends
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MIN_PNG_BYTES = 10_000  # a figure with axes, text and images; an empty canvas is a few kB
@@ -85,3 +87,13 @@ def test_sampler_examples_run_on_strict_fake_device(tmp_path, script):
     pytest.importorskip("array_api_strict")
     done = _run_example(script, "--quick", "--out", str(tmp_path), "--backend", "array_api_strict")
     _assert_pngs(tmp_path, EXAMPLE_PNGS[script], done)
+
+
+@pytest.mark.skipif("cupy" in available_backends(), reason="CuPy runs here: the refusal needs a machine without it")
+def test_an_unavailable_backend_ends_an_example_with_one_line(tmp_path):
+    """`python examples/toy2d.py --backend cupy` without CuPy exits 1 with one line naming --backend, not a
+    traceback, and writes nothing."""
+    done = _run_example("toy2d.py", "--backend", "cupy", "--out", str(tmp_path / "out"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("--backend cupy:") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ import refdiff
 ROOT = Path(refdiff.__file__).parent
 # docs/design.md's layer map, bottom to top, with the modules the list leaves out placed where they sit:
 # distributed and checkpoint under train; classifier_train beside it; generate and demo under cli.
-LAYERS = ("backend", "speed", "parallel", "schedules", "diffusion", "likelihood", "layers", "models", "timesteps",
+LAYERS = ("backend", "speed", "parallel", "memory", "schedules", "diffusion", "likelihood", "layers", "models", "timesteps",
           "losses", "optim", "samplers", "data", "distributed", "checkpoint", "train", "classifier_train", "metrics",
           "digits_eval", "plot", "generate", "demo", "cli", "__main__")
 
@@ -48,3 +48,14 @@ def test_only_the_backend_module_imports_cupy():
     (lazy imports inside functions count; importlib calls are the backend's own business)."""
     found = [f"{rel}:{line}" for rel, line, name in _imports() if name.split(".")[0] in ("cupy", "cupyx")]
     assert found and all(where.startswith("backend.py:") for where in found), found
+
+
+def test_pytest_reports_failures_and_errors_not_every_skip():
+    """setup.cfg's addopts asks pytest's short summary for failures and errors (-rfE) only: the ~200 skips
+    of a machine without CuPy are counted in the last line, not listed one per line (-ra listed them)."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT.parent / "setup.cfg")
+    flags = [flag for flag in config["tool:pytest"]["addopts"].split() if flag.startswith("-r")]
+    assert flags and all(set(flag[2:]) <= set("fE") for flag in flags), flags

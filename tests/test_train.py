@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import refdiff.train as train_module
-from refdiff.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from refdiff.checkpoint import CHECKPOINT_VERSION, TMP_SUFFIX, load_checkpoint, save_checkpoint
 from refdiff.cli import main
 from refdiff.diffusion import Parameterization
 from refdiff.generate import check_sampling, previewer
@@ -173,7 +173,7 @@ def test_checkpoint_holds_the_documented_plain_arrays(tmp_path):
         assert any(n.startswith(prefix) for n in names), prefix
     assert load_checkpoint(tmp_path / "checkpoint.npz")["config"]["train"]["steps"] == CONFIG.steps
     head = load_checkpoint(tmp_path / "checkpoint.npz", arrays=False)  # what resume reads for the settings
-    assert set(head) == {"config", "step", "rng"} and head["step"] == CONFIG.steps
+    assert set(head) == {"path", "config", "step", "rng"} and head["step"] == CONFIG.steps
 
 
 def test_samples_of_points_are_clipped_to_the_training_data_bound(tmp_path):
@@ -215,7 +215,8 @@ def test_sampling_settings_are_checked_naming_the_setting_and_its_range():
     for args, match in [(("plms", 10, 1.0, 1000), "sampler must be one of ddim, ddpm, euler"),
                         (("ddim", 0, 1.0, 1000), r"steps must be an integer in \[1, 1000\] for ddim"),
                         (("ddpm", 1001, 1.0, 1000), r"steps must be an integer in \[1, 1000\] for ddpm"),
-                        (("heun", 0, 1.0, 1000), "steps must be an integer >= 1, got 0"),
+                        (("heun", 0, 1.0, 1000), r"steps must be an integer in \[1, 10000\] for heun, got 0"),
+                        (("euler", 100_000_000, 1.0, 1000), r"steps must be an integer in \[1, 10000\] for euler"),
                         (("ddim", 2.5, 1.0, 1000), "steps must be an integer"),
                         (("ddim", 10, -1.0, 1000), "guidance must be a finite number >= 0"),
                         (("ddim", 10, float("inf"), 1000), "guidance must be a finite number >= 0")]:
@@ -226,14 +227,45 @@ def test_sampling_settings_are_checked_naming_the_setting_and_its_range():
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
                             "ignore:invalid value encountered:RuntimeWarning")  # the blow-up on purpose
 def test_non_finite_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
-    """A learning rate of 1e30 blows the parameters up; training stops with a TrainingError naming the
-    step, and the last checkpoint written before it is intact and loadable."""
+    """Three good steps, then a learning rate of 1e30 blows the parameters up (|w| ~ 1e30, still finite):
+    training stops with a TrainingError naming the step, the exploded state is never saved, and the
+    last good checkpoint (step 3) loads and takes a step with a finite loss."""
     x, y = _toy_data()
-    cfg = TrainConfig(steps=50, batch_size=16, lr=1e30, warmup_steps=0, T=50, checkpoint_every=1, grad_clip=1e30)
+    cfg = TrainConfig(steps=50, batch_size=16, lr=1e-3, warmup_steps=0, T=50, checkpoint_every=1, grad_clip=1e30)
+    train(dataclasses.replace(cfg, steps=3), MODEL, x, y, tmp_path, progress=False)
+    cfg = dataclasses.replace(cfg, lr=1e30)
     with pytest.raises(TrainingError, match=r"at step \d+.*last good checkpoint is .*checkpoint.npz"):
-        train(cfg, MODEL, x, y, tmp_path, progress=False)
+        train(cfg, MODEL, x, y, tmp_path, resume=True, progress=False)
     ckpt = load_checkpoint(tmp_path / "checkpoint.npz")
-    assert all(np.all(np.isfinite(v)) for v in ckpt["log"].values())
+    assert ckpt["step"] == 3 and all(np.all(np.isfinite(v)) for v in ckpt["log"].values())
+    state = train_module.resume_state(ckpt, cfg)
+    assert np.isfinite(train_step(dataclasses.replace(cfg, lr=1e-3), MODEL, cfg.schedule_obj(), state, x, y))
+
+
+def test_a_checkpoint_with_non_finite_parameters_is_refused_naming_the_file_and_array(tmp_path):
+    """load_checkpoint of a file whose params, EMA or optimizer state hold NaN or inf raises a ValueError
+    naming the file and the array; a finite one loads."""
+    path = tmp_path / "checkpoint.npz"
+    for group in ("params", "ema", "opt"):
+        save_checkpoint(path, {}, 1, np.zeros(6, dtype=np.uint64), {group: {"w": np.array([1.0, np.inf])}})
+        with pytest.raises(ValueError, match=f"checkpoint {path} holds non-finite values in {group}/w"):
+            load_checkpoint(path)
+    save_checkpoint(path, {}, 1, np.zeros(6, dtype=np.uint64), {"params": {"w": np.array([1.0, 2.0])}})
+    assert load_checkpoint(path)["params"]["w"].tolist() == [1.0, 2.0]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")
+def test_data_that_overflow_stop_training_naming_the_step_or_the_data(tmp_path):
+    """Data at 1e30 make the gradient norm overflow: training stops at step 0 with a TrainingError naming
+    the step, instead of "training" with zero steps; data beyond float32's range or NaN are refused."""
+    x, y = _toy_data()
+    with pytest.raises(TrainingError, match=r"at step 0"):
+        train(CONFIG, MODEL, x * 1e30, y, tmp_path / "a", progress=False)
+    assert not (tmp_path / "a" / "checkpoint.npz").exists()
+    for bad in (x * 1e300, np.where(x > 0.5, np.nan, x)):
+        with pytest.raises(ValueError, match=r"x must be finite in float32 \(data in \[-1, 1\]\), got max"):
+            train(CONFIG, MODEL, bad, y, tmp_path / "b", progress=False)
 
 
 def test_killed_writer_leaves_the_previous_checkpoint_intact(tmp_path):
@@ -250,7 +282,7 @@ def test_killed_writer_leaves_the_previous_checkpoint_intact(tmp_path):
     """)
     proc = subprocess.Popen([sys.executable, "-c", writer], env={"PYTHONPATH": str(REPO), "PATH": ""})
     try:
-        while not path.with_name(path.name + ".tmp").exists() and proc.poll() is None:
+        while not list(tmp_path.glob("*" + TMP_SUFFIX)) and proc.poll() is None:
             pass  # wait until a rewrite is under way
         proc.kill()
     finally:
@@ -309,8 +341,12 @@ def test_resume_refuses_other_diffusion_model_or_data_settings_and_takes_new_ste
 
 def test_bad_train_config_raises_naming_the_argument():
     """Every invalid setting is refused when the config is built, naming the field and what it allows."""
-    for kwargs, match in [({"steps": 0}, "steps must be an integer >= 1"), ({"lr": -1.0}, "lr must be a positive"),
-                          ({"batch_size": 2.0}, "batch_size must be an integer >= 1"),
+    for kwargs, match in [({"steps": 0}, r"steps must be an integer in \[1, 10000000\], got 0"),
+                          ({"lr": -1.0}, "lr must be a positive"),
+                          ({"batch_size": 2.0}, r"batch_size must be an integer in \[1, 65536\]"),
+                          ({"batch_size": 10**9}, r"batch_size must be an integer in \[1, 65536\], got 1000000000"),
+                          ({"T": 10**9}, r"T must be an integer in \[1, 100000\], got 1000000000"),
+                          ({"checkpoint_every": 0}, "checkpoint_every must be an integer >= 1, got 0"),
                           ({"warmup_steps": -1}, "warmup_steps must be an integer >= 0, got -1"),
                           ({"steps": 5, "warmup_steps": 5}, "warmup_steps must be < steps = 5, got 5"),
                           ({"grad_clip": 0.0}, "grad_clip must be a positive finite number"),

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from refdiff.data.digits import _check_dtype
+from refdiff.memory import check_fits
 
 IMAGE_KEYS = ("x", "images", "x_train")  # the image array of an archive has exactly one of these names
 LABEL_KEYS = ("y", "labels", "y_train")  # x pairs with y, images with labels, x_train with y_train
@@ -139,7 +140,9 @@ def _pick_keys(names, where):
     """(image key, label key or None) among the archive's array names; ValueError if none or ambiguous."""
     found = [k for k in IMAGE_KEYS if k in names]
     if not found:
-        raise ValueError(f"{where}: no image array named one of {IMAGE_KEYS}; the archive holds {sorted(names)}")
+        held = sorted(names)
+        raise ValueError(f"{where}: no image array named one of {IMAGE_KEYS}; the archive holds {len(held)} arrays: "
+                         f"{', '.join(held[:5])}{', ...' if len(held) > 5 else ''}")
     if len(found) > 1:
         raise ValueError(f"{where}: several image arrays {found}, expected exactly one of {IMAGE_KEYS}")
     labels = [k for k in LABEL_KEYS if k in names]
@@ -208,6 +211,17 @@ def _image_files(folder):
 
 def _class_folders(root):
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _check_folder_fits(Image, files, size, dtype):
+    """Refuse, before reading them, images that cannot fit in memory once read: len(files) x 3 x H x W
+    values of dtype and the decoded pixels (2 bytes each at most); (H, W) is size, or the first file's."""
+    if size is None:
+        with Image.open(files[0]) as im:  # reads the header only
+            size = im.size[::-1]
+    check_fits(len(files) * 3 * size[0] * size[1] * (dtype.itemsize + 2),
+               f"reading {len(files)} images of {size[0]}x{size[1]} (height x width)",
+               "resize them smaller (size=, refdiff's --image-size)")
 
 
 def image_folder_classes(path):
@@ -312,6 +326,7 @@ def load_image_folder(path, size=None, colors=None, dtype=np.float32):
     root = _existing(path, "dir")
     files, y = _folder_listing(root)
     Image, ImageOps = _import_pillow()
+    _check_folder_fits(Image, files, size, np.dtype(dtype))
     mode = {None: None, 1: "L", 3: "RGB"}[colors]
     images = [_read_image(Image, ImageOps, f, mode, size) for f in files]  # (k, top), k (H, W) or (H, W, 3)
     (first, _), shape = images[0], images[0][0].shape[:2]

@@ -138,3 +138,35 @@ def config_from_dict(model: dict, task: str | None = None) -> Any:
     JSON round trip: lists become tuples again), of a family of ``task`` if given."""
     f = by_name(model.get("kind"), task)
     return f.config(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items() if k != "kind"})
+
+
+def sample_bytes(cfg: Any, data_shape: tuple[int, ...], dtype: str = "float32") -> int:
+    """Bytes of the activations one sample of ``data_shape`` adds to a training forward's cache for the
+    model cfg describes: the cache of two zero samples less that of one (which holds the parameters'
+    share too). What memory estimates multiply by the batch. A denoiser family's config."""
+    import numpy as np
+
+    from refdiff.backend import Generator
+
+    f = family(cfg, "denoiser", argument="cfg")
+    params = f.init_params(cfg, Generator(0), dtype=np.dtype(dtype))
+    total = []
+    for n in (1, 2):
+        x, t = np.zeros((n, *data_shape), dtype=dtype), np.zeros(n, dtype=np.int64)
+        y = np.zeros(n, dtype=np.int64) if getattr(cfg, "num_classes", None) else None
+        total.append(_nbytes(f.forward(params, cfg, x, t, y, train=True, generator=Generator(0))[1], set()))
+    return total[1] - total[0]
+
+
+def _nbytes(obj: Any, seen: set) -> int:
+    """Total bytes of the distinct arrays inside nested tuples, lists and dicts."""
+    if hasattr(obj, "nbytes") and hasattr(obj, "shape"):
+        if id(obj) in seen:
+            return 0
+        seen.add(id(obj))
+        return int(obj.nbytes)
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (tuple, list)):
+        return sum(_nbytes(v, seen) for v in obj)
+    return 0
