@@ -115,7 +115,8 @@ def test_lookups_name_the_argument_and_the_allowed_families():
     with pytest.raises(ValueError, match="model_cfg must be one of UNetConfig, MLPConfig, ClassifierConfig, "
                                          "TextUNetConfig, got dict"):
         registry.family({})
-    with pytest.raises(ValueError, match="cfg must be one of UNetConfig, MLPConfig, TextUNetConfig, got ClassifierConfig"):
+    with pytest.raises(ValueError,
+                       match="cfg must be one of UNetConfig, MLPConfig, TextUNetConfig, got ClassifierConfig"):
         registry.family(CONFIGS["ClassifierConfig"][0], "denoiser", argument="cfg")
     with pytest.raises(ValueError, match="model kind must be one of ClassifierConfig, got 'MLPConfig'"):
         registry.config_from_dict({"kind": "MLPConfig"}, "classifier")

@@ -25,7 +25,6 @@ after each attention block's own. The derivation: docs/glide.md.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -67,7 +66,8 @@ class TextUNetConfig:
         object.__setattr__(self, "unet", _config("unet", self.unet, UNetConfig))
         object.__setattr__(self, "text", _config("text", self.text, TextEncoderConfig))
         if self.unet.num_classes is not None:
-            raise ValueError(f"unet.num_classes must be None (the caption is the condition), got {self.unet.num_classes}")
+            raise ValueError(f"unet.num_classes must be None (the caption is the condition), "
+                             f"got {self.unet.num_classes}")
         check_int("pad_token", self.pad_token, 0)
         if self.pad_token >= self.text.vocab_size:
             raise ValueError(f"pad_token must be in [0, text.vocab_size) = [0, {self.text.vocab_size}), "
