@@ -10,6 +10,8 @@ images (channels, resolution), as ``refdiff train`` does for the user's data.
 ``CLASSIFIER_PRESETS`` names the noisy classifiers (refdiff.models.classifier) that go with them:
 ``preset(num_classes=10, **overrides) -> ClassifierConfig``, each the encoder of the U-Net preset of
 the same data (same channels, levels, embedding), pooled to ``num_classes`` logits.
+
+``CLIP_PRESETS`` names the noised CLIPs (refdiff.models.clip): ``preset(**overrides) -> ClipConfig``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import dataclasses
 from typing import Callable
 
 from refdiff.models.classifier import ClassifierConfig
+from refdiff.models.clip import ClipConfig
 from refdiff.models.unet import UNetConfig
 
 
@@ -102,3 +105,13 @@ def shapes32_classifier(num_classes: int = 10, **overrides) -> ClassifierConfig:
 CLASSIFIER_PRESETS: dict[str, Callable[..., ClassifierConfig]] = {
     "digits8_classifier": digits8_classifier, "mnist28_classifier": mnist28_classifier,
     "shapes32_classifier": shapes32_classifier}
+
+
+def shapes16_clip(**overrides) -> ClipConfig:
+    """3x16x16 captioned shapes (refdiff.data.captions): an image encoder with levels 16, 8 of 16 and 32
+    channels (AdaGN, attention in the middle block at 8x8), a 2-block text encoder of width 32 (4 heads)
+    on the captions' 19-word vocabulary and 6 positions, both projected to E = 32."""
+    return dataclasses.replace(ClipConfig(), **overrides)
+
+
+CLIP_PRESETS: dict[str, Callable[..., ClipConfig]] = {"shapes16_clip": shapes16_clip}
