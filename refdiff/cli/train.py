@@ -10,7 +10,7 @@ from typing import Callable
 from refdiff.cli.common import _add_image_size, _add_mpi_timeout, _check_output_folder
 
 # refdiff train's TrainConfig flags: dest -> (TrainConfig field, default, argparse options). A flag left
-# out takes its default, or with --resume the checkpoint's value (refdiff.train.check_resume says which
+# out takes its default, or with --resume the checkpoint's value (refdiff.train_state.check_resume says which
 # of the given ones may differ from it).
 TRAIN_FLAGS = {
     "schedule": ("schedule", "cosine", {}),
