@@ -46,7 +46,7 @@ from refdiff.distributed import SINGLE_PROCESS, check_batch, data_parallel, get_
 from refdiff.losses import LOSSES, WEIGHTINGS, training_loss
 from refdiff.models import registry
 from refdiff.optim import DECAYS, adamw_step, clip_grad_norm, ema_update, learning_rate
-from refdiff.parallel import check_fits
+from refdiff.memory import check_fits
 from refdiff.timesteps import sample_timesteps
 from refdiff.train_state import TrainState, check_resume, init_state, resume_state, save_state
 
