@@ -34,10 +34,12 @@ def _check_demo_args(args: argparse.Namespace) -> None:
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     """Register ``refdiff demo``."""
+    from refdiff.demo import DEMO_TRAIN
+
     parser = subparsers.add_parser(
         "demo", help="train a class-conditional U-Net on the embedded digits and sample every class",
-        description="The main job: train the digits8 U-Net on the embedded 8x8 digits (a few minutes on a "
-                    "2-core CPU), then sample every class with DDIM and classifier-free guidance, and score "
+        description="The main job: train the digits8 U-Net on the embedded 8x8 digits (about a minute on "
+                    "a 2-core CPU), then sample every class with DDIM and classifier-free guidance, and score "
                     "the samples with the digit classifier refdiff ships. Writes forward_chain.png, "
                     "checkpoint.npz, loss_curve.png, samples.png, samples.npz and metrics.json into OUT (and "
                     "holds OUT's lock file, .refdiff.lock, while it runs).")
@@ -45,7 +47,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
                         help="output folder: new, empty or an earlier demo's, whose files are replaced "
                              "(default: out/demo)")
     parser.add_argument("--force", action="store_true", help="write into an --out that holds other files")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: 2000)")
+    parser.add_argument("--steps", type=int, default=None, help=f"training steps (default: {DEMO_TRAIN.steps})")
     parser.add_argument("--per-class", type=int, default=10, help="samples per class (default: 10)")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
     parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps (default: 50)")
