@@ -15,7 +15,8 @@ import time
 import numpy as np
 from _common import argument_parser, backend_and_out
 
-from refdiff.digits_eval import digit_classifier, digit_sample_report, digit_split, format_sample_report
+from refdiff.digits_eval import (digit_classifier, digit_sample_report, digit_split, format_precision_recall,
+                                 format_sample_report)
 from refdiff.models.presets import digits8_vae
 from refdiff.plot import image_grid
 from refdiff.vae_train import VAETrainConfig, train_vae, vae_bits_per_dim, vae_samples
@@ -53,6 +54,7 @@ def main():
     report = digit_sample_report(digit_classifier(), images, labels, (x_test, y_test), reference=(x_train, y_train),
                                  seed=args.seed)
     print(format_sample_report(report))
+    print(format_precision_recall(report))
 
     # 4. the sample grid
     path = image_grid(images, nrow=PER_CLASS, path=out / "vae_samples.png", title="VAE samples (decoder mean)",

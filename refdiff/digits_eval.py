@@ -186,11 +186,21 @@ def format_sample_report(report: dict[str, Any]) -> str:
         rows.append((f"  {n} real training digits ({which}) vs held-out", f"{report['fd_real']:.4f}"))
     if "class_fraction" in report:
         rows.append(("class fraction: samples classified as their label", f"{report['class_fraction']:.2%}"))
-    rows += [("precision (k = 3): samples on the held-out digits' manifold", f"{report['precision']:.2%}"),
-             ("recall (k = 3): held-out digits on the samples' manifold", f"{report['recall']:.2%}"),
-             ("Inception-Score analogue (at most 10)", f"{report['inception_score']:.3f}"),
-             ("  held-out digits' score", f"{report['inception_score_held_out']:.3f}")]
     rows.append(("digit classifier's held-out accuracy", f"{report['classifier_test_accuracy']:.2%}"))
+    return _aligned(rows)
+
+
+def format_precision_recall(report: dict[str, Any]) -> str:
+    """digit_sample_report's precision, recall and Inception-Score analogue as aligned lines (the families'
+    example prints them under format_sample_report's; refdiff eval and the demo keep them in metrics.json)."""
+    return _aligned([("precision (k = 3): samples on the held-out digits' manifold", f"{report['precision']:.2%}"),
+                     ("recall (k = 3): held-out digits on the samples' manifold", f"{report['recall']:.2%}"),
+                     ("Inception-Score analogue (at most 10)", f"{report['inception_score']:.3f}"),
+                     ("  held-out digits' score", f"{report['inception_score_held_out']:.3f}")])
+
+
+def _aligned(rows: list[tuple[str, str]]) -> str:
+    """(label, value) rows as lines "label:  value", the values right-aligned in one column."""
     width = max(len(label) for label, _ in rows) + 1
     return "\n".join(f"{label + ':':<{width}} {value:>8}" for label, value in rows)
 

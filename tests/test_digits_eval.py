@@ -10,7 +10,7 @@ import pytest
 
 from refdiff.classifier_train import ClassifierTrainConfig
 from refdiff.digits_eval import (DIGIT_CLASSIFIER_TRAIN, SHIPPED_CLASSIFIER, digit_classifier, digit_sample_report,
-                                 digit_split, format_sample_report)
+                                 digit_split, format_precision_recall)
 from refdiff.metrics import class_fraction, frechet_distance_of_samples
 
 
@@ -98,7 +98,7 @@ def test_sample_report_gains_precision_recall_and_inception_score():
     """With the shipped classifier: the held-out digits against themselves have precision = recall = 1 and an
     Inception-Score analogue equal to the held-out one, above 8 (confident, balanced classes; at most 10); samples
     of one class only keep precision high but cover at most about a tenth of the data (recall), and score an
-    Inception Score near 1. The report keeps its earlier keys, and format_sample_report prints the new lines."""
+    Inception Score near 1. The report keeps its earlier keys, and format_precision_recall prints the new ones."""
     classifier = digit_classifier()
     x_train, x_test, y_train, y_test = digit_split()
     report = digit_sample_report(classifier, x_test, y_test, (x_test, y_test))
@@ -109,5 +109,5 @@ def test_sample_report_gains_precision_recall_and_inception_score():
     single = digit_sample_report(classifier, ones, np.ones(60, np.int64), (x_test, y_test))
     print({k: round(v, 3) for k, v in single.items()})
     assert single["precision"] > 0.8 and single["recall"] < 0.2 and single["inception_score"] < 1.5
-    text = format_sample_report(single)
+    text = format_precision_recall(single)
     assert "precision (k = 3)" in text and "recall (k = 3)" in text and "Inception-Score analogue" in text
