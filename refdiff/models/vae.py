@@ -159,13 +159,18 @@ def encode_backward(dmu: Any, dlogvar: Any, c: EncoderCache) -> dict:
 
 # ------------------------------------------------------------------------------------ decoder
 
+class UpLevelCache(NamedTuple):
+    level: int  # l: this step maps c_l channels to c_{l-1}
+    up: Resample2xCache
+    conv: Conv2dCache
+    silu: SiluCache
+
+
 class DecoderCache(NamedTuple):
     lin: LinearCache
     label: EmbeddingCache | None  # None for an unconditional decoder
     silu: SiluCache
-    ups: tuple    # one Resample2xCache per level l = L-1..1
-    convs: tuple  # their Conv2dCaches
-    silus: tuple  # their SiluCaches
+    levels: tuple  # one UpLevelCache per level l = L-1..1, in forward order
     out: Conv2dCache
 
 
@@ -185,16 +190,14 @@ def decode(params: dict, cfg: VAEConfig, z: Any, y: Any = None):
         a = a + e
     h, silu = silu_forward(a)
     h = xp.reshape(h, (N, *cfg.bottleneck))  # (N, F) -> (N, s, s, c_{L-1})
-    ups, convs, silus = [], [], []
+    levels = []
     for l in range(len(cfg.channels) - 1, 0, -1):
         h, up = upsample2x_forward(h)  # (N, 2s, 2s, c_l)
         h, conv = conv2d_forward(h, params[f"dec.conv{l}.w"], params[f"dec.conv{l}.b"])  # c_l -> c_{l-1}
         h, s = silu_forward(h)
-        ups.append(up)
-        convs.append(conv)
-        silus.append(s)
+        levels.append(UpLevelCache(l, up, conv, s))
     m, out = conv2d_forward(h, params["dec.out.w"], params["dec.out.b"])  # (N, S, S, C)
-    cache = DecoderCache(lin, label, silu, tuple(ups), tuple(convs), tuple(silus), out)
+    cache = DecoderCache(lin, label, silu, tuple(levels), out)
     return xp.permute_dims(m, (0, 3, 1, 2)), cache  # (N, S, S, C) -> (N, C, S, S)
 
 
@@ -203,11 +206,10 @@ def decode_backward(dm: Any, c: DecoderCache) -> tuple[dict, Any]:
     xp = namespace(dm)
     g = {}
     dh, g["dec.out.w"], g["dec.out.b"] = conv2d_backward(xp.permute_dims(dm, (0, 2, 3, 1)), c.out)  # NCHW -> NHWC
-    for i in range(len(c.convs) - 1, -1, -1):  # the forward's steps reversed; step i was level l = L-1-i
-        l = len(c.convs) - i
-        dh = silu_backward(dh, c.silus[i])
-        dh, g[f"dec.conv{l}.w"], g[f"dec.conv{l}.b"] = conv2d_backward(dh, c.convs[i])
-        dh = upsample2x_backward(dh, c.ups[i])
+    for lc in reversed(c.levels):  # levels 1..L-1: the forward's steps reversed
+        dh = silu_backward(dh, lc.silu)
+        dh, g[f"dec.conv{lc.level}.w"], g[f"dec.conv{lc.level}.b"] = conv2d_backward(dh, lc.conv)
+        dh = upsample2x_backward(dh, lc.up)
     da = silu_backward(xp.reshape(dh, (dh.shape[0], -1)), c.silu)  # (N, s, s, c) -> (N, F)
     if c.label is not None:
         g["label_embed.table"] = embedding_backward(da, c.label)  # a = z W + b + table[y]: da reaches both
