@@ -23,7 +23,7 @@ import numpy as np
 
 from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
 from refdiff.models import vae
-from refdiff.models.vae import VAEConfig
+from refdiff.models.vae import MLPVAEConfig, VAEConfig
 from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, learning_rate
 
 
@@ -72,7 +72,7 @@ class TrainedVAE:
     step) and info (train_seconds, steps_done)."""
 
     params: dict
-    cfg: VAEConfig
+    cfg: VAEConfig | MLPVAEConfig
     train_cfg: VAETrainConfig
     losses: list[float]
     info: dict = dataclasses.field(default_factory=dict)
@@ -89,7 +89,7 @@ def vae_step(trained: TrainedVAE, opt: dict, x: np.ndarray, y: np.ndarray | None
     cfg, tc, like = trained.cfg, trained.train_cfg, trained.like
     B, D = tc.batch_size, cfg.dims
     idx = g.integers(0, x.shape[0], (B,))                                   # host (B,)
-    xb = asarray(x[idx], like=like, dtype=like.dtype)                        # (B, C, S, S)
+    xb = asarray(x[idx], like=like, dtype=like.dtype)                        # (B, C, S, S) or (B, D)
     labels = None
     if cfg.num_classes is not None:
         keep = g.uniform((B,)) >= tc.label_dropout                           # host (B,)
@@ -106,13 +106,14 @@ def vae_step(trained: TrainedVAE, opt: dict, x: np.ndarray, y: np.ndarray | None
     return opt, loss
 
 
-def train_vae(train_cfg: VAETrainConfig, cfg: VAEConfig, x: np.ndarray, y: np.ndarray | None = None,
+def train_vae(train_cfg: VAETrainConfig, cfg: VAEConfig | MLPVAEConfig, x: np.ndarray, y: np.ndarray | None = None,
               progress: bool = False) -> TrainedVAE:
     """Train a VAE from scratch for train_cfg.steps AdamW steps (or until train_cfg.max_seconds); a function of
     train_cfg.seed when no time budget cuts it short.
 
-    x: (N, C, S, S) host images on cfg.levels values in [-1, 1]; y: (N,) integer labels in [0, cfg.num_classes)
-    for a conditional VAE, None for an unconditional one. Returns a TrainedVAE.
+    x: (N, C, S, S) host images on cfg.levels values in [-1, 1] (VAEConfig) or (N, D) points (MLPVAEConfig); y: (N,)
+    integer labels in [0, cfg.num_classes) for a conditional VAE, None for an unconditional one. Returns a
+    TrainedVAE.
     """
     x, y = _check_data(train_cfg, cfg, x, y)
     backend = get_backend(train_cfg.backend)
@@ -138,8 +139,9 @@ def train_vae(train_cfg: VAETrainConfig, cfg: VAEConfig, x: np.ndarray, y: np.nd
 
 def vae_bits_per_dim(trained: TrainedVAE, x: np.ndarray, y: np.ndarray | None = None, k: int = 100,
                      seed: int = 0, batch_size: int = 200) -> dict[str, float]:
-    """Bits/dim of held-out images under a trained VAE: {"elbo": the mean ELBO's, "iwae": the mean IWAE bound's
-    with k samples, "k": k}. Both are upper bounds on -log2 P(x | y) / D, the IWAE one the tighter.
+    """Bits/dim of held-out data under a trained VAE: {"elbo": the mean ELBO's, "iwae": the mean IWAE bound's
+    with k samples, "k": k}. Both are upper bounds on -log2 P(x | y) / D, the IWAE one the tighter (for points,
+    on -log2 of a density, which may be negative).
 
     x, y: as train_vae's (y None: the null label for a conditional VAE). The draws come from Generator(seed).
     """
@@ -148,7 +150,7 @@ def vae_bits_per_dim(trained: TrainedVAE, x: np.ndarray, y: np.ndarray | None = 
     g, like, cfg = Generator(seed), trained.like, trained.cfg
     elbo, iwae = [], []
     for start in range(0, x.shape[0], batch_size):
-        xb = asarray(x[start : start + batch_size], like=like, dtype=like.dtype)  # (n, C, S, S)
+        xb = asarray(x[start : start + batch_size], like=like, dtype=like.dtype)  # (n, ...)
         yb = None if y is None else asarray(y[start : start + batch_size].astype(np.int64), like=like)
         n = xb.shape[0]
         elbo.append(to_numpy(vae.elbo_forward(trained.params, cfg, xb, g.normal((n, cfg.latent_dim), like=xb),
@@ -160,9 +162,10 @@ def vae_bits_per_dim(trained: TrainedVAE, x: np.ndarray, y: np.ndarray | None = 
 
 
 def vae_samples(trained: TrainedVAE, n: int, labels: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
-    """n samples from the prior, z ~ N(0, I) drawn by Generator(seed), shown as the decoder's mean clipped to
-    [-1, 1] (the usual VAE picture: a draw from p(x | z) adds independent pixel noise on top). labels: (n,)
-    integers in [0, K) for a conditional VAE, or None (the null label). Returns (n, C, S, S) host float64."""
+    """n samples from the prior, z ~ N(0, I) drawn by Generator(seed), shown as the decoder's mean, images clipped
+    to [-1, 1] (the usual VAE picture: a draw from p(x | z) adds independent noise on top). labels: (n,)
+    integers in [0, K) for a conditional VAE, or None (the null label). Returns (n, C, S, S) or (n, D) host
+    float64."""
     vae.check_int("n", n, 1)
     if labels is not None:
         labels = np.asarray(labels)
@@ -172,25 +175,27 @@ def vae_samples(trained: TrainedVAE, n: int, labels: np.ndarray | None = None, s
                              f"(num_classes = {K}), got shape {labels.shape}, dtype {labels.dtype}")
         labels = asarray(labels.astype(np.int64), like=trained.like)
     z = Generator(seed).normal((n, trained.cfg.latent_dim), like=trained.like)
-    mean = vae.vae_model(trained.params, trained.cfg)(z, labels)
-    return np.clip(to_numpy(mean).astype(np.float64), -1.0, 1.0)
+    mean = to_numpy(vae.vae_model(trained.params, trained.cfg)(z, labels)).astype(np.float64)
+    return np.clip(mean, -1.0, 1.0) if isinstance(trained.cfg, VAEConfig) else mean
 
 
 def _check_data(train_cfg: Any, cfg: Any, x: Any, y: Any,
                 labels_optional: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """(x, y) as host arrays, or a ValueError naming the argument: x (N, C, S, S) finite in [-1, 1]; y labels of a
-    conditional VAE (optional with labels_optional), None for an unconditional one."""
+    """(x, y) as host arrays, or a ValueError naming the argument: x (N, C, S, S) images in [-1, 1] or (N, D)
+    points, finite; y labels of a conditional VAE (optional with labels_optional), None for an unconditional one."""
     if not isinstance(train_cfg, VAETrainConfig):
         raise ValueError(f"train_cfg must be a VAETrainConfig, got {type(train_cfg).__name__}")
-    if not isinstance(cfg, VAEConfig):
-        raise ValueError(f"cfg must be a VAEConfig, got {type(cfg).__name__}")
-    x = np.asarray(x)
-    S = cfg.image_size
-    if x.shape[1:] != (cfg.in_channels, S, S) or x.shape[0] < 1 or x.dtype.kind != "f":
-        raise ValueError(f"x must be a floating (N, {cfg.in_channels}, {S}, {S}) host array, got shape {x.shape}, "
+    if type(cfg) not in vae.CODERS:
+        raise ValueError(f"cfg must be a VAEConfig or an MLPVAEConfig, got {type(cfg).__name__}")
+    x, images = np.asarray(x), isinstance(cfg, VAEConfig)
+    shape = (cfg.in_channels, cfg.image_size, cfg.image_size) if images else (cfg.data_dim,)
+    if x.shape[1:] != shape or x.shape[0] < 1 or x.dtype.kind != "f":
+        raise ValueError(f"x must be a floating (N, {', '.join(map(str, shape))}) host array, got shape {x.shape}, "
                          f"dtype {x.dtype}")
-    if not (np.all(np.isfinite(x)) and -1.0 <= x.min() <= x.max() <= 1.0):
-        raise ValueError(f"x must be finite and in [-1, 1], got values in [{x.min()}, {x.max()}]")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"x must be finite, got {int(np.sum(~np.isfinite(x)))} NaN or inf values")
+    if images and not -1.0 <= x.min() <= x.max() <= 1.0:
+        raise ValueError(f"x must lie in [-1, 1] (the discretized decoder's range), got values in [{x.min()}, {x.max()}]")
     if cfg.num_classes is None or (y is None and labels_optional):
         if y is not None:
             raise ValueError("y must be None for an unconditional VAE (cfg.num_classes is None)")

@@ -1,6 +1,7 @@
-"""Specification of refdiff.models.vae: the ELBO's hand-derived gradient against finite differences (every parameter,
-numpy and array_api_strict), the closed-form KL against Monte Carlo, the importance-weighted bound against the ELBO,
-log-mean-exp's stability, the bits/dim conversion, and the checks at the boundary."""
+"""Specification of refdiff.models.vae and its coders (vae_conv for images, vae_mlp for points): the ELBO's
+hand-derived gradient against finite differences (every parameter, numpy and array_api_strict, both coders), the
+closed-form KL against Monte Carlo, the importance-weighted bound against the ELBO, the point likelihood against
+scipy, log-mean-exp's stability, the bits/dim conversion, and the checks at the boundary."""
 
 import math
 
@@ -20,10 +21,15 @@ seeds = st.integers(0, 2**16)
 # Small enough for a gradient check in well under a second per tensor: 4x4 images, two levels (4x4, 2x2).
 SMALL = V.VAEConfig(in_channels=2, image_size=4, channels=(3, 4), latent_dim=3, num_classes=None, levels=17)
 SMALL_CONDITIONAL = V.VAEConfig(in_channels=1, image_size=4, channels=(3, 4), latent_dim=2, num_classes=3, levels=17)
+POINTS = V.MLPVAEConfig(data_dim=2, hidden=5, latent_dim=2)
+POINTS_CONDITIONAL = V.MLPVAEConfig(data_dim=3, hidden=4, latent_dim=2, num_classes=2)
 
 
 def grid_images(seed, cfg, n):
-    """(n, C, S, S) float64 images on cfg.levels evenly spaced values in [-1, 1] (both ends included)."""
+    """(n, C, S, S) float64 images on cfg.levels evenly spaced values in [-1, 1] (both ends included), or (n, D)
+    standard normal points for an MLPVAEConfig."""
+    if isinstance(cfg, V.MLPVAEConfig):
+        return host_data(seed, (n, cfg.data_dim))
     counts = np.random.default_rng(seed).integers(0, cfg.levels, (n, cfg.in_channels, cfg.image_size, cfg.image_size))
     return counts / (cfg.levels - 1) * 2 - 1
 
@@ -37,11 +43,12 @@ def inputs(cfg, seed, n=3):
 
 # ------------------------------------------------------------------------------------- gradients
 
-@pytest.mark.parametrize("cfg, seed", [(SMALL, 0), (SMALL_CONDITIONAL, 1)])
+@pytest.mark.parametrize("cfg, seed", [(SMALL, 0), (SMALL_CONDITIONAL, 1), (POINTS, 2), (POINTS_CONDITIONAL, 3)])
 def test_elbo_backward_matches_finite_differences(backend, cfg, seed):
     """elbo_backward(delbo) equals the gradient of sum_n delbo_n ELBO_n(params) for every parameter (float64,
-    eps held fixed: the reparameterised ELBO is a smooth function of the parameters), unconditional and with
-    the label embedding; the directional probes of tests/gradcheck.py for tensors of more than 8 entries."""
+    eps held fixed: the reparameterised ELBO is a smooth function of the parameters), for the conv and the MLP
+    coder, unconditional and with the label embedding; the directional probes of tests/gradcheck.py for tensors
+    of more than 8 entries."""
     params, x, eps, y = inputs(cfg, seed)
     delbo = host_data(seed + 3, (x.shape[0],))
     y_b = None if y is None else backend.asarray(y)
@@ -86,17 +93,29 @@ def test_closed_form_kl_matches_monte_carlo():
     assert np.all(np.abs(log_ratio.mean(axis=0) - terms.kl) < 5 * se), (log_ratio.mean(axis=0), terms.kl, se)
 
 
-@given(seed=seeds)
+@given(seed=seeds, cfg=st.sampled_from([SMALL_CONDITIONAL, POINTS_CONDITIONAL]))
 @settings(max_examples=5)
-def test_iwae_with_one_sample_is_the_one_sample_elbo(seed):
+def test_iwae_with_one_sample_is_the_one_sample_elbo(seed, cfg):
     """L_1(eps) = log p(x | z) + log N(z; 0, I) - log N(z; mu, sigma^2) at z = mu + sigma eps: the ELBO's
     reconstruction term at the same eps minus the sampled KL (the closed form's unbiased estimate)."""
-    params, x, eps, y = inputs(SMALL_CONDITIONAL, seed)
-    terms, c = V.elbo_forward(params, SMALL_CONDITIONAL, x, eps, y)
+    params, x, eps, y = inputs(cfg, seed)
+    terms, c = V.elbo_forward(params, cfg, x, eps, y)
     z = c.mu + c.sigma * eps
     sampled_kl = np.sum(scipy.stats.norm.logpdf(z, c.mu, c.sigma) - scipy.stats.norm.logpdf(z), axis=1)
-    np.testing.assert_allclose(V.iwae_bound(params, SMALL_CONDITIONAL, x, eps[None], y), terms.rec - sampled_kl,
+    np.testing.assert_allclose(V.iwae_bound(params, cfg, x, eps[None], y), terms.rec - sampled_kl,
                                rtol=1e-12, atol=1e-10)
+
+
+@given(seed=seeds)
+@settings(max_examples=5)
+def test_point_likelihood_is_the_gaussian_density(seed):
+    """For the MLP coder, rec = sum_d log N(x_d; m_d, exp(log_scale_d)^2) (scipy.stats.norm) with m the decoder's
+    mean at z = mu + sigma eps."""
+    params, x, eps, y = inputs(POINTS_CONDITIONAL, seed)
+    terms, c = V.elbo_forward(params, POINTS_CONDITIONAL, x, eps, y)
+    m = V.vae_model(params, POINTS_CONDITIONAL)(c.mu + c.sigma * eps, y)
+    expected = np.sum(scipy.stats.norm.logpdf(x, m, np.exp(params["dec.log_scale"])), axis=1)
+    np.testing.assert_allclose(terms.rec, expected, rtol=1e-12)
 
 
 @given(seed=seeds, k=st.integers(1, 6))
@@ -171,7 +190,7 @@ def test_decoder_without_a_label_uses_the_null_label_and_labels_change_the_mean(
 def test_init_is_seeded_with_the_param_shapes_and_count():
     """init_params has param_shapes' keys, order and shapes, param_count is their total size, the same seed gives
     the same parameters, and the decoder's log-scale starts at 0 (scale 1)."""
-    for cfg in (SMALL, SMALL_CONDITIONAL, V.VAEConfig()):
+    for cfg in (SMALL, SMALL_CONDITIONAL, V.VAEConfig(), POINTS, POINTS_CONDITIONAL):
         params = V.init_params(cfg, Generator(0), np.float64)
         assert {k: v.shape for k, v in params.items()} == V.param_shapes(cfg)
         assert V.param_count(cfg) == sum(v.size for v in params.values())
@@ -192,6 +211,30 @@ def test_config_bad_fields_raise(kwargs, message):
     """VAEConfig names the bad field, the value and the allowed range."""
     with pytest.raises(ValueError, match=message):
         V.VAEConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"hidden": 0}, "hidden must be an integer >= 1, got 0"),
+    ({"data_dim": 1.5}, "data_dim must be an integer >= 1, got 1.5"),
+    ({"num_classes": -1}, "num_classes must be an integer >= 1, got -1"),
+])
+def test_point_config_bad_fields_raise(kwargs, message):
+    """MLPVAEConfig names the bad field, the value and the allowed range."""
+    with pytest.raises(ValueError, match=message):
+        V.MLPVAEConfig(**kwargs)
+
+
+@pytest.mark.parametrize("x, message", [
+    (np.zeros((3, 3)), r"x must be a real floating \(N, 2\) array of points"),
+    (np.array([[0.0, np.nan]] * 3), "x must be finite"),
+])
+def test_point_forward_bad_inputs_raise(backend, x, message):
+    """elbo_forward of the MLP coder names x of the wrong dimension or with NaN; another config type is refused."""
+    params, _, eps, _ = inputs(POINTS, 0)
+    with pytest.raises(ValueError, match=message):
+        V.elbo_forward(on(backend, params), POINTS, backend.asarray(x), backend.asarray(eps))
+    with pytest.raises(ValueError, match="cfg must be a VAEConfig or an MLPVAEConfig, got dict"):
+        V.param_shapes({})
 
 
 @pytest.mark.parametrize("args, message", init_bad_arguments(SMALL, "a VAEConfig"))
