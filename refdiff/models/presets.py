@@ -12,7 +12,7 @@ images (channels, resolution), as ``refdiff train`` does for the user's data.
 the same data (same channels, levels, embedding), pooled to ``num_classes`` logits.
 
 ``VAE_PRESETS`` names the VAEs (refdiff.models.vae), the baseline family of docs/families.md:
-``preset(num_classes=None, **overrides) -> VAEConfig``.
+``preset(num_classes=None, **overrides) -> VAEConfig`` (or ``MLPVAEConfig`` for the 2-D toys).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Callable
 
 from refdiff.models.classifier import ClassifierConfig
 from refdiff.models.unet import UNetConfig
-from refdiff.models.vae import VAEConfig
+from refdiff.models.vae import MLPVAEConfig, VAEConfig
 
 
 def digits8(num_classes: int | None = None, learn_sigma: bool = False, **overrides) -> UNetConfig:
@@ -116,4 +116,10 @@ def digits8_vae(num_classes: int | None = None, **overrides) -> VAEConfig:
     return dataclasses.replace(cfg, **overrides)
 
 
-VAE_PRESETS: dict[str, Callable[..., VAEConfig]] = {"digits8_vae": digits8_vae}
+def toy2d_vae(num_classes: int | None = None, **overrides) -> MLPVAEConfig:
+    """2-D points (refdiff.data.toy2d): MLP encoder and decoder with two hidden layers of 64, a 2-dimensional latent,
+    a Gaussian density with a learned scale per coordinate (9.1k parameters unconditional)."""
+    return dataclasses.replace(MLPVAEConfig(data_dim=2, hidden=64, latent_dim=2, num_classes=num_classes), **overrides)
+
+
+VAE_PRESETS: dict[str, Callable[..., VAEConfig | MLPVAEConfig]] = {"digits8_vae": digits8_vae, "toy2d_vae": toy2d_vae}
