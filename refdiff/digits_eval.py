@@ -8,7 +8,9 @@ classifier moves with the order of floating-point sums (a 1-BLAS-thread run of t
 98.3% instead of 98.9%), and scores with it. Its pooled features give the Frechet
 distance of 8x8 samples (refdiff.metrics) and their improved precision and recall, its predictions the
 fraction of samples classified as their label, its posteriors the Inception-Score analogue.
-``digit_sample_report`` computes them, with the floor set by two halves of the held-out digits; it is what ``refdiff demo`` and ``refdiff eval --samples`` print (``format_sample_report``).
+``digit_sample_report`` computes them, with the floor set by two halves of the held-out digits; it is what
+``refdiff demo`` and ``refdiff eval --samples`` print (``format_sample_report``; precision, recall and the
+Inception-Score analogue through ``format_precision_recall``).
 """
 
 from __future__ import annotations
@@ -129,9 +131,9 @@ def digit_sample_report(classifier: DigitClassifier, samples, labels, held_out, 
                       that of the held-out digits (what real digits score at that set size; at most 10)
       classifier_test_accuracy, samples, held_out   the classifier's held-out accuracy and the set sizes
 
-    samples: (N, 1, 8, 8) host images in [-1, 1], N >= 4 (precision and recall need k + 1 = 4); labels: (N,) ints in [0, 10), or None (unlabelled
-    samples: no class_fraction, and fd_real draws N reference digits at random); held_out: (x (M, 1, 8, 8),
-    y (M,)) with at least 4 images in all.
+    samples: (N, 1, 8, 8) host images in [-1, 1], N >= 4 (precision and recall need k + 1 = 4); labels: (N,)
+    ints in [0, 10), or None (unlabelled samples: no class_fraction, and fd_real draws N reference digits at
+    random); held_out: (x (M, 1, 8, 8), y (M,)) with at least 4 images in all.
     """
     samples, labels = _check_digit_samples(samples, labels)
     x_held, y_held = (np.asarray(a) for a in held_out)

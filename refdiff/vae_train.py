@@ -195,7 +195,8 @@ def _check_data(train_cfg: Any, cfg: Any, x: Any, y: Any,
     if not np.all(np.isfinite(x)):
         raise ValueError(f"x must be finite, got {int(np.sum(~np.isfinite(x)))} NaN or inf values")
     if images and not -1.0 <= x.min() <= x.max() <= 1.0:
-        raise ValueError(f"x must lie in [-1, 1] (the discretized decoder's range), got values in [{x.min()}, {x.max()}]")
+        raise ValueError(f"x must lie in [-1, 1] (the discretized decoder's range), got values in "
+                         f"[{x.min()}, {x.max()}]")
     if cfg.num_classes is None or (y is None and labels_optional):
         if y is not None:
             raise ValueError("y must be None for an unconditional VAE (cfg.num_classes is None)")
