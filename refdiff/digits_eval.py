@@ -161,13 +161,8 @@ def digit_sample_report(classifier: DigitClassifier, samples, labels, held_out, 
     return report
 
 
-<<<<<<< HEAD
 def check_digit_samples(samples, labels) -> tuple[np.ndarray, np.ndarray | None]:
-    """(samples (N, 1, 8, 8) finite floats, N >= 2; labels (N,) ints in [0, 10) or None), or a clear error."""
-=======
-def _check_digit_samples(samples, labels) -> tuple[np.ndarray, np.ndarray | None]:
     """(samples (N, 1, 8, 8) finite floats, N >= 4; labels (N,) ints in [0, 10) or None), or a clear error."""
->>>>>>> families
     samples = np.asarray(samples)
     if samples.ndim != 4 or samples.shape[1:] != (1, 8, 8) or samples.shape[0] < 4 or samples.dtype.kind != "f":
         raise ValueError(f"samples must be (N, 1, 8, 8) floating images of the 8x8 digits with N >= 4 (the digit "
