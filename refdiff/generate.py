@@ -20,7 +20,7 @@ from refdiff.backend import Generator, asarray, get_backend, to_numpy
 from refdiff.checkpoint import interpreting, load_checkpoint
 from refdiff.distributed import ShardedGenerator
 from refdiff.models import registry
-from refdiff.parallel import check_fits
+from refdiff.memory import check_fits
 from refdiff.samplers import (classifier_free_guidance, ddim_loop, ddpm_loop, dpmpp_2m_loop, euler_loop, final,
                               heun_loop, karras_grid, to_sigma_scale)
 from refdiff.train import TrainConfig

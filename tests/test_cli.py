@@ -473,7 +473,7 @@ def test_sizes_beyond_the_limits_or_the_memory_are_refused_naming_the_flag(tmp_p
     before it starts, naming the flag to lower. Nothing is written."""
     from PIL import Image
 
-    import refdiff.parallel
+    import refdiff.memory
 
     checkpoint, _ = toy_checkpoint
     np.savez(tmp_path / "labels.npz", x=np.full((4, 1, 8, 8), -1, np.float32), y=np.array([0, 1, 2, 200000]))
@@ -491,7 +491,7 @@ def test_sizes_beyond_the_limits_or_the_memory_are_refused_naming_the_flag(tmp_p
     for argv, message in cases:
         assert main(argv) == 1
         assert message in _one_line_error(capsys, message), argv
-    monkeypatch.setattr(refdiff.parallel, "available_memory", lambda: 64 << 20)
+    monkeypatch.setattr(refdiff.memory, "available_memory", lambda: 64 << 20)
     assert main(train + ["--batch-size", "4096"]) == 1
     assert "a training step of batch size 4096 on samples of shape (1, 8, 8) needs about" in \
         _one_line_error(capsys, "lower the batch size (--batch-size)")
@@ -503,7 +503,7 @@ def test_sizes_beyond_the_limits_or_the_memory_are_refused_naming_the_flag(tmp_p
 def test_resume_without_data_trains_on_the_data_the_checkpoint_recorded(tmp_path, capsys, monkeypatch):
     """A run started on a user's .npz of 8x8 images (the digits' shape) records its absolute path; `train
     --resume` without --data, from another folder, trains on that file (and says so), not on the digits."""
-    import refdiff.cli as cli
+    import refdiff.cli.train as cli
     from refdiff.checkpoint import load_checkpoint
 
     x = np.linspace(-1, 1, 6 * 64, dtype=np.float32).reshape(6, 1, 8, 8)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from refdiff.data.digits import _check_dtype
-from refdiff.parallel import check_fits
+from refdiff.memory import check_fits
 
 IMAGE_KEYS = ("x", "images", "x_train")  # the image array of an archive has exactly one of these names
 LABEL_KEYS = ("y", "labels", "y_train")  # x pairs with y, images with labels, x_train with y_train

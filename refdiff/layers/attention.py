@@ -102,17 +102,28 @@ def self_attention_backward(dy: Any, cache: AttentionCache) -> tuple[Any, Any, A
     dy2 = xp.reshape(dy, (N * L, C))  # step 8: (N*L, C)
     do, dw_out, db_out = linear_backward(dy2, out_cache)  # (N*L, C)
     do = xp.permute_dims(xp.reshape(do, (N, L, heads, d)), (0, 2, 1, 3))  # step 7: (N, heads, L, d)
-    dA = xp.matmul(do, xp.matrix_transpose(v))  # step 6: (N, heads, L, L)
-    dv = xp.matmul(xp.matrix_transpose(A), do)  # (N, heads, L, d)
-    ds = A * (dA - xp.sum(dA * A, axis=-1, keepdims=True))  # step 5: (N, heads, L, L)
-    dq = xp.matmul(ds, k) * scale  # step 4: (N, heads, L, d)
-    dk = xp.matmul(xp.matrix_transpose(ds), q) * scale  # (N, heads, L, d)
+    dq, dk, dv = attend_backward(do, q, k, v, A, scale)  # steps 6-4
     dqkv = xp.stack((dq, dk, dv), axis=0)  # step 3: (3, N, heads, L, d)
     dqkv = xp.permute_dims(dqkv, (1, 3, 0, 2, 4))  # (N, L, 3, heads, d)
     dqkv = xp.reshape(dqkv, (N * L, 3 * C))  # (N*L, 3C)
     dx2, dw_qkv, db_qkv = linear_backward(dqkv, qkv_cache)  # step 2: (N*L, C)
     dx = xp.reshape(dx2, x_shape)  # step 1: (N, H, W, C)
     return dx, dw_qkv, db_qkv, dw_out, db_out
+
+
+def attend_backward(do: Any, q: Any, k: Any, v: Any, A: Any, scale: float) -> tuple[Any, Any, Any]:
+    """Steps 6-4 of attention's backward, from do = dL/d(A v) to (dq, dk, dv); shared by every attention.
+
+    Math: dA = do v^T,  dv = A^T do;  ds = A * (dA - rowsum(dA * A));  dq = ds k s,  dk = ds^T q s
+    do, q: (N, heads, L, d); k, v: (N, heads, Lk, d); A: (N, heads, L, Lk); s = scale = 1 / sqrt(d).
+    """
+    xp = namespace(do)
+    dA = xp.matmul(do, xp.matrix_transpose(v))  # step 6: (N, heads, L, Lk)
+    dv = xp.matmul(xp.matrix_transpose(A), do)  # (N, heads, Lk, d)
+    ds = A * (dA - xp.sum(dA * A, axis=-1, keepdims=True))  # step 5: (N, heads, L, Lk)
+    dq = xp.matmul(ds, k) * scale  # step 4: (N, heads, L, d)
+    dk = xp.matmul(xp.matrix_transpose(ds), q) * scale  # (N, heads, Lk, d)
+    return dq, dk, dv
 
 
 def self_attention_forward_naive(x: Any, w_qkv: Any, b_qkv: Any, w_out: Any, b_out: Any,

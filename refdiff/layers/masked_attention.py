@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from refdiff.backend import device, namespace, to_numpy
-from refdiff.layers.attention import softmax
+from refdiff.layers.attention import attend_backward, softmax
 from refdiff.layers.basic import LinearCache, check_shape, linear_backward, linear_forward
 
 
@@ -169,11 +169,7 @@ def _attend_backward(dy: Any, cache: MaskedAttentionCache) -> tuple[Any, Any, An
     N, heads, L, d = q.shape
     do2, dw_out, db_out = linear_backward(xp.reshape(dy, (N * L, heads * d)), cache.out_cache)  # step 8
     do = xp.permute_dims(xp.reshape(do2, (N, L, heads, d)), (0, 2, 1, 3))  # step 7: (N, heads, L, d)
-    dA = xp.matmul(do, xp.matrix_transpose(V))  # step 6: (N, heads, L, Lk)
-    dV = xp.matmul(xp.matrix_transpose(A), do)  # (N, heads, Lk, d)
-    ds = A * (dA - xp.sum(dA * A, axis=-1, keepdims=True))  # step 5: (N, heads, L, Lk)
-    dq = xp.matmul(ds, K) * scale  # step 4: (N, heads, L, d)
-    dK = xp.matmul(xp.matrix_transpose(ds), q) * scale  # (N, heads, Lk, d)
+    dq, dK, dV = attend_backward(do, q, K, V, A, scale)  # steps 6-4
     return dq, dK, dV, dw_out, db_out
 
 
