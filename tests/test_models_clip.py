@@ -154,4 +154,5 @@ def test_presets_build_and_read_the_captioned_shapes():
 
     for name, preset in CLIP_PRESETS.items():
         cfg = preset()
-        assert (cfg.in_channels, cfg.image_size, cfg.vocab_size, cfg.context_length) == (3, 16, len(VOCAB), CONTEXT), name
+        expected = (3, 16, len(VOCAB), CONTEXT)
+        assert (cfg.in_channels, cfg.image_size, cfg.vocab_size, cfg.context_length) == expected, name
