@@ -249,7 +249,7 @@ def clip_gradient(trained: TrainedClip, tokens: np.ndarray, mask: np.ndarray) ->
             raise ValueError(f"tokens must hold 1 caption or one per sample ({N}), got {g.shape[0]}")
         f, cache = forward(trained.params, trained.cfg, xt, t)
         df = xp.broadcast_to(g, tuple(f.shape)) if g.shape[0] == 1 else g  # (N, E)
-        return backward(xp.astype(df, f.dtype), cache, need_dx=True)[1]
+        return backward(df, cache, need_dx=True)[1]
 
     return grad
 

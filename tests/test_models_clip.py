@@ -156,3 +156,19 @@ def test_presets_build_and_read_the_captioned_shapes():
         cfg = preset()
         expected = (3, 16, len(VOCAB), CONTEXT)
         assert (cfg.in_channels, cfg.image_size, cfg.vocab_size, cfg.context_length) == expected, name
+
+
+def test_float32_forward_and_backward_make_no_float64(backend):
+    """Both sides, forward and backward, in float32 create no float64 array (docs/design.md rule 6) and give
+    float32 embeddings, gradients and dx."""
+    from support import float64_tripwire
+
+    x, t, tokens, mask = _inputs(0)
+    params = on(backend, M.init_params(TINY, Generator(0), dtype=np.float32))
+    xb = backend.asarray(x.astype(np.float32))
+    with float64_tripwire(backend):
+        f, image = M.clip_image_forward(params, TINY, xb, backend.asarray(t))
+        g, text = M.clip_text_forward(params, TINY, backend.asarray(tokens), backend.asarray(mask))
+        grads, dx = M.clip_image_backward(g, image, need_dx=True)
+        grads.update(M.clip_text_backward(f, text))
+    assert all(v.dtype == xb.dtype for v in (f, g, dx, *grads.values()))
