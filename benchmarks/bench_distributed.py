@@ -43,7 +43,8 @@ def _worker(preset: str, batch: int, steps: int) -> None:
     from refdiff.distributed import get_communicator
     from refdiff.models.presets import PRESETS
     from refdiff.models.unet import param_count
-    from refdiff.train import TrainConfig, init_state, train_step
+    from refdiff.train import TrainConfig, train_step
+    from refdiff.train_state import init_state
 
     comm = get_communicator()
     model = PRESETS[preset](num_classes=10)
@@ -125,7 +126,8 @@ def _costs(preset: str, rows: list[int], batch: int) -> dict:
     from refdiff.models.presets import PRESETS
     from refdiff.models.unet import param_count
     from refdiff.optim import adamw_step, clip_grad_norm, ema_update
-    from refdiff.train import TrainConfig, init_state, train_step
+    from refdiff.train import TrainConfig, train_step
+    from refdiff.train_state import init_state
 
     model = PRESETS[preset](num_classes=10)
     shape = (model.in_channels, model.image_size, model.image_size)

@@ -6,9 +6,11 @@ digits' training split, nothing downloaded. refdiff ships it (``SHIPPED_CLASSIFI
 digits right), so every score is read with the same classifier whatever the machine: retrained, the
 classifier moves with the order of floating-point sums (a 1-BLAS-thread run of the same recipe scored
 98.3% instead of 98.9%), and scores with it. Its pooled features give the Frechet
-distance of 8x8 samples (refdiff.metrics), its predictions the fraction of samples classified as their
-label. ``digit_sample_report`` computes both, with the floor set by two halves of the held-out digits;
-it is what ``refdiff demo`` and ``refdiff eval --samples`` print (``format_sample_report``).
+distance of 8x8 samples (refdiff.metrics) and their improved precision and recall, its predictions the
+fraction of samples classified as their label, its posteriors the Inception-Score analogue.
+``digit_sample_report`` computes them, with the floor set by two halves of the held-out digits; it is what
+``refdiff demo`` and ``refdiff eval --samples`` print (``format_sample_report``; precision, recall and the
+Inception-Score analogue through ``format_precision_recall``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import numpy as np
 from refdiff.backend import asarray
 from refdiff.classifier_train import (ClassifierTrainConfig, TrainedClassifier, load_classifier, predict_logits,
                                       save_classifier, train_classifier)
-from refdiff.metrics import class_fraction, features, frechet_distance, gaussian_statistics
+from refdiff.metrics import (class_fraction, features, frechet_distance, gaussian_statistics, inception_score,
+                             precision_recall)
 from refdiff.models.classifier import classifier_features
 
 # 800 AdamW steps at batch 64 (about 32 epochs of the 1617 training digits), clean images (t = 0): 175 to 178
@@ -49,6 +52,13 @@ class DigitClassifier:
     def predict(self, x) -> np.ndarray:
         """Predicted labels (N,) of host images x (N, 1, 8, 8) in [-1, 1]."""
         return np.argmax(predict_logits(self.trained, np.asarray(x)), axis=1)
+
+    def posteriors(self, x) -> np.ndarray:
+        """Class posteriors p(y | x) (N, 10) float64 of host images x (N, 1, 8, 8) in [-1, 1]: the softmax of the
+        logits, max-subtracted (every exp argument <= 0)."""
+        z = predict_logits(self.trained, np.asarray(x))
+        e = np.exp(z - np.max(z, axis=1, keepdims=True))  # (N, 10)
+        return e / np.sum(e, axis=1, keepdims=True)
 
     def _features(self, xb: np.ndarray):
         like = self.trained.like
@@ -115,11 +125,15 @@ def digit_sample_report(classifier: DigitClassifier, samples, labels, held_out, 
                       drawn from it, as many of each class as the samples have: what a perfect
                       class-conditional sampler scores at the same sample size and class counts
       class_fraction  the fraction of samples the classifier assigns to their label
+      precision, recall   improved precision and recall (k = 3) of the samples' features against the held-out
+                      digits' features (refdiff.metrics.precision_recall)
+      inception_score the Inception-Score analogue of the samples' class posteriors, and inception_score_held_out
+                      that of the held-out digits (what real digits score at that set size; at most 10)
       classifier_test_accuracy, samples, held_out   the classifier's held-out accuracy and the set sizes
 
-    samples: (N, 1, 8, 8) host images in [-1, 1], N >= 2; labels: (N,) ints in [0, 10), or None (unlabelled
-    samples: no class_fraction, and fd_real draws N reference digits at random); held_out: (x (M, 1, 8, 8),
-    y (M,)) with at least 4 images in all.
+    samples: (N, 1, 8, 8) host images in [-1, 1], N >= 4 (precision and recall need k + 1 = 4); labels: (N,)
+    ints in [0, 10), or None (unlabelled samples: no class_fraction, and fd_real draws N reference digits at
+    random); held_out: (x (M, 1, 8, 8), y (M,)) with at least 4 images in all.
     """
     samples, labels = check_digit_samples(samples, labels)
     x_held, y_held = (np.asarray(a) for a in held_out)
@@ -130,7 +144,8 @@ def digit_sample_report(classifier: DigitClassifier, samples, labels, held_out, 
     f_held = classifier.features(x_held)
     held = gaussian_statistics(f_held)
     half_a, half_b = _stratified_halves(y_held, rng)
-    report = {"fd": frechet_distance(*gaussian_statistics(classifier.features(samples)), *held),
+    f_samples = classifier.features(samples)
+    report = {"fd": frechet_distance(*gaussian_statistics(f_samples), *held),
               "fd_floor": frechet_distance(*gaussian_statistics(f_held[half_a]), *gaussian_statistics(f_held[half_b]))}
     if reference is not None:
         real = _class_matched_draw(reference, labels, rng) if labels is not None else \
@@ -138,16 +153,19 @@ def digit_sample_report(classifier: DigitClassifier, samples, labels, held_out, 
         report["fd_real"] = frechet_distance(*gaussian_statistics(classifier.features(real)), *held)
     if labels is not None:
         report["class_fraction"] = class_fraction(classifier.predict, samples, labels)
+    report["precision"], report["recall"] = precision_recall(f_held, f_samples, k=3)
+    report["inception_score"] = inception_score(classifier.posteriors(samples))
+    report["inception_score_held_out"] = inception_score(classifier.posteriors(x_held))
     report.update({"classifier_test_accuracy": classifier.test_accuracy, "samples": int(samples.shape[0]),
                    "held_out": int(x_held.shape[0])})
     return report
 
 
 def check_digit_samples(samples, labels) -> tuple[np.ndarray, np.ndarray | None]:
-    """(samples (N, 1, 8, 8) finite floats, N >= 2; labels (N,) ints in [0, 10) or None), or a clear error."""
+    """(samples (N, 1, 8, 8) finite floats, N >= 4; labels (N,) ints in [0, 10) or None), or a clear error."""
     samples = np.asarray(samples)
-    if samples.ndim != 4 or samples.shape[1:] != (1, 8, 8) or samples.shape[0] < 2 or samples.dtype.kind != "f":
-        raise ValueError(f"samples must be (N, 1, 8, 8) floating images of the 8x8 digits with N >= 2 (the digit "
+    if samples.ndim != 4 or samples.shape[1:] != (1, 8, 8) or samples.shape[0] < 4 or samples.dtype.kind != "f":
+        raise ValueError(f"samples must be (N, 1, 8, 8) floating images of the 8x8 digits with N >= 4 (the digit "
                          f"classifier's input), got shape {samples.shape} and dtype {samples.dtype}")
     if not np.all(np.isfinite(samples)):
         raise ValueError(f"samples must be finite, got {int(np.sum(~np.isfinite(samples)))} NaN or inf values")
@@ -171,6 +189,20 @@ def format_sample_report(report: dict[str, Any]) -> str:
     if "class_fraction" in report:
         rows.append(("class fraction: samples classified as their label", f"{report['class_fraction']:.2%}"))
     rows.append(("digit classifier's held-out accuracy", f"{report['classifier_test_accuracy']:.2%}"))
+    return _aligned(rows)
+
+
+def format_precision_recall(report: dict[str, Any]) -> str:
+    """digit_sample_report's precision, recall and Inception-Score analogue as aligned lines (the families'
+    example prints them under format_sample_report's; refdiff eval and the demo keep them in metrics.json)."""
+    return _aligned([("precision (k = 3): samples on the held-out digits' manifold", f"{report['precision']:.2%}"),
+                     ("recall (k = 3): held-out digits on the samples' manifold", f"{report['recall']:.2%}"),
+                     ("Inception-Score analogue (at most 10)", f"{report['inception_score']:.3f}"),
+                     ("  held-out digits' score", f"{report['inception_score_held_out']:.3f}")])
+
+
+def _aligned(rows: list[tuple[str, str]]) -> str:
+    """(label, value) rows as lines "label:  value", the values right-aligned in one column."""
     width = max(len(label) for label, _ in rows) + 1
     return "\n".join(f"{label + ':':<{width}} {value:>8}" for label, value in rows)
 

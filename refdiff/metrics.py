@@ -5,6 +5,9 @@
   refdiff's own feature network): ``frechet_distance``, ``gaussian_statistics``, ``features``,
   ``frechet_distance_of_samples``; and ``class_fraction``, the fraction of samples a classifier assigns
   to their label. refdiff.digits_eval applies them to 8x8 digit samples with its digit classifier.
+- ADM's other two numbers (Dhariwal & Nichol 2021, Sec. 2.3 and Table 4): improved precision and recall on
+  features (Kynkaanniemi et al. 2019, k-NN balls, ``precision_recall``) and the Inception Score of class
+  posteriors (Salimans et al. 2016, ``inception_score``).
 
 Distances take host NumPy (N, D) and (M, D) arrays (call ``refdiff.backend.to_numpy`` first) and compute in
 float64. Each is reported against held-out data, next to the distance between two independent data samples
@@ -238,3 +241,70 @@ def class_fraction(classify_fn: Callable, x, labels, batch_size: int = 500) -> f
         raise ValueError(f"labels must be an ({np.shape(x)[0]},) integer array (one per sample), got shape "
                          f"{labels.shape}, dtype {labels.dtype}")
     return float(np.mean(_batched(classify_fn, x, batch_size) == labels))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Improved precision and recall (k-NN manifolds) and the Inception Score
+
+
+def knn_radii(f, k: int = 3) -> np.ndarray:
+    """The distance of each row of f (N, D) to its k-th nearest other row: (N,) radii, N > k.
+
+    Math: r_i = |f_i - NN_k(f_i)|, NN_k the k-th nearest neighbour among the rows j != i
+          (Kynkaanniemi et al. 2019, Sec. 2: the radius of the ball around f_i)
+    """
+    f = _points("f", f)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < f.shape[0]:
+        raise ValueError(f"k must be an integer in [1, N - 1] = [1, {f.shape[0] - 1}] (f has N = {f.shape[0]} "
+                         f"rows), got {k!r}")
+    d2 = np.sort(_sq_distances(f, f), axis=1)  # (N, N), column 0 is the row itself (distance 0)
+    return np.sqrt(d2[:, k])
+
+
+def manifold_coverage(reference, queries, k: int = 3) -> float:
+    """The fraction of queries inside the k-NN manifold of ``reference``.
+
+    Math: f(q, Phi) = 1 if |q - phi| <= r_k(phi) for some phi in Phi, else 0; coverage = mean_q f(q, Phi)
+          (Kynkaanniemi et al. 2019, eq. 1), r_k = knn_radii(Phi, k)
+
+    reference: (N, D), N > k; queries: (M, D). Cost O(N M D) time, O(N M) memory.
+    """
+    reference, queries = _pair(reference, queries)
+    radii = knn_radii(reference, k)                                     # (N,)
+    d2 = _sq_distances(queries, reference)                              # (M, N)
+    return float(np.mean(np.any(d2 <= radii[None, :] ** 2, axis=1)))
+
+
+def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall of the samples ``fake`` against the data ``real``, on features.
+
+    Math: precision = mean_{g in fake} f(g, real): the fraction of samples that fall on the data manifold
+          recall    = mean_{r in real} f(r, fake): the fraction of the data that the samples' manifold covers
+          with f(., Phi) the k-NN manifold test of ``manifold_coverage``   (Kynkaanniemi et al. 2019, eqs. 1-3;
+          ADM reports them with k = 3, Dhariwal & Nichol 2021, Sec. 2.3)
+
+    Identities: a sample against itself has precision = recall = 1 (every point lies in its own ball);
+    samples that miss modes of the data lower recall; samples off the data manifold lower precision.
+    real: (N, D), fake: (M, D) host features, N, M > k. Returns (precision, recall) in [0, 1].
+    """
+    real, fake = _pair(real, fake)
+    return manifold_coverage(real, fake, k), manifold_coverage(fake, real, k)
+
+
+def inception_score(probs) -> float:
+    """The Inception Score of class posteriors p(y | x) of N samples (with refdiff's own classifier).
+
+    Math: IS = exp( mean_n KL(p(y | x_n) || p(y)) ),  p(y) = mean_n p(y | x_n)   (Salimans et al. 2016)
+          KL(p || q) = sum_y p_y (log p_y - log q_y), with 0 log 0 = 0
+
+    1 <= IS <= K: IS = 1 when every sample has the same posterior (one class, or no confident class at all),
+    and IS = K when the K classes are used equally, each with a posterior of 1 on its class.
+    probs: (N, K) host array, rows of nonnegative numbers that sum to 1. Returns IS as a float.
+    """
+    p = _points("probs", probs)
+    if np.any(p < 0) or not np.allclose(np.sum(p, axis=1), 1.0, rtol=0, atol=1e-6):
+        raise ValueError("probs must hold probability rows (nonnegative, each summing to 1 within 1e-6)")
+    p_y = np.mean(p, axis=0)                                           # (K,) the marginal
+    safe = np.where(p > 0, p, 1.0)                                     # log 1 = 0 where p = 0: 0 log 0 = 0
+    kl = np.sum(p * (np.log(safe) - np.log(np.where(p > 0, p_y, 1.0))), axis=1)  # (N,); p_y > 0 where p > 0
+    return float(np.exp(np.mean(kl)))

@@ -542,7 +542,7 @@ def test_sizes_beyond_the_limits_or_the_memory_are_refused_naming_the_flag(tmp_p
 def test_resume_without_data_trains_on_the_data_the_checkpoint_recorded(tmp_path, capsys, monkeypatch):
     """A run started on a user's .npz of 8x8 images (the digits' shape) records its absolute path; `train
     --resume` without --data, from another folder, trains on that file (and says so), not on the digits."""
-    import refdiff.cli as cli
+    import refdiff.cli.train as cli
     from refdiff.checkpoint import load_checkpoint
 
     x = np.linspace(-1, 1, 6 * 64, dtype=np.float32).reshape(6, 1, 8, 8)

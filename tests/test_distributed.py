@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 import refdiff
 import refdiff.train as train_module
+import refdiff.train_state as train_state
 from refdiff import schedules
 from refdiff.backend import Generator, to_numpy
 from refdiff.checkpoint import load_checkpoint
@@ -408,7 +409,7 @@ def _rank_steps(out: Path) -> None:
     comm = get_communicator()
     assert comm.size == 2, comm.size
     x, y = _toy_data()
-    state, schedule = train_module.init_state(CFG, MODEL), CFG.schedule_obj()
+    state, schedule = train_state.init_state(CFG, MODEL), CFG.schedule_obj()
     for step in range(K):
         train_module.train_step(CFG, MODEL, schedule, state, x, y, comm)
         digests = comm.comm.allgather(_digest(state))

@@ -11,6 +11,7 @@ or "mean(d) == c" is checked to Z = 4 standard errors (a one-sided false alarm o
 
 import contextlib
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -337,14 +338,19 @@ def test_same_seed_gives_the_same_bound_on_every_backend(backend, dtype):
         np.testing.assert_array_equal(to_numpy(value), to_numpy(getattr(again, name)))
 
 
-def test_progress_bar_leaves_the_result_unchanged(backend, capsys):
-    """progress=True draws a tqdm bar on stderr and returns the same numbers as progress=False."""
+def test_progress_bar_leaves_the_result_unchanged(backend, capsys, monkeypatch):
+    """progress=True draws a tqdm bar on stderr when stderr is a terminal, nothing when it is a file or
+    pipe (a log gets no bar), and returns the same numbers as progress=False."""
     schedule = schedules.cosine(5)
     oracle = gaussian_oracle(schedule)
     x0 = backend.asarray(oracle.sample(4, seed=0))
     quiet = bits_per_dim(oracle, schedule, x0, Generator(1), decoder="continuous")
+    logged = bits_per_dim(oracle, schedule, x0, Generator(1), decoder="continuous", progress=True)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     loud = bits_per_dim(oracle, schedule, x0, Generator(1), decoder="continuous", progress=True)
-    np.testing.assert_array_equal(to_numpy(loud.total), to_numpy(quiet.total))
+    for result in (logged, loud):
+        np.testing.assert_array_equal(to_numpy(result.total), to_numpy(quiet.total))
     assert "bits/dim" in capsys.readouterr().err
 
 

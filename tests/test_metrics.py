@@ -1,5 +1,6 @@
 """Specification of refdiff.metrics' image metrics: the Frechet distance between Gaussians (exact identities and
-SciPy's sqrtm as oracles) and the feature and class-fraction helpers. The sliced Wasserstein and MMD checks are
+SciPy's sqrtm as oracles), the feature and class-fraction helpers, improved precision and recall and the
+Inception Score on constructed data. The sliced Wasserstein and MMD checks are
 in test_plot_metrics.py, the digit classifier's in test_digits_eval.py."""
 
 import math
@@ -11,7 +12,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from refdiff.metrics import (class_fraction, features, frechet_distance, frechet_distance_of_samples,
-                             gaussian_statistics, psd_sqrt)
+                             gaussian_statistics, inception_score, knn_radii, precision_recall, psd_sqrt)
 from support import host_data
 
 seeds = st.integers(0, 2**16)
@@ -132,7 +133,89 @@ def test_class_fraction_counts_the_samples_given_their_label():
     assert class_fraction(lambda b: b % 3, x, np.zeros(10, np.int64), batch_size=4) == 0.4
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Improved precision and recall, Inception Score
+
+
+def clusters(seed, n_per_mode, modes, D, spread=0.1):
+    """n_per_mode points around each of the given mode indices: centres 10 e_m (m < D), isotropic noise ``spread``."""
+    centres = 10.0 * np.eye(D)[list(modes)]                                  # (len(modes), D)
+    noise = host_data(seed, (len(modes), n_per_mode, D), scale=spread)      # (modes, n, D)
+    return (centres[:, None, :] + noise).reshape(-1, D)                      # (modes * n, D)
+
+
+@given(n=st.integers(4, 40), D=dims, seed=seeds, k=st.integers(1, 3))
+def test_precision_and_recall_of_a_sample_against_itself_are_one(n, D, seed, k):
+    """precision_recall(f, f) == (1, 1) for any k < N: every point lies in its own k-NN ball (radius >= 0)."""
+    f = host_data(seed, (n, D))
+    assert precision_recall(f, f, k=k) == (1.0, 1.0)
+
+
+@given(n=st.integers(4, 30), D=dims, seed=seeds, k=st.integers(1, 3))
+def test_knn_radius_is_the_kth_smallest_distance_to_another_point(n, D, seed, k):
+    """knn_radii(f, k)[i] == the k-th smallest of |f_i - f_j| over j != i (a double loop as the oracle)."""
+    f = host_data(seed, (n, D))
+    expected = [sorted(np.linalg.norm(f[i] - f[j]) for j in range(n) if j != i)[k - 1] for i in range(n)]
+    np.testing.assert_allclose(knn_radii(f, k), expected, rtol=1e-9, atol=1e-12)
+
+
+@given(seed=seeds, kept=st.integers(1, 3))
+def test_recall_falls_when_modes_are_dropped_and_precision_stays(seed, kept):
+    """Data on 4 clusters 10 apart (k-NN balls below 1), samples that reproduce only ``kept`` of them: every sample
+    is on the data manifold (precision 1) and recall is the fraction of the data in the kept modes, kept / 4.
+    Fresh draws from the kept modes never reach the dropped ones: recall <= kept / 4."""
+    real = clusters(seed, 25, range(4), D=4)
+    assert precision_recall(real, real[: 25 * kept], k=3) == (1.0, kept / 4)
+    assert precision_recall(real, clusters(seed + 1, 25, range(kept), D=4), k=3)[1] <= kept / 4
+
+
+@given(seed=seeds, off=st.integers(1, 30))
+def test_precision_falls_when_samples_leave_the_data_manifold(seed, off):
+    """Samples equal to the data (2 clusters, 80 points) but for ``off`` of them moved far away: precision is the
+    fraction left on the manifold, 1 - off / 80; for fresh draws from the data's clusters with ``off`` moved,
+    precision <= 1 - off / 80 (a moved sample is in no data point's ball)."""
+    real = clusters(seed, 40, range(2), D=3)
+    moved = real.copy()
+    moved[:off] += 100.0  # far from every data point
+    assert precision_recall(real, moved, k=3)[0] == 1 - off / 80
+    fresh = clusters(seed + 1, 40, range(2), D=3)
+    fresh[:off] += 100.0
+    assert precision_recall(real, fresh, k=3)[0] <= 1 - off / 80
+
+
+@given(n=st.integers(1, 30), K=st.integers(1, 12), seed=seeds)
+def test_inception_score_is_one_when_every_posterior_is_the_same(n, K, seed):
+    """IS = 1 when all samples share one posterior: a single confident class, or any common distribution
+    (KL(p || p) = 0)."""
+    one_class = np.zeros((n, K))
+    one_class[:, seed % K] = 1.0
+    common = np.exp(host_data(seed, (K,)))
+    assert inception_score(one_class) == 1.0
+    assert math.isclose(inception_score(np.tile(common / common.sum(), (n, 1))), 1.0, rel_tol=1e-12)
+
+
+@given(K=st.integers(1, 12), per_class=st.integers(1, 10), seed=seeds)
+def test_inception_score_is_K_for_K_equally_used_confident_classes(K, per_class, seed):
+    """K classes used equally, each sample's posterior one-hot on its class: p(y) uniform, every KL = log K, so
+    IS = K exactly (to rounding), in any order of the samples."""
+    labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(K), per_class))
+    assert math.isclose(inception_score(np.eye(K)[labels]), K, rel_tol=1e-12)
+
+
+@given(n=st.integers(2, 30), K=st.integers(2, 12), seed=seeds)
+def test_inception_score_lies_between_one_and_K(n, K, seed):
+    """1 <= IS <= K for any posteriors (KL(p(y|x) || p(y)) averages to the mutual information, in [0, log K])."""
+    logits = host_data(seed, (n, K), scale=3.0)
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert 1.0 - 1e-12 <= inception_score(p) <= K * (1 + 1e-12)
+
+
 @pytest.mark.parametrize("call, message", [
+    (lambda: knn_radii(np.zeros((3, 2)), k=3), r"k must be an integer in \[1, N - 1\] = \[1, 2\]"),
+    (lambda: precision_recall(np.zeros((5, 2)), np.zeros((5, 3))), "the same dimension D, got 2 and 3"),
+    (lambda: inception_score(np.array([[0.5, 0.6]])), "probs must hold probability rows"),
+    (lambda: inception_score(np.array([[1.5, -0.5]])), "probs must hold probability rows"),
+
     (lambda: frechet_distance(np.zeros(2), np.eye(3), np.zeros(2), np.eye(2)), r"sigma1 must be a finite \(2, 2\)"),
     (lambda: frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3)), "the same dimension D, got 2 and 3"),
     (lambda: frechet_distance(np.zeros((2, 1)), np.eye(2), np.zeros(2), np.eye(2)), r"mu1 must be a finite \(D,\)"),

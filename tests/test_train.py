@@ -17,7 +17,8 @@ from refdiff.diffusion import Parameterization
 from refdiff.generate import check_sampling, previewer
 from refdiff.models.mlp import MLPConfig
 from refdiff.models.unet import UNetConfig
-from refdiff.train import TrainConfig, TrainingError, init_state, train, train_step
+from refdiff.train import TrainConfig, TrainingError, train, train_step
+from refdiff.train_state import init_state, resume_state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -238,7 +239,7 @@ def test_non_finite_loss_stops_training_naming_the_step_and_keeps_the_last_check
         train(cfg, MODEL, x, y, tmp_path, resume=True, progress=False)
     ckpt = load_checkpoint(tmp_path / "checkpoint.npz")
     assert ckpt["step"] == 3 and all(np.all(np.isfinite(v)) for v in ckpt["log"].values())
-    state = train_module.resume_state(ckpt, cfg)
+    state = resume_state(ckpt, cfg)
     assert np.isfinite(train_step(dataclasses.replace(cfg, lr=1e-3), MODEL, cfg.schedule_obj(), state, x, y))
 
 

@@ -3,7 +3,7 @@
 
 ``y, cache = <layer>_forward(...)`` and ``grads = <layer>_backward(dy, cache)``; the derivations of
 the nontrivial backward passes are in docs/derivations/ (conv2d, group_norm, attention, layer_norm,
-text_encoder). Every
+text_encoder, contrastive). Every
 function is the textbook form; its speed form, where one exists, is in refdiff/layers/fast.py (conv2d's
 in the "speed layer" section of refdiff/layers/conv.py) and runs unless refdiff.speed selects the
 reference path.
@@ -12,6 +12,8 @@ reference path.
 from refdiff.layers.attention import self_attention_backward, self_attention_forward, softmax
 from refdiff.layers.basic import (dropout_backward, dropout_forward, linear_backward, linear_forward,
                                   silu_backward, silu_forward)
+from refdiff.layers.contrastive import (contrastive_backward, contrastive_forward, l2_normalize_backward,
+                                        l2_normalize_forward)
 from refdiff.layers.conv import conv2d_backward, conv2d_forward, weight_from_torch, weight_to_torch
 from refdiff.layers.cross_entropy import cross_entropy, log_softmax
 from refdiff.layers.embed import (embedding_backward, embedding_forward, timestep_embedding, token_embedding_backward,
@@ -37,4 +39,5 @@ __all__ = [
     "masked_self_attention_forward", "masked_self_attention_backward", "masked_softmax",
     "context_attention_forward", "context_attention_backward",
     "cross_entropy", "log_softmax",
+    "l2_normalize_forward", "l2_normalize_backward", "contrastive_forward", "contrastive_backward",
 ]

@@ -8,6 +8,9 @@ over a flat parameter dict.
 - ``refdiff.models.classifier``: ADM's noisy classifier p(y | x_t, t), the U-Net's encoder pooled to K
   logits (``ClassifierConfig``, ``classifier_forward``, ``classifier_backward(need_dx=True)`` for the
   guidance gradient); ``CLASSIFIER_PRESETS`` in ``refdiff.models.presets``.
+- ``refdiff.models.clip``: a noised CLIP (GLIDE, Sec. 2.4): the noisy classifier's encoder on x_t and the
+  text encoder, each projected to a shared embedding and L2-normalised (``ClipConfig``,
+  ``clip_image_forward`` / ``_backward``, ``clip_text_forward`` / ``_backward``); ``CLIP_PRESETS``.
 - ``refdiff.models.registry``: the one model interface: every trainable family as a frozen record of
   these functions, found by config type or by the name checkpoints store (``registry.family(cfg)``,
   ``registry.by_name("UNetConfig")``, ``registry.config_to_dict`` / ``config_from_dict``). Training,

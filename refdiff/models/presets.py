@@ -13,6 +13,11 @@ images (channels, resolution), as ``refdiff train`` does for the user's data.
 ``CLASSIFIER_PRESETS`` names the noisy classifiers (refdiff.models.classifier) that go with them:
 ``preset(num_classes=10, **overrides) -> ClassifierConfig``, each the encoder of the U-Net preset of
 the same data (same channels, levels, embedding), pooled to ``num_classes`` logits.
+
+``VAE_PRESETS`` names the VAEs (refdiff.models.vae), the baseline family of docs/families.md:
+``preset(num_classes=None, **overrides) -> VAEConfig`` (or ``MLPVAEConfig`` for the 2-D toys).
+
+``CLIP_PRESETS`` names the noised CLIPs (refdiff.models.clip): ``preset(**overrides) -> ClipConfig``.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import dataclasses
 from typing import Callable
 
 from refdiff.models.classifier import ClassifierConfig
+from refdiff.models.clip import ClipConfig
 from refdiff.models.text_encoder import TextEncoderConfig
 from refdiff.models.text_unet import TextUNetConfig
 from refdiff.models.unet import UNetConfig
+from refdiff.models.vae import MLPVAEConfig, VAEConfig
 
 
 def digits8(num_classes: int | None = None, learn_sigma: bool = False, **overrides) -> UNetConfig:
@@ -123,3 +130,30 @@ def shapes32_classifier(num_classes: int = 10, **overrides) -> ClassifierConfig:
 CLASSIFIER_PRESETS: dict[str, Callable[..., ClassifierConfig]] = {
     "digits8_classifier": digits8_classifier, "mnist28_classifier": mnist28_classifier,
     "shapes32_classifier": shapes32_classifier}
+
+
+def digits8_vae(num_classes: int | None = None, **overrides) -> VAEConfig:
+    """1x8x8 digits: encoder levels 8, 4 with 16 and 32 channels, a 16-dimensional latent, decoder back through 4
+    and 8, a discretized Gaussian on the digits' 17 grey levels (35k parameters unconditional, 40k with 10
+    classes)."""
+    cfg = VAEConfig(in_channels=1, image_size=8, channels=(16, 32), latent_dim=16, num_classes=num_classes, levels=17)
+    return dataclasses.replace(cfg, **overrides)
+
+
+def toy2d_vae(num_classes: int | None = None, **overrides) -> MLPVAEConfig:
+    """2-D points (refdiff.data.toy2d): MLP encoder and decoder with two hidden layers of 64, a 2-dimensional latent,
+    a Gaussian density with a learned scale per coordinate (9.1k parameters unconditional)."""
+    return dataclasses.replace(MLPVAEConfig(data_dim=2, hidden=64, latent_dim=2, num_classes=num_classes), **overrides)
+
+
+VAE_PRESETS: dict[str, Callable[..., VAEConfig | MLPVAEConfig]] = {"digits8_vae": digits8_vae, "toy2d_vae": toy2d_vae}
+
+
+def shapes16_clip(**overrides) -> ClipConfig:
+    """3x16x16 captioned shapes (refdiff.data.captions): an image encoder with levels 16, 8 of 16 and 32
+    channels (AdaGN, attention in the middle block at 8x8), a 2-block text encoder of width 32 (4 heads)
+    on the captions' 19-word vocabulary and 6 positions, both projected to E = 32."""
+    return dataclasses.replace(ClipConfig(), **overrides)
+
+
+CLIP_PRESETS: dict[str, Callable[..., ClipConfig]] = {"shapes16_clip": shapes16_clip}

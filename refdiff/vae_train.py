@@ -1,0 +1,208 @@
+"""Training a VAE (refdiff.models.vae) by maximising its ELBO with AdamW, and measuring it: bits/dim from the ELBO
+and from the importance-weighted bound on held-out data, and samples from the prior.
+
+One step: x, y <- batch (indices drawn by the generator); labels -> the null label with probability
+label_dropout (a conditional VAE then also decodes without a label); eps ~ N(0, I); ELBO terms, cache =
+elbo_forward(x, eps, y); loss = -mean_n ELBO_n / D (nats per dimension); grads = elbo_backward(-1 / (B D));
+params <- AdamW(clip(grads)). All randomness (initialisation, batches, label dropout, eps) comes from one
+Generator(seed), so a run is a function of its seed; ``max_seconds`` stops it early at a wall-clock budget.
+
+The VAE is not in refdiff.models.registry (its forward takes the draws eps, not a timestep, and returns the ELBO,
+not a denoiser's output or logits), so this module names refdiff.models.vae itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
+from refdiff.models import vae
+from refdiff.models.vae import MLPVAEConfig, VAEConfig
+from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, learning_rate
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    """Everything that decides a VAE's training run besides its architecture and the data."""
+
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup_steps: int = 0
+    lr_decay: str = "cosine"            # "constant" | "cosine" | "linear" after the warm-up
+    grad_clip: float = 1.0              # max global gradient norm
+    label_dropout: float = 0.1          # fraction of labels replaced by the null label (conditional VAE only)
+    max_seconds: float | None = None    # stop after this much wall time (steps stays the schedule's length)
+    seed: int = 0
+    backend: str = "numpy"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
+                or not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"warmup_steps must be an integer in [0, steps) = [0, {self.steps}), "
+                             f"got {self.warmup_steps!r}")
+        for name in ("lr", "grad_clip") + (("max_seconds",) if self.max_seconds is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        p = self.label_dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ValueError(f"label_dropout must be a probability in [0, 1), got {p!r}")
+        if self.lr_decay not in DECAYS:
+            raise ValueError(f"lr_decay must be one of {', '.join(DECAYS)}, got {self.lr_decay!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        get_backend(self.backend)  # raises, naming the backend, for an unknown one
+
+
+@dataclass
+class TrainedVAE:
+    """A VAE's parameters (on the run's backend and dtype), its configs, its loss log (bits/dim of -ELBO per
+    step) and info (train_seconds, steps_done)."""
+
+    params: dict
+    cfg: VAEConfig | MLPVAEConfig
+    train_cfg: VAETrainConfig
+    losses: list[float]
+    info: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def like(self) -> Any:
+        """An array of the parameters' library, device and dtype (to move inputs there)."""
+        return next(iter(self.params.values()))
+
+
+def vae_step(trained: TrainedVAE, opt: dict, x: np.ndarray, y: np.ndarray | None, g: Generator,
+             step: int) -> tuple[dict, float]:
+    """One AdamW step on a fresh batch; updates trained.params in place, returns (opt, -ELBO in bits/dim)."""
+    cfg, tc, like = trained.cfg, trained.train_cfg, trained.like
+    B, D = tc.batch_size, cfg.dims
+    idx = g.integers(0, x.shape[0], (B,))                                   # host (B,)
+    xb = asarray(x[idx], like=like, dtype=like.dtype)                        # (B, C, S, S) or (B, D)
+    labels = None
+    if cfg.num_classes is not None:
+        keep = g.uniform((B,)) >= tc.label_dropout                           # host (B,)
+        labels = asarray(np.where(keep, y[idx], cfg.num_classes).astype(np.int64), like=like)
+    eps = g.normal((B, cfg.latent_dim), like=xb)                             # the reparameterisation's draws
+    terms, cache = vae.elbo_forward(trained.params, cfg, xb, eps, labels)
+    loss = vae.bits_per_dim(float(to_numpy(namespace(xb).mean(terms.elbo))), D)
+    if not math.isfinite(loss):
+        raise RuntimeError(f"VAE loss is {loss} at step {step}: training stopped")
+    delbo = asarray(np.full(B, -1.0 / (B * D)), like=like, dtype=like.dtype)  # d(-mean ELBO / D) / d ELBO_n
+    grads, _ = clip_grad_norm(vae.elbo_backward(delbo, cache), tc.grad_clip)
+    lr = learning_rate(step, tc.lr, tc.warmup_steps, tc.steps, tc.lr_decay)
+    trained.params, opt = adamw_step(trained.params, grads, opt, lr)
+    return opt, loss
+
+
+def train_vae(train_cfg: VAETrainConfig, cfg: VAEConfig | MLPVAEConfig, x: np.ndarray, y: np.ndarray | None = None,
+              progress: bool = False) -> TrainedVAE:
+    """Train a VAE from scratch for train_cfg.steps AdamW steps (or until train_cfg.max_seconds); a function of
+    train_cfg.seed when no time budget cuts it short.
+
+    x: (N, C, S, S) host images on cfg.levels values in [-1, 1] (VAEConfig) or (N, D) points (MLPVAEConfig); y: (N,)
+    integer labels in [0, cfg.num_classes) for a conditional VAE, None for an unconditional one. Returns a
+    TrainedVAE.
+    """
+    x, y = _check_data(train_cfg, cfg, x, y)
+    backend = get_backend(train_cfg.backend)
+    like = backend.asarray(np.zeros(1), dtype=backend.dtype(train_cfg.dtype))
+    g = Generator(train_cfg.seed)
+    params = {k: asarray(v, like=like) for k, v in vae.init_params(cfg, g, np.dtype(train_cfg.dtype)).items()}
+    trained = TrainedVAE(params, cfg, train_cfg, [])
+    opt = adamw_init(params)
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    with tqdm(total=train_cfg.steps, disable=not progress, desc="vae", unit="step") as bar:
+        for step in range(train_cfg.steps):
+            opt, loss = vae_step(trained, opt, x, y, g, step)
+            trained.losses.append(loss)
+            bar.set_postfix(bpd=f"{loss:.3f}", refresh=False)
+            bar.update(1)
+            if train_cfg.max_seconds is not None and time.perf_counter() - start > train_cfg.max_seconds:
+                break
+    trained.info.update(train_seconds=time.perf_counter() - start, steps_done=len(trained.losses))
+    return trained
+
+
+def vae_bits_per_dim(trained: TrainedVAE, x: np.ndarray, y: np.ndarray | None = None, k: int = 100,
+                     seed: int = 0, batch_size: int = 200) -> dict[str, float]:
+    """Bits/dim of held-out data under a trained VAE: {"elbo": the mean ELBO's, "iwae": the mean IWAE bound's
+    with k samples, "k": k}. Both are upper bounds on -log2 P(x | y) / D, the IWAE one the tighter (for points,
+    on -log2 of a density, which may be negative).
+
+    x, y: as train_vae's (y None: the null label for a conditional VAE). The draws come from Generator(seed).
+    """
+    vae.check_int("k", k, 1)
+    x, y = _check_data(trained.train_cfg, trained.cfg, x, y, labels_optional=True)
+    g, like, cfg = Generator(seed), trained.like, trained.cfg
+    elbo, iwae = [], []
+    for start in range(0, x.shape[0], batch_size):
+        xb = asarray(x[start : start + batch_size], like=like, dtype=like.dtype)  # (n, ...)
+        yb = None if y is None else asarray(y[start : start + batch_size].astype(np.int64), like=like)
+        n = xb.shape[0]
+        elbo.append(to_numpy(vae.elbo_forward(trained.params, cfg, xb, g.normal((n, cfg.latent_dim), like=xb),
+                                              yb)[0].elbo))
+        iwae.append(to_numpy(vae.iwae_bound(trained.params, cfg, xb, g.normal((k, n, cfg.latent_dim), like=xb), yb)))
+    D = cfg.dims
+    return {"elbo": float(vae.bits_per_dim(np.mean(np.concatenate(elbo)), D)),
+            "iwae": float(vae.bits_per_dim(np.mean(np.concatenate(iwae)), D)), "k": int(k)}
+
+
+def vae_samples(trained: TrainedVAE, n: int, labels: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """n samples from the prior, z ~ N(0, I) drawn by Generator(seed), shown as the decoder's mean, images clipped
+    to [-1, 1] (the usual VAE picture: a draw from p(x | z) adds independent noise on top). labels: (n,)
+    integers in [0, K) for a conditional VAE, or None (the null label). Returns (n, C, S, S) or (n, D) host
+    float64."""
+    vae.check_int("n", n, 1)
+    if labels is not None:
+        labels = np.asarray(labels)
+        K = trained.cfg.num_classes
+        if K is None or labels.shape != (n,) or labels.dtype.kind not in "iu" or np.any((labels < 0) | (labels >= K)):
+            raise ValueError(f"labels must be None or ({n},) integers in [0, num_classes) for a conditional VAE "
+                             f"(num_classes = {K}), got shape {labels.shape}, dtype {labels.dtype}")
+        labels = asarray(labels.astype(np.int64), like=trained.like)
+    z = Generator(seed).normal((n, trained.cfg.latent_dim), like=trained.like)
+    mean = to_numpy(vae.vae_model(trained.params, trained.cfg)(z, labels)).astype(np.float64)
+    return np.clip(mean, -1.0, 1.0) if isinstance(trained.cfg, VAEConfig) else mean
+
+
+def _check_data(train_cfg: Any, cfg: Any, x: Any, y: Any,
+                labels_optional: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(x, y) as host arrays, or a ValueError naming the argument: x (N, C, S, S) images in [-1, 1] or (N, D)
+    points, finite; y labels of a conditional VAE (optional with labels_optional), None for an unconditional one."""
+    if not isinstance(train_cfg, VAETrainConfig):
+        raise ValueError(f"train_cfg must be a VAETrainConfig, got {type(train_cfg).__name__}")
+    if type(cfg) not in vae.CODERS:
+        raise ValueError(f"cfg must be a VAEConfig or an MLPVAEConfig, got {type(cfg).__name__}")
+    x, images = np.asarray(x), isinstance(cfg, VAEConfig)
+    shape = (cfg.in_channels, cfg.image_size, cfg.image_size) if images else (cfg.data_dim,)
+    if x.shape[1:] != shape or x.shape[0] < 1 or x.dtype.kind != "f":
+        raise ValueError(f"x must be a floating (N, {', '.join(map(str, shape))}) host array, got shape {x.shape}, "
+                         f"dtype {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"x must be finite, got {int(np.sum(~np.isfinite(x)))} NaN or inf values")
+    if images and not -1.0 <= x.min() <= x.max() <= 1.0:
+        raise ValueError(f"x must lie in [-1, 1] (the discretized decoder's range), got values in "
+                         f"[{x.min()}, {x.max()}]")
+    if cfg.num_classes is None or (y is None and labels_optional):
+        if y is not None:
+            raise ValueError("y must be None for an unconditional VAE (cfg.num_classes is None)")
+        return x, None
+    y = np.asarray(y)
+    if y.shape != (x.shape[0],) or y.dtype.kind not in "iu" or np.any((y < 0) | (y >= cfg.num_classes)):
+        raise ValueError(f"y must be an ({x.shape[0]},) integer array of labels in [0, {cfg.num_classes}), got "
+                         f"shape {y.shape}, dtype {y.dtype}")
+    return x, y
