@@ -7,10 +7,11 @@ import refdiff
 
 ROOT = Path(refdiff.__file__).parent
 # docs/design.md's layer map, bottom to top, with the modules the list leaves out placed where they sit:
-# distributed and checkpoint under train; classifier_train beside it; generate and demo under cli.
+# distributed and checkpoint under train; classifier_train beside it; captions_eval (scoring captioned-shape
+# samples) beside digits_eval; generate and demo under cli.
 LAYERS = ("backend", "speed", "parallel", "schedules", "diffusion", "likelihood", "layers", "models", "timesteps",
           "losses", "optim", "samplers", "data", "distributed", "checkpoint", "train", "classifier_train", "metrics",
-          "digits_eval", "plot", "generate", "demo", "cli", "__main__")
+          "digits_eval", "captions_eval", "plot", "generate", "demo", "cli", "__main__")
 
 
 def _imports():
