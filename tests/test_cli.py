@@ -504,6 +504,28 @@ def test_demo_writes_only_into_a_new_empty_or_earlier_demo_folder(tmp_path, toy_
     assert f"replacing the earlier demo's {', '.join(OUTPUTS)} in {earlier}" in capsys.readouterr().out
 
 
+def test_demo_task_text_writes_its_files_and_names_its_flags(tmp_path, capsys):
+    """`refdiff demo --task text` (a few steps, one sample a prompt) writes the text demo's outputs, its
+    metrics with seen and held-out compositions apart; --per-prompt 0 and a folder holding a digits demo's
+    forward chain are refused before training, naming the flag."""
+    import json
+
+    from refdiff.demo import TEXT_OUTPUTS
+
+    out = tmp_path / "text"
+    assert main(["demo", "--task", "text", "--out", str(out), "--steps", "2", "--per-prompt", "1",
+                 "--sample-steps", "2"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.name != ".refdiff.lock") == sorted(TEXT_OUTPUTS)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["seen"]["named"]["all"] == 8 and metrics["held_out"]["named"]["all"] == 4
+    assert "held-out compositions" in capsys.readouterr().out
+    assert main(["demo", "--task", "text", "--out", str(tmp_path / "t2"), "--per-prompt", "0"]) == 1
+    assert "--per-prompt must be an integer in [1, 100000], got 0" in _one_line_error(capsys, "--per-prompt")
+    (out / "forward_chain.png").write_bytes(b"")
+    assert main(["demo", "--task", "text", "--out", str(out), "--steps", "2"]) == 1
+    assert "forward_chain.png" in _one_line_error(capsys, "--out")
+
+
 def test_sizes_beyond_the_limits_or_the_memory_are_refused_naming_the_flag(tmp_path, toy_checkpoint, capsys,
                                                                             monkeypatch):
     """--batch-size 1e9, --T 1e9, sample --count 1e8, euler --steps 1e8 and a label of 200000 are refused at
