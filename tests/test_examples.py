@@ -57,6 +57,7 @@ EXAMPLE_PNGS = {
     "samplers.py": ("samplers_grid.png", "quality_vs_steps.png"),
     "guidance.py": ("guidance.png",),
     "inpainting.py": ("inpainting.png", "sdedit.png"),
+    "text_to_image.py": ("text_to_image.png", "text_attention.png"),
 }
 
 
