@@ -11,12 +11,14 @@ scale, scored as the demo scores them (refdiff.demo.score_prompts: caption_fidel
 all-correct, seen and held-out compositions apart, and the mean diversity of each prompt's samples).
 Prints a Markdown table, a row per scale and group, with the seconds each scale took and the load
 average; writes ``fidelity_vs_diversity.png`` (all-correct fraction against diversity, a line per group
-through the scales) and ``guidance_grid_s<s>.png`` (a row per prompt) into ``--out``.
+through the scales, beside the mean of the four attributes' fractions), ``guidance_grid_s<s>.png`` (a row
+per prompt) and the reports, ``guidance.json``, into ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import time
@@ -30,6 +32,8 @@ from refdiff.generate import load_model
 from refdiff.plot import image_grid
 
 GROUPS = (("seen", "seen"), ("held_out", "held-out"))
+# What a sample that ignores its prompt scores: all four right 1/2 * 1/6 * 1/6 * 1/4; each attribute 1 / its values.
+CHANCE = (1 / 288, np.mean([1 / 2, 1 / 6, 1 / 6, 1 / 4]))
 
 
 def score_scales(loaded, scales: list[float], per_prompt: int, sample_steps: int, seed: int,
@@ -62,23 +66,25 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot_trade(rows: list[dict], path: pathlib.Path) -> pathlib.Path:
-    """The all-correct fraction against the diversity, a line per group through the scales, each point
-    labelled with its scale s."""
+    """Fidelity against diversity, a line per group through the scales, each point labelled with its scale s:
+    the all-correct fraction (left) and the mean of the four attributes' fractions (right), with chance."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
-    ax = fig.subplots()
-    for group, title in GROUPS:
-        xs = [r[group]["diversity"] for r in rows]
-        ys = [r[group]["fraction"]["all"] for r in rows]
-        ax.plot(xs, ys, marker="o", label=f"{title} compositions")
-        for r, x, y in zip(rows, xs, ys):
-            ax.annotate(f"s = {r['guidance']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set(xlabel="diversity (mean pairwise RMS distance of a prompt's samples)",
-           ylabel="fraction with all four attributes right", ylim=(-0.02, 1.02))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("classifier-free guidance: caption fidelity against diversity", fontsize=10)
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    panels = zip(fig.subplots(1, 2), ("all four attributes right", "mean of the four attributes' fractions"),
+                 (lambda f: f["all"], lambda f: np.mean([f[k] for k in ATTRIBUTES])), CHANCE)
+    for ax, ylabel, fidelity, chance in panels:
+        for group, title in GROUPS:
+            xs = [r[group]["diversity"] for r in rows]
+            ys = [fidelity(r[group]["fraction"]) for r in rows]
+            ax.plot(xs, ys, marker="o", label=f"{title} compositions")
+            for r, x, y in zip(rows, xs, ys):
+                ax.annotate(f"s = {r['guidance']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.axhline(chance, color="0.4", linestyle="--", linewidth=1.0, label="chance")
+        ax.set(xlabel="diversity (mean pairwise RMS distance of a prompt's samples)", ylabel=ylabel, ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("classifier-free guidance: caption fidelity against diversity", fontsize=10)
     fig.savefig(path, dpi=100)
     return path
 
@@ -100,6 +106,7 @@ def main() -> None:
     print(f"{args.checkpoint}: {loaded.train_cfg['steps']} training steps; {args.per_prompt} samples a prompt")
     rows = score_scales(loaded, args.guidance, args.per_prompt, args.sample_steps, args.seed, out)
     print(markdown_table(rows))
+    (out / "guidance.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(plot_trade(rows, out / "fidelity_vs_diversity.png"))
 
 
