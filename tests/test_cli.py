@@ -321,6 +321,34 @@ def _one_line_error(capsys, *names) -> str:
     return err
 
 
+def test_image_size_resizes_npz_data_and_is_refused_where_it_resizes_nothing(tmp_path, toy_checkpoint, capsys):
+    """`refdiff train --data FILE.npz --image-size 8` on 16x16 images trains at 8x8 (the checkpoint records
+    samples of (1, 8, 8) and the U-Net fitted to 8), and `eval --data FILE.npz --image-size 8` scores it.
+    --image-size below 1, with built-in data (digits, shapes, toy2d) or with eval --samples alone (which it
+    would not resize) is refused in one line naming the flag."""
+    from refdiff.checkpoint import load_checkpoint
+    from refdiff.data import load_digits
+
+    x, y = load_digits()
+    k16 = np.repeat(np.repeat(np.round((x[:12] + 1) * 127.5).astype(np.uint8), 2, axis=2), 2, axis=3)
+    np.savez(tmp_path / "d16.npz", x=k16, y=y[:12])
+    data, out = str(tmp_path / "d16.npz"), tmp_path / "run"
+    train = ["train", "--steps", "2", "--batch-size", "4", "--T", "5", "--out", str(out)]
+    assert main(train + ["--data", data, "--image-size", "8"]) == 0
+    config = load_checkpoint(out / "checkpoint.npz", arrays=False)["config"]
+    assert config["data_shape"] == [1, 8, 8] and config["model"]["image_size"] == 8
+    assert main(["eval", str(out / "checkpoint.npz"), "--data", data, "--image-size", "8", "--count", "2"]) == 0
+    samples = toy_checkpoint[1]
+    for argv in (train + ["--data", data, "--image-size", "0"], train + ["--data", "digits", "--image-size", "8"],
+                 train + ["--data", "shapes", "--image-size", "8"],
+                 train + ["--data", "toy2d:two_moons", "--preset", "mlp", "--image-size", "8"],
+                 ["eval", str(out / "checkpoint.npz"), "--image-size", "8"],
+                 ["eval", "--samples", str(samples), "--image-size", "8"]):
+        capsys.readouterr()
+        assert main(argv) == 1, argv
+        _one_line_error(capsys, "--image-size")
+
+
 def test_corrupt_truncated_empty_and_foreign_files_get_one_line_naming_the_file(tmp_path, toy_checkpoint, capsys):
     """Every command that reads a checkpoint, a samples file or a classifier (sample, eval, eval --samples,
     eval --classifier, train --resume) answers an empty, truncated, bit-flipped, text, .npy, object-array,
@@ -469,14 +497,15 @@ def test_sizes_beyond_the_limits_or_the_memory_are_refused_naming_the_flag(tmp_p
                                                                             monkeypatch):
     """--batch-size 1e9, --T 1e9, sample --count 1e8, euler --steps 1e8 and a label of 200000 are refused at
     once naming the flag and its range; a batch, a sample count or an image size whose work cannot fit
-    in the memory available (here 64 MiB, or the machine's for 2 images of 100000 x 100000) is refused
-    before it starts, naming the flag to lower. Nothing is written."""
+    in the memory available (here 64 MiB, or the machine's for 2 images of 100000 x 100000, in a folder or an
+    .npz) is refused before it starts, naming the flag to lower. Nothing is written."""
     from PIL import Image
 
     import refdiff.memory
 
     checkpoint, _ = toy_checkpoint
     np.savez(tmp_path / "labels.npz", x=np.full((4, 1, 8, 8), -1, np.float32), y=np.array([0, 1, 2, 200000]))
+    np.savez(tmp_path / "two.npz", x=np.zeros((2, 4, 4), np.uint8))
     for name in ("a", "b"):
         Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / f"{name}.png")
     train = ["train", "--out", str(tmp_path / "run"), "--steps", "2"]
@@ -485,6 +514,8 @@ def test_sizes_beyond_the_limits_or_the_memory_are_refused_naming_the_flag(tmp_p
              (train + ["--data", str(tmp_path / "labels.npz")], "its labels reach 200000, but a model takes at most"),
              (train + ["--data", str(tmp_path), "--image-size", "100000"],
               "reading 2 images of 100000x100000 (height x width) needs about"),
+             (train + ["--data", str(tmp_path / "two.npz"), "--image-size", "100000"],
+              "resizing 2 images to 100000x100000 (height x width) needs about"),
              (["sample", str(checkpoint), "--count", "100000000"], "--count must be an integer in [1, 100000]"),
              (["sample", str(checkpoint), "--sampler", "euler", "--steps", "100000000"],
               "steps must be an integer in [1, 10000] for euler")]

@@ -3,7 +3,8 @@
 Each example takes a command that would run (sample, eval, eval --samples, train, train --resume, demo)
 and spoils one thing: a flag's value (zero, negative, huge, NaN, not a number, empty, a choice that is
 not one), or a file it reads (empty, truncated, bit-flipped, text, .npy, object arrays, a config that is
-not JSON or misses its model, wrong shapes, a folder). refdiff must answer with exit status 1 (2 for
+not JSON or misses its model, wrong shapes, a folder), or gives a flag where it does nothing
+(--image-size with built-in data). refdiff must answer with exit status 1 (2 for
 argparse's usage errors), end stderr with one line that names the flag or the file, print no traceback,
 and write no file (the lock file of an output folder aside). The CLI runs in-process (refdiff.cli.main).
 """
@@ -59,14 +60,16 @@ def _cases(bad: dict) -> dict:
         "eval": (["eval", "toy/checkpoint.npz", "--count", "2"],
                  {"--count": st.sampled_from(["0", "-1", "abc"]), "--batch-size": st.sampled_from(["0", "-3"]),
                   "--variance": st.just("learned"), "--data": st.sampled_from(["mnist", "nodir/", "none.npz"]),
-                  "checkpoint": files}),
+                  "--image-size": st.sampled_from(["0", "-2", "abc", "8"]), "checkpoint": files}),
         "eval_samples": (["eval", "--samples", "digits.npz"],
-                         {"--samples": files, "--classifier": files, "--data": st.sampled_from(["mnist", "nodir/"])}),
+                         {"--samples": files, "--image-size": st.just("8"), "--classifier": files,
+                          "--data": st.sampled_from(["mnist", "nodir/"])}),
         "train": (TOY_TRAIN, {"--steps": st.sampled_from(["0", "-1", "100000000", "abc"]),
                               "--batch-size": st.sampled_from(["0", "-2", "1000000000"]),
                               "--T": st.sampled_from(["0", "1000000000"]), "--lr": st.sampled_from(NUMBERS[:5]),
                               "--ema": st.sampled_from(["1.5", "-1", "nan"]), "--checkpoint-every": st.just("0"),
                               "--sample-every": st.just("-1"), "--preset": st.sampled_from(["unet9", "digits8"]),
+                              "--image-size": st.sampled_from(["0", "abc", "8"]),
                               "--data": st.one_of(files, st.sampled_from(["mnist", "nodir/", "none.npz"])),
                               "--out": st.sampled_from(["", "exists.npz"])}),
         "resume": (["train", "--resume", "--out", "runs/NAME"], {"--out": st.sampled_from(sorted(bad))}),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from refdiff.cli.common import _add_image_size, _check_output_file
+from refdiff.cli.common import _add_image_size, _check_image_size, _check_output_file
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -17,6 +17,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.checkpoint is None and args.samples is None:
         raise ValueError("give a checkpoint (bits/dim of held-out data), --samples FILE (Frechet distance and "
                          "class fraction of samples), or both")
+    if args.image_size is not None and args.checkpoint is None:
+        raise ValueError(f"--image-size {args.image_size} resizes the --data of a checkpoint's bits/dim; --samples "
+                         "are scored at their own size: leave it out")
     if args.classifier is not None and not Path(args.classifier).is_file():  # trained, then written there
         _check_output_file("--classifier", args.classifier)
     if args.checkpoint is not None:
@@ -107,18 +110,19 @@ def _eval_bits_per_dim(args: argparse.Namespace) -> None:
 
 def _held_out(spec: str, image_size: int | None = None):
     """(x, levels) of the held-out data for --data: the digits' test split (17 grey levels), an .npz or a
-    folder of images (256 levels; the folder resized to image_size when given)."""
+    folder of images (256 levels; resized to image_size when given)."""
     from pathlib import Path
 
     from refdiff import data
 
+    _check_image_size(spec, image_size)
     if spec == "digits":
         from refdiff.data.digits import LEVELS
 
         x, y = data.load_digits()
         return data.train_test_split(x, y, test_fraction=0.1, seed=0)[1], LEVELS
     if spec.endswith(".npz"):
-        return data.load_npz(spec)[0], 256
+        return data.load_npz(spec, size=image_size)[0], 256
     if Path(spec).is_dir():
         return data.load_image_folder(spec, size=image_size)[0], 256
     if "/" in spec or os.sep in spec:
