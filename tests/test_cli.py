@@ -349,6 +349,24 @@ def test_image_size_resizes_npz_data_and_is_refused_where_it_resizes_nothing(tmp
         _one_line_error(capsys, "--image-size")
 
 
+def test_eval_refuses_data_of_another_shape_than_the_checkpoints(tmp_path, toy_checkpoint, capsys):
+    """`refdiff eval` of an 8x8 digits8 checkpoint on 16x16 images (--data FILE.npz) is refused in one line
+    naming --data and both shapes, with --image-size as the way out; so is a 2-D points model on the digits."""
+    from refdiff.data import load_digits
+
+    x = load_digits()[0][:8]
+    np.savez(tmp_path / "d16.npz", x=np.repeat(np.repeat(x, 2, axis=2), 2, axis=3))
+    out = tmp_path / "run"
+    assert main(["train", "--steps", "2", "--batch-size", "4", "--T", "5", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out / "checkpoint.npz"), "--data", str(tmp_path / "d16.npz"), "--count", "2"]) == 1
+    err = _one_line_error(capsys, f"--data {tmp_path / 'd16.npz'} gives samples of shape (1, 16, 16)")
+    assert "trained on samples of shape (1, 8, 8)" in err and "--image-size" in err
+    assert main(["eval", str(toy_checkpoint[0]), "--count", "2"]) == 1
+    err = _one_line_error(capsys, "--data digits gives samples of shape (1, 8, 8)")
+    assert "trained on samples of shape (2,)" in err
+
+
 def test_corrupt_truncated_empty_and_foreign_files_get_one_line_naming_the_file(tmp_path, toy_checkpoint, capsys):
     """Every command that reads a checkpoint, a samples file or a classifier (sample, eval, eval --samples,
     eval --classifier, train --resume) answers an empty, truncated, bit-flipped, text, .npy, object-array,

@@ -96,6 +96,12 @@ def _eval_bits_per_dim(args: argparse.Namespace) -> None:
     loaded = load_model(args.checkpoint, use_ema=not args.raw, backend=args.backend, dtype="float64")
     param = TrainConfig(**loaded.train_cfg).parameterization(args.variance)
     x, levels = _held_out(args.data, args.image_size)
+    if tuple(x.shape[1:]) != tuple(loaded.data_shape):
+        resize = len(x.shape) == 4 and len(loaded.data_shape) == 3 and x.shape[1] == loaded.data_shape[0]
+        hint = " (--image-size resizes a .npz file or a folder)" if resize else ""
+        raise ValueError(f"--data {args.data} gives samples of shape {tuple(x.shape[1:])}, but the model of "
+                         f"{args.checkpoint} was trained on samples of shape {tuple(loaded.data_shape)}: evaluate it "
+                         f"on data of that shape{hint}")
     x = x[: args.count]
     generator, totals = Generator(args.seed), []
     for start in range(0, x.shape[0], args.batch_size):
