@@ -367,6 +367,39 @@ def test_eval_refuses_data_of_another_shape_than_the_checkpoints(tmp_path, toy_c
     assert "trained on samples of shape (2,)" in err
 
 
+def test_eval_samples_must_lie_in_minus_one_to_one_and_zero_to_one_needs_its_flag(tmp_path, toy_checkpoint,
+                                                                                   capsys):
+    """`refdiff eval --samples` of digits in [0, 1], (x + 1) / 2, is refused in one line naming the file, the
+    range found, the map 2 x - 1 and --samples-range 01; with --samples-range 01 it prints the very report of
+    the same digits in [-1, 1], and with --samples-range pm1 it scores them as they are. Samples beyond
+    [-1, 1] (1.5 x), and [-1, 1] samples given as 01, are refused naming the file and the range found;
+    --samples-range where there are no digit samples to read is refused naming it."""
+    from refdiff.digits_eval import digit_split
+
+    _, x_test, _, y_test = digit_split()
+    for name, images in (("signed", x_test[:30]), ("unit", (x_test[:30] + 1) / 2), ("wide", 1.5 * x_test[:30])):
+        np.savez(tmp_path / f"{name}.npz", images=images, labels=y_test[:30])
+    signed, unit, wide = (str(tmp_path / f"{name}.npz") for name in ("signed", "unit", "wide"))
+    assert main(["eval", "--samples", signed]) == 0
+    report = capsys.readouterr().out
+    assert main(["eval", "--samples", unit]) == 1
+    err = _one_line_error(capsys, f"--samples {unit}: its values lie in [0, 1], none below 0")
+    assert "2 x - 1" in err and "--samples-range 01" in err
+    assert main(["eval", "--samples", unit, "--samples-range", "01"]) == 0
+    assert capsys.readouterr().out == report
+    assert main(["eval", "--samples", unit, "--samples-range", "pm1"]) == 0
+    assert capsys.readouterr().out != report
+    assert main(["eval", "--samples", wide]) == 1
+    _one_line_error(capsys, f"--samples {wide}: samples must lie in [-1, 1] (the digits' range, refdiff sample's), "
+                            "got values in [-1.5, 1.5]")
+    assert main(["eval", "--samples", signed, "--samples-range", "01"]) == 1
+    _one_line_error(capsys, f"--samples {signed}: --samples-range 01 takes images in [0, 1], got values in [-1, 1]")
+    for argv in (["eval", str(toy_checkpoint[0]), "--samples-range", "01"],
+                 ["eval", "--samples", signed, "--data", "toy2d:two_moons", "--samples-range", "pm1"]):
+        assert main(argv) == 1
+        _one_line_error(capsys, "--samples-range")
+
+
 def test_corrupt_truncated_empty_and_foreign_files_get_one_line_naming_the_file(tmp_path, toy_checkpoint, capsys):
     """Every command that reads a checkpoint, a samples file or a classifier (sample, eval, eval --samples,
     eval --classifier, train --resume) answers an empty, truncated, bit-flipped, text, .npy, object-array,

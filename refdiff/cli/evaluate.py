@@ -20,6 +20,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.image_size is not None and args.checkpoint is None:
         raise ValueError(f"--image-size {args.image_size} resizes the --data of a checkpoint's bits/dim; --samples "
                          "are scored at their own size: leave it out")
+    if args.samples_range is not None and (args.samples is None or args.data.startswith("toy2d:")):
+        what = "no --samples FILE" if args.samples is None else f"--data {args.data} scores 2-D points"
+        raise ValueError(f"--samples-range {args.samples_range} says how to read the digit images of --samples FILE, "
+                         f"but there are none ({what}): leave it out")
     if args.classifier is not None and not Path(args.classifier).is_file():  # trained, then written there
         _check_output_file("--classifier", args.classifier)
     if args.checkpoint is not None:
@@ -48,7 +52,8 @@ def _eval_samples(args: argparse.Namespace) -> None:
         if args.data.startswith("toy2d:"):
             print(_toy2d_report(args.data[len("toy2d:"):], images, args.seed))
             return
-        check_digit_samples(images, labels)
+        images, labels = check_digit_samples(images, labels)
+        images = _signed_samples(images, args.samples_range)
     except ValueError as err:
         raise ValueError(f"--samples {args.samples}: {err}") from None
     classifier = digit_classifier(args.classifier, progress=True)
@@ -56,6 +61,27 @@ def _eval_samples(args: argparse.Namespace) -> None:
     report = digit_sample_report(classifier, images, labels, (x_test, y_test), reference=(x_train, y_train),
                                  seed=args.seed)
     print(format_sample_report(report))
+
+
+def _signed_samples(images, samples_range: str | None):
+    """Digit samples already in [-1, 1] (check_digit_samples) as the classifier takes them: [0, 1] images mapped
+    by 2 x - 1 for --samples-range 01; without --samples-range, images with no value below 0 are refused, as
+    [0, 1] images are the likely cause, which scored as [-1, 1] would give wrong numbers without a word."""
+    import numpy as np
+
+    from refdiff.digits_eval import SAMPLE_RANGE_TOLERANCE
+
+    low, high = float(np.min(images)), float(np.max(images))
+    if samples_range == "01":
+        if low < -SAMPLE_RANGE_TOLERANCE:
+            raise ValueError(f"--samples-range 01 takes images in [0, 1], got values in [{low:.6g}, {high:.6g}]")
+        return np.clip(2 * images - 1, -1, 1)  # the clip removes the tolerance's overshoot
+    if samples_range is None and low >= -SAMPLE_RANGE_TOLERANCE:
+        raise ValueError(f"its values lie in [{low:.3g}, {high:.3g}], none below 0, as in [0, 1] images; the digit "
+                         "classifier takes [-1, 1] images (refdiff sample's, background -1): map them by 2 x - 1, or "
+                         "give --samples-range 01 to have eval map them (--samples-range pm1 if they are [-1, 1] "
+                         "images with no value below 0)")
+    return images
 
 
 def _toy2d_report(name: str, samples, seed: int) -> str:
@@ -149,6 +175,10 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", nargs="?", default=None, help="path to checkpoint.npz (bits/dim)")
     parser.add_argument("--samples", default=None, metavar="FILE",
                         help="a samples .npz of `refdiff sample --out FILE.npz` (images, labels) to score")
+    parser.add_argument("--samples-range", default=None, choices=("pm1", "01"),
+                        help="the range of the --samples images: pm1 for [-1, 1] (refdiff sample's), 01 for [0, 1] "
+                             "(mapped by 2 x - 1) (default: [-1, 1], refusing images with no value below 0, the "
+                             "sign of [0, 1] images)")
     parser.add_argument("--classifier", default=None, metavar="FILE",
                         help="another digit classifier: loaded when FILE exists, else trained (the shipped "
                              "one's recipe) and saved there (default: the shipped one)")
