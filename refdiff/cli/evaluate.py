@@ -123,7 +123,7 @@ def _eval_bits_per_dim(args: argparse.Namespace) -> None:
     param = TrainConfig(**loaded.train_cfg).parameterization(args.variance)
     x, levels = _held_out(args.data, args.image_size)
     if tuple(x.shape[1:]) != tuple(loaded.data_shape):
-        resize = len(x.shape) == 4 and len(loaded.data_shape) == 3 and x.shape[1] == loaded.data_shape[0]
+        resize = len(loaded.data_shape) == 3 and x.shape[1] == loaded.data_shape[0]  # images of its channels
         hint = " (--image-size resizes a .npz file or a folder)" if resize else ""
         raise ValueError(f"--data {args.data} gives samples of shape {tuple(x.shape[1:])}, but the model of "
                          f"{args.checkpoint} was trained on samples of shape {tuple(loaded.data_shape)}: evaluate it "
