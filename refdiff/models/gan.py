@@ -237,12 +237,12 @@ def _check_forward(params: dict, cfg: Any, x: Any, z: Any, y: Any, loss: Any):
     form = _form(cfg)
     check_params(params, cfg, type(cfg), param_shapes)
     _check_loss(loss)
-    _check_noise_and_labels(cfg, z, y)
     if x is not None:
         form.check_x(cfg, x)
         if not same_library(x, z) or x.dtype != z.dtype or x.shape[0] != z.shape[0]:
             raise ValueError(f"z must be an array of x_real's library, device and dtype ({x.dtype}) with its batch "
                              f"N = {x.shape[0]}, got {type(z).__name__} of dtype {z.dtype} and shape {tuple(z.shape)}")
+    _check_noise_and_labels(cfg, z, y)
     for key, p in params.items():
         if not same_library(p, z) or p.dtype != z.dtype:
             raise ValueError(f"params[{key!r}] must be an array of z's library, device and dtype ({z.dtype}), "
