@@ -16,9 +16,10 @@ statistics would couple the samples of a batch in the hand-derived backward). ta
 Class-conditional (cfg.num_classes = K): the generator adds a label embedding (K rows, no null label: a GAN
 sample always has a class) to its first layer; the discriminator adds the projection <embed(y), phi(x)>, the
 inner product of a second label embedding with its features (Miyato & Koyama 2018, eq. 3). Why projection and
-not a label concatenated to D's input: it is the form of the log density ratio log q(y | x) / p(y | x) when the
-class posteriors are log-linear in phi, it costs K F parameters, and it makes D judge "is this a real x of
-class y" rather than "is this real" with y as a side input that D can ignore.
+not a label concatenated to D's input: it is the form the optimal discriminator, log q(x, y) / p(x, y), takes
+when the data's and the model's class posteriors are log-linear in phi (ibid., Sec. 3), it costs K F parameters,
+and it makes D judge "is this a real x of class y" rather than "is this real" with y as a side input that D can
+ignore.
 """
 
 from __future__ import annotations
