@@ -14,6 +14,9 @@ the same data (same channels, levels, embedding), pooled to ``num_classes`` logi
 ``VAE_PRESETS`` names the VAEs (refdiff.models.vae), the baseline family of docs/families.md:
 ``preset(num_classes=None, **overrides) -> VAEConfig`` (or ``MLPVAEConfig`` for the 2-D toys).
 
+``FLOW_PRESETS`` names the normalizing flows (refdiff.models.flow), docs/families.md's flow family:
+``preset(**overrides) -> FlowConfig`` (or ``MLPFlowConfig`` for the 2-D toys).
+
 ``CLIP_PRESETS`` names the noised CLIPs (refdiff.models.clip): ``preset(**overrides) -> ClipConfig``.
 """
 
@@ -24,6 +27,7 @@ from typing import Callable
 
 from refdiff.models.classifier import ClassifierConfig
 from refdiff.models.clip import ClipConfig
+from refdiff.models.flow import FlowConfig, MLPFlowConfig
 from refdiff.models.unet import UNetConfig
 from refdiff.models.vae import MLPVAEConfig, VAEConfig
 
@@ -126,6 +130,23 @@ def toy2d_vae(num_classes: int | None = None, **overrides) -> MLPVAEConfig:
 
 
 VAE_PRESETS: dict[str, Callable[..., VAEConfig | MLPVAEConfig]] = {"digits8_vae": digits8_vae, "toy2d_vae": toy2d_vae}
+
+
+def digits8_flow(**overrides) -> FlowConfig:
+    """1x8x8 digits: RealNVP with 3 checkerboard couplings at 8x8, a squeeze, 3 channel and 4 checkerboard couplings
+    at 4x4x4, s/t nets of 32 hidden channels, |s| < 2, dequantised on the digits' 17 grey levels (38k parameters)."""
+    cfg = FlowConfig(in_channels=1, image_size=8, hidden=32, scales=2, couplings=3, s_bound=2.0, levels=17)
+    return dataclasses.replace(cfg, **overrides)
+
+
+def toy2d_flow(**overrides) -> MLPFlowConfig:
+    """2-D points (refdiff.data.toy2d): 8 alternating couplings, s/t MLPs with two hidden layers of 64, |s| < 2
+    (37k parameters)."""
+    return dataclasses.replace(MLPFlowConfig(data_dim=2, hidden=64, couplings=8, s_bound=2.0), **overrides)
+
+
+FLOW_PRESETS: dict[str, Callable[..., FlowConfig | MLPFlowConfig]] = {"digits8_flow": digits8_flow,
+                                                                     "toy2d_flow": toy2d_flow}
 
 
 def shapes16_clip(**overrides) -> ClipConfig:
