@@ -83,8 +83,8 @@ def test_log_determinant_equals_that_of_the_numerical_jacobian(cfg, seed):
 
 
 def test_a_fresh_flow_is_the_identity_and_its_density_the_standard_normal():
-    """With init_params (every s/t net's last layer 0): z = x (permuted by the squeeze), log |det| = 0, and log p(x) is scipy's standard
-    normal log-density summed over the dimensions."""
+    """With init_params (every s/t net's last layer 0): z = x (permuted by the squeeze), log |det| = 0, and log p(x)
+    is scipy's standard normal log-density summed over the dimensions."""
     for cfg in (SMALL, POINTS):
         params, x = F.init_params(cfg, Generator(0), np.float64), data(cfg, 3)
         terms, cache = F.log_prob_forward(params, cfg, x)
@@ -285,8 +285,10 @@ def test_bad_params_z_u_and_cfg_raise(backend):
     with pytest.raises(ValueError, match=r"params\['coupling0.in.w'\] must be an array of x's library, device and "
                                          r"dtype \((array_api_strict\.)?float32\)"):
         F.flow_forward(params, SMALL, backend.asarray(data(SMALL, 1).astype(np.float32)))
-    with pytest.raises(ValueError, match=r"z must be a real floating \(N, 16\) array"):
+    with pytest.raises(ValueError, match=r"z must be an \(N, 16\) array \(N, cfg.dims\) of params' library"):
         F.flow_inverse(params, SMALL, backend.asarray(np.zeros((3, 15))))
+    with pytest.raises(ValueError, match=r"z must be an \(N, 16\) array .* got shape \(3, 16\) and dtype"):
+        F.flow_inverse(params, SMALL, backend.asarray(np.zeros((3, 16), np.float32)))
     with pytest.raises(ValueError, match=r"u must be an array of x's shape \(3, 1, 4, 4\)"):
         F.dequantize(x, backend.asarray(np.zeros((3, 16))), 17)
     with pytest.raises(ValueError, match=r"u must lie in \[0, 1\), got values in \[1.0, 1.0\]"):

@@ -156,14 +156,14 @@ def flow_forward(params: dict, cfg: FlowConfig | MLPFlowConfig, x: Any):
 def flow_inverse(params: dict, cfg: FlowConfig | MLPFlowConfig, z: Any) -> Any:
     """x = f^{-1}(z), exactly: every step's inverse in reverse order.
 
-    z: (N, D) real floating, in params' library, device and dtype. Returns x (N, C, S, S) or (N, D) like z.
+    z: (N, D) in params' library, device and dtype. Returns x (N, C, S, S) or (N, D) like z.
     """
     coder = _coder(cfg)
     check_params(params, cfg, type(cfg), param_shapes)
-    xp = namespace(z)
-    if not xp.isdtype(z.dtype, "real floating") or z.ndim != 2 or z.shape[1] != cfg.dims:
-        raise ValueError(f"z must be a real floating (N, {cfg.dims}) array (N, cfg.dims), got shape "
-                         f"{tuple(z.shape)} and dtype {z.dtype}")
+    xp, like = namespace(z), next(iter(params.values()))
+    if z.ndim != 2 or z.shape[1] != cfg.dims or not same_library(z, like) or z.dtype != like.dtype:
+        raise ValueError(f"z must be an (N, {cfg.dims}) array (N, cfg.dims) of params' library, device and dtype "
+                         f"({like.dtype}), got shape {tuple(z.shape)} and dtype {z.dtype}")
     h = xp.reshape(z, coder.latent_shape(cfg, z.shape[0]))  # (N, D) -> the last activation's shape
     for step in reversed(coder.plan(cfg)):
         h = flow_conv.unsqueeze(h) if step.kind == "squeeze" else coupling_inverse(params, cfg, step, h)
