@@ -88,9 +88,10 @@ def check_sampling(sampler: str, steps: int, guidance: float, T: int) -> None:
 def generate(loaded: LoadedModel, shape: tuple[int, ...], labels: np.ndarray | None = None, sampler: str = "ddim",
              steps: int = 50, eta: float = 0.0, guidance: float = 1.0, seed: int = 0, clip_x0: float | str | None = "auto",
              rows: tuple[int, int] | None = None):
-    """Samples of ``shape`` (N, ...) from a loaded model, as a host float array, with labels (N,) or None.
+    """Samples of ``shape`` (N, ...) from a loaded model, as a host float array, with labels (N,), a text
+    model's tokens (N, L) (refdiff.data.tokenize), or None.
 
-    guidance: the classifier-free guidance scale s (1: the conditional model; needs num_classes).
+    guidance: the classifier-free guidance scale s (1: the conditional model; needs a conditional one).
     DDIM and DDPM run on the schedule respaced to ``steps`` (trailing spacing); the sigma-space samplers
     on a Karras grid of ``steps`` levels. clip_x0 bounds the predicted x0: "auto" is 1 for images
     (N, C, H, W), which live in [-1, 1], and the training data's max |x| for points (N, D) (2-D toy data
@@ -108,12 +109,12 @@ def generate(loaded: LoadedModel, shape: tuple[int, ...], labels: np.ndarray | N
                f"sampling {hi - lo} samples of shape {tuple(shape[1:])} at once", "ask for fewer (--count)")
     if hi == lo:
         return np.zeros((0, *shape[1:]), dtype=to_numpy(loaded.like).dtype)
-    model, num_classes = loaded.model, getattr(loaded.model_cfg, "num_classes", None)
+    model, null = loaded.model, registry.null_condition(loaded.model_cfg)
     y = None if labels is None else asarray(np.asarray(labels, dtype=np.int64)[lo:hi], like=loaded.like)
     if guidance != 1.0:
-        if num_classes is None or y is None:
-            raise ValueError(f"guidance {guidance} needs a class-conditional model and labels")
-        model = classifier_free_guidance(model, guidance, null_label=num_classes)
+        if null is None or y is None:
+            raise ValueError(f"guidance {guidance} needs a conditional model and labels (or prompts' tokens)")
+        model = classifier_free_guidance(model, guidance, null_label=null)
     generator = Generator(seed) if rows is None else ShardedGenerator(Generator(seed), lo, hi, shape[0])
     x = generator.normal((hi - lo, *shape[1:]), like=loaded.like)
     param = TrainConfig(**loaded.train_cfg).parameterization()

@@ -185,17 +185,18 @@ def _host(x: Any) -> bool:
 def forward_in_parts(forward: Callable, params: dict, cfg: Any, x: Any, t: Any, y: Any = None, **options: Any):
     """forward(params, cfg, x, t[, y], **options) run over batch_parts(N, x) on the worker threads.
 
-    x: (N, ...) and t: (N,), and y: (N,) when given, are split along the batch axis; options (train,
-    generator, keep_cache) go to every part. Training with dropout keeps one part, so the masks are
-    drawn in the same order on every backend and thread count. Returns (out, PartsCache), out the
-    parts' outputs concatenated (N, ...); the cache is None when the forward kept none.
+    x: (N, ...) and t: (N,), and y ((N,) labels or (N, L) tokens) when given, are split along the batch
+    axis; options (train, generator, keep_cache) go to every part. Training with dropout keeps one part,
+    so the masks are drawn in the same order on every backend and thread count. Returns (out,
+    PartsCache), out the parts' outputs concatenated (N, ...); the cache is None when the forward kept
+    none.
     """
     N = x.shape[0]
     dropout = options.get("train", False) and getattr(cfg, "dropout", 0) > 0
     rows = [slice(0, N)] if dropout else batch_parts(N, x)
 
     def run(r: slice):
-        labels = {} if y is None else {"y": y[r]}
+        labels = {} if y is None else {"y": y[r, ...]}  # labels (N,) or tokens (N, L): rows
         return forward(params, cfg, x[r, ...], t[r], **labels, **options)
 
     with one_blas_thread() if _host(x) else contextlib.nullcontext():

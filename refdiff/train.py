@@ -3,7 +3,8 @@
 One step, ``train_step`` (Ho et al. 2020, Alg. 1; improved DDPM for the hybrid loss and importance
 sampling):
 
-    x0, y   ~ q(x0)      a batch drawn by the generator; y -> null label with probability label_dropout
+    x0, y   ~ q(x0)      a batch drawn by the generator; y -> the null condition with probability p (the
+                         null label, label_dropout; the empty caption for a text model, caption_dropout)
     t, w    ~ U          uniform steps (w = 1), or t ~ p_t by the loss's second moment, w = 1 / (T p_t)
     eps     ~ N(0, I)
     grads, L_n = loss_gradient(x0, y, t, eps, w):
@@ -79,6 +80,7 @@ class TrainConfig:
     weighting: str = "none"          # "none" | "min_snr"
     timesteps: str = "uniform"       # "uniform" | "importance" (by the loss's second moment, improved DDPM)
     label_dropout: float = 0.1       # probability of training on the null label (classifier-free guidance)
+    caption_dropout: float = 0.2     # a text model's: probability of training on the empty caption (GLIDE's 20%)
     seed: int = 0
     backend: str = "numpy"
     dtype: str = "float32"
@@ -105,8 +107,9 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if not 0 <= self.ema_decay <= 1:
             raise ValueError(f"ema_decay must lie in [0, 1], got {self.ema_decay!r}")
-        if not 0 <= self.label_dropout < 1:
-            raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout!r}")
+        for name in ("label_dropout", "caption_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)!r}")
         choices = {"lr_decay": DECAYS, "schedule": tuple(schedules.SCHEDULES), "prediction": PREDICTIONS,
                    "loss": LOSSES, "weighting": WEIGHTINGS, "timesteps": TIMESTEPS, "dtype": ("float32", "float64")}
         for name, allowed in choices.items():
@@ -127,23 +130,24 @@ class Batch(NamedTuple):
     """One training batch on the parameters' backend; every field has the batch as its leading axis."""
 
     x0: Any   # (B, C, H, W) or (B, D) data
-    y: Any    # (B,) int64 labels (num_classes: the null label), or None for an unconditional model
+    y: Any    # (B,) int64 labels (num_classes: the null label), (B, L) int64 tokens, or None (unconditional)
     t: Any    # (B,) int64 steps in [0, T)
     w: Any    # (B,) importance weights 1 / (T p_t), or None for uniform t (every weight 1)
     eps: Any  # like x0: the noise
 
 
-def draw_batch(cfg: TrainConfig, x: np.ndarray, y: np.ndarray | None, num_classes: int | None,
+def draw_batch(cfg: TrainConfig, x: np.ndarray, y: np.ndarray | None, null: int | None, p: float,
                generator: Generator, like: Any):
-    """A batch (x0, y) of cfg.batch_size samples on like's backend: indices uniform over the data, labels
-    dropped to the null label (index num_classes) with probability cfg.label_dropout."""
+    """A batch (x0, y) of cfg.batch_size samples on like's backend: indices uniform over the data, each
+    row's condition (a label (N,) or tokens (N, L)) replaced by the null one, filled with ``null``, with
+    probability p: the null label K, or the empty caption (refdiff.models.registry.null_condition)."""
     idx = generator.integers(0, x.shape[0], (cfg.batch_size,))              # host (B,)
     x0 = asarray(x[idx].astype(cfg.dtype), like=like)                       # (B, C, H, W) or (B, D)
-    if y is None or num_classes is None:
+    if y is None or null is None:
         return x0, None
-    drop = generator.uniform((cfg.batch_size,)) < cfg.label_dropout         # host (B,)
-    labels = np.where(drop, num_classes, y[idx]).astype(np.int64)
-    return x0, asarray(labels, like=like)
+    drop = generator.uniform((cfg.batch_size,)) < p                         # host (B,)
+    drop = drop.reshape((-1,) + (1,) * (y.ndim - 1))                        # (B,) or (B, 1): over a row's tokens
+    return x0, asarray(np.where(drop, null, y[idx]).astype(np.int64), like=like)
 
 
 def _draw_timesteps(cfg: TrainConfig, state: TrainState, like: Any):
@@ -188,7 +192,9 @@ def train_step(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule, s
     all B per-sample losses. Nothing else in the step depends on the rank.
     """
     like, g = next(iter(state.params.values())), state.generator
-    x0, labels = draw_batch(cfg, x, y, getattr(model_cfg, "num_classes", None), g, like)    # x0 ~ q(x0)
+    text = registry.family(model_cfg, "denoiser").condition == "tokens"
+    p = cfg.caption_dropout if text else cfg.label_dropout
+    x0, labels = draw_batch(cfg, x, y, registry.null_condition(model_cfg), p, g, like)     # x0 ~ q(x0)
     t, w = _draw_timesteps(cfg, state, like)                                               # t ~ U{0..T-1}, or p_t
     eps = g.normal(tuple(x0.shape), like=x0)                                               # eps ~ N(0, I)
     gradient = data_parallel(functools.partial(loss_gradient, cfg, model_cfg, schedule, state.params), comm)

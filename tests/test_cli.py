@@ -300,6 +300,45 @@ def test_eval_samples_of_2d_data_reports_distances_next_to_their_floor(tmp_path,
     assert "must hold (n, 2) points" in capsys.readouterr().err
 
 
+def test_train_on_captions_then_sample_prompts_with_guidance(tmp_path, capsys):
+    """`refdiff train --data captions` trains the text16 preset; `refdiff sample --prompt ... --guidance 3`
+    samples it per prompt (a prompt, or a file of one a line) into an .npz of images and prompts (a str
+    array, no pickle) or a .png grid; --class, unknown words and a label preset on captions exit with 1 and
+    say what to fix."""
+    out = tmp_path / "text"
+    assert main(["train", "--data", "captions", "--steps", "2", "--batch-size", "4", "--T", "20",
+                 "--out", str(out)]) == 0
+    ckpt = str(out / "checkpoint.npz")
+    listed = tmp_path / "prompts.txt"
+    listed.write_text("blue ring\n\nlarge cyan square top right\n")
+    common = ["sample", ckpt, "--prompt", "small red circle top left", "--prompt", str(listed), "--count", "2",
+              "--steps", "2", "--guidance", "3"]
+    assert main(common + ["--out", str(tmp_path / "s.npz")]) == 0
+    with np.load(tmp_path / "s.npz", allow_pickle=False) as npz:
+        assert npz["images"].shape == (6, 3, 16, 16) and np.all(np.isfinite(npz["images"]))
+        assert list(npz["prompts"]) == ["small red circle top left"] * 2 + ["blue ring"] * 2 + \
+            ["large cyan square top right"] * 2
+    assert main(common + ["--out", str(tmp_path / "grid.png")]) == 0
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    quick = ["--steps", "2", "--out", str(tmp_path / "e.png")]
+    for argv, message in [(["sample", ckpt, "--class", "1", *quick], "--class 1 needs a class-conditional model"),
+                          (["sample", ckpt, "--prompt", "purple circle", *quick], "unknown word 'purple'"),
+                          (["train", "--data", "captions", "--preset", "digits8", "--out", str(tmp_path / "x")],
+                           "--data captions trains a text preset (text16)")]:
+        assert main(argv) == 1
+        assert message in capsys.readouterr().err
+
+
+def test_info_model_reports_the_text_preset(capsys):
+    """`refdiff info --model text16` prints the text U-Net's config, parameters and every layer's
+    multiply-adds, the encoder's and the attention blocks' context keys included."""
+    assert main(["info", "--model", "text16"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("TextUNetConfig(") and "parameters: 899,459" in out
+    assert "text.blocks.1.attention" in out and "mid.attn.context" in out
+
+
 @pytest.fixture(scope="module")
 def toy_checkpoint(tmp_path_factory):
     """A 2-step MLP checkpoint on two_moons (labelled), and a good samples .npz of 8x8 digits."""

@@ -13,6 +13,8 @@ from refdiff.generate import generate, load_model
 from refdiff.models import registry
 from refdiff.models.classifier import ClassifierConfig
 from refdiff.models.mlp import MLPConfig
+from refdiff.models.text_encoder import TextEncoderConfig
+from refdiff.models.text_unet import TextUNetConfig
 from refdiff.models.unet import UNetConfig
 from refdiff.train import TrainConfig, train
 from support import TOLERANCE, host_data, random_params
@@ -26,9 +28,16 @@ CONFIGS = {
     "MLPConfig": (MLPConfig(data_dim=3, hidden=8, depth=2, time_embed_dim=4, num_classes=2), (3,)),
     "ClassifierConfig": (ClassifierConfig(in_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2),
                                           groups=4, num_classes=5, time_embed_dim=12), (1, 8, 8)),
+    "TextUNetConfig": (TextUNetConfig(unet=UNetConfig(in_channels=2, out_channels=2, image_size=8, base_channels=8,
+                                                      channel_mult=(1, 2), groups=4, time_embed_dim=12),
+                                      text=TextEncoderConfig(vocab_size=5, context_length=4, width=4, layers=1,
+                                                             heads=2)), (2, 8, 8)),
 }
+# What y is for a denoiser of each condition, for a batch of 3: labels, or captions of 2, 0 and 3 tokens.
+CONDITIONS = {"label": np.array([0, 1, 1]), "tokens": np.array([[1, 2, 0], [0, 0, 0], [3, 1, 4]])}
 # The names checkpoints have stored in config["model"]["kind"] since each family was added: they never change.
-STORED = {"UNetConfig": UNetConfig, "MLPConfig": MLPConfig, "ClassifierConfig": ClassifierConfig}
+STORED = {"UNetConfig": UNetConfig, "MLPConfig": MLPConfig, "ClassifierConfig": ClassifierConfig,
+          "TextUNetConfig": TextUNetConfig}
 
 
 def test_every_registered_family_has_a_config_here():
@@ -66,7 +75,7 @@ def test_init_forward_backward_and_model_agree_on_shapes(name):
     assert family.param_count(cfg) == sum(v.size for v in init.values())
     params = random_params(shapes, seed=1)
     x, t = host_data(2, (3, *sample)), np.array([0, 5, 999])
-    inputs = (x, t, np.array([0, 1, 1])) if family.task == "denoiser" else (x, t)
+    inputs = (x, t, CONDITIONS[family.condition]) if family.task == "denoiser" else (x, t)
     out, cache = family.forward(params, cfg, *inputs)
     if family.task == "denoiser":
         assert out.shape[0] == 3 and out.shape[2:] == x.shape[2:]
@@ -86,12 +95,28 @@ def test_init_forward_backward_and_model_agree_on_shapes(name):
         assert f"{family.flops(cfg)[1] / 1e6:.1f} M multiply-adds" in text
 
 
+def test_null_condition_is_the_null_label_or_the_padding_token():
+    """null_condition(cfg) is K = num_classes for a "label" family (None when unconditional) and the padding
+    token for a "tokens" family, whose y filled with it is the empty caption; a classifier has none, and a
+    family of another condition is refused naming the allowed ones."""
+    assert registry.null_condition(CONFIGS["UNetConfig"][0]) == 3
+    assert registry.null_condition(dataclasses.replace(CONFIGS["MLPConfig"][0], num_classes=None)) is None
+    assert registry.null_condition(CONFIGS["TextUNetConfig"][0]) == 0
+    assert registry.family(CONFIGS["TextUNetConfig"][0]).condition == "tokens"
+    with pytest.raises(ValueError, match="cfg must be one of .*, got ClassifierConfig"):
+        registry.null_condition(CONFIGS["ClassifierConfig"][0])
+    with pytest.raises(ValueError, match="condition must be one of label, tokens, got 'image'"):
+        dataclasses.replace(registry.family(CONFIGS["UNetConfig"][0]), condition="image")
+
+
 def test_lookups_name_the_argument_and_the_allowed_families():
     """A config of no family, a family of another task, an unknown stored name and an unknown task raise
     ValueErrors that name what was given and what is allowed."""
-    with pytest.raises(ValueError, match="model_cfg must be one of UNetConfig, MLPConfig, ClassifierConfig, got dict"):
+    with pytest.raises(ValueError, match="model_cfg must be one of UNetConfig, MLPConfig, ClassifierConfig, "
+                                         "TextUNetConfig, got dict"):
         registry.family({})
-    with pytest.raises(ValueError, match="cfg must be one of UNetConfig, MLPConfig, got ClassifierConfig"):
+    with pytest.raises(ValueError,
+                       match="cfg must be one of UNetConfig, MLPConfig, TextUNetConfig, got ClassifierConfig"):
         registry.family(CONFIGS["ClassifierConfig"][0], "denoiser", argument="cfg")
     with pytest.raises(ValueError, match="model kind must be one of ClassifierConfig, got 'MLPConfig'"):
         registry.config_from_dict({"kind": "MLPConfig"}, "classifier")

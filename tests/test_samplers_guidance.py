@@ -196,3 +196,45 @@ def test_bad_arguments_raise_naming_the_argument(backend):
     for call, match in cases:
         with pytest.raises(ValueError, match=match):
             call()
+
+
+# ------------------------------------------------------------------------- a text-conditional model
+
+def _tiny_text_model(backend):
+    """A random text-conditional U-Net (refdiff.models.text_unet) on 2x8x8 images and 3-token captions,
+    float64 on the backend, as the samplers' model(xt, t, y); and its config."""
+    from refdiff.models import text_unet as TU
+    from refdiff.models.text_encoder import TextEncoderConfig
+    from refdiff.models.unet import UNetConfig
+    from support import on, random_params
+
+    cfg = TU.TextUNetConfig(unet=UNetConfig(in_channels=2, out_channels=2, image_size=8, base_channels=8,
+                                            channel_mult=(1, 2), groups=4, time_embed_dim=12),
+                            text=TextEncoderConfig(vocab_size=5, context_length=4, width=4, layers=1, heads=2))
+    return TU.text_unet_model(on(backend, random_params(TU.param_shapes(cfg), 0)), cfg), cfg
+
+
+def test_cfg_guides_a_text_model_with_the_empty_caption_and_every_sampler_runs_it(backend):
+    """For a text model the null input is the empty caption: classifier_free_guidance(model, s,
+    null_condition(cfg))(x, t, tokens) == u + s (c - u) with u = model(x, t, all padding) = model(x, t,
+    None); and DDIM, DDPM, Euler, Heun and DPM-Solver++(2M) run 3 steps of the guided model unchanged,
+    giving finite samples like x."""
+    from refdiff.models.registry import null_condition
+    from refdiff.samplers import dpmpp_2m_loop, euler_loop, heun_loop, karras_grid, to_sigma_scale
+
+    model, cfg = _tiny_text_model(backend)
+    x = Generator(1).normal((3, 2, 8, 8), like=backend.asarray(np.zeros(1)))
+    t, tokens = _labels(backend, 3, 400), backend.asarray(np.array([[3, 1, 0], [0, 0, 0], [2, 4, 1]]))
+    guided = classifier_free_guidance(model, 3.0, null_condition(cfg))
+    cond, uncond = to_numpy(model(x, t, tokens)), to_numpy(model(x, t, None))
+    np.testing.assert_array_equal(uncond, to_numpy(model(x, t, backend.asarray(np.zeros((3, 3), dtype=np.int64)))))
+    assert_close(guided(x, t, tokens), uncond + 3.0 * (cond - uncond), scale=10)
+    full = S.cosine(100)
+    respaced, sigmas = S.respace(full, S.timesteps(100, 3, "trailing")), karras_grid(full, 3)
+    loops = [ddim_loop(guided, respaced, x, tokens), ddpm_loop(guided, respaced, x, Generator(2), tokens)]
+    loops += [loop(guided, full, to_sigma_scale(x, float(sigmas[0])), sigmas, tokens)
+              for loop in (euler_loop, heun_loop, dpmpp_2m_loop)]
+    for loop in loops:
+        sample = final(loop)
+        assert_same_array_kind(sample, x)
+        assert np.all(np.isfinite(to_numpy(sample)))

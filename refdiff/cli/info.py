@@ -52,9 +52,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     if args.model is not None:
         from refdiff.models import registry
-        from refdiff.models.presets import CLASSIFIER_PRESETS, PRESETS
+        from refdiff.models.presets import CLASSIFIER_PRESETS, PRESETS, TEXT_PRESETS
 
-        presets = {**PRESETS, **CLASSIFIER_PRESETS}
+        presets = {**PRESETS, **TEXT_PRESETS, **CLASSIFIER_PRESETS}
         if args.model not in presets:
             raise ValueError(f"--model must be one of {', '.join(presets)}, got {args.model!r}")
         cfg = presets[args.model]()
@@ -74,5 +74,6 @@ def _add_info(subparsers: argparse._SubParsersAction) -> None:
                     "and the BLAS libraries with their thread counts.")
     parser.add_argument("--model", default=None, metavar="PRESET",
                         help="instead, print a preset's config, parameter count and per-layer FLOPs "
-                             "(digits8, mnist28, shapes32, and NAME_classifier for their noisy classifiers)")
+                             "(digits8, mnist28, shapes32, text16, and NAME_classifier for their noisy "
+                             "classifiers)")
     parser.set_defaults(func=cmd_info)

@@ -1,4 +1,5 @@
-"""``refdiff sample``: samples of a checkpoint's model into a .png grid or a .npz of images and labels."""
+"""``refdiff sample``: samples of a checkpoint's model into a .png grid or a .npz of images and labels
+(or, for a text model, prompts)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from refdiff.checkpoint import load_checkpoint
     from refdiff.distributed import get_communicator, shard
     from refdiff.generate import generate, model_from_checkpoint
+    from refdiff.models import registry
 
     if not 1 <= args.count <= MAX_COUNT:
         raise ValueError(f"--count must be an integer in [1, {MAX_COUNT}], got {args.count}")
@@ -31,14 +33,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
         ckpt = comm.bcast(load_checkpoint(args.checkpoint) if comm.rank == 0 else None)
         loaded = model_from_checkpoint(ckpt, use_ema=not args.raw, backend=args.backend)
         _check_sampling_flags(args.sampler, args.steps, args.guidance, loaded.schedule.T)
-        labels = _sample_labels(args.cls, args.count, getattr(loaded.model_cfg, "num_classes", None))
-        n = args.count if labels is None else labels.size
+        prompts = None
+        if registry.family(loaded.model_cfg).condition == "tokens":
+            labels, prompts = _sample_prompts(args.prompt, args.cls, args.count, loaded.model_cfg)
+        elif args.prompt:
+            raise ValueError("--prompt needs a text-conditional model (trained with --data captions); this "
+                             "checkpoint's is not: use --class")
+        else:
+            labels = _sample_labels(args.cls, args.count, getattr(loaded.model_cfg, "num_classes", None))
+        n = args.count if labels is None else labels.shape[0]
         shape, rows = (n, *loaded.data_shape), None if comm.size == 1 else shard(n, comm.rank, comm.size)
         images = generate(loaded, shape, labels, args.sampler, args.steps, args.eta, args.guidance, args.seed,
                           rows=rows)
         images = comm.gather_rows(images, what="gathering the samples")
         if comm.rank == 0:
-            _write_samples(args.out, images, labels, args.count)
+            _write_samples(args.out, images, labels, args.count, prompts)
             print(f"samples: {args.out}" + (f" ({comm.size} ranks)" if comm.size > 1 else ""))
     return 0
 
@@ -58,15 +67,43 @@ def _sample_labels(cls: int | None, count: int, num_classes: int | None):
     return np.repeat(classes, count)
 
 
-def _write_samples(out: str, images, labels, per_row: int) -> None:
+def _sample_prompts(given: list[str] | None, cls: int | None, count: int, model_cfg):
+    """(tokens, prompts) to sample a text model: ``count`` of every prompt of --prompt (a prompt, or a text
+    file of one prompt a line), tokens (n, L) and the (n,) str prompts; (None, None) without --prompt
+    (the empty caption: unconditional samples)."""
+    from pathlib import Path
+
     import numpy as np
 
-    if out.endswith(".npz"):
+    from refdiff.data import tokenize
+
+    if cls is not None:
+        raise ValueError(f"--class {cls} needs a class-conditional model; this checkpoint's is text-conditional: "
+                         "use --prompt")
+    if not given:
+        return None, None
+    prompts = []
+    for prompt in given:
+        lines = Path(prompt).read_text().splitlines() if Path(prompt).is_file() else [prompt]
+        prompts += [line.strip() for line in lines if line.strip()]
+    tokens, _ = tokenize(prompts, context=model_cfg.text.context_length)
+    return np.repeat(tokens, count, axis=0), np.repeat(np.asarray(prompts, dtype=str), count)
+
+
+def _write_samples(out: str, images, labels, per_row: int, prompts=None) -> None:
+    """A .npz of images and labels (or prompts: a str array, no pickle), or a .png grid: per_row samples a
+    row (one row per prompt, labelled with it), or a scatter of points."""
+    import numpy as np
+
+    if out.endswith(".npz") and prompts is not None:
+        np.savez(out, images=images.astype(np.float32), prompts=np.asarray(prompts, dtype=str))
+    elif out.endswith(".npz"):
         np.savez(out, images=images.astype(np.float32), labels=np.asarray([] if labels is None else labels))
     elif images.ndim == 4:
         from refdiff.plot import image_grid
 
-        image_grid(images, nrow=per_row, path=out)
+        rows = None if prompts is None else [str(p) for p in prompts[::per_row]]
+        image_grid(images, nrow=per_row, path=out, row_labels=rows)
     else:
         from refdiff.plot import scatter_2d
 
@@ -86,12 +123,16 @@ def _add_sample(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default: 1)")
     parser.add_argument("--class", dest="cls", type=int, default=None, help="one class (default: every class)")
     parser.add_argument("--count", type=int, default=10,
-                        help="samples, per class for conditional models (default: 10)")
+                        help="samples, per class or per prompt for conditional models (default: 10)")
+    parser.add_argument("--prompt", action="append", default=None,
+                        help="a text model's caption (repeat for more), or a text file of one caption a line "
+                             "(default: none, the empty caption)")
     parser.add_argument("--seed", type=int, default=0, help="(default: 0)")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     parser.add_argument("--backend", default="numpy", choices=("numpy", "cupy"), help="(default: numpy)")
     parser.add_argument("--out", default="samples.png",
-                        help="a .png grid or a .npz (images, labels); never the checkpoint (default: samples.png)")
+                        help="a .png grid or a .npz (images, and labels or prompts); never the checkpoint "
+                             "(default: samples.png)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     _add_mpi_timeout(parser)
     parser.set_defaults(func=cmd_sample)

@@ -66,7 +66,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             with interpreting(saved):
                 model_cfg = registry.config_from_dict(saved["config"]["model"], "denoiser")
         else:
-            model_cfg = _model_config(args.preset or "digits8", x, num_classes, cfg.loss)
+            captions = source["data"] == "captions"
+            model_cfg = _model_config(args.preset or ("text16" if captions else "digits8"), x, num_classes, cfg.loss,
+                                      captions)
         preview = previewer(cfg, model_cfg, x, args.out) if cfg.sample_every else None
         train(cfg, model_cfg, x, y, args.out, resume=args.resume, comm=comm, preview=preview, data_source=source)
     except (ValueError, FileNotFoundError, RuntimeError):
@@ -137,8 +139,9 @@ def _train_config(args: argparse.Namespace, saved: dict | None):
 
 
 def _load_dataset(spec: str, seed: int, image_size: int | None = None):
-    """(x, y, num_classes) for --data: digits, shapes, toy2d:NAME, a .npz path or a folder of images
-    (resized to image_size when given); the digits' training split only."""
+    """(x, y, num_classes) for --data: digits, shapes, captions (y: the captions' tokens (N, L), no
+    classes), toy2d:NAME, a .npz path or a folder of images (resized to image_size when given); the
+    digits' training split only."""
     from pathlib import Path
 
     import numpy as np
@@ -150,6 +153,9 @@ def _load_dataset(spec: str, seed: int, image_size: int | None = None):
         x, _, y, _ = data.train_test_split(x, y, test_fraction=0.1, seed=0)
     elif spec == "shapes":
         x, y = data.load_shapes(5000, seed=seed)
+    elif spec == "captions":
+        x, captions, _ = data.load_captions(5000, resolution=image_size or 16, seed=seed)
+        return x, data.tokenize(captions)[0], None
     elif spec.startswith("toy2d:"):
         x, y = data.load_toy2d(spec[len("toy2d:"):], 20000, seed=seed)
     elif spec.endswith(".npz"):
@@ -159,8 +165,8 @@ def _load_dataset(spec: str, seed: int, image_size: int | None = None):
     elif "/" in spec or os.sep in spec:
         raise FileNotFoundError(f"--data {spec}: no such folder")
     else:
-        raise ValueError(f"--data must be digits, shapes, toy2d:NAME, a .npz file or a folder of images, "
-                         f"got {spec!r}")
+        raise ValueError(f"--data must be digits, shapes, toy2d:NAME, a .npz file or a folder of images, or captions "
+                         f"(for a text preset), got {spec!r}")
     num_classes = None if y is None else int(np.max(y)) + 1
     if num_classes is not None and num_classes > MAX_CLASSES:
         raise ValueError(f"--data {spec}: its labels reach {num_classes - 1}, but a model takes at most {MAX_CLASSES} "
@@ -168,10 +174,21 @@ def _load_dataset(spec: str, seed: int, image_size: int | None = None):
     return x, y, num_classes
 
 
-def _model_config(preset: str, x, num_classes, loss: str):
-    """The model config for --preset: a U-Net preset fitted to the images' channels and size, or the MLP
-    for points."""
+def _model_config(preset: str, x, num_classes, loss: str, captions: bool = False):
+    """The model config for --preset: a U-Net preset fitted to the images' channels and size, a text
+    U-Net preset for captions (its U-Net fitted likewise), or the MLP for points."""
+    import dataclasses
+
+    from refdiff.models.presets import PRESETS, TEXT_PRESETS, fit_data
+
     learn_sigma = loss != "mse"
+    if captions != (preset in TEXT_PRESETS):
+        raise ValueError(f"--data captions trains a text preset ({', '.join(TEXT_PRESETS)}) and a text preset "
+                         f"trains on --data captions, got --preset {preset}" + (" with captions" if captions else ""))
+    if captions:
+        cfg = TEXT_PRESETS[preset]()
+        return dataclasses.replace(cfg, unet=fit_data(dataclasses.replace(cfg.unet, learn_sigma=learn_sigma),
+                                                      x.shape[1:]))
     if preset == "mlp":
         from refdiff.models.mlp import MLPConfig
 
@@ -179,10 +196,9 @@ def _model_config(preset: str, x, num_classes, loss: str):
             raise ValueError(f"--preset mlp takes points (N, D), but --data gives samples of shape {x.shape[1:]}: "
                              "use a U-Net preset (digits8, mnist28, shapes32) for images")
         return MLPConfig(data_dim=x.shape[1], num_classes=num_classes, learn_sigma=learn_sigma)
-    from refdiff.models.presets import PRESETS, fit_data
-
     if preset not in PRESETS:
-        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, mlp; got {preset!r}")
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, {', '.join(TEXT_PRESETS)}, mlp; "
+                         f"got {preset!r}")
     if x.ndim != 4:
         raise ValueError(f"--preset {preset} is a U-Net for images (N, C, H, W), but --data gives samples of "
                          f"shape {x.shape[1:]}: use --preset mlp for points")
@@ -196,15 +212,17 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                                    "Under `mpirun -n N` the ranks split every batch (--batch-size is the "
                                    "global batch); see docs/scaling.md.")
     parser.add_argument("--data", default=None,
-                        help="digits, shapes, toy2d:NAME (swiss_roll, two_moons, 8gaussians, checkerboard, "
+                        help="digits, shapes, captions (captioned shapes, for a text preset), toy2d:NAME "
+                             "(swiss_roll, two_moons, 8gaussians, checkerboard, "
                              "rings), a .npz file (x or images, optional y or labels), or a folder of images "
                              "(one subfolder per class gives labels) (default: digits, or with --resume the data "
                              "the checkpoint recorded)")
     _add_image_size(parser)
     parser.add_argument("--preset", default=None,
                         help="digits8, mnist28, shapes32 (U-Nets, fitted to the images' channels and size: "
-                             "refdiff.models.presets.fit_data) or mlp (points) (default: digits8, or the "
-                             "checkpoint's model with --resume)")
+                             "refdiff.models.presets.fit_data), text16 (text-conditional, for --data captions) "
+                             "or mlp (points) (default: digits8, text16 for captions, or the checkpoint's "
+                             "model with --resume)")
     for dest, (_, default, options) in TRAIN_FLAGS.items():
         about = "; ".join(filter(None, [options.get("help"), f"default: {default}, or the checkpoint's with --resume"]))
         parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, **{**options, "help": about})

@@ -10,6 +10,8 @@ Every block takes ``p``, a dict of its own parameters under short keys ("conv1.w
                 AdaGN(h, emb) = GN2(h) * (1 + scale) + shift, [scale | shift] = emb @ W_emb + b_emb
                 (scale_shift_norm), or GN2(h + emb @ W_emb + b_emb) (the embedding added)
     AttnBlock:  y = x + self_attention(GN(x))
+    ContextAttnBlock (GLIDE): y = x + attention of GN(x) over its own keys and values and a context's,
+                projected by the block's own w_kv (the caption's token features, masked at padding)
     Downsample: y = conv3x3_stride2(x)           Upsample: y = conv3x3(nearest_2x(x))
     Head:       y = conv3x3(silu(GN(x)))
 """
@@ -23,6 +25,8 @@ from refdiff.layers.attention import AttentionCache, self_attention_backward, se
 from refdiff.layers.basic import (DropoutCache, LinearCache, SiluCache, dropout_backward, dropout_forward,
                                   linear_backward, linear_forward, silu_backward, silu_forward)
 from refdiff.layers.conv import Conv2dCache, conv2d_backward, conv2d_forward
+from refdiff.layers.masked_attention import (MaskedAttentionCache, context_attention_backward,
+                                             context_attention_forward)
 from refdiff.layers.norm import (GroupNormCache, ScaleShiftCache, group_norm_backward, group_norm_forward,
                                  scale_shift_backward, scale_shift_forward, sum_over_space)
 from refdiff.layers.resample import Resample2xCache, upsample2x_backward, upsample2x_forward
@@ -157,6 +161,50 @@ def attnblock_backward(dy: Any, c: AttnBlockCache):
     dh, g["w_qkv"], g["b_qkv"], g["w_out"], g["b_out"] = self_attention_backward(dy, c.attention)
     dx, g["norm.gamma"], g["norm.beta"] = group_norm_backward(dh, c.norm)
     return dx + dy, g
+
+
+# --------------------------------------------------------------------------- ContextAttnBlock
+
+class ContextAttnBlockCache(NamedTuple):
+    norm: GroupNormCache
+    attention: MaskedAttentionCache
+
+
+def context_attnblock_shapes(c: int, c_ctx: int) -> dict[str, tuple[int, ...]]:
+    """AttentionBlock parameters and the context's key/value projection w_kv (C_ctx, 2C), GLIDE's encoder_kv."""
+    return {**attnblock_shapes(c), "w_kv": (c_ctx, 2 * c), "b_kv": (2 * c,)}
+
+
+def context_attnblock_forward(p: dict, x: Any, context: Any, context_mask: Any, heads: int, groups: int):
+    """GLIDE's AttentionBlock with encoder_out: the H W positions attend to themselves and to the context.
+
+    Math: y = x + attn(GN(x); K = [k_c ; k], V = [v_c ; v]),  [k_c | v_c] = context @ w_kv + b_kv
+          (Nichol et al. 2021, Sec. 2.3; refdiff.layers.masked_attention.context_attention_forward)
+
+    x: (N, H, W, C); context: (N, Lc, C_ctx); context_mask: (N, Lc) bool, True at keys to attend to, or
+    None. Returns y like x and a ContextAttnBlockCache.
+    """
+    xp = namespace(x)
+    N, H, W, C = x.shape
+    h, norm = group_norm_forward(x, p["norm.gamma"], p["norm.beta"], groups)
+    h = xp.reshape(h, (N, H * W, C))  # (N, H W, C): the pixels as a sequence
+    h, attention = context_attention_forward(h, context, p["w_qkv"], p["b_qkv"], p["w_kv"], p["b_kv"], p["w_out"],
+                                             p["b_out"], heads, context_mask=context_mask)
+    return x + xp.reshape(h, (N, H, W, C)), ContextAttnBlockCache(norm, attention)
+
+
+def context_attnblock_backward(dy: Any, c: ContextAttnBlockCache):
+    """Gradients of context_attnblock_forward: returns (dx, dcontext, grads); dx = dy (residual) + the
+    branch's gradient; dcontext (N, Lc, C_ctx) is the gradient of the context through this block's keys
+    and values."""
+    xp = namespace(dy)
+    N, H, W, C = dy.shape
+    g = {}
+    dh, dcontext, *weights = context_attention_backward(xp.reshape(dy, (N, H * W, C)), c.attention)
+    for name, grad in zip(("w_qkv", "b_qkv", "w_kv", "b_kv", "w_out", "b_out"), weights):
+        g[name] = grad
+    dx, g["norm.gamma"], g["norm.beta"] = group_norm_backward(xp.reshape(dh, (N, H, W, C)), c.norm)
+    return dx + dy, dcontext, g
 
 
 # -------------------------------------------------------------------------- Downsample, Upsample

@@ -11,7 +11,7 @@ module with the functions below and one entry in FAMILIES.
                   "denoiser"    forward(params, cfg, x, t, y=None, train=False, generator=None)
                                 -> (out like x: eps, x0 or v [+ variance channels], cache);
                                 model(params, cfg) -> model(xt, t, y=None), the samplers' protocol;
-                                cfg.num_classes is K (labels, K the null label) or None (refdiff.train)
+                                y as ``condition`` says (refdiff.train)
                   "classifier"  forward(params, cfg, x, t, train=False, generator=None)
                                 -> (logits (N, K), cache); model(params, cfg) -> classify(x, t)
                                 (refdiff.classifier_train)
@@ -25,6 +25,9 @@ module with the functions below and one entry in FAMILIES.
     model         (params, cfg) -> the evaluation-mode callable of the task (no activations kept)
     flops         (cfg, image_size=None) -> ([(layer, multiply-adds)], total), or None
     summary       (cfg, image_size=None) -> the text ``refdiff info --model`` prints, or None
+    condition     what a denoiser's y is (CONDITIONS): "label", (N,) integers, the null label
+                  cfg.num_classes (None: unconditional); or "tokens", (N, L) caption tokens, the null
+                  input the empty caption, all cfg.pad_token (null_condition gives the fill value)
 
 The Gaussian-mixture denoiser (refdiff.models.gaussian_mixture) is exact, not trained, and not here.
 """
@@ -34,11 +37,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from refdiff.models import classifier, mlp, unet
+from refdiff.models import classifier, mlp, text_unet, unet
 from refdiff.models.common import count_params
 from refdiff.parallel import in_parts
 
 TASKS = ("denoiser", "classifier")
+CONDITIONS = ("label", "tokens")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +59,11 @@ class Family:
     model: Callable
     flops: Callable | None = None
     summary: Callable | None = None
+    condition: str = "label"
+
+    def __post_init__(self):
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}, got {self.condition!r}")
 
     def param_count(self, cfg: Any) -> int:
         """Number of scalar parameters of the model cfg describes (no arrays are built)."""
@@ -74,6 +83,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("ClassifierConfig", "classifier", classifier.ClassifierConfig, classifier.param_shapes,
            classifier.init_params, classifier.classifier_forward, classifier.classifier_backward,
            classifier.classifier_model, classifier.flops, classifier.summary),
+    Family("TextUNetConfig", "denoiser", text_unet.TextUNetConfig, text_unet.param_shapes, text_unet.init_params,
+           text_unet.text_unet_forward, text_unet.text_unet_backward, text_unet.text_unet_model, text_unet.flops,
+           text_unet.summary, condition="tokens"),
 )
 
 
@@ -105,6 +117,15 @@ def by_name(name: str, task: str | None = None) -> Family:
         if f.name == name:
             return f
     raise ValueError(f"model kind must be one of {', '.join(f.name for f in allowed)}, got {name!r}")
+
+
+def null_condition(cfg: Any) -> int | None:
+    """The fill value of a denoiser's null input, what classifier-free guidance and label dropout feed it
+    for "no condition": y filled with it is the null label K = cfg.num_classes of a "label" family (None
+    for an unconditional model), the empty caption (all cfg.pad_token) of a "tokens" family."""
+    if family(cfg, "denoiser", argument="cfg").condition == "tokens":
+        return cfg.pad_token
+    return getattr(cfg, "num_classes", None)
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -24,7 +24,7 @@ refdiff.models.unet_plan (re-exported here); this module builds, runs and differ
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -100,9 +100,11 @@ class UNetCache(NamedTuple):
     out_shape: tuple[int, ...]  # (N, C_out, H, W)
 
 
-def _embed_forward(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any):
-    """emb = silu(fc2(silu(fc1(sinusoid(t)))) + table[y]): ADM's time_embed, label_emb and the SiLU
-    that starts every ResBlock's emb_layers, computed once. Returns (N, E) like x, and an EmbedCache."""
+def embed_forward(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any, extra: Any = None):
+    """emb = silu(fc2(silu(fc1(sinusoid(t)))) + table[y] + extra): ADM's time_embed, label_emb and the
+    SiLU that starts every ResBlock's emb_layers, computed once. extra: (N, E) added before the SiLU (the
+    text-conditional U-Net's projected caption, GLIDE's xf_proj), or None. Returns (N, E) like x, and an
+    EmbedCache."""
     xp = namespace(x)
     s = timestep_embedding(t, cfg.base_channels, order=cfg.time_embed_order, dtype=x.dtype)  # (N, base)
     a, fc1 = linear_forward(s, params["time_embed.fc1.w"], params["time_embed.fc1.b"])  # (N, E)
@@ -114,6 +116,8 @@ def _embed_forward(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any):
             y = xp.full((x.shape[0],), cfg.num_classes, dtype=xp.int64, device=device(x))
         e, label = embedding_forward(y, params["label_embed.table"])  # (N, E)
         emb = emb + e
+    if extra is not None:
+        emb = emb + extra
     emb, silu2 = silu_forward(emb)
     return emb, EmbedCache(fc1, silu1, fc2, label, silu2)
 
@@ -151,22 +155,34 @@ def unet_forward(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any = None, t
     (what unet_model and the model registry use on the speed layer).
     """
     _check_forward(params, cfg, x, t, y, train, generator)
+    emb, embed_cache = embed_forward(params, cfg, x, t, y)  # (N, E)
+    out, caches = plan_forward(params, cfg, x, emb, train, generator, keep_cache)
+    if not keep_cache:
+        return out, None
+    return out, UNetCache(cfg, embed_cache, caches, x.dtype, tuple(out.shape))
+
+
+def plan_forward(params: dict, cfg: UNetConfig, x: Any, emb: Any, train: bool, generator: Any, keep_cache: bool,
+                 run_step: Callable = step_forward):
+    """The blocks of unet_plan(cfg) on x (N, C_in, H, W) with the embedding emb (N, E): the U-Net's body.
+
+    run_step(step, params, cfg, h, emb, train, generator) -> (h, cache) runs one block (step_forward, or
+    a model's own for some blocks: the text-conditional U-Net's attention reads the caption too).
+    Returns out (N, C_out, H, W) and the blocks' caches (a tuple; None without keep_cache).
+    """
     xp = namespace(x)
-    emb, embed_cache = _embed_forward(params, cfg, x, t, y)  # (N, E)
     h = xp.permute_dims(x, (0, 2, 3, 1))  # (N, C, H, W) -> (N, H, W, C)
     skips, caches = [], []
     for step in unet_plan(cfg):
         if step.skip:  # ADM's th.cat([h, hs.pop()], dim=1)
             h = xp.concat((h, skips.pop()), axis=-1)  # (N, H', W', c_in) = [h | skip]
-        h, cache = step_forward(step, params, cfg, h, emb, train, generator)
+        h, cache = run_step(step, params, cfg, h, emb, train, generator)
         if step.push:
             skips.append(h)
         if keep_cache:
             caches.append(cache)
     out = xp.permute_dims(h, (0, 3, 1, 2))  # (N, H, W, C_out) -> (N, C_out, H, W)
-    if not keep_cache:
-        return out, None
-    return out, UNetCache(cfg, embed_cache, tuple(caches), x.dtype, tuple(out.shape))
+    return out, (tuple(caches) if keep_cache else None)
 
 
 # ----------------------------------------------------------------------------------- backward
@@ -184,16 +200,17 @@ def step_backward(step: Step, dh: Any, cache: Any):
     return dx, None, grads
 
 
-def _embed_backward(demb: Any, c: EmbedCache) -> dict:
-    """Gradients of _embed_forward's parameters from demb (N, E), the sum over every ResBlock."""
+def embed_backward(demb: Any, c: EmbedCache) -> tuple[dict, Any]:
+    """Gradients of embed_forward's parameters from demb (N, E), the sum over every ResBlock; and de
+    (N, E), the gradient of the sum before the SiLU, which is also the gradient of ``extra``."""
     g = {}
-    de = silu_backward(demb, c.silu2)  # emb = time_mlp + table[y]: de reaches both terms
+    de = silu_backward(demb, c.silu2)  # emb = time_mlp + table[y] + extra: de reaches every term
     if c.label is not None:
         g["label_embed.table"] = embedding_backward(de, c.label)
     da, g["time_embed.fc2.w"], g["time_embed.fc2.b"] = linear_backward(de, c.fc2)
     da = silu_backward(da, c.silu1)
     _, g["time_embed.fc1.w"], g["time_embed.fc1.b"] = linear_backward(da, c.fc1)  # t gets no gradient
-    return g
+    return g, de
 
 
 def unet_backward(dout: Any, cache: UNetCache, need_dx: bool = False):
@@ -210,13 +227,28 @@ def unet_backward(dout: Any, cache: UNetCache, need_dx: bool = False):
     classifier's guidance gradient needs it).
     """
     check_backward("dout", dout, cache, UNetCache, "unet_forward", "output's")
-    cfg, xp = cache.cfg, namespace(dout)
+    grads, demb, dx = plan_backward(cache.cfg, dout, cache.steps)
+    grads.update(embed_backward(demb, cache.embed)[0])
+    grads = {k: grads[k] for k in _param_shapes(cache.cfg)}  # params' order
+    return (grads, dx) if need_dx else grads
+
+
+def plan_backward(cfg: UNetConfig, dout: Any, caches: tuple, run_step: Callable = step_backward):
+    """Gradients of plan_forward: the blocks in reverse, from dout (N, C_out, H, W).
+
+    Math (unet_backward's sums): a pushed activation's gradient is the next block's dx plus the decoder's
+    slice of d[h | skip]; demb is the sum of every ResBlock's demb.
+    run_step(step, dh, cache) -> (dh_in, demb or None, grads under the block's short keys) (step_backward,
+    or the model's own as in plan_forward). Returns (grads under the blocks' keys, demb (N, E), dx
+    (N, C_in, H, W)).
+    """
+    xp = namespace(dout)
     dh = xp.permute_dims(dout, (0, 2, 3, 1))  # (N, C_out, H, W) -> (N, H, W, C_out)
     grads, demb, dskips = {}, None, []
-    for step, c in zip(reversed(unet_plan(cfg)), reversed(cache.steps)):
+    for step, c in zip(reversed(unet_plan(cfg)), reversed(caches)):
         if step.push:  # this output also went to the decoder as a skip: the two gradients add up
             dh = dh + dskips.pop()
-        dh, demb_step, g = step_backward(step, dh, c)
+        dh, demb_step, g = run_step(step, dh, c)
         grads.update({f"{step.name}.{k}": v for k, v in g.items()})
         if demb_step is not None:  # the shared embedding: every ResBlock's contribution adds up
             demb = demb_step if demb is None else demb + demb_step
@@ -224,11 +256,7 @@ def unet_backward(dout: Any, cache: UNetCache, need_dx: bool = False):
             c_h = step.c_in - step.skip
             dskips.append(dh[..., c_h:])  # (N, H', W', skip), for the encoder block that pushed it
             dh = dh[..., :c_h]  # (N, H', W', c_h)
-    grads.update(_embed_backward(demb, cache.embed))
-    grads = {k: grads[k] for k in _param_shapes(cfg)}  # params' order
-    if not need_dx:
-        return grads
-    return grads, xp.permute_dims(dh, (0, 3, 1, 2))  # (N, H, W, C_in) -> (N, C_in, H, W)
+    return grads, demb, xp.permute_dims(dh, (0, 3, 1, 2))  # (N, H, W, C_in) -> (N, C_in, H, W)
 
 
 # --------------------------------------------------------------------------- sampling adapter

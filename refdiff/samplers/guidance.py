@@ -17,7 +17,7 @@ from refdiff.samplers.common import Model, check_finite
 
 
 def classifier_free_guidance(model: Model, scale: float, null_label: int) -> Model:
-    """The classifier-free guided model: one model call on [x; x] with labels [y; null].
+    """The classifier-free guided model: one model call on [x; x] with conditions [y; null].
 
     Math: out_hat = out_u + s * (out_c - out_u),  out_c = model(x_t, t, y), out_u = model(x_t, t, null)
                                   (GLIDE, Sec. 2.3; Ho & Salimans 2022, eq. 6 with s = 1 + w)
@@ -31,9 +31,15 @@ def classifier_free_guidance(model: Model, scale: float, null_label: int) -> Mod
     with (1 - s) u + s c because the weights sum to 1: f((1 - s) u + s c) = (1 - s) f(u) + s f(c).
     So a guided x0- or v-model gives the same sampler as the guided eps-model (up to rounding).
 
-    model: model(xt, t, y) with labels y (N,) integers; scale: finite s; null_label: the label the
-    model was trained to read as "no condition" (dropped labels). The guided model takes xt (N, C, ...),
-    t (N,), y (N,) and returns the model's output shape for batch N, in xt's library, device and dtype.
+    The null input is y's shape filled with null_label: for a class-conditional model, y (N,) labels
+    and null_label K (the null label); for a text-conditional one, y (N, L) caption tokens and null_label
+    the padding token, so that null is the empty caption (GLIDE's unconditional input).
+    (refdiff.models.registry.null_condition(cfg) gives the value for a model config.)
+
+    model: model(xt, t, y) with y (N,) labels or (N, L) tokens, integers; scale: finite s; null_label:
+    the integer that fills the input the model was trained to read as "no condition" (dropped labels or
+    captions). The guided model takes xt (N, C, ...), t (N,), y like the model's and returns the model's
+    output shape for batch N, in xt's library, device and dtype.
     """
     scale = check_finite("scale", scale)
     if isinstance(null_label, bool) or not isinstance(null_label, (int, np.integer)) or null_label < 0:
@@ -42,10 +48,11 @@ def classifier_free_guidance(model: Model, scale: float, null_label: int) -> Mod
 
     def guided(xt: Any, t: Any, y: Any = None):
         if y is None:
-            raise ValueError("y must be an (N,) array of labels for classifier-free guidance, got None")
+            raise ValueError("y must be an (N,) array of labels or an (N, L) array of tokens for classifier-free "
+                             "guidance, got None")
         xp = namespace(xt, y)
         N, C = xt.shape[0], xt.shape[1]
-        null = xp.full(y.shape, null_label, dtype=y.dtype, device=device(y))
+        null = xp.full(y.shape, null_label, dtype=y.dtype, device=device(y))  # the null label, or the empty caption
         out = model(xp.concat([xt, xt], axis=0), xp.concat([t, t], axis=0), xp.concat([y, null], axis=0))
         if out.shape[0] != 2 * N or out.shape[1] not in (C, 2 * C):
             raise ValueError(f"model output for the doubled batch must have shape (2N, C or 2C, ...) = "
