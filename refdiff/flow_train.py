@@ -1,11 +1,12 @@
 """Training a normalizing flow (refdiff.models.flow) by maximum likelihood with AdamW, and measuring it: held-out
 bits/dim (images: through uniform dequantisation; points: -log2 of the density per dimension) and samples.
 
-One step: x <- batch (indices drawn by the generator); images: x' = dequantize(x, u), u ~ U[0, 1) fresh each step
-(points: x' = x); log p(x'), cache = log_prob_forward(x'); loss = -mean_n log p(x'_n) / D, in bits/dim with the
-dequantisation's log2(levels / 2) for images; grads = log_prob_backward(-1 / (B D)); params <- AdamW(clip(grads)).
-All randomness (initialisation, batches, u) comes from one Generator(seed), so a run is a function of its seed;
-``max_seconds`` stops it early at a wall-clock budget.
+One step: x, y <- batch (indices drawn by the generator); labels -> the null label with probability label_dropout
+(a conditional flow then also models p(x) without a label); images: x' = dequantize(x, u), u ~ U[0, 1) fresh each
+step (points: x' = x); log p(x' | y), cache = log_prob_forward(x', y); loss = -mean_n log p(x'_n | y_n) / D, in
+bits/dim with the dequantisation's log2(levels / 2) for images; grads = log_prob_backward(-1 / (B D)); params <-
+AdamW(clip(grads)). All randomness (initialisation, batches, label dropout, u) comes from one Generator(seed), so a
+run is a function of its seed; ``max_seconds`` stops it early at a wall-clock budget.
 
 The flow is not in refdiff.models.registry (its forward returns z and a log-determinant, not a denoiser's output
 or logits), so this module names refdiff.models.flow itself, as refdiff.vae_train does for the VAE.
@@ -37,6 +38,7 @@ class FlowTrainConfig:
     warmup_steps: int = 0
     lr_decay: str = "cosine"            # "constant" | "cosine" | "linear" after the warm-up
     grad_clip: float = 1.0              # max global gradient norm
+    label_dropout: float = 0.1          # fraction of labels replaced by the null label (conditional flow only)
     max_seconds: float | None = None    # stop after this much wall time (steps stays the schedule's length)
     seed: int = 0
     backend: str = "numpy"
@@ -55,6 +57,9 @@ class FlowTrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        p = self.label_dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ValueError(f"label_dropout must be a probability in [0, 1), got {p!r}")
         if self.lr_decay not in DECAYS:
             raise ValueError(f"lr_decay must be one of {', '.join(DECAYS)}, got {self.lr_decay!r}")
         if self.dtype not in ("float32", "float64"):
@@ -93,13 +98,18 @@ def _model_input(cfg: Any, xb: Any, g: Generator) -> Any:
     return xb
 
 
-def flow_step(trained: TrainedFlow, opt: dict, x: np.ndarray, g: Generator, step: int) -> tuple[dict, float]:
+def flow_step(trained: TrainedFlow, opt: dict, x: np.ndarray, y: np.ndarray | None, g: Generator,
+              step: int) -> tuple[dict, float]:
     """One AdamW step on a fresh batch; updates trained.params in place, returns (opt, the loss in bits/dim)."""
     cfg, tc, like = trained.cfg, trained.train_cfg, trained.like
     B, D = tc.batch_size, cfg.dims
     idx = g.integers(0, x.shape[0], (B,))                                    # host (B,)
+    labels = None
+    if cfg.num_classes is not None:
+        keep = g.uniform((B,)) >= tc.label_dropout                           # host (B,)
+        labels = asarray(np.where(keep, y[idx], cfg.num_classes).astype(np.int64), like=like)
     xb = _model_input(cfg, asarray(x[idx], like=like, dtype=like.dtype), g)  # (B, C, S, S) or (B, D)
-    terms, cache = flow.log_prob_forward(trained.params, cfg, xb)
+    terms, cache = flow.log_prob_forward(trained.params, cfg, xb, labels)
     loss = flow.bits_per_dim(float(to_numpy(namespace(xb).mean(terms.log_prob))), D, _levels(cfg))
     if not math.isfinite(loss):
         raise RuntimeError(f"flow loss is {loss} at step {step}: training stopped")
@@ -111,14 +121,15 @@ def flow_step(trained: TrainedFlow, opt: dict, x: np.ndarray, g: Generator, step
 
 
 def train_flow(train_cfg: FlowTrainConfig, cfg: FlowConfig | MLPFlowConfig, x: np.ndarray,
-               progress: bool = False) -> TrainedFlow:
+               y: np.ndarray | None = None, progress: bool = False) -> TrainedFlow:
     """Train a flow from scratch for train_cfg.steps AdamW steps (or until train_cfg.max_seconds); a function of
     train_cfg.seed when no time budget cuts it short.
 
-    x: (N, C, S, S) host images on cfg.levels values in [-1, 1] (FlowConfig) or (N, D) points (MLPFlowConfig).
-    Returns a TrainedFlow.
+    x: (N, C, S, S) host images on cfg.levels values in [-1, 1] (FlowConfig) or (N, D) points (MLPFlowConfig); y:
+    (N,) integer labels in [0, cfg.num_classes) for a conditional flow, None for an unconditional one. Returns a
+    TrainedFlow.
     """
-    x = _check_data(train_cfg, cfg, x)
+    x, y = _check_data(train_cfg, cfg, x, y)
     backend = get_backend(train_cfg.backend)
     like = backend.asarray(np.zeros(1), dtype=backend.dtype(train_cfg.dtype))
     g = Generator(train_cfg.seed)
@@ -130,7 +141,7 @@ def train_flow(train_cfg: FlowTrainConfig, cfg: FlowConfig | MLPFlowConfig, x: n
     start = time.perf_counter()
     with tqdm(total=train_cfg.steps, disable=not progress, desc="flow", unit="step") as bar:
         for step in range(train_cfg.steps):
-            opt, loss = flow_step(trained, opt, x, g, step)
+            opt, loss = flow_step(trained, opt, x, y, g, step)
             trained.losses.append(loss)
             bar.set_postfix(bpd=f"{loss:.3f}", refresh=False)
             bar.update(1)
@@ -140,39 +151,52 @@ def train_flow(train_cfg: FlowTrainConfig, cfg: FlowConfig | MLPFlowConfig, x: n
     return trained
 
 
-def flow_bits_per_dim(trained: TrainedFlow, x: np.ndarray, draws: int = 4, seed: int = 0,
-                      batch_size: int = 500) -> dict[str, float]:
+def flow_bits_per_dim(trained: TrainedFlow, x: np.ndarray, y: np.ndarray | None = None, draws: int = 4,
+                      seed: int = 0, batch_size: int = 500) -> dict[str, float]:
     """Held-out bits/dim under a trained flow: {"bits_per_dim": the mean, "draws": draws}. Images: the mean over
-    ``draws`` dequantisations u ~ U[0, 1) (Generator(seed)) of the bound on -log2 P(x) / D (refdiff.models.flow.
-    bits_per_dim with levels); points: -log2 p(x) / D of the density (exact; draws is unused then, reported 0)."""
+    ``draws`` dequantisations u ~ U[0, 1) (Generator(seed)) of the bound on -log2 P(x | y) / D (refdiff.models.flow.
+    bits_per_dim with levels); points: -log2 p(x | y) / D of the density (exact; draws is unused then, reported 0).
+    x, y: as train_flow's (y None: the null label for a conditional flow)."""
     flow.check_int("draws", draws, 1)
-    x, cfg, like = _check_data(trained.train_cfg, trained.cfg, x), trained.cfg, trained.like
+    x, y = _check_data(trained.train_cfg, trained.cfg, x, y, labels_optional=True)
+    cfg, like = trained.cfg, trained.like
     g, levels = Generator(seed), _levels(cfg)
     values = []
     for _ in range(draws if levels is not None else 1):
         for start in range(0, x.shape[0], batch_size):
             xb = _model_input(cfg, asarray(x[start : start + batch_size], like=like, dtype=like.dtype), g)
-            values.append(to_numpy(flow.log_prob_forward(trained.params, cfg, xb)[0].log_prob))
+            yb = None if y is None else asarray(y[start : start + batch_size].astype(np.int64), like=like)
+            values.append(to_numpy(flow.log_prob_forward(trained.params, cfg, xb, yb)[0].log_prob))
     bpd = flow.bits_per_dim(float(np.mean(np.concatenate(values))), cfg.dims, levels)
     return {"bits_per_dim": float(bpd), "draws": int(draws) if levels is not None else 0}
 
 
-def flow_samples(trained: TrainedFlow, n: int, seed: int = 0, temperature: float = 1.0) -> np.ndarray:
-    """n samples x = f^{-1}(z), z ~ N(0, temperature^2 I) drawn by Generator(seed); images quantized back to the
-    data's grid (refdiff.models.flow.quantize: the bin x' falls in). Returns (n, C, S, S) or (n, D) host float64."""
+def flow_samples(trained: TrainedFlow, n: int, labels: np.ndarray | None = None, seed: int = 0,
+                 temperature: float = 1.0) -> np.ndarray:
+    """n samples x = f^{-1}(z | labels), z ~ N(0, temperature^2 I) drawn by Generator(seed); images quantized back
+    to the data's grid (refdiff.models.flow.quantize: the bin x' falls in). labels: (n,) integers in [0, K) for a
+    conditional flow, or None (the null label). Returns (n, C, S, S) or (n, D) host float64."""
     flow.check_int("n", n, 1)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    if labels is not None:
+        labels = np.asarray(labels)
+        K = trained.cfg.num_classes
+        if K is None or labels.shape != (n,) or labels.dtype.kind not in "iu" or np.any((labels < 0) | (labels >= K)):
+            raise ValueError(f"labels must be None or ({n},) integers in [0, num_classes) for a conditional flow "
+                             f"(num_classes = {K}), got shape {labels.shape}, dtype {labels.dtype}")
+        labels = asarray(labels.astype(np.int64), like=trained.like)
     z = temperature * Generator(seed).normal((n, trained.cfg.dims), like=trained.like)
-    x = flow.flow_inverse(trained.params, trained.cfg, z)
+    x = flow.flow_inverse(trained.params, trained.cfg, z, labels)
     if isinstance(trained.cfg, FlowConfig):
         x = flow.quantize(x, trained.cfg.levels)
     return to_numpy(x).astype(np.float64)
 
 
-def _check_data(train_cfg: Any, cfg: Any, x: Any) -> np.ndarray:
-    """x as a host array, or a ValueError naming the argument: (N, C, S, S) images in [-1, 1] or (N, D) points,
-    finite."""
+def _check_data(train_cfg: Any, cfg: Any, x: Any, y: Any,
+                labels_optional: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(x, y) as host arrays, or a ValueError naming the argument: x (N, C, S, S) images in [-1, 1] or (N, D)
+    points, finite; y labels of a conditional flow (optional with labels_optional), None for an unconditional one."""
     if not isinstance(train_cfg, FlowTrainConfig):
         raise ValueError(f"train_cfg must be a FlowTrainConfig, got {type(train_cfg).__name__}")
     if type(cfg) not in flow.CODERS:
@@ -187,4 +211,12 @@ def _check_data(train_cfg: Any, cfg: Any, x: Any) -> np.ndarray:
     if images and not -1.0 <= x.min() <= x.max() <= 1.0:
         raise ValueError(f"x must lie in [-1, 1] (on cfg.levels = {cfg.levels} values), got values in "
                          f"[{x.min()}, {x.max()}]")
-    return x
+    if cfg.num_classes is None or (y is None and labels_optional):
+        if y is not None:
+            raise ValueError("y must be None for an unconditional flow (cfg.num_classes is None)")
+        return x, None
+    y = np.asarray(y)
+    if y.shape != (x.shape[0],) or y.dtype.kind not in "iu" or np.any((y < 0) | (y >= cfg.num_classes)):
+        raise ValueError(f"y must be an ({x.shape[0]},) integer array of labels in [0, {cfg.num_classes}), got "
+                         f"shape {y.shape}, dtype {y.dtype}")
+    return x, y

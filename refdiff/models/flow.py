@@ -11,8 +11,10 @@ uniform dequantisation, over either coder (plan of couplings, masks, s/t nets):
     flow:               z = f(x) = f_K(...f_1(x)),  log p(x) = log N(z; 0, I) + sum_k log |det J_k|   (ibid., eq. 3)
 
 s is bounded, |s| < s_bound (2 by default: one coupling scales a value by at most e^2), by s_bound tanh(s_raw /
-s_bound), which is s_raw near 0: an unbounded exp(s) can overflow early in training. Parameters are one flat dict
-(param_shapes(cfg)); the family's functions dispatch on the config's type.
+s_bound), which is s_raw near 0: an unbounded exp(s) can overflow early in training. Class-conditional
+(cfg.num_classes = K): every s/t net also sees the label y (its embedding's row K is the null label a label-free
+call uses), so p(x | y) is exact too. Parameters are one flat dict (param_shapes(cfg)); the family's functions
+dispatch on the config's type.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def init_params(cfg: FlowConfig | MLPFlowConfig, generator: Generator, dtype: An
     """Initial parameters as NumPy host arrays of ``dtype``, in param_shapes' order.
 
     Math: w ~ N(0, 1 / fan_in) (refdiff.models.common.lecun_init), biases 0; every s/t net's last layer 0, so
-          s = t = 0 and each coupling, and the flow, starts as the identity (Glow's zero initialisation)
+          s = t = 0 and each coupling, and the flow, starts as the identity (Glow's zero initialisation); the
+          label tables of a conditional flow 0 (the labels' effect is learned from there)
     """
     _coder(cfg)  # raises, naming the allowed configs
     dt = check_init(cfg, type(cfg), generator, dtype)
@@ -71,12 +74,12 @@ class CouplingCache(NamedTuple):
     net: Any   # the s/t net's cache
 
 
-def _scale_shift(params: dict, cfg: Any, step: Any, h: Any):
+def _scale_shift(params: dict, cfg: Any, step: Any, h: Any, y: Any):
     """(b, s, t, tanh(s_raw / s_bound), net cache) of coupling ``step`` at h (its input, or its output: b * x =
-    b * y, so the inverse sees the same s and t)."""
+    b * y, so the inverse sees the same s and t), with labels y (N,) or None."""
     xp, coder = namespace(h), CODERS[type(cfg)]
     b = coder.mask(step, h)
-    out, net = coder.st_forward(params, step.name, b * h)  # (..., 2 C)
+    out, net = coder.st_forward(params, step.name, b * h, y)  # (..., 2 C)
     C = h.shape[-1]
     th = xp.tanh(out[..., :C] / cfg.s_bound)
     s = (1.0 - b) * (cfg.s_bound * th)  # bounded scale: 0 on the conditioning half (Dinh et al. 2017, eq. 9)
@@ -90,19 +93,20 @@ def _per_sample_sum(a: Any) -> Any:
     return xp.sum(xp.reshape(a, (a.shape[0], -1)), axis=1)  # (N, ...) -> (N, D) -> (N,)
 
 
-def coupling_forward(params: dict, cfg: Any, step: Any, x: Any):
+def coupling_forward(params: dict, cfg: Any, step: Any, x: Any, labels: Any = None):
     """One affine coupling: y = x * exp(s) + t (Dinh et al. 2017, eq. 9), log |det dy/dx| = sum s (eq. 6).
 
-    x: (N, H, W, C) or (N, D) in the flow's layout. Returns y like x, the log-determinant (N,), a CouplingCache.
+    x: (N, H, W, C) or (N, D) in the flow's layout; labels: (N,) in [0, K] for a conditional flow, else None.
+    Returns y like x, the log-determinant (N,), a CouplingCache.
     """
-    b, s, t, th, net = _scale_shift(params, cfg, step, x)
+    b, s, t, th, net = _scale_shift(params, cfg, step, x, labels)
     exp_s = namespace(x).exp(s)
     return x * exp_s + t, _per_sample_sum(s), CouplingCache(CODERS[type(cfg)], b, x, th, exp_s, net)
 
 
-def coupling_inverse(params: dict, cfg: Any, step: Any, y: Any) -> Any:
+def coupling_inverse(params: dict, cfg: Any, step: Any, y: Any, labels: Any = None) -> Any:
     """The coupling's exact inverse: x = (y - t) * exp(-s), s and t from b * y = b * x (Dinh et al. 2017, eq. 8)."""
-    _, s, t, _, _ = _scale_shift(params, cfg, step, y)
+    _, s, t, _, _ = _scale_shift(params, cfg, step, y, labels)
     return (y - t) * namespace(y).exp(-s)
 
 
@@ -131,14 +135,15 @@ class FlowCache(NamedTuple):
     h_shape: tuple  # the last activation's shape, z before flattening
 
 
-def flow_forward(params: dict, cfg: FlowConfig | MLPFlowConfig, x: Any):
-    """z = f(x) and log |det df/dx|, through every step of the coder's plan.
+def flow_forward(params: dict, cfg: FlowConfig | MLPFlowConfig, x: Any, y: Any = None):
+    """z = f(x | y) and log |det df/dx|, through every step of the coder's plan.
 
-    x: (N, C, S, S) images or (N, D) points, in params' library, device and dtype. Returns z (N, D) like x, the
-    log-determinant (N,), and a FlowCache.
+    x: (N, C, S, S) images or (N, D) points, in params' library, device and dtype; y: (N,) labels in [0, K] (K the
+    null label) of x's library and device, or None (the null label of a conditional flow; None for an
+    unconditional one). Returns z (N, D) like x, the log-determinant (N,), and a FlowCache.
     """
     coder = _check(params, cfg, x)
-    xp = namespace(x)
+    xp, y = namespace(x), _labels(cfg, y, x)
     h = coder.to_flow(x)  # images: (N, C, S, S) -> (N, S, S, C)
     logdet = xp.zeros((x.shape[0],), dtype=x.dtype, device=device(x))
     caches = []
@@ -146,17 +151,17 @@ def flow_forward(params: dict, cfg: FlowConfig | MLPFlowConfig, x: Any):
         if step.kind == "squeeze":
             h, c = flow_conv.squeeze(h), None  # a permutation: log |det| = 0
         else:
-            h, ld, c = coupling_forward(params, cfg, step, h)
+            h, ld, c = coupling_forward(params, cfg, step, h, y)
             logdet = logdet + ld  # log |det| of a composition is the sum (Dinh et al. 2017, eq. 3)
         caches.append(c)
     z = xp.reshape(h, (x.shape[0], cfg.dims))  # (N, ...) -> (N, D)
     return z, logdet, FlowCache(cfg, z, tuple(caches), tuple(h.shape))
 
 
-def flow_inverse(params: dict, cfg: FlowConfig | MLPFlowConfig, z: Any) -> Any:
-    """x = f^{-1}(z), exactly: every step's inverse in reverse order.
+def flow_inverse(params: dict, cfg: FlowConfig | MLPFlowConfig, z: Any, y: Any = None) -> Any:
+    """x = f^{-1}(z | y), exactly: every step's inverse in reverse order.
 
-    z: (N, D) in params' library, device and dtype. Returns x (N, C, S, S) or (N, D) like z.
+    z: (N, D) in params' library, device and dtype; y: as flow_forward's. Returns x (N, C, S, S) or (N, D) like z.
     """
     coder = _coder(cfg)
     check_params(params, cfg, type(cfg), param_shapes)
@@ -164,9 +169,10 @@ def flow_inverse(params: dict, cfg: FlowConfig | MLPFlowConfig, z: Any) -> Any:
     if z.ndim != 2 or z.shape[1] != cfg.dims or not same_library(z, like) or z.dtype != like.dtype:
         raise ValueError(f"z must be an (N, {cfg.dims}) array (N, cfg.dims) of params' library, device and dtype "
                          f"({like.dtype}), got shape {tuple(z.shape)} and dtype {z.dtype}")
+    y = _labels(cfg, y, z)
     h = xp.reshape(z, coder.latent_shape(cfg, z.shape[0]))  # (N, D) -> the last activation's shape
     for step in reversed(coder.plan(cfg)):
-        h = flow_conv.unsqueeze(h) if step.kind == "squeeze" else coupling_inverse(params, cfg, step, h)
+        h = flow_conv.unsqueeze(h) if step.kind == "squeeze" else coupling_inverse(params, cfg, step, h, y)
     return coder.from_flow(h)
 
 
@@ -178,15 +184,16 @@ class LogProb(NamedTuple):
     logdet: Any     # (N,) log |det df/dx|
 
 
-def log_prob_forward(params: dict, cfg: FlowConfig | MLPFlowConfig, x: Any) -> tuple[LogProb, FlowCache]:
+def log_prob_forward(params: dict, cfg: FlowConfig | MLPFlowConfig, x: Any,
+                     y: Any = None) -> tuple[LogProb, FlowCache]:
     """The exact log-density of each sample (change of variables).
 
-    Math: log p(x) = log N(f(x); 0, I) + log |det df/dx|,  log N(z; 0, I) = -(1/2) sum_d (z_d^2 + log 2 pi)
+    Math: log p(x | y) = log N(f(x | y); 0, I) + log |det df/dx|,  log N(z; 0, I) = -(1/2) sum_d (z_d^2 + log 2 pi)
           (Dinh et al. 2017, eq. 3)
 
-    x: as flow_forward's. Returns (LogProb, FlowCache).
+    x, y: as flow_forward's. Returns (LogProb, FlowCache).
     """
-    z, logdet, cache = flow_forward(params, cfg, x)
+    z, logdet, cache = flow_forward(params, cfg, x, y)
     log_prior = -0.5 * namespace(z).sum(z * z + LOG_2PI, axis=1)  # (N,)
     return LogProb(log_prior + logdet, log_prior, logdet), cache
 
@@ -211,6 +218,22 @@ def log_prob_backward(dlogp: Any, cache: FlowCache) -> dict:
             g, dh = coupling_backward(dh, dlogp, c)
             grads.update(g)
     return {k: grads[k] for k in param_shapes(cfg)}  # param_shapes' order
+
+
+def _labels(cfg: Any, y: Any, x: Any) -> Any:
+    """The labels every coupling sees: None for an unconditional flow (y must be None), y itself, or the null label
+    K for every sample when y is None; a ValueError names y unless it is an (N,) array of x's library and device."""
+    if cfg.num_classes is None:
+        if y is not None:
+            raise ValueError("y must be None for an unconditional flow (cfg.num_classes is None)")
+        return None
+    xp, N = namespace(x), x.shape[0]
+    if y is None:
+        return xp.full((N,), cfg.num_classes, dtype=xp.int64, device=device(x))  # the null label
+    if not same_library(y, x) or y.ndim != 1 or y.shape[0] != N:
+        raise ValueError(f"y must be an (N,) array of labels of x's library and device with N = {N} (x's batch), "
+                         f"got {type(y).__name__} of shape {tuple(y.shape)}")
+    return y
 
 
 def _check(params: dict, cfg: Any, x: Any):

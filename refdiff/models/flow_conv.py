@@ -14,10 +14,11 @@ z has D = C S S entries and the prior is N(0, I_D).
 
 The s/t net of a coupling (Glow's shape, Kingma & Dhariwal 2018, Sec. 3.3, with SiLU):
 
-    h = silu(conv3x3(b * x));  h = silu(conv1x1(h));  [s_raw | t_raw] = conv3x3(h)    (N, H, W, 2 C)
+    h = silu(conv3x3(b * x) [+ table[y]]);  h = silu(conv1x1(h));  [s_raw | t_raw] = conv3x3(h)    (N, H, W, 2 C)
 
 the last conv initialised at zero, so that every coupling, and the flow, starts as the identity. b is the
-coupling's binary mask (1 on the half that conditions).
+coupling's binary mask (1 on the half that conditions). Class-conditional (cfg.num_classes = K): each coupling's
+own label embedding (K + 1 rows, row K the null label) is added to its first hidden layer at every pixel.
 
 Every coder of refdiff.models.flow has these functions: param_shapes, plan, mask, st_forward, st_backward,
 to_flow, from_flow, latent_shape, check_x.
@@ -31,6 +32,7 @@ from typing import Any, NamedTuple
 from refdiff.backend import device, namespace
 from refdiff.layers.basic import SiluCache, silu_backward, silu_forward
 from refdiff.layers.conv import Conv2dCache, conv2d_backward, conv2d_forward
+from refdiff.layers.embed import EmbeddingCache, embedding_backward, embedding_forward
 from refdiff.models.common import check_image, check_int
 
 
@@ -45,11 +47,14 @@ class FlowConfig:
     couplings: int = 3       # K couplings per mask type and scale (K + 1 at the last scale)
     s_bound: float = 2.0     # |s| < s_bound: s = s_bound tanh(s_raw / s_bound)
     levels: int = 17         # the data's values on [-1, 1] (dequantisation and bits/dim)
+    num_classes: int | None = None  # K for a class-conditional flow, None for an unconditional one
 
     def __post_init__(self):
         for name, low in (("in_channels", 1), ("image_size", 2), ("hidden", 1), ("scales", 1), ("couplings", 1),
                           ("levels", 2)):
             check_int(name, getattr(self, name), low)
+        if self.num_classes is not None:
+            check_int("num_classes", self.num_classes, 1)
         b = self.s_bound
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b < float("inf"):
             raise ValueError(f"s_bound must be a positive finite number, got {b!r}")
@@ -102,8 +107,11 @@ def param_shapes(cfg: FlowConfig) -> dict[str, tuple[int, ...]]:
         if step.kind == "squeeze":
             continue
         C, p = step.channels, step.name
-        shapes.update({f"{p}.in.w": (3, 3, C, H), f"{p}.in.b": (H,), f"{p}.mid.w": (1, 1, H, H), f"{p}.mid.b": (H,),
-                       f"{p}.out.w": (3, 3, H, 2 * C), f"{p}.out.b": (2 * C,)})
+        shapes.update({f"{p}.in.w": (3, 3, C, H), f"{p}.in.b": (H,)})
+        if cfg.num_classes is not None:
+            shapes[f"{p}.label.table"] = (cfg.num_classes + 1, H)  # row K is the null label
+        shapes.update({f"{p}.mid.w": (1, 1, H, H), f"{p}.mid.b": (H,), f"{p}.out.w": (3, 3, H, 2 * C),
+                       f"{p}.out.b": (2 * C,)})
     return shapes
 
 
@@ -130,21 +138,26 @@ def mask(step: Step, h: Any) -> Any:
 class NetCache(NamedTuple):
     name: str
     conv_in: Conv2dCache
+    label: EmbeddingCache | None  # None for an unconditional flow
     silu_in: SiluCache
     conv_mid: Conv2dCache
     silu_mid: SiluCache
     conv_out: Conv2dCache
 
 
-def st_forward(params: dict, name: str, xb: Any) -> tuple[Any, NetCache]:
-    """The s/t net of coupling ``name`` on the masked input xb = b * x (N, H, W, C): returns [s_raw | t_raw]
-    (N, H, W, 2 C) like xb, and a NetCache."""
+def st_forward(params: dict, name: str, xb: Any, y: Any) -> tuple[Any, NetCache]:
+    """The s/t net of coupling ``name`` on the masked input xb = b * x (N, H, W, C) and the labels y ((N,) in [0, K],
+    or None for an unconditional flow): returns [s_raw | t_raw] (N, H, W, 2 C) like xb, and a NetCache."""
+    xp, label = namespace(xb), None
     h, conv_in = conv2d_forward(xb, params[f"{name}.in.w"], params[f"{name}.in.b"])  # (N, H, W, hidden)
+    if y is not None:
+        e, label = embedding_forward(y, params[f"{name}.label.table"])  # (N, hidden)
+        h = h + xp.reshape(e, (e.shape[0], 1, 1, e.shape[1]))  # (N, hidden) -> (N, 1, 1, hidden), every pixel
     h, silu_in = silu_forward(h)
     h, conv_mid = conv2d_forward(h, params[f"{name}.mid.w"], params[f"{name}.mid.b"])  # 1x1: (N, H, W, hidden)
     h, silu_mid = silu_forward(h)
     out, conv_out = conv2d_forward(h, params[f"{name}.out.w"], params[f"{name}.out.b"])  # (N, H, W, 2 C)
-    return out, NetCache(name, conv_in, silu_in, conv_mid, silu_mid, conv_out)
+    return out, NetCache(name, conv_in, label, silu_in, conv_mid, silu_mid, conv_out)
 
 
 def st_backward(dout: Any, c: NetCache) -> tuple[dict, Any]:
@@ -152,7 +165,10 @@ def st_backward(dout: Any, c: NetCache) -> tuple[dict, Any]:
     g, p = {}, c.name
     dh, g[f"{p}.out.w"], g[f"{p}.out.b"] = conv2d_backward(dout, c.conv_out)
     dh, g[f"{p}.mid.w"], g[f"{p}.mid.b"] = conv2d_backward(silu_backward(dh, c.silu_mid), c.conv_mid)
-    dxb, g[f"{p}.in.w"], g[f"{p}.in.b"] = conv2d_backward(silu_backward(dh, c.silu_in), c.conv_in)
+    da = silu_backward(dh, c.silu_in)
+    if c.label is not None:  # the embedding was added at every pixel: its gradient sums over them
+        g[f"{p}.label.table"] = embedding_backward(namespace(da).sum(da, axis=(1, 2)), c.label)
+    dxb, g[f"{p}.in.w"], g[f"{p}.in.b"] = conv2d_backward(da, c.conv_in)
     return g, dxb
 
 

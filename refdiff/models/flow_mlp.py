@@ -6,9 +6,10 @@ coordinates take turns: one conditions, the other is scaled and shifted).
 
 The s/t net of a coupling:
 
-    h = silu((b * x) W_in + b_in);  h = silu(h W_mid + b_mid);  [s_raw | t_raw] = h W_out + b_out    (N, 2 D)
+    h = silu((b * x) W_in + b_in [+ table[y]]);  h = silu(h W_mid + b_mid);  [s_raw | t_raw] = h W_out + b_out  (N, 2 D)
 
-W_out and b_out start at zero, so the flow starts as the identity.
+W_out and b_out start at zero, so the flow starts as the identity. Class-conditional (cfg.num_classes = K): each
+coupling's own label embedding (K + 1 rows, row K the null label) is added to its first hidden layer.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, NamedTuple
 
 from refdiff.backend import device, namespace
 from refdiff.layers.basic import LinearCache, SiluCache, linear_backward, linear_forward, silu_backward, silu_forward
+from refdiff.layers.embed import EmbeddingCache, embedding_backward, embedding_forward
 from refdiff.models.common import check_int
 
 
@@ -29,10 +31,13 @@ class MLPFlowConfig:
     hidden: int = 64         # H, the width of the s/t nets' hidden layers
     couplings: int = 8       # number of coupling layers
     s_bound: float = 2.0     # |s| < s_bound: s = s_bound tanh(s_raw / s_bound)
+    num_classes: int | None = None  # K for a class-conditional flow, None for an unconditional one
 
     def __post_init__(self):
         for name, low in (("data_dim", 2), ("hidden", 1), ("couplings", 1)):
             check_int(name, getattr(self, name), low)
+        if self.num_classes is not None:
+            check_int("num_classes", self.num_classes, 1)
         b = self.s_bound
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b < float("inf"):
             raise ValueError(f"s_bound must be a positive finite number, got {b!r}")
@@ -61,8 +66,10 @@ def param_shapes(cfg: MLPFlowConfig) -> dict[str, tuple[int, ...]]:
     D, H, shapes = cfg.data_dim, cfg.hidden, {}
     for step in plan(cfg):
         p = step.name
-        shapes.update({f"{p}.in.w": (D, H), f"{p}.in.b": (H,), f"{p}.mid.w": (H, H), f"{p}.mid.b": (H,),
-                       f"{p}.out.w": (H, 2 * D), f"{p}.out.b": (2 * D,)})
+        shapes.update({f"{p}.in.w": (D, H), f"{p}.in.b": (H,)})
+        if cfg.num_classes is not None:
+            shapes[f"{p}.label.table"] = (cfg.num_classes + 1, H)  # row K is the null label
+        shapes.update({f"{p}.mid.w": (H, H), f"{p}.mid.b": (H,), f"{p}.out.w": (H, 2 * D), f"{p}.out.b": (2 * D,)})
     return shapes
 
 
@@ -76,21 +83,26 @@ def mask(step: Step, h: Any) -> Any:
 class NetCache(NamedTuple):
     name: str
     fc_in: LinearCache
+    label: EmbeddingCache | None  # None for an unconditional flow
     silu_in: SiluCache
     fc_mid: LinearCache
     silu_mid: SiluCache
     fc_out: LinearCache
 
 
-def st_forward(params: dict, name: str, xb: Any) -> tuple[Any, NetCache]:
-    """The s/t net of coupling ``name`` on the masked input xb = b * x (N, D): returns [s_raw | t_raw] (N, 2 D)
-    like xb, and a NetCache."""
+def st_forward(params: dict, name: str, xb: Any, y: Any) -> tuple[Any, NetCache]:
+    """The s/t net of coupling ``name`` on the masked input xb = b * x (N, D) and the labels y ((N,) in [0, K], or
+    None for an unconditional flow): returns [s_raw | t_raw] (N, 2 D) like xb, and a NetCache."""
+    label = None
     h, fc_in = linear_forward(xb, params[f"{name}.in.w"], params[f"{name}.in.b"])  # (N, H)
+    if y is not None:
+        e, label = embedding_forward(y, params[f"{name}.label.table"])  # (N, H)
+        h = h + e
     h, silu_in = silu_forward(h)
     h, fc_mid = linear_forward(h, params[f"{name}.mid.w"], params[f"{name}.mid.b"])  # (N, H)
     h, silu_mid = silu_forward(h)
     out, fc_out = linear_forward(h, params[f"{name}.out.w"], params[f"{name}.out.b"])  # (N, 2 D)
-    return out, NetCache(name, fc_in, silu_in, fc_mid, silu_mid, fc_out)
+    return out, NetCache(name, fc_in, label, silu_in, fc_mid, silu_mid, fc_out)
 
 
 def st_backward(dout: Any, c: NetCache) -> tuple[dict, Any]:
@@ -98,7 +110,10 @@ def st_backward(dout: Any, c: NetCache) -> tuple[dict, Any]:
     g, p = {}, c.name
     dh, g[f"{p}.out.w"], g[f"{p}.out.b"] = linear_backward(dout, c.fc_out)
     dh, g[f"{p}.mid.w"], g[f"{p}.mid.b"] = linear_backward(silu_backward(dh, c.silu_mid), c.fc_mid)
-    dxb, g[f"{p}.in.w"], g[f"{p}.in.b"] = linear_backward(silu_backward(dh, c.silu_in), c.fc_in)
+    da = silu_backward(dh, c.silu_in)
+    if c.label is not None:
+        g[f"{p}.label.table"] = embedding_backward(da, c.label)  # a = x W + b + table[y]: da reaches both
+    dxb, g[f"{p}.in.w"], g[f"{p}.in.b"] = linear_backward(da, c.fc_in)
     return g, dxb
 
 
