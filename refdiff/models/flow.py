@@ -67,19 +67,19 @@ def init_params(cfg: FlowConfig | MLPFlowConfig, generator: Generator, dtype: An
 
 class CouplingCache(NamedTuple):
     coder: Any
-    b: Any     # the mask, broadcast to x
+    b: Any     # the mask, broadcastable to x
     x: Any     # the coupling's input
     tanh: Any  # tanh(s_raw / s_bound)
     exp_s: Any
     net: Any   # the s/t net's cache
 
 
-def _scale_shift(params: dict, cfg: Any, step: Any, h: Any, y: Any):
-    """(b, s, t, tanh(s_raw / s_bound), net cache) of coupling ``step`` at h (its input, or its output: b * x =
-    b * y, so the inverse sees the same s and t), with labels y (N,) or None."""
+def _scale_shift(params: dict, cfg: Any, step: Any, h: Any, labels: Any):
+    """(b, s, t, tanh(s_raw / s_bound), net cache) of coupling ``step`` at h (its input x, or its output y: b * x =
+    b * y, so the inverse sees the same s and t), with labels (N,) or None."""
     xp, coder = namespace(h), CODERS[type(cfg)]
     b = coder.mask(step, h)
-    out, net = coder.st_forward(params, step.name, b * h, y)  # (..., 2 C)
+    out, net = coder.st_forward(params, step.name, b * h, labels)  # (..., 2 C)
     C = h.shape[-1]
     th = xp.tanh(out[..., :C] / cfg.s_bound)
     s = (1.0 - b) * (cfg.s_bound * th)  # bounded scale: 0 on the conditioning half (Dinh et al. 2017, eq. 9)
