@@ -36,6 +36,9 @@ from refdiff.models.classifier import classifier_features
 DIGIT_CLASSIFIER_TRAIN = ClassifierTrainConfig(steps=800, batch_size=64, lr=2e-3, noisy=False, seed=0)
 # That recipe's classifier, trained once and shipped with the package (data/digit_classifier.npz).
 SHIPPED_CLASSIFIER = Path(str(files("refdiff.data") / "digit_classifier.npz"))
+# How far samples may stray beyond [-1, 1]: one float16 rounding step at 1 (2^-10), so samples computed in any
+# float precision pass, while images of another range (0..255, unclipped) do not.
+SAMPLE_RANGE_TOLERANCE = 2.0**-10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,13 +165,19 @@ def digit_sample_report(classifier: DigitClassifier, samples, labels, held_out, 
 
 
 def check_digit_samples(samples, labels) -> tuple[np.ndarray, np.ndarray | None]:
-    """(samples (N, 1, 8, 8) finite floats, N >= 4; labels (N,) ints in [0, 10) or None), or a clear error."""
+    """(samples (N, 1, 8, 8) finite floats in [-1, 1], N >= 4; labels (N,) ints in [0, 10) or None), or a clear
+    error. Samples within SAMPLE_RANGE_TOLERANCE beyond +-1 are clipped to [-1, 1]."""
     samples = np.asarray(samples)
     if samples.ndim != 4 or samples.shape[1:] != (1, 8, 8) or samples.shape[0] < 4 or samples.dtype.kind != "f":
         raise ValueError(f"samples must be (N, 1, 8, 8) floating images of the 8x8 digits with N >= 4 (the digit "
                          f"classifier's input), got shape {samples.shape} and dtype {samples.dtype}")
     if not np.all(np.isfinite(samples)):
         raise ValueError(f"samples must be finite, got {int(np.sum(~np.isfinite(samples)))} NaN or inf values")
+    low, high = float(np.min(samples)), float(np.max(samples))
+    if low < -1 - SAMPLE_RANGE_TOLERANCE or high > 1 + SAMPLE_RANGE_TOLERANCE:
+        raise ValueError(f"samples must lie in [-1, 1] (the digits' range, refdiff sample's), got values in "
+                         f"[{low:.6g}, {high:.6g}]")
+    samples = np.clip(samples, -1, 1)
     if labels is None:
         return samples, None
     labels = np.asarray(labels)

@@ -360,6 +360,85 @@ def _one_line_error(capsys, *names) -> str:
     return err
 
 
+def test_image_size_resizes_npz_data_and_is_refused_where_it_resizes_nothing(tmp_path, toy_checkpoint, capsys):
+    """`refdiff train --data FILE.npz --image-size 8` on 16x16 images trains at 8x8 (the checkpoint records
+    samples of (1, 8, 8) and the U-Net fitted to 8), and `eval --data FILE.npz --image-size 8` scores it.
+    --image-size below 1, with built-in data (digits, shapes, toy2d) or with eval --samples alone (which it
+    would not resize) is refused in one line naming the flag."""
+    from refdiff.checkpoint import load_checkpoint
+    from refdiff.data import load_digits
+
+    x, y = load_digits()
+    k16 = np.repeat(np.repeat(np.round((x[:12] + 1) * 127.5).astype(np.uint8), 2, axis=2), 2, axis=3)
+    np.savez(tmp_path / "d16.npz", x=k16, y=y[:12])
+    data, out = str(tmp_path / "d16.npz"), tmp_path / "run"
+    train = ["train", "--steps", "2", "--batch-size", "4", "--T", "5", "--out", str(out)]
+    assert main(train + ["--data", data, "--image-size", "8"]) == 0
+    config = load_checkpoint(out / "checkpoint.npz", arrays=False)["config"]
+    assert config["data_shape"] == [1, 8, 8] and config["model"]["image_size"] == 8
+    assert main(["eval", str(out / "checkpoint.npz"), "--data", data, "--image-size", "8", "--count", "2"]) == 0
+    samples = toy_checkpoint[1]
+    for argv in (train + ["--data", data, "--image-size", "0"], train + ["--data", "digits", "--image-size", "8"],
+                 train + ["--data", "shapes", "--image-size", "8"],
+                 train + ["--data", "toy2d:two_moons", "--preset", "mlp", "--image-size", "8"],
+                 ["eval", str(out / "checkpoint.npz"), "--image-size", "8"],
+                 ["eval", "--samples", str(samples), "--image-size", "8"]):
+        capsys.readouterr()
+        assert main(argv) == 1, argv
+        _one_line_error(capsys, "--image-size")
+
+
+def test_eval_refuses_data_of_another_shape_than_the_checkpoints(tmp_path, toy_checkpoint, capsys):
+    """`refdiff eval` of an 8x8 digits8 checkpoint on 16x16 images (--data FILE.npz) is refused in one line
+    naming --data and both shapes, with --image-size as the way out; so is a 2-D points model on the digits."""
+    from refdiff.data import load_digits
+
+    x = load_digits()[0][:8]
+    np.savez(tmp_path / "d16.npz", x=np.repeat(np.repeat(x, 2, axis=2), 2, axis=3))
+    out = tmp_path / "run"
+    assert main(["train", "--steps", "2", "--batch-size", "4", "--T", "5", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out / "checkpoint.npz"), "--data", str(tmp_path / "d16.npz"), "--count", "2"]) == 1
+    err = _one_line_error(capsys, f"--data {tmp_path / 'd16.npz'} gives samples of shape (1, 16, 16)")
+    assert "trained on samples of shape (1, 8, 8)" in err and "--image-size" in err
+    assert main(["eval", str(toy_checkpoint[0]), "--count", "2"]) == 1
+    err = _one_line_error(capsys, "--data digits gives samples of shape (1, 8, 8)")
+    assert "trained on samples of shape (2,)" in err
+
+
+def test_eval_samples_must_lie_in_minus_one_to_one_and_zero_to_one_needs_its_flag(tmp_path, toy_checkpoint,
+                                                                                   capsys):
+    """`refdiff eval --samples` of digits in [0, 1], (x + 1) / 2, is refused in one line naming the file, the
+    range found, the map 2 x - 1 and --samples-range 01; with --samples-range 01 it prints the very report of
+    the same digits in [-1, 1], and with --samples-range pm1 it scores them as they are. Samples beyond
+    [-1, 1] (1.5 x), and [-1, 1] samples given as 01, are refused naming the file and the range found;
+    --samples-range where there are no digit samples to read is refused naming it."""
+    from refdiff.digits_eval import digit_split
+
+    _, x_test, _, y_test = digit_split()
+    for name, images in (("signed", x_test[:30]), ("unit", (x_test[:30] + 1) / 2), ("wide", 1.5 * x_test[:30])):
+        np.savez(tmp_path / f"{name}.npz", images=images, labels=y_test[:30])
+    signed, unit, wide = (str(tmp_path / f"{name}.npz") for name in ("signed", "unit", "wide"))
+    assert main(["eval", "--samples", signed]) == 0
+    report = capsys.readouterr().out
+    assert main(["eval", "--samples", unit]) == 1
+    err = _one_line_error(capsys, f"--samples {unit}: its values lie in [0, 1], none below 0")
+    assert "2 x - 1" in err and "--samples-range 01" in err
+    assert main(["eval", "--samples", unit, "--samples-range", "01"]) == 0
+    assert capsys.readouterr().out == report
+    assert main(["eval", "--samples", unit, "--samples-range", "pm1"]) == 0
+    assert capsys.readouterr().out != report
+    assert main(["eval", "--samples", wide]) == 1
+    _one_line_error(capsys, f"--samples {wide}: samples must lie in [-1, 1] (the digits' range, refdiff sample's), "
+                            "got values in [-1.5, 1.5]")
+    assert main(["eval", "--samples", signed, "--samples-range", "01"]) == 1
+    _one_line_error(capsys, f"--samples {signed}: --samples-range 01 takes images in [0, 1], got values in [-1, 1]")
+    for argv in (["eval", str(toy_checkpoint[0]), "--samples-range", "01"],
+                 ["eval", "--samples", signed, "--data", "toy2d:two_moons", "--samples-range", "pm1"]):
+        assert main(argv) == 1
+        _one_line_error(capsys, "--samples-range")
+
+
 def test_corrupt_truncated_empty_and_foreign_files_get_one_line_naming_the_file(tmp_path, toy_checkpoint, capsys):
     """Every command that reads a checkpoint, a samples file or a classifier (sample, eval, eval --samples,
     eval --classifier, train --resume) answers an empty, truncated, bit-flipped, text, .npy, object-array,
@@ -530,14 +609,15 @@ def test_sizes_beyond_the_limits_or_the_memory_are_refused_naming_the_flag(tmp_p
                                                                             monkeypatch):
     """--batch-size 1e9, --T 1e9, sample --count 1e8, euler --steps 1e8 and a label of 200000 are refused at
     once naming the flag and its range; a batch, a sample count or an image size whose work cannot fit
-    in the memory available (here 64 MiB, or the machine's for 2 images of 100000 x 100000) is refused
-    before it starts, naming the flag to lower. Nothing is written."""
+    in the memory available (here 64 MiB, or the machine's for 2 images of 100000 x 100000, in a folder or an
+    .npz) is refused before it starts, naming the flag to lower. Nothing is written."""
     from PIL import Image
 
     import refdiff.memory
 
     checkpoint, _ = toy_checkpoint
     np.savez(tmp_path / "labels.npz", x=np.full((4, 1, 8, 8), -1, np.float32), y=np.array([0, 1, 2, 200000]))
+    np.savez(tmp_path / "two.npz", x=np.zeros((2, 4, 4), np.uint8))
     for name in ("a", "b"):
         Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / f"{name}.png")
     train = ["train", "--out", str(tmp_path / "run"), "--steps", "2"]
@@ -546,6 +626,8 @@ def test_sizes_beyond_the_limits_or_the_memory_are_refused_naming_the_flag(tmp_p
              (train + ["--data", str(tmp_path / "labels.npz")], "its labels reach 200000, but a model takes at most"),
              (train + ["--data", str(tmp_path), "--image-size", "100000"],
               "reading 2 images of 100000x100000 (height x width) needs about"),
+             (train + ["--data", str(tmp_path / "two.npz"), "--image-size", "100000"],
+              "resizing 2 images to 100000x100000 (height x width) needs about"),
              (["sample", str(checkpoint), "--count", "100000000"], "--count must be an integer in [1, 100000]"),
              (["sample", str(checkpoint), "--sampler", "euler", "--steps", "100000000"],
               "steps must be an integer in [1, 10000] for euler")]

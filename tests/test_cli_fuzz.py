@@ -3,9 +3,10 @@
 Each example takes a command that would run (sample, eval, eval --samples, train, train --resume, demo)
 and spoils one thing: a flag's value (zero, negative, huge, NaN, not a number, empty, a choice that is
 not one), or a file it reads (empty, truncated, bit-flipped, text, .npy, object arrays, a config that is
-not JSON or misses its model, wrong shapes, a folder). refdiff must answer with exit status 1 (2 for
-argparse's usage errors), end stderr with one line that names the flag or the file, print no traceback,
-and write no file (the lock file of an output folder aside). The CLI runs in-process (refdiff.cli.main).
+not JSON or misses its model, wrong shapes, a folder, images of another size or range), or gives a flag
+where it does nothing (--image-size with built-in data). refdiff must answer with exit status 1 (2 for
+argparse's usage errors), end stderr with one line that names the flag or the file, print no traceback, and
+write no file (the lock file of an output folder aside). The CLI runs in-process (refdiff.cli.main).
 """
 
 import shutil
@@ -28,13 +29,17 @@ TOY_TRAIN = ["train", "--data", "toy2d:two_moons", "--preset", "mlp", "--steps",
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A folder with a toy checkpoint (2 classes, T = 5), digit samples, an existing file and every
-    malformed file of support.malformed_files; the commands run with it as the working folder."""
+    """A folder with a toy checkpoint (2 classes, T = 5), digit samples (also in [0, 1] and in [-1.5, 1.5]),
+    16x16 images, an existing file and every malformed file of support.malformed_files; the commands run with
+    it as the working folder."""
     root = tmp_path_factory.mktemp("fuzz")
     assert main(["train", "--data", "toy2d:two_moons", "--preset", "mlp", "--steps", "2", "--batch-size", "4",
                  "--T", "5", "--out", str(root / "toy")]) == 0
     _, x_test, _, y_test = digit_split()
     np.savez(root / "digits.npz", images=x_test[:20], labels=y_test[:20])
+    np.savez(root / "unit.npz", images=(x_test[:20] + 1) / 2, labels=y_test[:20])
+    np.savez(root / "wide.npz", images=1.5 * x_test[:20], labels=y_test[:20])
+    np.savez(root / "d16.npz", x=np.repeat(np.repeat(x_test[:4], 2, axis=2), 2, axis=3))
     (root / "exists.npz").write_bytes(b"mine")
     bad = malformed_files(root / "bad", root / "toy" / "checkpoint.npz")
     for name, path in bad.items():  # each as a run's checkpoint, for train --resume
@@ -58,15 +63,19 @@ def _cases(bad: dict) -> dict:
                             "checkpoint": files}),
         "eval": (["eval", "toy/checkpoint.npz", "--count", "2"],
                  {"--count": st.sampled_from(["0", "-1", "abc"]), "--batch-size": st.sampled_from(["0", "-3"]),
-                  "--variance": st.just("learned"), "--data": st.sampled_from(["mnist", "nodir/", "none.npz"]),
-                  "checkpoint": files}),
+                  "--variance": st.just("learned"),
+                  "--data": st.sampled_from(["mnist", "nodir/", "none.npz", "d16.npz"]),
+                  "--image-size": st.sampled_from(["0", "-2", "abc", "8"]), "checkpoint": files}),
         "eval_samples": (["eval", "--samples", "digits.npz"],
-                         {"--samples": files, "--classifier": files, "--data": st.sampled_from(["mnist", "nodir/"])}),
+                         {"--samples": st.one_of(files, st.sampled_from(["unit.npz", "wide.npz"])),
+                          "--samples-range": st.sampled_from(["02", ""]), "--image-size": st.just("8"),
+                          "--classifier": files, "--data": st.sampled_from(["mnist", "nodir/"])}),
         "train": (TOY_TRAIN, {"--steps": st.sampled_from(["0", "-1", "100000000", "abc"]),
                               "--batch-size": st.sampled_from(["0", "-2", "1000000000"]),
                               "--T": st.sampled_from(["0", "1000000000"]), "--lr": st.sampled_from(NUMBERS[:5]),
                               "--ema": st.sampled_from(["1.5", "-1", "nan"]), "--checkpoint-every": st.just("0"),
                               "--sample-every": st.just("-1"), "--preset": st.sampled_from(["unet9", "digits8"]),
+                              "--image-size": st.sampled_from(["0", "abc", "8"]),
                               "--data": st.one_of(files, st.sampled_from(["mnist", "nodir/", "none.npz"])),
                               "--out": st.sampled_from(["", "exists.npz"])}),
         "resume": (["train", "--resume", "--out", "runs/NAME"], {"--out": st.sampled_from(sorted(bad))}),

@@ -247,6 +247,35 @@ def test_resize_gives_every_image_the_requested_size(tmp_path, Image):
     assert load_image_folder(tmp_path, size=8)[0].shape == (2, 3, 8, 8)
 
 
+@pytest.mark.parametrize("c", [1, 3])
+def test_npz_resizes_as_a_folder_of_the_same_images_does(tmp_path, Image, monkeypatch, c):
+    """load_npz(size=) resizes as load_image_folder(size=) does: a uint8 archive (channels last) loads equal to
+    the same images as PNG files, smaller, larger and non-square; the same pixels as floats in [-1, 1] stay in
+    [-1, 1] and, made smaller, land within two 8-bit levels of that (the 8-bit path rounds; made larger, it also
+    clips between Pillow's two passes); float64 pixels at their own size stay exact. A bad size, or a resize
+    that cannot fit in memory, is refused naming the argument or the file."""
+    import refdiff.memory
+
+    k = pixels(11, n=3, c=c, h=9, w=12)
+    for i in range(3):
+        write_png(Image, tmp_path / "png" / f"{i}.png", k[i])
+    uint8 = save(tmp_path, "uint8.npz", x=k.transpose(0, 2, 3, 1))
+    floats = save(tmp_path, "float.npz", x=as_unit(k))
+    for size in (5, 16, (7, 4)):
+        x, _ = load_npz(uint8, size=size)
+        assert np.array_equal(x, load_image_folder(tmp_path / "png", size=size)[0]), size
+        xf, _ = load_npz(floats, size=size)
+        assert xf.shape == x.shape and xf.min() >= -1 and xf.max() <= 1
+        if x.shape[2] < 9:
+            np.testing.assert_allclose(xf, x, atol=2 * 2 / 255)
+    assert np.array_equal(load_npz(floats, dtype=np.float64, size=(9, 12))[0], as_unit(k))
+    with pytest.raises(ValueError, match="size must be None, an int >= 1"):
+        load_npz(uint8, size=0)
+    monkeypatch.setattr(refdiff.memory, "available_memory", lambda: 1 << 20)
+    with pytest.raises(ValueError, match=r"uint8\.npz: array 'x': resizing 3 images to 1000x1000 .*needs about"):
+        load_npz(uint8, size=1000)
+
+
 def test_mixed_image_sizes_raise_naming_both_files(tmp_path, Image):
     """Without size, images of two sizes raise ValueError naming a file of each size."""
     write_png(Image, tmp_path / "cls" / "small.png", pixels(8, n=1, c=3, h=5, w=9)[0])

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from refdiff.classifier_train import ClassifierTrainConfig
-from refdiff.digits_eval import (DIGIT_CLASSIFIER_TRAIN, SHIPPED_CLASSIFIER, digit_classifier, digit_sample_report,
-                                 digit_split, format_precision_recall)
+from refdiff.digits_eval import (DIGIT_CLASSIFIER_TRAIN, SAMPLE_RANGE_TOLERANCE, SHIPPED_CLASSIFIER,
+                                 check_digit_samples, digit_classifier, digit_sample_report, digit_split,
+                                 format_precision_recall)
 from refdiff.metrics import class_fraction, frechet_distance_of_samples
 
 
@@ -92,6 +93,21 @@ def test_digit_classifier_rejects_a_cache_of_another_classifier(tmp_path):
     save_classifier(tmp_path / "other.npz", trained)
     with pytest.raises(ValueError, match="must hold a digit classifier"):
         digit_classifier(tmp_path / "other.npz")
+
+
+def test_samples_beyond_minus_one_to_one_are_refused_and_rounding_is_clipped():
+    """check_digit_samples (what digit_sample_report checks first) refuses samples beyond [-1, 1] by more than
+    SAMPLE_RANGE_TOLERANCE (2^-10, one float16 step at 1), naming the range found; samples within it beyond
+    +-1 come back clipped to [-1, 1], every other value unchanged."""
+    x = digit_split()[1][:8]
+    assert SAMPLE_RANGE_TOLERANCE == 2.0**-10 and x.min() == -1 and x.max() == 1
+    with pytest.raises(ValueError, match=r"samples must lie in \[-1, 1\].*got values in \[-1.5, 1.5\]"):
+        check_digit_samples(1.5 * x, None)
+    with pytest.raises(ValueError, match=r"got values in \[-0.99, 1.01\]"):
+        check_digit_samples(x + np.float32(0.01), None)
+    rounded = x * np.float32(1 + SAMPLE_RANGE_TOLERANCE / 2)
+    clipped, _ = check_digit_samples(rounded, None)
+    assert np.array_equal(clipped, np.where(np.abs(x) == 1, x, rounded))
 
 
 def test_sample_report_gains_precision_recall_and_inception_score():

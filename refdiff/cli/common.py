@@ -53,10 +53,24 @@ def _check_output_file(flag: str, path: str, inputs: tuple = (), force: bool = F
         raise ValueError(f"{flag} {path}: the folder {out.absolute().parent} is not writable")
 
 
+def _check_image_size(spec: str, image_size: int | None) -> None:
+    """--image-size, when given, is an integer >= 1 and --data ``spec`` is not built-in data of a fixed size
+    (digits, shapes, toy2d:NAME): it resizes a .npz file or a folder of images, or sets the size the
+    captions are drawn at."""
+    if image_size is None:
+        return
+    if image_size < 1:
+        raise ValueError(f"--image-size must be an integer >= 1, got {image_size}")
+    if spec in ("digits", "shapes") or spec.startswith("toy2d:"):
+        raise ValueError(f"--image-size {image_size}: --data {spec} is built in at its own size; --image-size "
+                         "resizes a .npz file or a folder of images (or sets the captions' size): leave it out")
+
+
 def _add_image_size(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=None, metavar="S",
-                        help="resize the images of a --data folder to S x S (default: keep their size, which "
-                             "must then be one size)")
+                        help="resize the images of a --data .npz file or folder to S x S, as Pillow's Lanczos "
+                             "filter resizes image files (default: keep their size, which in a folder must then "
+                             "be one size); --data captions: draw them at S x S (default: 16)")
 
 
 def _add_mpi_timeout(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from refdiff.cli.common import _add_image_size, _check_output_file
+from refdiff.cli.common import _add_image_size, _check_image_size, _check_output_file
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -17,6 +17,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.checkpoint is None and args.samples is None:
         raise ValueError("give a checkpoint (bits/dim of held-out data), --samples FILE (Frechet distance and "
                          "class fraction of samples), or both")
+    if args.image_size is not None and args.checkpoint is None:
+        raise ValueError(f"--image-size {args.image_size} resizes the --data of a checkpoint's bits/dim; --samples "
+                         "are scored at their own size: leave it out")
+    if args.samples_range is not None and (args.samples is None or args.data.startswith("toy2d:")):
+        what = "no --samples FILE" if args.samples is None else f"--data {args.data} scores 2-D points"
+        raise ValueError(f"--samples-range {args.samples_range} says how to read the digit images of --samples FILE, "
+                         f"but there are none ({what}): leave it out")
     if args.classifier is not None and not Path(args.classifier).is_file():  # trained, then written there
         _check_output_file("--classifier", args.classifier)
     if args.checkpoint is not None:
@@ -45,7 +52,8 @@ def _eval_samples(args: argparse.Namespace) -> None:
         if args.data.startswith("toy2d:"):
             print(_toy2d_report(args.data[len("toy2d:"):], images, args.seed))
             return
-        check_digit_samples(images, labels)
+        images, labels = check_digit_samples(images, labels)
+        images = _signed_samples(images, args.samples_range)
     except ValueError as err:
         raise ValueError(f"--samples {args.samples}: {err}") from None
     classifier = digit_classifier(args.classifier, progress=True)
@@ -53,6 +61,27 @@ def _eval_samples(args: argparse.Namespace) -> None:
     report = digit_sample_report(classifier, images, labels, (x_test, y_test), reference=(x_train, y_train),
                                  seed=args.seed)
     print(format_sample_report(report))
+
+
+def _signed_samples(images, samples_range: str | None):
+    """Digit samples already in [-1, 1] (check_digit_samples) as the classifier takes them: [0, 1] images mapped
+    by 2 x - 1 for --samples-range 01; without --samples-range, images with no value below 0 are refused, as
+    [0, 1] images are the likely cause, which scored as [-1, 1] would give wrong numbers without a word."""
+    import numpy as np
+
+    from refdiff.digits_eval import SAMPLE_RANGE_TOLERANCE
+
+    low, high = float(np.min(images)), float(np.max(images))
+    if samples_range == "01":
+        if low < -SAMPLE_RANGE_TOLERANCE:
+            raise ValueError(f"--samples-range 01 takes images in [0, 1], got values in [{low:.6g}, {high:.6g}]")
+        return np.clip(2 * images - 1, -1, 1)  # the clip removes the tolerance's overshoot
+    if samples_range is None and low >= -SAMPLE_RANGE_TOLERANCE:
+        raise ValueError(f"its values lie in [{low:.3g}, {high:.3g}], none below 0, as in [0, 1] images; the digit "
+                         "classifier takes [-1, 1] images (refdiff sample's, background -1): map them by 2 x - 1, or "
+                         "give --samples-range 01 to have eval map them (--samples-range pm1 if they are [-1, 1] "
+                         "images with no value below 0)")
+    return images
 
 
 def _toy2d_report(name: str, samples, seed: int) -> str:
@@ -93,6 +122,12 @@ def _eval_bits_per_dim(args: argparse.Namespace) -> None:
     loaded = load_model(args.checkpoint, use_ema=not args.raw, backend=args.backend, dtype="float64")
     param = TrainConfig(**loaded.train_cfg).parameterization(args.variance)
     x, levels = _held_out(args.data, args.image_size)
+    if tuple(x.shape[1:]) != tuple(loaded.data_shape):
+        resize = len(loaded.data_shape) == 3 and x.shape[1] == loaded.data_shape[0]  # images of its channels
+        hint = " (--image-size resizes a .npz file or a folder)" if resize else ""
+        raise ValueError(f"--data {args.data} gives samples of shape {tuple(x.shape[1:])}, but the model of "
+                         f"{args.checkpoint} was trained on samples of shape {tuple(loaded.data_shape)}: evaluate it "
+                         f"on data of that shape{hint}")
     x = x[: args.count]
     generator, totals = Generator(args.seed), []
     for start in range(0, x.shape[0], args.batch_size):
@@ -107,18 +142,19 @@ def _eval_bits_per_dim(args: argparse.Namespace) -> None:
 
 def _held_out(spec: str, image_size: int | None = None):
     """(x, levels) of the held-out data for --data: the digits' test split (17 grey levels), an .npz or a
-    folder of images (256 levels; the folder resized to image_size when given)."""
+    folder of images (256 levels; resized to image_size when given)."""
     from pathlib import Path
 
     from refdiff import data
 
+    _check_image_size(spec, image_size)
     if spec == "digits":
         from refdiff.data.digits import LEVELS
 
         x, y = data.load_digits()
         return data.train_test_split(x, y, test_fraction=0.1, seed=0)[1], LEVELS
     if spec.endswith(".npz"):
-        return data.load_npz(spec)[0], 256
+        return data.load_npz(spec, size=image_size)[0], 256
     if Path(spec).is_dir():
         return data.load_image_folder(spec, size=image_size)[0], 256
     if "/" in spec or os.sep in spec:
@@ -139,6 +175,10 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", nargs="?", default=None, help="path to checkpoint.npz (bits/dim)")
     parser.add_argument("--samples", default=None, metavar="FILE",
                         help="a samples .npz of `refdiff sample --out FILE.npz` (images, labels) to score")
+    parser.add_argument("--samples-range", default=None, choices=("pm1", "01"),
+                        help="the range of the --samples images: pm1 for [-1, 1] (refdiff sample's), 01 for [0, 1] "
+                             "(mapped by 2 x - 1) (default: [-1, 1], refusing images with no value below 0, the "
+                             "sign of [0, 1] images)")
     parser.add_argument("--classifier", default=None, metavar="FILE",
                         help="another digit classifier: loaded when FILE exists, else trained (the shipped "
                              "one's recipe) and saved there (default: the shipped one)")

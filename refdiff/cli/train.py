@@ -7,7 +7,7 @@ import argparse
 import os
 from typing import Callable
 
-from refdiff.cli.common import _add_image_size, _add_mpi_timeout, _check_output_folder
+from refdiff.cli.common import _add_image_size, _add_mpi_timeout, _check_image_size, _check_output_folder
 
 # refdiff train's TrainConfig flags: dest -> (TrainConfig field, default, argparse options). A flag left
 # out takes its default, or with --resume the checkpoint's value (refdiff.train_state.check_resume says which
@@ -140,14 +140,15 @@ def _train_config(args: argparse.Namespace, saved: dict | None):
 
 def _load_dataset(spec: str, seed: int, image_size: int | None = None):
     """(x, y, num_classes) for --data: digits, shapes, captions (y: the captions' tokens (N, L), no
-    classes), toy2d:NAME, a .npz path or a folder of images (resized to image_size when given); the
-    digits' training split only."""
+    classes), toy2d:NAME, a .npz path or a folder of images (the last two resized to image_size when
+    given); the digits' training split only."""
     from pathlib import Path
 
     import numpy as np
 
     from refdiff import data
 
+    _check_image_size(spec, image_size)
     if spec == "digits":
         x, y = data.load_digits()
         x, _, y, _ = data.train_test_split(x, y, test_fraction=0.1, seed=0)
@@ -159,7 +160,7 @@ def _load_dataset(spec: str, seed: int, image_size: int | None = None):
     elif spec.startswith("toy2d:"):
         x, y = data.load_toy2d(spec[len("toy2d:"):], 20000, seed=seed)
     elif spec.endswith(".npz"):
-        x, y = data.load_npz(spec)
+        x, y = data.load_npz(spec, size=image_size)
     elif Path(spec).is_dir():
         x, y = data.load_image_folder(spec, size=image_size)
     elif "/" in spec or os.sep in spec:

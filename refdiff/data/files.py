@@ -9,6 +9,8 @@ k / 255 * 2 - 1 with one rounding, so 0 -> -1 and 255 -> +1; float arrays must a
 (a warning is issued when they are all >= 0, the sign of [0, 1] data that still needs 2 x - 1).
 Image files map by their own bit depth: x = (2k - top) / top with top = 255 for 8-bit files and
 65535 for 16-bit greyscale ones (16-bit RGB PNGs reach refdiff as 8-bit: Pillow keeps their high byte).
+Both loaders resize to a given size= alike: Pillow's Lanczos filter on each image at its own depth
+(8-bit levels as 8-bit images), so uint8 images load equal from an archive and from PNG files.
 
 Channel axis of a rank-4 array (CHANNELS = 1, 3 or 4): it is (N, H, W, C) when the last axis is in
 CHANNELS and smaller than axis 1, otherwise (N, C, H, W), whose axis 1 must then be in CHANNELS.
@@ -78,13 +80,14 @@ def _levels_to_unit(k, top, dtype):
     return x
 
 
-def _scale_pixels(a, where, dtype):
-    """Integer pixels in 0..255 -> (2k - 255) / 255; float pixels checked to be finite and in [-1, 1]."""
+def _check_pixels(a, where):
+    """Integer pixels must lie in 0..255; float pixels must be finite and in [-1, 1] (a warning when none is
+    negative, the sign of [0, 1] data)."""
     if a.dtype.kind in "iu":
         low, high = int(a.min()), int(a.max())
         if low < 0 or high > 255:
             raise ValueError(f"{where}: integer images must lie in 0..255 (uint8), got values in [{low}, {high}]")
-        return _levels_to_unit(a, 255, dtype)
+        return
     if a.dtype.kind != "f":
         raise ValueError(f"{where}: images must be uint8 or float, got dtype {a.dtype}")
     bad = ~np.isfinite(a)
@@ -100,15 +103,41 @@ def _scale_pixels(a, where, dtype):
     if low >= 0:
         warnings.warn(f"{where}: float images lie in [{low:.3g}, {high:.3g}], none negative: if they are [0, 1] data, "
                       "rescale them by 2 x - 1 to [-1, 1]", UserWarning, stacklevel=4)  # the caller of load_npz
-    return np.clip(a, -1, 1).astype(dtype)  # the clip only removes rounding beyond +-1 (<= 1e-6)
 
 
-def _check_images(a, where, dtype):
-    """Any accepted image array -> (N, C, H, W) of dtype in [-1, 1]; ValueError for empty data."""
+def _resized_array(x, size, where):
+    """Checked pixels (N, C, H, W) -> (N, C, size[0], size[1]), each channel of each image resized as an image
+    file is (_resized: Lanczos): integer levels as 8-bit images, so that a uint8 archive and the same images
+    saved as PNG files load equal; floats as 32-bit float images (float64 pixels are rounded to float32)."""
+    if x.shape[2:] == size:
+        return x  # nothing to resample (and float64 pixels stay float64)
+    n, c = x.shape[:2]
+    eight_bit = x.dtype.kind in "iu"
+    out_dtype = np.dtype(np.uint8 if eight_bit else np.float32)
+    check_fits(n * c * size[0] * size[1] * (out_dtype.itemsize + 8),  # resized, then converted (8 bytes at most)
+               f"{where}: resizing {n} images to {size[0]}x{size[1]} (height x width)",
+               "resize them smaller (size=, refdiff's --image-size)")
+    Image, _ = _import_pillow()
+    out = np.empty((n, c, *size), dtype=out_dtype)
+    for i, j in np.ndindex(n, c):
+        out[i, j] = np.asarray(_resized(Image, Image.fromarray(x[i, j].astype(out_dtype)), size))
+    return out
+
+
+def _check_images(a, where, dtype, size=None):
+    """Any accepted image array -> (N, C, H, W) of dtype in [-1, 1], resized to size (H, W) unless None;
+    ValueError for empty data."""
     x = _to_nchw(a, where)
     if x.size == 0:
         raise ValueError(f"{where}: empty dataset, images have shape {a.shape}")
-    return _scale_pixels(x, where, dtype)
+    _check_pixels(x, where)
+    if size is not None:
+        x = _resized_array(x, size, where)
+    if x.dtype.kind in "iu":
+        return _levels_to_unit(x, 255, dtype)  # x = (2k - 255) / 255
+    # the clip removes rounding beyond +-1 (<= 1e-6) and Lanczos's overshoot at edges (Pillow clips 8-bit
+    # results the same way)
+    return np.clip(x, -1, 1).astype(dtype)
 
 
 def _check_labels(b, n, where, num_classes):
@@ -161,7 +190,7 @@ def _read_array(npz, key, where):
         raise ValueError(f"{where}: cannot read array {key!r} ({e})") from e
 
 
-def load_npz(path, dtype=np.float32, num_classes=None):
+def load_npz(path, dtype=np.float32, num_classes=None, size=None):
     """Load images (and labels, when present) from a NumPy .npz archive.
 
     Math: x = (2k - 255) / 255 for integer pixels k in 0..255; float pixels are taken as they are.
@@ -170,10 +199,13 @@ def load_npz(path, dtype=np.float32, num_classes=None):
     channel axis by the rule of the module docstring) and optionally labels named `y`, `labels` or
     `y_train` (the partner name is preferred; `x_test` and other arrays are ignored).
     dtype: np.float32 or np.float64; num_classes: labels must lie in [0, num_classes), or only be
-    >= 0 when None.
+    >= 0 when None. size: None (keep the images' size), an int S or a pair (H, W): every image is resized
+    to it as load_image_folder resizes files (Lanczos, per channel; integer pixels as 8-bit images, float
+    ones as float32 images, clipped to [-1, 1] after; needs Pillow).
     Returns x: (N, C, H, W) of dtype in [-1, 1]; y: (N,) int64, or None without a label array.
     """
     _check_dtype(dtype)
+    size = _check_size(size)
     path = _existing(path, "file")
     with open(path, "rb") as f:  # our own handle: closed even when np.load fails half-way
         try:
@@ -186,7 +218,7 @@ def load_npz(path, dtype=np.float32, num_classes=None):
             image_key, label_key = _pick_keys(npz.files, path)
             a = _read_array(npz, image_key, path)
             b = None if label_key is None else _read_array(npz, label_key, path)
-    x = _check_images(a, f"{path}: array {image_key!r}", np.dtype(dtype))
+    x = _check_images(a, f"{path}: array {image_key!r}", np.dtype(dtype), size)
     y = None if b is None else _check_labels(b, x.shape[0], f"{path}: array {label_key!r}", num_classes)
     return x, y
 

@@ -17,6 +17,11 @@ the same data (same channels, levels, embedding), pooled to ``num_classes`` logi
 ``VAE_PRESETS`` names the VAEs (refdiff.models.vae), the baseline family of docs/families.md:
 ``preset(num_classes=None, **overrides) -> VAEConfig`` (or ``MLPVAEConfig`` for the 2-D toys).
 
+``GAN_PRESETS`` names the GANs (refdiff.models.gan), the second baseline family of docs/families.md:
+``preset(num_classes=None, **overrides) -> GANConfig`` (or ``MLPGANConfig`` for the 2-D toys).
+``FLOW_PRESETS`` names the normalizing flows (refdiff.models.flow), docs/families.md's flow family:
+``preset(num_classes=None, **overrides) -> FlowConfig`` (or ``MLPFlowConfig`` for the 2-D toys).
+
 ``CLIP_PRESETS`` names the noised CLIPs (refdiff.models.clip): ``preset(**overrides) -> ClipConfig``.
 """
 
@@ -27,6 +32,8 @@ from typing import Callable
 
 from refdiff.models.classifier import ClassifierConfig
 from refdiff.models.clip import ClipConfig
+from refdiff.models.gan import GANConfig, MLPGANConfig
+from refdiff.models.flow import FlowConfig, MLPFlowConfig
 from refdiff.models.text_encoder import TextEncoderConfig
 from refdiff.models.text_unet import TextUNetConfig
 from refdiff.models.unet import UNetConfig
@@ -155,6 +162,43 @@ def toy2d_vae(num_classes: int | None = None, **overrides) -> MLPVAEConfig:
 
 
 VAE_PRESETS: dict[str, Callable[..., VAEConfig | MLPVAEConfig]] = {"digits8_vae": digits8_vae, "toy2d_vae": toy2d_vae}
+
+
+def digits8_gan(num_classes: int | None = None, **overrides) -> GANConfig:
+    """1x8x8 digits: a 16-dimensional z, generator 4x4 -> 8x8 and discriminator 8x8 -> 4x4 with 16 and 32 channels
+    (the VAE's decoder and encoder), projection on the 512 discriminator features (29k parameters with 10
+    classes)."""
+    cfg = GANConfig(in_channels=1, image_size=8, channels=(16, 32), latent_dim=16, num_classes=num_classes)
+    return dataclasses.replace(cfg, **overrides)
+
+
+def toy2d_gan(num_classes: int | None = None, **overrides) -> MLPGANConfig:
+    """2-D points (refdiff.data.toy2d): MLP generator and discriminator with two hidden layers of 64, a 2-dimensional
+    z (8.9k parameters unconditional)."""
+    return dataclasses.replace(MLPGANConfig(data_dim=2, hidden=64, latent_dim=2, num_classes=num_classes), **overrides)
+
+
+GAN_PRESETS: dict[str, Callable[..., GANConfig | MLPGANConfig]] = {"digits8_gan": digits8_gan, "toy2d_gan": toy2d_gan}
+
+
+def digits8_flow(num_classes: int | None = None, **overrides) -> FlowConfig:
+    """1x8x8 digits: RealNVP with 3 checkerboard couplings at 8x8, a squeeze, 3 channel and 4 checkerboard couplings
+    at 4x4x4, s/t nets of 32 hidden channels, |s| < 2, dequantised on the digits' 17 grey levels (38k parameters
+    unconditional, 41k with 10 classes)."""
+    cfg = FlowConfig(in_channels=1, image_size=8, hidden=32, scales=2, couplings=3, s_bound=2.0, levels=17,
+                     num_classes=num_classes)
+    return dataclasses.replace(cfg, **overrides)
+
+
+def toy2d_flow(num_classes: int | None = None, **overrides) -> MLPFlowConfig:
+    """2-D points (refdiff.data.toy2d): 8 alternating couplings, s/t MLPs with two hidden layers of 64, |s| < 2
+    (37k parameters unconditional)."""
+    cfg = MLPFlowConfig(data_dim=2, hidden=64, couplings=8, s_bound=2.0, num_classes=num_classes)
+    return dataclasses.replace(cfg, **overrides)
+
+
+FLOW_PRESETS: dict[str, Callable[..., FlowConfig | MLPFlowConfig]] = {"digits8_flow": digits8_flow,
+                                                                     "toy2d_flow": toy2d_flow}
 
 
 def shapes16_clip(**overrides) -> ClipConfig:

@@ -1,0 +1,140 @@
+"""The GAN's MLP form for low-dimensional points, the 2-D toys (refdiff.models.gan holds the losses and the
+objectives): an MLP generator and an MLP discriminator, class-conditional as the conv form (refdiff.models.gan_conv).
+
+Data flow (N points of dimension D, H = hidden, Z = latent_dim):
+
+    generator      a = z W_in + b_in [+ gen.table[y]];  h = silu(a);  h = silu(h W_1 + b_1);  x = h W_out + b_out
+    discriminator  h = silu(x W_0 + b_0);  phi = silu(h W_1 + b_1)                                      (N, H)
+                   logit = phi w_psi + b_psi [+ <disc.table[y], phi>]                                    (N,)
+
+The generator's output is linear (the toys are not bounded to [-1, 1]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from refdiff.backend import namespace
+from refdiff.layers.basic import LinearCache, SiluCache, linear_backward, linear_forward, silu_backward, silu_forward
+from refdiff.layers.embed import EmbeddingCache, embedding_backward, embedding_forward
+from refdiff.models.common import check_int
+
+
+@dataclass(frozen=True)
+class MLPGANConfig:
+    """Architecture of the point GAN; validated on construction."""
+
+    data_dim: int = 2               # D
+    hidden: int = 64                # H, the width of every hidden layer of both networks
+    latent_dim: int = 2             # Z
+    num_classes: int | None = None  # K for a class-conditional GAN, None for an unconditional one
+
+    def __post_init__(self):
+        for name in ("data_dim", "hidden", "latent_dim"):
+            check_int(name, getattr(self, name), 1)
+        if self.num_classes is not None:
+            check_int("num_classes", self.num_classes, 1)
+
+
+def param_shapes(cfg: MLPGANConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every parameter: the generator's ("gen.") then the discriminator's ("disc.")."""
+    D, H, Z, K = cfg.data_dim, cfg.hidden, cfg.latent_dim, cfg.num_classes
+    shapes = {"gen.in.w": (Z, H), "gen.in.b": (H,)}
+    if K is not None:
+        shapes["gen.label_embed.table"] = (K, H)
+    shapes.update({"gen.fc1.w": (H, H), "gen.fc1.b": (H,), "gen.out.w": (H, D), "gen.out.b": (D,),
+                   "disc.fc0.w": (D, H), "disc.fc0.b": (H,), "disc.fc1.w": (H, H), "disc.fc1.b": (H,),
+                   "disc.psi.w": (H, 1), "disc.psi.b": (1,)})
+    if K is not None:
+        shapes["disc.label_embed.table"] = (K, H)
+    return shapes
+
+
+class GeneratorCache(NamedTuple):
+    lin: LinearCache
+    label: EmbeddingCache | None  # None for an unconditional generator
+    silu0: SiluCache
+    fc1: LinearCache
+    silu1: SiluCache
+    out: LinearCache
+
+
+def generate(params: dict, cfg: MLPGANConfig, z: Any, y: Any = None):
+    """The generator's point G(z, y). z: (N, Z); y: (N,) labels in [0, K) or None. Returns x (N, D) like z, and a
+    GeneratorCache."""
+    a, lin = linear_forward(z, params["gen.in.w"], params["gen.in.b"])  # (N, H)
+    label = None
+    if cfg.num_classes is not None:
+        e, label = embedding_forward(y, params["gen.label_embed.table"])  # (N, H)
+        a = a + e
+    h, silu0 = silu_forward(a)
+    h, fc1 = linear_forward(h, params["gen.fc1.w"], params["gen.fc1.b"])  # (N, H)
+    h, silu1 = silu_forward(h)
+    x, out = linear_forward(h, params["gen.out.w"], params["gen.out.b"])  # (N, D)
+    return x, GeneratorCache(lin, label, silu0, fc1, silu1, out)
+
+
+def generate_backward(dx: Any, c: GeneratorCache) -> dict:
+    """Gradients of generate's parameters from dx (N, D)."""
+    g = {}
+    dh, g["gen.out.w"], g["gen.out.b"] = linear_backward(dx, c.out)
+    dh, g["gen.fc1.w"], g["gen.fc1.b"] = linear_backward(silu_backward(dh, c.silu1), c.fc1)
+    da = silu_backward(dh, c.silu0)
+    if c.label is not None:
+        g["gen.label_embed.table"] = embedding_backward(da, c.label)  # a = z W + b + table[y]: da reaches both
+    _, g["gen.in.w"], g["gen.in.b"] = linear_backward(da, c.lin)
+    return g
+
+
+class DiscriminatorCache(NamedTuple):
+    fc0: LinearCache
+    silu0: SiluCache
+    fc1: LinearCache
+    silu1: SiluCache
+    psi: LinearCache
+    phi: Any  # (N, H) the features
+    label: EmbeddingCache | None  # the projection's embedding, None for an unconditional discriminator
+    e: Any  # (N, H) embed(y), or None
+
+
+def discriminate(params: dict, cfg: MLPGANConfig, x: Any, y: Any = None):
+    """The discriminator's logit D(x, y) = psi(phi(x)) + <embed(y), phi(x)> (Miyato & Koyama 2018, eq. 3).
+    x: (N, D); y: (N,) labels in [0, K) or None. Returns logits (N,) like x, and a DiscriminatorCache."""
+    xp = namespace(x)
+    h, fc0 = linear_forward(x, params["disc.fc0.w"], params["disc.fc0.b"])  # (N, H)
+    h, silu0 = silu_forward(h)
+    h, fc1 = linear_forward(h, params["disc.fc1.w"], params["disc.fc1.b"])  # (N, H)
+    phi, silu1 = silu_forward(h)
+    logit, psi = linear_forward(phi, params["disc.psi.w"], params["disc.psi.b"])  # (N, 1)
+    logit = logit[:, 0]  # (N, 1) -> (N,)
+    label = e = None
+    if cfg.num_classes is not None:
+        e, label = embedding_forward(y, params["disc.label_embed.table"])  # (N, H)
+        logit = logit + xp.sum(e * phi, axis=1)  # the projection term
+    return logit, DiscriminatorCache(fc0, silu0, fc1, silu1, psi, phi, label, e)
+
+
+def discriminate_backward(dlogit: Any, c: DiscriminatorCache, need_dx: bool = False) -> tuple[dict, Any]:
+    """Gradients of discriminate from dlogit (N,): (grads of the discriminator's parameters, dx (N, D) or None).
+
+    Math: dphi = dlogit w_psi^T + dlogit embed(y);  d table[y] = dlogit phi;  then fc1, fc0 reversed
+    """
+    xp = namespace(dlogit)
+    g = {}
+    dl = xp.reshape(dlogit, (dlogit.shape[0], 1))  # (N,) -> (N, 1)
+    dphi, g["disc.psi.w"], g["disc.psi.b"] = linear_backward(dl, c.psi)
+    if c.label is not None:
+        dphi = dphi + dl * c.e  # the projection: d<e, phi>/dphi = e ...
+        g["disc.label_embed.table"] = embedding_backward(dl * c.phi, c.label)  # ... and d<e, phi>/de = phi
+    dh, g["disc.fc1.w"], g["disc.fc1.b"] = linear_backward(silu_backward(dphi, c.silu1), c.fc1)
+    dx, g["disc.fc0.w"], g["disc.fc0.b"] = linear_backward(silu_backward(dh, c.silu0), c.fc0)
+    return g, (dx if need_dx else None)
+
+
+def check_x(cfg: MLPGANConfig, x: Any) -> None:
+    """Raise unless x is a real floating (N, D) array, N >= 1."""
+    xp = namespace(x)
+    if not xp.isdtype(x.dtype, "real floating") or x.ndim != 2 or x.shape[1] != cfg.data_dim or x.shape[0] < 1:
+        raise ValueError(f"x must be a real floating (N, {cfg.data_dim}) array of points (cfg.data_dim), got shape "
+                         f"{tuple(x.shape)} and dtype {x.dtype}")
