@@ -229,7 +229,8 @@ def _text_demo_outputs(out: Path, losses: list[float], per_prompt: int, guidance
     """The text demo's files after training: the loss curve, the prompt grid, the samples and the scores."""
     paths = {"checkpoint": out / "checkpoint.npz",
              "loss_curve": curves({"training loss": (np.arange(1, len(losses) + 1), np.asarray(losses))},
-                                  out / "loss_curve.png", xlabel="step", ylabel="loss (MSE of eps)")}
+                                  out / "loss_curve.png", xlabel="step",
+                                  ylabel=f"loss (MSE of eps, {cfg.weighting} weighting)")}
     loaded = load_model(out / "checkpoint.npz", backend=cfg.backend)
     prompts = SEEN_PROMPTS + HELD_OUT_PROMPTS
     images = sample_prompts(loaded, prompts, per_prompt, guidance, sample_steps, cfg.seed)
