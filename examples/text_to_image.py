@@ -16,9 +16,9 @@ GLIDE's text path (Nichol et al. 2021, Sec. 2.3; docs/glide.md) in the text16 mo
 4. classifier-free guidance: eps = eps(x_t | empty) + s (eps(x_t | prompt) - eps(x_t | empty)), sampled with
    DDIM from the same noise at s = 0 (unconditional), 1 (conditional) and 3.
 
-Without --checkpoint the example first trains text16 for TRAIN_STEPS steps (about a minute on a 2-core
-CPU): enough to run the path, not to draw the prompt. For samples that follow their prompt give the text
-demo's checkpoint (`refdiff demo --task text`, about 10 minutes). Writes to DIR (default out/text_to_image)
+Without --checkpoint the example first trains text16 for TRAIN.steps = 100 steps (about a minute on a
+2-core CPU): enough to run the path, not to draw the prompt. For samples that follow their prompt give the text
+demo's checkpoint (`refdiff demo --task text`, 4 to 9 minutes). Writes to DIR (default out/text_to_image)
 text_to_image.png, a row of samples per guidance scale, and text_attention.png, the attention map of each word
 over the 8x8 pixels of the attention block; prints their paths and each word's share of the attention.
 --quick trains 3 steps and samples 2 images with 4 DDIM steps (for tests).
@@ -47,7 +47,7 @@ from _common import argument_parser, backend_and_out
 
 # Settings
 PROMPT = "large red circle top left"
-TRAIN = TrainConfig(steps=100, batch_size=16, lr=2e-3, warmup_steps=20)  # without --checkpoint
+TRAIN = TrainConfig(steps=100, batch_size=16, lr=4e-3, warmup_steps=20, weighting="min_snr")  # no --checkpoint
 SCALES = (0.0, 1.0, 3.0)                   # classifier-free guidance scales s
 N_SAMPLES = 6                              # samples per scale, from the same noise
 SAMPLE_STEPS = 25                          # DDIM steps
