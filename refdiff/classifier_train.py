@@ -36,7 +36,8 @@ from refdiff.diffusion import q_sample
 from refdiff.layers.cross_entropy import cross_entropy
 from refdiff.models import registry
 from refdiff.models.classifier import ClassifierConfig
-from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, learning_rate
+from refdiff.optim import adamw_init, adamw_step, clip_grad_norm, learning_rate
+from refdiff.run_config import check_count, check_lr_schedule, check_run, check_weight_decay
 
 
 @dataclass(frozen=True)
@@ -59,28 +60,14 @@ class ClassifierTrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "T"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
-                or not 0 <= self.warmup_steps < self.steps:
-            raise ValueError(f"warmup_steps must be an integer in [0, steps) = [0, {self.steps}), "
-                             f"got {self.warmup_steps!r}")
-        for name in ("lr", "grad_clip"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        if isinstance(self.weight_decay, bool) or not 0 <= self.weight_decay < math.inf:
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if self.lr_decay not in DECAYS:
-            raise ValueError(f"lr_decay must be one of {', '.join(DECAYS)}, got {self.lr_decay!r}")
+            check_count(name, getattr(self, name))
+        check_lr_schedule(self)
+        check_weight_decay(self.weight_decay)
         if not isinstance(self.noisy, bool):
             raise ValueError(f"noisy must be a bool, got {self.noisy!r}")
         if self.schedule not in schedules.SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(sorted(schedules.SCHEDULES))}, got {self.schedule!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        get_backend(self.backend)  # raises, naming the backend, for an unknown one
+        check_run(self)
 
 
 @dataclass

@@ -28,8 +28,9 @@ from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
 from refdiff.diffusion import q_sample
 from refdiff.layers.contrastive import contrastive_backward, contrastive_forward
 from refdiff.models import clip as M
-from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, learning_rate
+from refdiff.optim import adamw_init, adamw_step, clip_grad_norm, learning_rate
 from refdiff.parallel import in_parts
+from refdiff.run_config import check_count, check_lr_schedule, check_run, check_weight_decay
 from refdiff.samplers.guidance import classifier_guidance
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips exp(tau) at 100
@@ -54,25 +55,12 @@ class ClipTrainConfig:
 
     def __post_init__(self):
         for name, low in (("steps", 1), ("batch_size", 2), ("T", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        w = self.warmup_steps
-        if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w < self.steps:
-            raise ValueError(f"warmup_steps must be an integer in [0, steps) = [0, {self.steps}), got {w!r}")
-        for name in ("lr", "grad_clip"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        if isinstance(self.weight_decay, bool) or not 0 <= self.weight_decay < math.inf:
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if self.lr_decay not in DECAYS:
-            raise ValueError(f"lr_decay must be one of {', '.join(DECAYS)}, got {self.lr_decay!r}")
+            check_count(name, getattr(self, name), low)
+        check_lr_schedule(self)
+        check_weight_decay(self.weight_decay)
         if self.schedule not in schedules.SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(sorted(schedules.SCHEDULES))}, got {self.schedule!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        get_backend(self.backend)  # raises, naming the backend, for an unknown one
+        check_run(self)
 
 
 @dataclass

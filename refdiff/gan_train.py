@@ -29,6 +29,7 @@ from refdiff.models.common import check_int
 from refdiff.models.gan import GANConfig, MLPGANConfig
 from refdiff.optim import adamw_init, adamw_step
 from refdiff.parallel import one_blas_thread
+from refdiff.run_config import check_count, check_positive, check_probability, check_run
 
 
 @dataclass(frozen=True)
@@ -50,20 +51,14 @@ class GANTrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "d_steps"):
-            check_int(name, getattr(self, name), 1)
-        for name in ("lr_g", "lr_d") + (("max_seconds",) if self.max_seconds is not None else ()):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+            check_count(name, getattr(self, name))
+        for name in ("lr_g", "lr_d"):
+            check_positive(name, getattr(self, name))
         for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+            check_probability(name, getattr(self, name), "a number")
         if self.loss not in gan.LOSSES:
             raise ValueError(f"loss must be one of {', '.join(gan.LOSSES)}, got {self.loss!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        get_backend(self.backend)  # raises, naming the backend, for an unknown one
+        check_run(self)
 
 
 @dataclass

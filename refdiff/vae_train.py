@@ -24,7 +24,8 @@ import numpy as np
 from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
 from refdiff.models import vae
 from refdiff.models.vae import MLPVAEConfig, VAEConfig
-from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, learning_rate
+from refdiff.optim import adamw_init, adamw_step, clip_grad_norm, learning_rate
+from refdiff.run_config import check_count, check_lr_schedule, check_probability, check_run
 
 
 @dataclass(frozen=True)
@@ -45,25 +46,10 @@ class VAETrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
-                or not 0 <= self.warmup_steps < self.steps:
-            raise ValueError(f"warmup_steps must be an integer in [0, steps) = [0, {self.steps}), "
-                             f"got {self.warmup_steps!r}")
-        for name in ("lr", "grad_clip") + (("max_seconds",) if self.max_seconds is not None else ()):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        p = self.label_dropout
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-            raise ValueError(f"label_dropout must be a probability in [0, 1), got {p!r}")
-        if self.lr_decay not in DECAYS:
-            raise ValueError(f"lr_decay must be one of {', '.join(DECAYS)}, got {self.lr_decay!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        get_backend(self.backend)  # raises, naming the backend, for an unknown one
+            check_count(name, getattr(self, name))
+        check_lr_schedule(self)
+        check_probability("label_dropout", self.label_dropout)
+        check_run(self)
 
 
 @dataclass
