@@ -37,7 +37,7 @@ from refdiff.layers.cross_entropy import cross_entropy
 from refdiff.models import registry
 from refdiff.models.classifier import ClassifierConfig
 from refdiff.optim import adamw_init, adamw_step, clip_grad_norm, learning_rate
-from refdiff.run_config import check_count, check_lr_schedule, check_run, check_weight_decay
+from refdiff.run_config import check_count, check_lr_schedule, check_run, check_weight_decay, init_on_backend
 
 
 @dataclass(frozen=True)
@@ -119,11 +119,8 @@ def train_classifier(train_cfg: ClassifierTrainConfig, cfg: ClassifierConfig, x:
     Returns a TrainedClassifier, its info["train_seconds"] the wall time of the loop.
     """
     x, y = _check_data(train_cfg, cfg, x, y)
-    backend = get_backend(train_cfg.backend)
-    like = backend.asarray(np.zeros(1), dtype=backend.dtype(train_cfg.dtype))
     g = Generator(train_cfg.seed)
-    init_params = registry.family(cfg, "classifier").init_params
-    params = {k: asarray(v, like=like) for k, v in init_params(cfg, g, dtype=np.dtype(train_cfg.dtype)).items()}
+    params = init_on_backend(train_cfg, registry.family(cfg, "classifier").init_params, cfg, g)
     trained = TrainedClassifier(params, cfg, train_cfg, [])
     opt, schedule = adamw_init(params), schedules.by_name(train_cfg.schedule, train_cfg.T)
     from tqdm.auto import tqdm

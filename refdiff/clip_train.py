@@ -24,13 +24,13 @@ from typing import Any, Callable
 import numpy as np
 
 from refdiff import schedules
-from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
+from refdiff.backend import Generator, asarray, namespace, to_numpy
 from refdiff.diffusion import q_sample
 from refdiff.layers.contrastive import contrastive_backward, contrastive_forward
 from refdiff.models import clip as M
 from refdiff.optim import adamw_init, adamw_step, clip_grad_norm, learning_rate
 from refdiff.parallel import in_parts
-from refdiff.run_config import check_count, check_lr_schedule, check_run, check_weight_decay
+from refdiff.run_config import check_count, check_lr_schedule, check_run, check_weight_decay, init_on_backend
 from refdiff.samplers.guidance import classifier_guidance
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips exp(tau) at 100
@@ -133,10 +133,8 @@ def train_clip(train_cfg: ClipTrainConfig, cfg: M.ClipConfig, x: np.ndarray, tok
     refdiff.data.captions.tokenize gives them). Returns a TrainedClip, info["train_seconds"] the loop's time.
     """
     x, tokens, mask = _check_data(train_cfg, cfg, x, tokens, mask)
-    backend = get_backend(train_cfg.backend)
-    like = backend.asarray(np.zeros(1), dtype=backend.dtype(train_cfg.dtype))
     g = Generator(train_cfg.seed)
-    params = {k: asarray(v, like=like) for k, v in M.init_params(cfg, g, dtype=np.dtype(train_cfg.dtype)).items()}
+    params = init_on_backend(train_cfg, M.init_params, cfg, g)
     trained = TrainedClip(params, cfg, train_cfg, [])
     opt, schedule = adamw_init(params), schedules.by_name(train_cfg.schedule, train_cfg.T)
     from tqdm.auto import tqdm

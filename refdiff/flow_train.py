@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
+from refdiff.backend import Generator, asarray, namespace, to_numpy
 from refdiff.models import flow
 from refdiff.models.flow import FlowConfig, MLPFlowConfig
 from refdiff.optim import adamw_init, adamw_step, clip_grad_norm, learning_rate
-from refdiff.run_config import check_count, check_lr_schedule, check_probability, check_run
+from refdiff.run_config import (budgeted_steps, check_count, check_data, check_lr_schedule, check_probability,
+                                check_run, init_on_backend, sample_labels)
 
 
 @dataclass(frozen=True)
@@ -116,23 +117,18 @@ def train_flow(train_cfg: FlowTrainConfig, cfg: FlowConfig | MLPFlowConfig, x: n
     TrainedFlow.
     """
     x, y = _check_data(train_cfg, cfg, x, y)
-    backend = get_backend(train_cfg.backend)
-    like = backend.asarray(np.zeros(1), dtype=backend.dtype(train_cfg.dtype))
     g = Generator(train_cfg.seed)
-    params = {k: asarray(v, like=like) for k, v in flow.init_params(cfg, g, np.dtype(train_cfg.dtype)).items()}
+    params = init_on_backend(train_cfg, flow.init_params, cfg, g)
     trained = TrainedFlow(params, cfg, train_cfg, [])
     opt = adamw_init(params)
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
     with tqdm(total=train_cfg.steps, disable=not progress, desc="flow", unit="step") as bar:
-        for step in range(train_cfg.steps):
+        for step in budgeted_steps(train_cfg, bar, start):
             opt, loss = flow_step(trained, opt, x, y, g, step)
             trained.losses.append(loss)
             bar.set_postfix(bpd=f"{loss:.3f}", refresh=False)
-            bar.update(1)
-            if train_cfg.max_seconds is not None and time.perf_counter() - start > train_cfg.max_seconds:
-                break
     trained.info.update(train_seconds=time.perf_counter() - start, steps_done=len(trained.losses))
     return trained
 
@@ -165,13 +161,7 @@ def flow_samples(trained: TrainedFlow, n: int, labels: np.ndarray | None = None,
     flow.check_int("n", n, 1)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-    if labels is not None:
-        labels = np.asarray(labels)
-        K = trained.cfg.num_classes
-        if K is None or labels.shape != (n,) or labels.dtype.kind not in "iu" or np.any((labels < 0) | (labels >= K)):
-            raise ValueError(f"labels must be None or ({n},) integers in [0, num_classes) for a conditional flow "
-                             f"(num_classes = {K}), got shape {labels.shape}, dtype {labels.dtype}")
-        labels = asarray(labels.astype(np.int64), like=trained.like)
+    labels = sample_labels(labels, n, trained.cfg.num_classes, "flow", trained.like)
     z = temperature * Generator(seed).normal((n, trained.cfg.dims), like=trained.like)
     x = flow.flow_inverse(trained.params, trained.cfg, z, labels)
     if isinstance(trained.cfg, FlowConfig):
@@ -187,22 +177,5 @@ def _check_data(train_cfg: Any, cfg: Any, x: Any, y: Any,
         raise ValueError(f"train_cfg must be a FlowTrainConfig, got {type(train_cfg).__name__}")
     if type(cfg) not in flow.CODERS:
         raise ValueError(f"cfg must be a FlowConfig or an MLPFlowConfig, got {type(cfg).__name__}")
-    x, images = np.asarray(x), isinstance(cfg, FlowConfig)
-    shape = (cfg.in_channels, cfg.image_size, cfg.image_size) if images else (cfg.data_dim,)
-    if x.shape[1:] != shape or x.shape[0] < 1 or x.dtype.kind != "f":
-        raise ValueError(f"x must be a floating (N, {', '.join(map(str, shape))}) host array, got shape {x.shape}, "
-                         f"dtype {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"x must be finite, got {int(np.sum(~np.isfinite(x)))} NaN or inf values")
-    if images and not -1.0 <= x.min() <= x.max() <= 1.0:
-        raise ValueError(f"x must lie in [-1, 1] (on cfg.levels = {cfg.levels} values), got values in "
-                         f"[{x.min()}, {x.max()}]")
-    if cfg.num_classes is None or (y is None and labels_optional):
-        if y is not None:
-            raise ValueError("y must be None for an unconditional flow (cfg.num_classes is None)")
-        return x, None
-    y = np.asarray(y)
-    if y.shape != (x.shape[0],) or y.dtype.kind not in "iu" or np.any((y < 0) | (y >= cfg.num_classes)):
-        raise ValueError(f"y must be an ({x.shape[0]},) integer array of labels in [0, {cfg.num_classes}), got "
-                         f"shape {y.shape}, dtype {y.dtype}")
-    return x, y
+    x_range = f"on cfg.levels = {cfg.levels} values" if isinstance(cfg, FlowConfig) else ""
+    return check_data(cfg, x, y, isinstance(cfg, FlowConfig), x_range, "flow", labels_optional)

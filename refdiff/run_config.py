@@ -1,14 +1,19 @@
-"""The fields every training run's config shares (steps, batch size, learning-rate schedule, clipping, time budget,
-seed, backend, dtype) and their checks, for the trainers' frozen config dataclasses (flow, VAE, GAN, CLIP,
-classifier). Each config keeps its own fields and defaults; its __post_init__ calls these checks, so the messages
-are the same for every trainer."""
+"""What the small trainers' runs (flow, VAE, GAN, CLIP, classifier) share: the checks of their configs' common
+fields (steps, batch size, learning-rate schedule, clipping, time budget, seed, backend, dtype), the parameters
+placed on the run's backend, the step loop's time budget, and the checks of the data and of sample labels.
+
+Each config keeps its own fields and defaults; its __post_init__ calls these checks, so the messages are the same
+for every trainer."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import time
+from typing import Any, Callable, Iterator
 
-from refdiff.backend import get_backend
+import numpy as np
+
+from refdiff.backend import Generator, asarray, get_backend
 from refdiff.optim import DECAYS
 
 
@@ -54,3 +59,61 @@ def check_run(cfg: Any) -> None:
     if cfg.dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be float32 or float64, got {cfg.dtype!r}")
     get_backend(cfg.backend)  # raises, naming the backend, for an unknown one
+
+
+# --------------------------------------------------------------------------------------- the run
+
+def init_on_backend(train_cfg: Any, init_params: Callable, cfg: Any, g: Generator) -> dict:
+    """init_params(cfg, g, dtype) of the run's dtype, moved to train_cfg.backend."""
+    backend = get_backend(train_cfg.backend)
+    like = backend.asarray(np.zeros(1), dtype=backend.dtype(train_cfg.dtype))
+    return {k: asarray(v, like=like) for k, v in init_params(cfg, g, np.dtype(train_cfg.dtype)).items()}
+
+
+def budgeted_steps(train_cfg: Any, bar: Any, start: float) -> Iterator[int]:
+    """Yield the steps 0..train_cfg.steps-1, advancing bar after each; stop after the step during which
+    train_cfg.max_seconds (counted from start, a time.perf_counter()) ran out (never, for None)."""
+    for step in range(train_cfg.steps):
+        yield step
+        bar.update(1)
+        if train_cfg.max_seconds is not None and time.perf_counter() - start > train_cfg.max_seconds:
+            return
+
+
+# -------------------------------------------------------------------------------------- the data
+
+def check_data(cfg: Any, x: Any, y: Any, images: bool, x_range: str, model: str,
+               labels_optional: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(x, y) as host arrays, or a ValueError naming the argument: x (N, C, S, S) images in [-1, 1] (images=True;
+    x_range says why, in the message) or (N, D) points, finite, N >= 1; y the labels of a conditional model
+    (optional with labels_optional), None for an unconditional one (model names it in the message)."""
+    x = np.asarray(x)
+    shape = (cfg.in_channels, cfg.image_size, cfg.image_size) if images else (cfg.data_dim,)
+    if x.shape[1:] != shape or x.shape[0] < 1 or x.dtype.kind != "f":
+        raise ValueError(f"x must be a floating (N, {', '.join(map(str, shape))}) host array, got shape {x.shape}, "
+                         f"dtype {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"x must be finite, got {int(np.sum(~np.isfinite(x)))} NaN or inf values")
+    if images and not -1.0 <= x.min() <= x.max() <= 1.0:
+        raise ValueError(f"x must lie in [-1, 1] ({x_range}), got values in [{x.min()}, {x.max()}]")
+    if cfg.num_classes is None or (y is None and labels_optional):
+        if y is not None:
+            raise ValueError(f"y must be None for an unconditional {model} (cfg.num_classes is None)")
+        return x, None
+    y = np.asarray(y) if y is not None else np.zeros(0, np.int64)
+    if y.shape != (x.shape[0],) or y.dtype.kind not in "iu" or np.any((y < 0) | (y >= cfg.num_classes)):
+        raise ValueError(f"y must be an ({x.shape[0]},) integer array of labels in [0, {cfg.num_classes}), got "
+                         f"shape {y.shape}, dtype {y.dtype}")
+    return x, y
+
+
+def sample_labels(labels: Any, n: int, num_classes: int | None, model: str, like: Any) -> Any:
+    """labels as (n,) int64 on like's device, or None: (n,) integers in [0, K) for a conditional model, or None
+    (the null label); a ValueError (model names the model) otherwise."""
+    if labels is None:
+        return None
+    labels, K = np.asarray(labels), num_classes
+    if K is None or labels.shape != (n,) or labels.dtype.kind not in "iu" or np.any((labels < 0) | (labels >= K)):
+        raise ValueError(f"labels must be None or ({n},) integers in [0, num_classes) for a conditional {model} "
+                         f"(num_classes = {K}), got shape {labels.shape}, dtype {labels.dtype}")
+    return asarray(labels.astype(np.int64), like=like)

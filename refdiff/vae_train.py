@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
+from refdiff.backend import Generator, asarray, namespace, to_numpy
 from refdiff.models import vae
 from refdiff.models.vae import MLPVAEConfig, VAEConfig
 from refdiff.optim import adamw_init, adamw_step, clip_grad_norm, learning_rate
-from refdiff.run_config import check_count, check_lr_schedule, check_probability, check_run
+from refdiff.run_config import (budgeted_steps, check_count, check_data, check_lr_schedule, check_probability,
+                                check_run, init_on_backend, sample_labels)
 
 
 @dataclass(frozen=True)
@@ -102,23 +103,18 @@ def train_vae(train_cfg: VAETrainConfig, cfg: VAEConfig | MLPVAEConfig, x: np.nd
     TrainedVAE.
     """
     x, y = _check_data(train_cfg, cfg, x, y)
-    backend = get_backend(train_cfg.backend)
-    like = backend.asarray(np.zeros(1), dtype=backend.dtype(train_cfg.dtype))
     g = Generator(train_cfg.seed)
-    params = {k: asarray(v, like=like) for k, v in vae.init_params(cfg, g, np.dtype(train_cfg.dtype)).items()}
+    params = init_on_backend(train_cfg, vae.init_params, cfg, g)
     trained = TrainedVAE(params, cfg, train_cfg, [])
     opt = adamw_init(params)
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
     with tqdm(total=train_cfg.steps, disable=not progress, desc="vae", unit="step") as bar:
-        for step in range(train_cfg.steps):
+        for step in budgeted_steps(train_cfg, bar, start):
             opt, loss = vae_step(trained, opt, x, y, g, step)
             trained.losses.append(loss)
             bar.set_postfix(bpd=f"{loss:.3f}", refresh=False)
-            bar.update(1)
-            if train_cfg.max_seconds is not None and time.perf_counter() - start > train_cfg.max_seconds:
-                break
     trained.info.update(train_seconds=time.perf_counter() - start, steps_done=len(trained.losses))
     return trained
 
@@ -153,13 +149,7 @@ def vae_samples(trained: TrainedVAE, n: int, labels: np.ndarray | None = None, s
     integers in [0, K) for a conditional VAE, or None (the null label). Returns (n, C, S, S) or (n, D) host
     float64."""
     vae.check_int("n", n, 1)
-    if labels is not None:
-        labels = np.asarray(labels)
-        K = trained.cfg.num_classes
-        if K is None or labels.shape != (n,) or labels.dtype.kind not in "iu" or np.any((labels < 0) | (labels >= K)):
-            raise ValueError(f"labels must be None or ({n},) integers in [0, num_classes) for a conditional VAE "
-                             f"(num_classes = {K}), got shape {labels.shape}, dtype {labels.dtype}")
-        labels = asarray(labels.astype(np.int64), like=trained.like)
+    labels = sample_labels(labels, n, trained.cfg.num_classes, "VAE", trained.like)
     z = Generator(seed).normal((n, trained.cfg.latent_dim), like=trained.like)
     mean = to_numpy(vae.vae_model(trained.params, trained.cfg)(z, labels)).astype(np.float64)
     return np.clip(mean, -1.0, 1.0) if isinstance(trained.cfg, VAEConfig) else mean
@@ -173,22 +163,4 @@ def _check_data(train_cfg: Any, cfg: Any, x: Any, y: Any,
         raise ValueError(f"train_cfg must be a VAETrainConfig, got {type(train_cfg).__name__}")
     if type(cfg) not in vae.CODERS:
         raise ValueError(f"cfg must be a VAEConfig or an MLPVAEConfig, got {type(cfg).__name__}")
-    x, images = np.asarray(x), isinstance(cfg, VAEConfig)
-    shape = (cfg.in_channels, cfg.image_size, cfg.image_size) if images else (cfg.data_dim,)
-    if x.shape[1:] != shape or x.shape[0] < 1 or x.dtype.kind != "f":
-        raise ValueError(f"x must be a floating (N, {', '.join(map(str, shape))}) host array, got shape {x.shape}, "
-                         f"dtype {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"x must be finite, got {int(np.sum(~np.isfinite(x)))} NaN or inf values")
-    if images and not -1.0 <= x.min() <= x.max() <= 1.0:
-        raise ValueError(f"x must lie in [-1, 1] (the discretized decoder's range), got values in "
-                         f"[{x.min()}, {x.max()}]")
-    if cfg.num_classes is None or (y is None and labels_optional):
-        if y is not None:
-            raise ValueError("y must be None for an unconditional VAE (cfg.num_classes is None)")
-        return x, None
-    y = np.asarray(y)
-    if y.shape != (x.shape[0],) or y.dtype.kind not in "iu" or np.any((y < 0) | (y >= cfg.num_classes)):
-        raise ValueError(f"y must be an ({x.shape[0]},) integer array of labels in [0, {cfg.num_classes}), got "
-                         f"shape {y.shape}, dtype {y.dtype}")
-    return x, y
+    return check_data(cfg, x, y, isinstance(cfg, VAEConfig), "the discretized decoder's range", "VAE", labels_optional)
