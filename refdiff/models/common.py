@@ -62,9 +62,19 @@ def same_library(a: Any, x: Any) -> bool:
 
 
 def _a(cfg_type: type) -> str:
-    """'an MLPConfig', 'a UNetConfig': the article of an initialism follows its first letter's name."""
+    """'an MLPConfig', 'a UNetConfig', 'a FlowConfig': an initialism's article follows its first letter's name, a
+    word's its first sound."""
     name = cfg_type.__name__
-    return f"{'an' if name[0] in 'AEFHILMNORSX' else 'a'} {name}"
+    initialism = name[1:2].isupper()
+    return f"{'an' if name[0] in ('AEFHILMNORSX' if initialism else 'AEIO') else 'a'} {name}"
+
+
+def by_config(cfg: Any, modules: dict) -> Any:
+    """modules[type(cfg)]: the module a family dispatches cfg to (its coder, its form), or a ValueError naming
+    the allowed config types ("cfg must be a VAEConfig or an MLPVAEConfig, got dict")."""
+    if type(cfg) not in modules:
+        raise ValueError(f"cfg must be {' or '.join(map(_a, modules))}, got {type(cfg).__name__}")
+    return modules[type(cfg)]
 
 
 def check_init(cfg: Any, cfg_type: type, generator: Any, dtype: Any) -> np.dtype:

@@ -26,7 +26,7 @@ import numpy as np
 
 from refdiff.backend import Generator, device, namespace
 from refdiff.models import flow_conv, flow_mlp
-from refdiff.models.common import check_init, check_int, check_params, count_params, lecun_init, same_library
+from refdiff.models.common import by_config, check_init, check_int, check_params, count_params, lecun_init, same_library
 from refdiff.models.flow_conv import FlowConfig
 from refdiff.models.flow_mlp import MLPFlowConfig
 
@@ -36,9 +36,7 @@ CODERS = {FlowConfig: flow_conv, MLPFlowConfig: flow_mlp}  # config type -> the 
 
 def _coder(cfg: Any):
     """The coder module of cfg's type, or a ValueError naming the allowed configs."""
-    if type(cfg) not in CODERS:
-        raise ValueError(f"cfg must be a FlowConfig or an MLPFlowConfig, got {type(cfg).__name__}")
-    return CODERS[type(cfg)]
+    return by_config(cfg, CODERS)
 
 
 def param_shapes(cfg: FlowConfig | MLPFlowConfig) -> dict[str, tuple[int, ...]]:

@@ -25,7 +25,7 @@ import numpy as np
 from refdiff.backend import Generator, namespace
 from refdiff.layers.basic import sigmoid
 from refdiff.models import gan_conv, gan_mlp
-from refdiff.models.common import check_init, check_params, count_params, lecun_init, same_library
+from refdiff.models.common import by_config, check_init, check_params, count_params, lecun_init, same_library
 from refdiff.models.gan_conv import GANConfig
 from refdiff.models.gan_mlp import MLPGANConfig
 
@@ -35,9 +35,7 @@ FORMS = {GANConfig: gan_conv, MLPGANConfig: gan_mlp}  # config type -> the modul
 
 def _form(cfg: Any):
     """The module of cfg's networks, or a ValueError naming the allowed configs."""
-    if type(cfg) not in FORMS:
-        raise ValueError(f"cfg must be a GANConfig or an MLPGANConfig, got {type(cfg).__name__}")
-    return FORMS[type(cfg)]
+    return by_config(cfg, FORMS)
 
 
 def param_shapes(cfg: GANConfig | MLPGANConfig) -> dict[str, tuple[int, ...]]:

@@ -23,7 +23,7 @@ import numpy as np
 from refdiff.backend import Generator, namespace
 from refdiff.likelihood import normal_kl
 from refdiff.models import vae_conv, vae_mlp
-from refdiff.models.common import check_init, check_int, check_params, count_params, lecun_init, same_library
+from refdiff.models.common import by_config, check_init, check_int, check_params, count_params, lecun_init, same_library
 from refdiff.models.vae_conv import VAEConfig
 from refdiff.models.vae_mlp import MLPVAEConfig
 
@@ -33,9 +33,7 @@ CODERS = {VAEConfig: vae_conv, MLPVAEConfig: vae_mlp}  # config type -> the modu
 
 def _coder(cfg: Any):
     """The coder module of cfg's type, or a ValueError naming the allowed configs."""
-    if type(cfg) not in CODERS:
-        raise ValueError(f"cfg must be a VAEConfig or an MLPVAEConfig, got {type(cfg).__name__}")
-    return CODERS[type(cfg)]
+    return by_config(cfg, CODERS)
 
 
 def param_shapes(cfg: VAEConfig | MLPVAEConfig) -> dict[str, tuple[int, ...]]:
