@@ -29,9 +29,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from refdiff.backend import namespace
-from refdiff.layers.basic import LinearCache, linear_backward, linear_forward
-from refdiff.layers.embed import EmbeddingCache, embedding_backward, embedding_forward
-from refdiff.models import conv_codec
+from refdiff.models import conv_codec, gan_heads
 from refdiff.models.common import check_image, check_int
 from refdiff.models.conv_codec import decoder_shapes, encoder_shapes
 
@@ -90,8 +88,7 @@ def param_shapes(cfg: GANConfig) -> dict[str, tuple[int, ...]]:
 # ---------------------------------------------------------------------------------- generator
 
 class GeneratorCache(NamedTuple):
-    lin: LinearCache
-    label: EmbeddingCache | None  # None for an unconditional generator
+    input: gan_heads.InputCache
     body: conv_codec.DecoderCache
     x: Any  # (N, S, S, C) the tanh output, for tanh' = 1 - x^2
 
@@ -105,14 +102,10 @@ def generate(params: dict, cfg: GANConfig, z: Any, y: Any = None):
     and a GeneratorCache.
     """
     xp = namespace(z)
-    label = None
-    a, lin = linear_forward(z, params["gen.in.w"], params["gen.in.b"])  # (N, F)
-    if cfg.num_classes is not None:
-        e, label = embedding_forward(y, params["gen.label_embed.table"])  # (N, F)
-        a = a + e
+    a, inp = gan_heads.generator_input(params, z, y, cfg.num_classes is not None)  # (N, F)
     a_out, body = conv_codec.decoder_forward(params, "gen.", len(cfg.channels), cfg.bottleneck, a)  # (N, S, S, C)
     x = xp.tanh(a_out)
-    return xp.permute_dims(x, (0, 3, 1, 2)), GeneratorCache(lin, label, body, x)  # (N, S, S, C) -> (N, C, S, S)
+    return xp.permute_dims(x, (0, 3, 1, 2)), GeneratorCache(inp, body, x)  # (N, S, S, C) -> (N, C, S, S)
 
 
 def generate_backward(dx: Any, c: GeneratorCache) -> dict:
@@ -120,9 +113,7 @@ def generate_backward(dx: Any, c: GeneratorCache) -> dict:
     xp = namespace(dx)
     da_out = xp.permute_dims(dx, (0, 2, 3, 1)) * (1.0 - c.x * c.x)  # NCHW -> NHWC; tanh' = 1 - tanh^2
     g, da = conv_codec.decoder_backward(da_out, c.body)  # da (N, F)
-    if c.label is not None:
-        g["gen.label_embed.table"] = embedding_backward(da, c.label)  # a = z W + b + table[y]: da reaches both
-    _, g["gen.in.w"], g["gen.in.b"] = linear_backward(da, c.lin)
+    g.update(gan_heads.generator_input_backward(da, c.input))
     return g
 
 
@@ -130,10 +121,7 @@ def generate_backward(dx: Any, c: GeneratorCache) -> dict:
 
 class DiscriminatorCache(NamedTuple):
     convs: conv_codec.EncoderCache
-    psi: LinearCache
-    phi: Any  # (N, F) the features
-    label: EmbeddingCache | None  # the projection's embedding, None for an unconditional discriminator
-    e: Any  # (N, F) embed(y), or None
+    head: gan_heads.ProjectionCache
 
 
 def discriminate(params: dict, cfg: GANConfig, x: Any, y: Any = None):
@@ -145,15 +133,9 @@ def discriminate(params: dict, cfg: GANConfig, x: Any, y: Any = None):
     x: (N, C, S, S); y: (N,) labels in [0, K) or None for an unconditional GAN. Returns logits (N,) like x, and a
     DiscriminatorCache.
     """
-    xp = namespace(x)
     phi, convs = conv_codec.encoder_forward(params, "disc.", len(cfg.channels), x)  # (N, F)
-    logit, psi = linear_forward(phi, params["disc.psi.w"], params["disc.psi.b"])  # (N, 1)
-    logit = logit[:, 0]  # (N, 1) -> (N,)
-    label = e = None
-    if cfg.num_classes is not None:
-        e, label = embedding_forward(y, params["disc.label_embed.table"])  # (N, F)
-        logit = logit + xp.sum(e * phi, axis=1)  # the projection term
-    return logit, DiscriminatorCache(convs, psi, phi, label, e)
+    logit, head = gan_heads.projection_logit(params, phi, y, cfg.num_classes is not None)  # (N,)
+    return logit, DiscriminatorCache(convs, head)
 
 
 def discriminate_backward(dlogit: Any, c: DiscriminatorCache, need_dx: bool = False) -> tuple[dict, Any]:
@@ -162,13 +144,7 @@ def discriminate_backward(dlogit: Any, c: DiscriminatorCache, need_dx: bool = Fa
 
     Math: dphi = dlogit w_psi^T + dlogit embed(y);  d table[y] = dlogit phi;  then the encoder's steps reversed
     """
-    xp = namespace(dlogit)
-    g = {}
-    dl = xp.reshape(dlogit, (dlogit.shape[0], 1))  # (N,) -> (N, 1)
-    dphi, g["disc.psi.w"], g["disc.psi.b"] = linear_backward(dl, c.psi)
-    if c.label is not None:
-        dphi = dphi + dl * c.e  # the projection: d<e, phi>/dphi = e ...
-        g["disc.label_embed.table"] = embedding_backward(dl * c.phi, c.label)  # ... and d<e, phi>/de = phi
+    g, dphi = gan_heads.projection_logit_backward(dlogit, c.head)
     g_convs, dx = conv_codec.encoder_backward(dphi, c.convs, need_dx)  # dx NCHW or None
     g.update(g_convs)
     return g, dx
