@@ -19,6 +19,41 @@ from refdiff.backend import namespace
 from refdiff.layers.basic import SiluCache, silu_backward, silu_forward
 from refdiff.layers.conv import Conv2dCache, conv2d_backward, conv2d_forward
 from refdiff.layers.resample import Resample2xCache, upsample2x_backward, upsample2x_forward
+from refdiff.models.common import check_int
+
+
+class ConvCodecShape:
+    """The sizes a conv codec's config (fields in_channels, image_size, channels) implies; a base of VAEConfig and
+    GANConfig."""
+
+    @property
+    def downsample_factor(self) -> int:
+        """2^(L - 1): the encoder's stride-2 convolutions shrink S by this much."""
+        return 2 ** (len(self.channels) - 1)
+
+    @property
+    def bottleneck(self) -> tuple[int, int, int]:
+        """(s, s, c_{L-1}): the encoder's last activation, the decoder's first, per image."""
+        s = self.image_size // self.downsample_factor
+        return s, s, self.channels[-1]
+
+
+def check_config(cfg: ConvCodecShape, lows: tuple) -> None:
+    """Validate a conv codec's config in place (a list of channels becomes a tuple): every (name, low) of lows an
+    integer >= low, channels non-empty positive integers, num_classes None or >= 1, image_size a multiple of
+    2^(L - 1)."""
+    object.__setattr__(cfg, "channels", tuple(cfg.channels))
+    for name, low in lows:
+        check_int(name, getattr(cfg, name), low)
+    if not cfg.channels:
+        raise ValueError("channels must have at least one entry, got ()")
+    for c in cfg.channels:
+        check_int("every entry of channels", c, 1)
+    if cfg.num_classes is not None:
+        check_int("num_classes", cfg.num_classes, 1)
+    if cfg.image_size % cfg.downsample_factor:
+        raise ValueError(f"image_size must be a multiple of 2^(len(channels) - 1) = {cfg.downsample_factor}, "
+                         f"got {cfg.image_size}")
 
 
 def encoder_shapes(prefix: str, C: int, channels: tuple) -> dict[str, tuple[int, ...]]:

@@ -30,12 +30,12 @@ from typing import Any, NamedTuple
 
 from refdiff.backend import namespace
 from refdiff.models import conv_codec, gan_heads
-from refdiff.models.common import check_image, check_int
-from refdiff.models.conv_codec import decoder_shapes, encoder_shapes
+from refdiff.models.common import check_image
+from refdiff.models.conv_codec import ConvCodecShape, check_config, decoder_shapes, encoder_shapes
 
 
 @dataclass(frozen=True)
-class GANConfig:
+class GANConfig(ConvCodecShape):
     """Architecture of the image GAN; validated on construction (a list of channels becomes a tuple)."""
 
     in_channels: int = 1            # C of the data
@@ -45,29 +45,7 @@ class GANConfig:
     num_classes: int | None = None  # K for a class-conditional GAN, None for an unconditional one
 
     def __post_init__(self):
-        object.__setattr__(self, "channels", tuple(self.channels))
-        for name in ("in_channels", "image_size", "latent_dim"):
-            check_int(name, getattr(self, name), 1)
-        if not self.channels:
-            raise ValueError("channels must have at least one entry, got ()")
-        for c in self.channels:
-            check_int("every entry of channels", c, 1)
-        if self.num_classes is not None:
-            check_int("num_classes", self.num_classes, 1)
-        if self.image_size % self.downsample_factor:
-            raise ValueError(f"image_size must be a multiple of 2^(len(channels) - 1) = {self.downsample_factor}, "
-                             f"got {self.image_size}")
-
-    @property
-    def downsample_factor(self) -> int:
-        """2^(L - 1): the discriminator's stride-2 convolutions shrink S by this much."""
-        return 2 ** (len(self.channels) - 1)
-
-    @property
-    def bottleneck(self) -> tuple[int, int, int]:
-        """(s, s, c_{L-1}): the generator's first activation and the discriminator's last, per image."""
-        s = self.image_size // self.downsample_factor
-        return s, s, self.channels[-1]
+        check_config(self, (("in_channels", 1), ("image_size", 1), ("latent_dim", 1)))
 
 
 def param_shapes(cfg: GANConfig) -> dict[str, tuple[int, ...]]:

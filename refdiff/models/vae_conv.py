@@ -34,12 +34,12 @@ from refdiff.layers.basic import LinearCache, linear_backward, linear_forward
 from refdiff.layers.embed import EmbeddingCache, embedding_backward, embedding_forward
 from refdiff.likelihood import discretized_gaussian_log_likelihood, discretized_gaussian_log_likelihood_backward
 from refdiff.models import conv_codec
-from refdiff.models.common import check_image, check_int
-from refdiff.models.conv_codec import decoder_shapes, encoder_shapes
+from refdiff.models.common import check_image
+from refdiff.models.conv_codec import ConvCodecShape, check_config, decoder_shapes, encoder_shapes
 
 
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(ConvCodecShape):
     """Architecture of the VAE; validated on construction (a list of channels becomes a tuple)."""
 
     in_channels: int = 1            # C of the data
@@ -50,29 +50,7 @@ class VAEConfig:
     levels: int = 17                # the data's values on [-1, 1]: the discretized decoder's bins
 
     def __post_init__(self):
-        object.__setattr__(self, "channels", tuple(self.channels))
-        for name, low in (("in_channels", 1), ("image_size", 1), ("latent_dim", 1), ("levels", 2)):
-            check_int(name, getattr(self, name), low)
-        if not self.channels:
-            raise ValueError("channels must have at least one entry, got ()")
-        for c in self.channels:
-            check_int("every entry of channels", c, 1)
-        if self.num_classes is not None:
-            check_int("num_classes", self.num_classes, 1)
-        if self.image_size % self.downsample_factor:
-            raise ValueError(f"image_size must be a multiple of 2^(len(channels) - 1) = {self.downsample_factor}, "
-                             f"got {self.image_size}")
-
-    @property
-    def downsample_factor(self) -> int:
-        """2^(L - 1): the encoder's stride-2 convolutions shrink S by this much."""
-        return 2 ** (len(self.channels) - 1)
-
-    @property
-    def bottleneck(self) -> tuple[int, int, int]:
-        """(s, s, c_{L-1}): the encoder's last activation, the decoder's first, per image."""
-        s = self.image_size // self.downsample_factor
-        return s, s, self.channels[-1]
+        check_config(self, (("in_channels", 1), ("image_size", 1), ("latent_dim", 1), ("levels", 2)))
 
     @property
     def dims(self) -> int:
