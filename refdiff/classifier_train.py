@@ -36,8 +36,9 @@ from refdiff.diffusion import q_sample
 from refdiff.layers.cross_entropy import cross_entropy
 from refdiff.models import registry
 from refdiff.models.classifier import ClassifierConfig
-from refdiff.optim import adamw_init, adamw_step, clip_grad_norm, learning_rate
-from refdiff.run_config import check_count, check_lr_schedule, check_run, check_weight_decay, init_on_backend
+from refdiff.optim import adamw_init
+from refdiff.run_config import (check_count, check_lr_schedule, check_run, check_weight_decay, clipped_adamw_step,
+                                init_on_backend)
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,7 @@ def classifier_step(trained: TrainedClassifier, opt: dict, schedule: schedules.S
     loss = float(to_numpy(loss))
     if not math.isfinite(loss):
         raise RuntimeError(f"classifier loss is {loss} at step {step}: training stopped")
-    grads, _ = clip_grad_norm(backward(dlogits, cache), cfg.grad_clip)
-    lr = learning_rate(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.lr_decay)
-    trained.params, opt = adamw_step(params, grads, opt, lr, weight_decay=cfg.weight_decay)
+    trained.params, opt = clipped_adamw_step(params, backward(dlogits, cache), opt, step, cfg)
     return opt, loss
 
 

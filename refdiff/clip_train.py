@@ -28,9 +28,10 @@ from refdiff.backend import Generator, asarray, namespace, to_numpy
 from refdiff.diffusion import q_sample
 from refdiff.layers.contrastive import contrastive_backward, contrastive_forward
 from refdiff.models import clip as M
-from refdiff.optim import adamw_init, adamw_step, clip_grad_norm, learning_rate
+from refdiff.optim import adamw_init
 from refdiff.parallel import in_parts
-from refdiff.run_config import check_count, check_lr_schedule, check_run, check_weight_decay, init_on_backend
+from refdiff.run_config import (check_count, check_lr_schedule, check_run, check_weight_decay, clipped_adamw_step,
+                                init_on_backend)
 from refdiff.samplers.guidance import classifier_guidance
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips exp(tau) at 100
@@ -117,9 +118,7 @@ def clip_step(trained: TrainedClip, opt: dict, schedule: schedules.Schedule, x: 
     loss = float(to_numpy(loss))
     if not math.isfinite(loss):
         raise RuntimeError(f"CLIP loss is {loss} at step {step}: training stopped")
-    grads, _ = clip_grad_norm(grads, cfg.grad_clip)
-    lr = learning_rate(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.lr_decay)
-    trained.params, opt = adamw_step(trained.params, grads, opt, lr, weight_decay=cfg.weight_decay)
+    trained.params, opt = clipped_adamw_step(trained.params, grads, opt, step, cfg)
     tau = trained.params["logit_scale"]
     trained.params["logit_scale"] = namespace(tau).minimum(tau, namespace(tau).full_like(tau, MAX_LOGIT_SCALE))
     return opt, loss

@@ -25,9 +25,9 @@ import numpy as np
 from refdiff.backend import Generator, asarray, namespace, to_numpy
 from refdiff.models import flow
 from refdiff.models.flow import FlowConfig, MLPFlowConfig
-from refdiff.optim import adamw_init, adamw_step, clip_grad_norm, learning_rate
-from refdiff.run_config import (budgeted_steps, check_count, check_data, check_lr_schedule, check_probability,
-                                check_run, init_on_backend, sample_labels)
+from refdiff.optim import adamw_init
+from refdiff.run_config import (batch_labels, budgeted_steps, check_count, check_data, check_lr_schedule,
+                                check_probability, check_run, clipped_adamw_step, init_on_backend, sample_labels)
 
 
 @dataclass(frozen=True)
@@ -91,19 +91,14 @@ def flow_step(trained: TrainedFlow, opt: dict, x: np.ndarray, y: np.ndarray | No
     cfg, tc, like = trained.cfg, trained.train_cfg, trained.like
     B, D = tc.batch_size, cfg.dims
     idx = g.integers(0, x.shape[0], (B,))                                    # host (B,)
-    labels = None
-    if cfg.num_classes is not None:
-        keep = g.uniform((B,)) >= tc.label_dropout                           # host (B,)
-        labels = asarray(np.where(keep, y[idx], cfg.num_classes).astype(np.int64), like=like)
+    labels = batch_labels(y, idx, cfg.num_classes, tc.label_dropout, g, like)  # (B,) or None
     xb = _model_input(cfg, asarray(x[idx], like=like, dtype=like.dtype), g)  # (B, C, S, S) or (B, D)
     terms, cache = flow.log_prob_forward(trained.params, cfg, xb, labels)
     loss = flow.bits_per_dim(float(to_numpy(namespace(xb).mean(terms.log_prob))), D, _levels(cfg))
     if not math.isfinite(loss):
         raise RuntimeError(f"flow loss is {loss} at step {step}: training stopped")
     dlogp = asarray(np.full(B, -1.0 / (B * D)), like=like, dtype=like.dtype)  # d(-mean log p / D) / d log p_n
-    grads, _ = clip_grad_norm(flow.log_prob_backward(dlogp, cache), tc.grad_clip)
-    lr = learning_rate(step, tc.lr, tc.warmup_steps, tc.steps, tc.lr_decay)
-    trained.params, opt = adamw_step(trained.params, grads, opt, lr)
+    trained.params, opt = clipped_adamw_step(trained.params, flow.log_prob_backward(dlogp, cache), opt, step, tc)
     return opt, loss
 
 

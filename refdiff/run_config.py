@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from refdiff.backend import Generator, asarray, get_backend
-from refdiff.optim import DECAYS
+from refdiff.optim import DECAYS, adamw_step, clip_grad_norm, learning_rate
 
 
 def check_count(name: str, value: Any, low: int = 1) -> None:
@@ -78,6 +78,25 @@ def budgeted_steps(train_cfg: Any, bar: Any, start: float) -> Iterator[int]:
         bar.update(1)
         if train_cfg.max_seconds is not None and time.perf_counter() - start > train_cfg.max_seconds:
             return
+
+
+def clipped_adamw_step(params: dict, grads: dict, opt: dict, step: int, train_cfg: Any) -> tuple[dict, dict]:
+    """One AdamW step of the run: grads clipped to train_cfg.grad_clip's global norm, the learning rate of the
+    schedule at step (train_cfg.lr, warmup_steps, steps, lr_decay), train_cfg.weight_decay where the config has
+    one (0 otherwise). Returns (params, opt)."""
+    grads, _ = clip_grad_norm(grads, train_cfg.grad_clip)
+    lr = learning_rate(step, train_cfg.lr, train_cfg.warmup_steps, train_cfg.steps, train_cfg.lr_decay)
+    return adamw_step(params, grads, opt, lr, weight_decay=getattr(train_cfg, "weight_decay", 0.0))
+
+
+def batch_labels(y: np.ndarray, idx: np.ndarray, num_classes: int | None, label_dropout: float, g: Generator,
+                 like: Any) -> Any:
+    """The batch's labels y[idx] on like's device, each replaced by the null label num_classes with probability
+    label_dropout (one uniform draw of g per label); None for an unconditional model (num_classes None)."""
+    if num_classes is None:
+        return None
+    keep = g.uniform((idx.shape[0],)) >= label_dropout                       # host (B,)
+    return asarray(np.where(keep, y[idx], num_classes).astype(np.int64), like=like)
 
 
 # -------------------------------------------------------------------------------------- the data

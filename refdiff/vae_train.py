@@ -24,9 +24,9 @@ import numpy as np
 from refdiff.backend import Generator, asarray, namespace, to_numpy
 from refdiff.models import vae
 from refdiff.models.vae import MLPVAEConfig, VAEConfig
-from refdiff.optim import adamw_init, adamw_step, clip_grad_norm, learning_rate
-from refdiff.run_config import (budgeted_steps, check_count, check_data, check_lr_schedule, check_probability,
-                                check_run, init_on_backend, sample_labels)
+from refdiff.optim import adamw_init
+from refdiff.run_config import (batch_labels, budgeted_steps, check_count, check_data, check_lr_schedule,
+                                check_probability, check_run, clipped_adamw_step, init_on_backend, sample_labels)
 
 
 @dataclass(frozen=True)
@@ -77,19 +77,14 @@ def vae_step(trained: TrainedVAE, opt: dict, x: np.ndarray, y: np.ndarray | None
     B, D = tc.batch_size, cfg.dims
     idx = g.integers(0, x.shape[0], (B,))                                   # host (B,)
     xb = asarray(x[idx], like=like, dtype=like.dtype)                        # (B, C, S, S) or (B, D)
-    labels = None
-    if cfg.num_classes is not None:
-        keep = g.uniform((B,)) >= tc.label_dropout                           # host (B,)
-        labels = asarray(np.where(keep, y[idx], cfg.num_classes).astype(np.int64), like=like)
+    labels = batch_labels(y, idx, cfg.num_classes, tc.label_dropout, g, like)  # (B,) or None
     eps = g.normal((B, cfg.latent_dim), like=xb)                             # the reparameterisation's draws
     terms, cache = vae.elbo_forward(trained.params, cfg, xb, eps, labels)
     loss = vae.bits_per_dim(float(to_numpy(namespace(xb).mean(terms.elbo))), D)
     if not math.isfinite(loss):
         raise RuntimeError(f"VAE loss is {loss} at step {step}: training stopped")
     delbo = asarray(np.full(B, -1.0 / (B * D)), like=like, dtype=like.dtype)  # d(-mean ELBO / D) / d ELBO_n
-    grads, _ = clip_grad_norm(vae.elbo_backward(delbo, cache), tc.grad_clip)
-    lr = learning_rate(step, tc.lr, tc.warmup_steps, tc.steps, tc.lr_decay)
-    trained.params, opt = adamw_step(trained.params, grads, opt, lr)
+    trained.params, opt = clipped_adamw_step(trained.params, vae.elbo_backward(delbo, cache), opt, step, tc)
     return opt, loss
 
 
