@@ -37,8 +37,8 @@ from refdiff.layers.cross_entropy import cross_entropy
 from refdiff.models import registry
 from refdiff.models.classifier import ClassifierConfig
 from refdiff.optim import adamw_init
-from refdiff.run_config import (check_count, check_lr_schedule, check_run, check_weight_decay, clipped_adamw_step,
-                                init_on_backend)
+from refdiff.run_config import (TrainedRun, check_count, check_lr_schedule, check_run, check_weight_decay,
+                                clipped_adamw_step, init_on_backend)
 
 
 @dataclass(frozen=True)
@@ -72,19 +72,9 @@ class ClassifierTrainConfig:
 
 
 @dataclass
-class TrainedClassifier:
-    """A classifier's parameters (on the run's backend and dtype), its configs and its loss log."""
-
-    params: dict
-    cfg: ClassifierConfig
-    train_cfg: ClassifierTrainConfig
-    losses: list[float]
-    info: dict = dataclasses.field(default_factory=dict)  # e.g. {"test_accuracy": ..., "train_seconds": ...}
-
-    @property
-    def like(self) -> Any:
-        """An array of the parameters' library, device and dtype (to move inputs there)."""
-        return next(iter(self.params.values()))
+class TrainedClassifier(TrainedRun):
+    """A classifier's parameters (on the run's backend and dtype), its configs (ClassifierConfig,
+    ClassifierTrainConfig), its loss log and info (e.g. test_accuracy, train_seconds)."""
 
 
 def classifier_step(trained: TrainedClassifier, opt: dict, schedule: schedules.Schedule, x: np.ndarray,

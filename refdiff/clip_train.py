@@ -15,7 +15,6 @@ at a given noise level t. ``clip_gradient`` / ``clip_guidance`` give GLIDE's CLI
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -30,8 +29,8 @@ from refdiff.layers.contrastive import contrastive_backward, contrastive_forward
 from refdiff.models import clip as M
 from refdiff.optim import adamw_init
 from refdiff.parallel import in_parts
-from refdiff.run_config import (check_count, check_lr_schedule, check_run, check_weight_decay, clipped_adamw_step,
-                                init_on_backend)
+from refdiff.run_config import (TrainedRun, check_count, check_lr_schedule, check_run, check_weight_decay,
+                                clipped_adamw_step, init_on_backend)
 from refdiff.samplers.guidance import classifier_guidance
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips exp(tau) at 100
@@ -65,14 +64,9 @@ class ClipTrainConfig:
 
 
 @dataclass
-class TrainedClip:
-    """A CLIP's parameters (on the run's backend and dtype), its configs and its loss log."""
-
-    params: dict
-    cfg: M.ClipConfig
-    train_cfg: ClipTrainConfig
-    losses: list[float]
-    info: dict = dataclasses.field(default_factory=dict)  # e.g. {"train_seconds": ...}
+class TrainedClip(TrainedRun):
+    """A CLIP's parameters (on the run's backend and dtype), its configs (ClipConfig, ClipTrainConfig), its loss
+    log and info (e.g. train_seconds)."""
 
     @property
     def like(self) -> Any:

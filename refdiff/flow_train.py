@@ -14,7 +14,6 @@ or logits), so this module names refdiff.models.flow itself, as refdiff.vae_trai
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -26,49 +25,20 @@ from refdiff.backend import Generator, asarray, namespace, to_numpy
 from refdiff.models import flow
 from refdiff.models.flow import FlowConfig, MLPFlowConfig
 from refdiff.optim import adamw_init
-from refdiff.run_config import (batch_labels, budgeted_steps, check_count, check_data, check_lr_schedule,
-                                check_probability, check_run, clipped_adamw_step, init_on_backend, sample_labels)
+from refdiff.run_config import (LikelihoodTrainConfig, TrainedRun, batch_labels, budgeted_steps, check_data,
+                                clipped_adamw_step, init_on_backend, sample_labels)
 
 
 @dataclass(frozen=True)
-class FlowTrainConfig:
-    """Everything that decides a flow's training run besides its architecture and the data."""
-
-    steps: int = 3000
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int = 0
-    lr_decay: str = "cosine"            # "constant" | "cosine" | "linear" after the warm-up
-    grad_clip: float = 1.0              # max global gradient norm
-    label_dropout: float = 0.1          # fraction of labels replaced by the null label (conditional flow only)
-    max_seconds: float | None = None    # stop after this much wall time (steps stays the schedule's length)
-    seed: int = 0
-    backend: str = "numpy"
-    dtype: str = "float32"
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size"):
-            check_count(name, getattr(self, name))
-        check_lr_schedule(self)
-        check_probability("label_dropout", self.label_dropout)
-        check_run(self)
+class FlowTrainConfig(LikelihoodTrainConfig):
+    """Everything that decides a flow's training run besides its architecture and the data (the fields of
+    refdiff.run_config.LikelihoodTrainConfig)."""
 
 
 @dataclass
-class TrainedFlow:
-    """A flow's parameters (on the run's backend and dtype), its configs, its loss log (bits/dim per step) and info
-    (train_seconds, steps_done)."""
-
-    params: dict
-    cfg: FlowConfig | MLPFlowConfig
-    train_cfg: FlowTrainConfig
-    losses: list[float]
-    info: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def like(self) -> Any:
-        """An array of the parameters' library, device and dtype (to move inputs there)."""
-        return next(iter(self.params.values()))
+class TrainedFlow(TrainedRun):
+    """A flow's parameters (on the run's backend and dtype), its configs (FlowConfig or MLPFlowConfig,
+    FlowTrainConfig), its loss log (bits/dim per step) and info (train_seconds, steps_done)."""
 
 
 def _levels(cfg: Any) -> int | None:

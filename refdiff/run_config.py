@@ -7,6 +7,7 @@ for every trainer."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Callable, Iterator
@@ -59,6 +60,50 @@ def check_run(cfg: Any) -> None:
     if cfg.dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be float32 or float64, got {cfg.dtype!r}")
     get_backend(cfg.backend)  # raises, naming the backend, for an unknown one
+
+
+# ----------------------------------------------------------------------------- the configs and results
+
+@dataclasses.dataclass(frozen=True)
+class LikelihoodTrainConfig:
+    """Everything that decides a likelihood-trained model's run (the flow's, the VAE's) besides its architecture
+    and the data; FlowTrainConfig and VAETrainConfig are this with their own name and learning rate."""
+
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 0
+    lr_decay: str = "cosine"            # "constant" | "cosine" | "linear" after the warm-up
+    grad_clip: float = 1.0              # max global gradient norm
+    label_dropout: float = 0.1          # fraction of labels replaced by the null label (conditional models only)
+    max_seconds: float | None = None    # stop after this much wall time (steps stays the schedule's length)
+    seed: int = 0
+    backend: str = "numpy"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size"):
+            check_count(name, getattr(self, name))
+        check_lr_schedule(self)
+        check_probability("label_dropout", self.label_dropout)
+        check_run(self)
+
+
+@dataclasses.dataclass
+class TrainedRun:
+    """A trained model's parameters (on the run's backend and dtype), its configs (cfg the architecture,
+    train_cfg the run's), its loss log (one value per step) and info (train_seconds, steps_done, ...)."""
+
+    params: dict
+    cfg: Any
+    train_cfg: Any
+    losses: list[float]
+    info: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def like(self) -> Any:
+        """An array of the parameters' library, device and dtype (to move inputs there)."""
+        return next(iter(self.params.values()))
 
 
 # --------------------------------------------------------------------------------------- the run
