@@ -121,14 +121,19 @@ def check_image(x: Any, in_channels: int, factor: int) -> None:
                          f"{factor}, got (H, W) = {(H, W)}")
 
 
+def check_params_like(params: dict, a: Any, name: str = "x") -> None:
+    """Raise unless every parameter is an array of a's library, device and dtype (name names a in the message)."""
+    for key, p in params.items():
+        if not same_library(p, a) or p.dtype != a.dtype:
+            raise ValueError(f"params[{key!r}] must be an array of {name}'s library, device and dtype ({a.dtype}), "
+                             f"got {type(p).__name__} of dtype {p.dtype}")
+
+
 def check_inputs(params: dict, x: Any, t: Any, y: Any = None, num_classes: int | None = None) -> None:
     """What a model's forward requires once x's own shape is checked: params of x's library, device and
     dtype; t an (N,) array of x's library and device; y None for an unconditional model (num_classes
     None), else None or (N,) labels of x's library and device."""
-    for key, p in params.items():
-        if not same_library(p, x) or p.dtype != x.dtype:
-            raise ValueError(f"params[{key!r}] must be an array of x's library, device and dtype ({x.dtype}), "
-                             f"got {type(p).__name__} of dtype {p.dtype}")
+    check_params_like(params, x)
     N = x.shape[0]
     if not same_library(t, x) or t.ndim != 1 or t.shape[0] != N:
         raise ValueError(f"t must be an (N,) array of x's library and device with N = {N} (x's batch), "
