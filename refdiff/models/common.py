@@ -121,6 +121,14 @@ def check_image(x: Any, in_channels: int, factor: int) -> None:
                          f"{factor}, got (H, W) = {(H, W)}")
 
 
+def check_sized_image(x: Any, cfg: Any) -> None:
+    """check_image for a config with in_channels, downsample_factor and image_size: x must be (N, C, S, S)."""
+    check_image(x, cfg.in_channels, cfg.downsample_factor)
+    if tuple(x.shape[2:]) != (cfg.image_size, cfg.image_size):
+        raise ValueError(f"x must be (N, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}) (cfg.image_size), "
+                         f"got shape {tuple(x.shape)}")
+
+
 def check_params_like(params: dict, a: Any, name: str = "x") -> None:
     """Raise unless every parameter is an array of a's library, device and dtype (name names a in the message)."""
     for key, p in params.items():

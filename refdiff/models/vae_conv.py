@@ -34,7 +34,7 @@ from refdiff.layers.basic import LinearCache, linear_backward, linear_forward
 from refdiff.layers.embed import EmbeddingCache, embedding_backward, embedding_forward
 from refdiff.likelihood import discretized_gaussian_log_likelihood, discretized_gaussian_log_likelihood_backward
 from refdiff.models import conv_codec
-from refdiff.models.common import check_image
+from refdiff.models.common import check_sized_image
 from refdiff.models.conv_codec import ConvCodecShape, check_config, decoder_shapes, encoder_shapes
 
 
@@ -165,10 +165,7 @@ def log_likelihood_backward(params: dict, cfg: VAEConfig, x: Any, m: Any, w: Any
 
 def check_x(cfg: VAEConfig, x: Any) -> None:
     """Raise unless x is a real floating (N, C, S, S) array in [-1, 1] (one device read for the range)."""
-    check_image(x, cfg.in_channels, cfg.downsample_factor)
-    if tuple(x.shape[2:]) != (cfg.image_size, cfg.image_size):
-        raise ValueError(f"x must be (N, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}) (cfg.image_size), "
-                         f"got shape {tuple(x.shape)}")
+    check_sized_image(x, cfg)
     xp = namespace(x)
     low, high = float(xp.min(x)), float(xp.max(x))  # two device-to-host reads
     if not -1.0 <= low <= high <= 1.0:
