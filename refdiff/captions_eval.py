@@ -27,14 +27,11 @@ from typing import Any
 import numpy as np
 from scipy.spatial.distance import pdist
 
-from refdiff.backend import asarray
-from refdiff.classifier_train import (ClassifierTrainConfig, TrainedClassifier, load_classifier, predict_logits,
-                                      save_classifier, train_classifier)
+from refdiff.classifier_train import ClassifierTrainConfig, TrainedClassifier, predict_logits, train_classifier
 from refdiff.data.captions import (ATTRIBUTES, COLOURS, POSITIONS, SIZES, load_captions, parse_captions, read_colour,
                                    read_position, read_size)
 from refdiff.data.shapes import SHAPES
-from refdiff.metrics import features
-from refdiff.models.classifier import classifier_features
+from refdiff.digits_eval import ScoringClassifier, load_or_train
 
 # 600 AdamW steps at batch 64 (6.4 epochs of 6000 images), clean images (t = 0): 99.87% of the 6000 fresh images
 # (8 mistakes, all small shapes of 9 to 15 pixels: between circle and diamond, and diamond and cross; 99.88%
@@ -50,33 +47,10 @@ NAMES = {"size": SIZES, "colour": COLOURS, "shape": SHAPES, "position": POSITION
 
 
 @dataclasses.dataclass(frozen=True)
-class ShapeClassifier:
-    """A classifier of the captioned shapes at t = 0: ``features`` (its pooled penultimate layer, (N, 32))
-    and ``predict``; ``test_accuracy`` on fresh images (SHAPE_TEST) and ``train_seconds`` from its run."""
-
-    trained: TrainedClassifier
-
-    def features(self, x) -> np.ndarray:
-        """Pooled features (N, C) float64 of host images x (N, 3, 16, 16) in [-1, 1], at t = 0."""
-        return features(self._features, x)
-
-    def predict(self, x) -> np.ndarray:
-        """Predicted shapes (N,) int64, indices into SHAPES, of host images x (N, 3, 16, 16) in [-1, 1]."""
-        return np.argmax(predict_logits(self.trained, np.asarray(x)), axis=1)
-
-    def _features(self, xb: np.ndarray):
-        like = self.trained.like
-        xb = asarray(xb, like=like, dtype=like.dtype)
-        t = asarray(np.zeros(xb.shape[0], dtype=np.int64), like=like)
-        return classifier_features(self.trained.params, self.trained.cfg, xb, t)
-
-    @property
-    def test_accuracy(self) -> float:
-        return float(self.trained.info["test_accuracy"])
-
-    @property
-    def train_seconds(self) -> float:
-        return float(self.trained.info.get("train_seconds", math.nan))
+class ShapeClassifier(ScoringClassifier):
+    """A classifier of the captioned shapes at t = 0 (refdiff.digits_eval.ScoringClassifier): ``features`` (its
+    pooled penultimate layer, (N, 32)) and ``predict`` (indices into SHAPES) of host images (N, 3, 16, 16) in
+    [-1, 1]; ``test_accuracy`` on fresh images (SHAPE_TEST) and ``train_seconds`` from its run."""
 
 
 def shape_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,20 +72,22 @@ def shape_classifier(cache: str | Path | None = None, train_cfg: ClassifierTrain
     from refdiff.models.presets import shapes16_classifier
 
     cache = SHIPPED_SHAPE_CLASSIFIER if cache is None else cache
-    if Path(cache).is_file():
-        trained = load_classifier(cache, backend=train_cfg.backend, dtype=train_cfg.dtype)
+
+    def check(trained: TrainedClassifier) -> None:
         c = trained.cfg
         if (c.in_channels, c.image_size, c.num_classes) != (3, 16, len(SHAPES)) or "test_accuracy" not in trained.info:
             raise ValueError(f"cache {cache} must hold a shape classifier (3x16x16 images, {len(SHAPES)} classes, with "
                              f"its test accuracy), got {c.in_channels}x{c.image_size}x{c.image_size} images and "
                              f"{c.num_classes} classes")
-        return ShapeClassifier(trained)
-    trained = train_classifier(train_cfg, shapes16_classifier(), *shape_data(**SHAPE_TRAIN), progress=progress)
-    x_test, y_test = shape_data(**SHAPE_TEST)
-    trained.info.update(test_accuracy=float(np.mean(np.argmax(predict_logits(trained, x_test), axis=1) == y_test)),
-                        train_images=SHAPE_TRAIN, test_images=SHAPE_TEST)
-    save_classifier(cache, trained)
-    return ShapeClassifier(trained)
+
+    def train() -> TrainedClassifier:
+        trained = train_classifier(train_cfg, shapes16_classifier(), *shape_data(**SHAPE_TRAIN), progress=progress)
+        x_test, y_test = shape_data(**SHAPE_TEST)
+        trained.info.update(test_accuracy=float(np.mean(np.argmax(predict_logits(trained, x_test), axis=1) == y_test)),
+                            train_images=SHAPE_TRAIN, test_images=SHAPE_TEST)
+        return trained
+
+    return ShapeClassifier(load_or_train(cache, train_cfg, check, train))
 
 
 def _check_images(images, least: int) -> np.ndarray:

@@ -36,7 +36,9 @@ from refdiff.diffusion import q_sample
 from refdiff.layers.cross_entropy import cross_entropy
 from refdiff.models import registry
 from refdiff.models.classifier import ClassifierConfig
-from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, learning_rate
+from refdiff.optim import adamw_init
+from refdiff.run_config import (TrainedRun, check_count, check_lr_schedule, check_run, check_weight_decay,
+                                clipped_adamw_step, init_on_backend)
 
 
 @dataclass(frozen=True)
@@ -59,44 +61,20 @@ class ClassifierTrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "T"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
-                or not 0 <= self.warmup_steps < self.steps:
-            raise ValueError(f"warmup_steps must be an integer in [0, steps) = [0, {self.steps}), "
-                             f"got {self.warmup_steps!r}")
-        for name in ("lr", "grad_clip"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        if isinstance(self.weight_decay, bool) or not 0 <= self.weight_decay < math.inf:
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if self.lr_decay not in DECAYS:
-            raise ValueError(f"lr_decay must be one of {', '.join(DECAYS)}, got {self.lr_decay!r}")
+            check_count(name, getattr(self, name))
+        check_lr_schedule(self)
+        check_weight_decay(self.weight_decay)
         if not isinstance(self.noisy, bool):
             raise ValueError(f"noisy must be a bool, got {self.noisy!r}")
         if self.schedule not in schedules.SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(sorted(schedules.SCHEDULES))}, got {self.schedule!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        get_backend(self.backend)  # raises, naming the backend, for an unknown one
+        check_run(self)
 
 
 @dataclass
-class TrainedClassifier:
-    """A classifier's parameters (on the run's backend and dtype), its configs and its loss log."""
-
-    params: dict
-    cfg: ClassifierConfig
-    train_cfg: ClassifierTrainConfig
-    losses: list[float]
-    info: dict = dataclasses.field(default_factory=dict)  # e.g. {"test_accuracy": ..., "train_seconds": ...}
-
-    @property
-    def like(self) -> Any:
-        """An array of the parameters' library, device and dtype (to move inputs there)."""
-        return next(iter(self.params.values()))
+class TrainedClassifier(TrainedRun):
+    """A classifier's parameters (on the run's backend and dtype), its configs (ClassifierConfig,
+    ClassifierTrainConfig), its loss log and info (e.g. test_accuracy, train_seconds)."""
 
 
 def classifier_step(trained: TrainedClassifier, opt: dict, schedule: schedules.Schedule, x: np.ndarray,
@@ -118,9 +96,7 @@ def classifier_step(trained: TrainedClassifier, opt: dict, schedule: schedules.S
     loss = float(to_numpy(loss))
     if not math.isfinite(loss):
         raise RuntimeError(f"classifier loss is {loss} at step {step}: training stopped")
-    grads, _ = clip_grad_norm(backward(dlogits, cache), cfg.grad_clip)
-    lr = learning_rate(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.lr_decay)
-    trained.params, opt = adamw_step(params, grads, opt, lr, weight_decay=cfg.weight_decay)
+    trained.params, opt = clipped_adamw_step(params, backward(dlogits, cache), opt, step, cfg)
     return opt, loss
 
 
@@ -132,11 +108,8 @@ def train_classifier(train_cfg: ClassifierTrainConfig, cfg: ClassifierConfig, x:
     Returns a TrainedClassifier, its info["train_seconds"] the wall time of the loop.
     """
     x, y = _check_data(train_cfg, cfg, x, y)
-    backend = get_backend(train_cfg.backend)
-    like = backend.asarray(np.zeros(1), dtype=backend.dtype(train_cfg.dtype))
     g = Generator(train_cfg.seed)
-    init_params = registry.family(cfg, "classifier").init_params
-    params = {k: asarray(v, like=like) for k, v in init_params(cfg, g, dtype=np.dtype(train_cfg.dtype)).items()}
+    params = init_on_backend(train_cfg, registry.family(cfg, "classifier").init_params, cfg, g)
     trained = TrainedClassifier(params, cfg, train_cfg, [])
     opt, schedule = adamw_init(params), schedules.by_name(train_cfg.schedule, train_cfg.T)
     from tqdm.auto import tqdm

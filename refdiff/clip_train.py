@@ -15,7 +15,6 @@ at a given noise level t. ``clip_gradient`` / ``clip_guidance`` give GLIDE's CLI
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -24,12 +23,14 @@ from typing import Any, Callable
 import numpy as np
 
 from refdiff import schedules
-from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
+from refdiff.backend import Generator, asarray, namespace, to_numpy
 from refdiff.diffusion import q_sample
 from refdiff.layers.contrastive import contrastive_backward, contrastive_forward
 from refdiff.models import clip as M
-from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, learning_rate
+from refdiff.optim import adamw_init
 from refdiff.parallel import in_parts
+from refdiff.run_config import (TrainedRun, check_count, check_lr_schedule, check_run, check_weight_decay,
+                                clipped_adamw_step, init_on_backend)
 from refdiff.samplers.guidance import classifier_guidance
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips exp(tau) at 100
@@ -54,36 +55,18 @@ class ClipTrainConfig:
 
     def __post_init__(self):
         for name, low in (("steps", 1), ("batch_size", 2), ("T", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        w = self.warmup_steps
-        if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w < self.steps:
-            raise ValueError(f"warmup_steps must be an integer in [0, steps) = [0, {self.steps}), got {w!r}")
-        for name in ("lr", "grad_clip"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        if isinstance(self.weight_decay, bool) or not 0 <= self.weight_decay < math.inf:
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if self.lr_decay not in DECAYS:
-            raise ValueError(f"lr_decay must be one of {', '.join(DECAYS)}, got {self.lr_decay!r}")
+            check_count(name, getattr(self, name), low)
+        check_lr_schedule(self)
+        check_weight_decay(self.weight_decay)
         if self.schedule not in schedules.SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(sorted(schedules.SCHEDULES))}, got {self.schedule!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        get_backend(self.backend)  # raises, naming the backend, for an unknown one
+        check_run(self)
 
 
 @dataclass
-class TrainedClip:
-    """A CLIP's parameters (on the run's backend and dtype), its configs and its loss log."""
-
-    params: dict
-    cfg: M.ClipConfig
-    train_cfg: ClipTrainConfig
-    losses: list[float]
-    info: dict = dataclasses.field(default_factory=dict)  # e.g. {"train_seconds": ...}
+class TrainedClip(TrainedRun):
+    """A CLIP's parameters (on the run's backend and dtype), its configs (ClipConfig, ClipTrainConfig), its loss
+    log and info (e.g. train_seconds)."""
 
     @property
     def like(self) -> Any:
@@ -129,9 +112,7 @@ def clip_step(trained: TrainedClip, opt: dict, schedule: schedules.Schedule, x: 
     loss = float(to_numpy(loss))
     if not math.isfinite(loss):
         raise RuntimeError(f"CLIP loss is {loss} at step {step}: training stopped")
-    grads, _ = clip_grad_norm(grads, cfg.grad_clip)
-    lr = learning_rate(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.lr_decay)
-    trained.params, opt = adamw_step(trained.params, grads, opt, lr, weight_decay=cfg.weight_decay)
+    trained.params, opt = clipped_adamw_step(trained.params, grads, opt, step, cfg)
     tau = trained.params["logit_scale"]
     trained.params["logit_scale"] = namespace(tau).minimum(tau, namespace(tau).full_like(tau, MAX_LOGIT_SCALE))
     return opt, loss
@@ -145,10 +126,8 @@ def train_clip(train_cfg: ClipTrainConfig, cfg: M.ClipConfig, x: np.ndarray, tok
     refdiff.data.captions.tokenize gives them). Returns a TrainedClip, info["train_seconds"] the loop's time.
     """
     x, tokens, mask = _check_data(train_cfg, cfg, x, tokens, mask)
-    backend = get_backend(train_cfg.backend)
-    like = backend.asarray(np.zeros(1), dtype=backend.dtype(train_cfg.dtype))
     g = Generator(train_cfg.seed)
-    params = {k: asarray(v, like=like) for k, v in M.init_params(cfg, g, dtype=np.dtype(train_cfg.dtype)).items()}
+    params = init_on_backend(train_cfg, M.init_params, cfg, g)
     trained = TrainedClip(params, cfg, train_cfg, [])
     opt, schedule = adamw_init(params), schedules.by_name(train_cfg.schedule, train_cfg.T)
     from tqdm.auto import tqdm

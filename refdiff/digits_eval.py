@@ -19,7 +19,7 @@ import dataclasses
 import math
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -42,26 +42,20 @@ SAMPLE_RANGE_TOLERANCE = 2.0**-10
 
 
 @dataclasses.dataclass(frozen=True)
-class DigitClassifier:
-    """A classifier of the 8x8 digits at t = 0: ``features`` (its pooled penultimate layer, (N, 32)) and
-    ``predict``; ``test_accuracy`` on the held-out split and ``train_seconds`` from its training run."""
+class ScoringClassifier:
+    """A classifier trained at t = 0 to score samples (the digit and the shape classifier): ``features`` (its
+    pooled penultimate layer) and ``predict``; ``test_accuracy`` on fresh images and ``train_seconds`` from its
+    training run."""
 
     trained: TrainedClassifier
 
     def features(self, x) -> np.ndarray:
-        """Pooled features (N, C) float64 of host images x (N, 1, 8, 8) in [-1, 1], at t = 0."""
+        """Pooled features (N, C) float64 of host images x (N, C_in, S, S) in [-1, 1], at t = 0."""
         return features(self._features, x)
 
     def predict(self, x) -> np.ndarray:
-        """Predicted labels (N,) of host images x (N, 1, 8, 8) in [-1, 1]."""
+        """Predicted labels (N,) int64 of host images x (N, C_in, S, S) in [-1, 1]."""
         return np.argmax(predict_logits(self.trained, np.asarray(x)), axis=1)
-
-    def posteriors(self, x) -> np.ndarray:
-        """Class posteriors p(y | x) (N, 10) float64 of host images x (N, 1, 8, 8) in [-1, 1]: the softmax of the
-        logits, max-subtracted (every exp argument <= 0)."""
-        z = predict_logits(self.trained, np.asarray(x))
-        e = np.exp(z - np.max(z, axis=1, keepdims=True))  # (N, 10)
-        return e / np.sum(e, axis=1, keepdims=True)
 
     def _features(self, xb: np.ndarray):
         like = self.trained.like
@@ -76,6 +70,32 @@ class DigitClassifier:
     @property
     def train_seconds(self) -> float:
         return float(self.trained.info.get("train_seconds", math.nan))
+
+
+def load_or_train(cache: str | Path, train_cfg: ClassifierTrainConfig, check: Callable[[TrainedClassifier], None],
+                  train: Callable[[], TrainedClassifier]) -> TrainedClassifier:
+    """The classifier saved at ``cache`` (on train_cfg's backend and dtype, vetted by check, which raises) when
+    that file exists; else train()'s, saved there."""
+    if Path(cache).is_file():
+        trained = load_classifier(cache, backend=train_cfg.backend, dtype=train_cfg.dtype)
+        check(trained)
+        return trained
+    trained = train()
+    save_classifier(cache, trained)
+    return trained
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitClassifier(ScoringClassifier):
+    """A classifier of the 8x8 digits at t = 0 (ScoringClassifier: features (N, 32) and predict of (N, 1, 8, 8)
+    images), and its class posteriors."""
+
+    def posteriors(self, x) -> np.ndarray:
+        """Class posteriors p(y | x) (N, 10) float64 of host images x (N, 1, 8, 8) in [-1, 1]: the softmax of the
+        logits, max-subtracted (every exp argument <= 0)."""
+        z = predict_logits(self.trained, np.asarray(x))
+        e = np.exp(z - np.max(z, axis=1, keepdims=True))  # (N, 10)
+        return e / np.sum(e, axis=1, keepdims=True)
 
 
 def digit_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -101,18 +121,20 @@ def digit_classifier(cache: str | Path | None = None, train_cfg: ClassifierTrain
     from refdiff.models.presets import digits8_classifier
 
     cache = SHIPPED_CLASSIFIER if cache is None else cache
-    if Path(cache).is_file():
-        trained = load_classifier(cache, backend=train_cfg.backend, dtype=train_cfg.dtype)
+
+    def check(trained: TrainedClassifier) -> None:
         c = trained.cfg
         if (c.in_channels, c.num_classes) != (1, 10) or "test_accuracy" not in trained.info:
             raise ValueError(f"cache {cache} must hold a digit classifier (1 channel, 10 classes, with its "
                              f"test accuracy), got {c.in_channels} channels and {c.num_classes} classes")
-        return DigitClassifier(trained)
-    x_train, x_test, y_train, y_test = digit_split()
-    trained = train_classifier(train_cfg, digits8_classifier(), x_train, y_train, progress=progress)
-    trained.info["test_accuracy"] = float(np.mean(np.argmax(predict_logits(trained, x_test), axis=1) == y_test))
-    save_classifier(cache, trained)
-    return DigitClassifier(trained)
+
+    def train() -> TrainedClassifier:
+        x_train, x_test, y_train, y_test = digit_split()
+        trained = train_classifier(train_cfg, digits8_classifier(), x_train, y_train, progress=progress)
+        trained.info["test_accuracy"] = float(np.mean(np.argmax(predict_logits(trained, x_test), axis=1) == y_test))
+        return trained
+
+    return DigitClassifier(load_or_train(cache, train_cfg, check, train))
 
 
 def digit_sample_report(classifier: DigitClassifier, samples, labels, held_out, reference=None,

@@ -14,7 +14,6 @@ or logits), so this module names refdiff.models.flow itself, as refdiff.vae_trai
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -22,66 +21,24 @@ from typing import Any
 
 import numpy as np
 
-from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
+from refdiff.backend import Generator, asarray, namespace, to_numpy
 from refdiff.models import flow
 from refdiff.models.flow import FlowConfig, MLPFlowConfig
-from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, learning_rate
+from refdiff.optim import adamw_init
+from refdiff.run_config import (LikelihoodTrainConfig, TrainedRun, batch_labels, budgeted_steps, check_data,
+                                clipped_adamw_step, init_on_backend, sample_labels)
 
 
 @dataclass(frozen=True)
-class FlowTrainConfig:
-    """Everything that decides a flow's training run besides its architecture and the data."""
-
-    steps: int = 3000
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int = 0
-    lr_decay: str = "cosine"            # "constant" | "cosine" | "linear" after the warm-up
-    grad_clip: float = 1.0              # max global gradient norm
-    label_dropout: float = 0.1          # fraction of labels replaced by the null label (conditional flow only)
-    max_seconds: float | None = None    # stop after this much wall time (steps stays the schedule's length)
-    seed: int = 0
-    backend: str = "numpy"
-    dtype: str = "float32"
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
-                or not 0 <= self.warmup_steps < self.steps:
-            raise ValueError(f"warmup_steps must be an integer in [0, steps) = [0, {self.steps}), "
-                             f"got {self.warmup_steps!r}")
-        for name in ("lr", "grad_clip") + (("max_seconds",) if self.max_seconds is not None else ()):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        p = self.label_dropout
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-            raise ValueError(f"label_dropout must be a probability in [0, 1), got {p!r}")
-        if self.lr_decay not in DECAYS:
-            raise ValueError(f"lr_decay must be one of {', '.join(DECAYS)}, got {self.lr_decay!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        get_backend(self.backend)  # raises, naming the backend, for an unknown one
+class FlowTrainConfig(LikelihoodTrainConfig):
+    """Everything that decides a flow's training run besides its architecture and the data (the fields of
+    refdiff.run_config.LikelihoodTrainConfig)."""
 
 
 @dataclass
-class TrainedFlow:
-    """A flow's parameters (on the run's backend and dtype), its configs, its loss log (bits/dim per step) and info
-    (train_seconds, steps_done)."""
-
-    params: dict
-    cfg: FlowConfig | MLPFlowConfig
-    train_cfg: FlowTrainConfig
-    losses: list[float]
-    info: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def like(self) -> Any:
-        """An array of the parameters' library, device and dtype (to move inputs there)."""
-        return next(iter(self.params.values()))
+class TrainedFlow(TrainedRun):
+    """A flow's parameters (on the run's backend and dtype), its configs (FlowConfig or MLPFlowConfig,
+    FlowTrainConfig), its loss log (bits/dim per step) and info (train_seconds, steps_done)."""
 
 
 def _levels(cfg: Any) -> int | None:
@@ -104,19 +61,14 @@ def flow_step(trained: TrainedFlow, opt: dict, x: np.ndarray, y: np.ndarray | No
     cfg, tc, like = trained.cfg, trained.train_cfg, trained.like
     B, D = tc.batch_size, cfg.dims
     idx = g.integers(0, x.shape[0], (B,))                                    # host (B,)
-    labels = None
-    if cfg.num_classes is not None:
-        keep = g.uniform((B,)) >= tc.label_dropout                           # host (B,)
-        labels = asarray(np.where(keep, y[idx], cfg.num_classes).astype(np.int64), like=like)
+    labels = batch_labels(y, idx, cfg.num_classes, tc.label_dropout, g, like)  # (B,) or None
     xb = _model_input(cfg, asarray(x[idx], like=like, dtype=like.dtype), g)  # (B, C, S, S) or (B, D)
     terms, cache = flow.log_prob_forward(trained.params, cfg, xb, labels)
     loss = flow.bits_per_dim(float(to_numpy(namespace(xb).mean(terms.log_prob))), D, _levels(cfg))
     if not math.isfinite(loss):
         raise RuntimeError(f"flow loss is {loss} at step {step}: training stopped")
     dlogp = asarray(np.full(B, -1.0 / (B * D)), like=like, dtype=like.dtype)  # d(-mean log p / D) / d log p_n
-    grads, _ = clip_grad_norm(flow.log_prob_backward(dlogp, cache), tc.grad_clip)
-    lr = learning_rate(step, tc.lr, tc.warmup_steps, tc.steps, tc.lr_decay)
-    trained.params, opt = adamw_step(trained.params, grads, opt, lr)
+    trained.params, opt = clipped_adamw_step(trained.params, flow.log_prob_backward(dlogp, cache), opt, step, tc)
     return opt, loss
 
 
@@ -130,23 +82,18 @@ def train_flow(train_cfg: FlowTrainConfig, cfg: FlowConfig | MLPFlowConfig, x: n
     TrainedFlow.
     """
     x, y = _check_data(train_cfg, cfg, x, y)
-    backend = get_backend(train_cfg.backend)
-    like = backend.asarray(np.zeros(1), dtype=backend.dtype(train_cfg.dtype))
     g = Generator(train_cfg.seed)
-    params = {k: asarray(v, like=like) for k, v in flow.init_params(cfg, g, np.dtype(train_cfg.dtype)).items()}
+    params = init_on_backend(train_cfg, flow.init_params, cfg, g)
     trained = TrainedFlow(params, cfg, train_cfg, [])
     opt = adamw_init(params)
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
     with tqdm(total=train_cfg.steps, disable=not progress, desc="flow", unit="step") as bar:
-        for step in range(train_cfg.steps):
+        for step in budgeted_steps(train_cfg, bar, start):
             opt, loss = flow_step(trained, opt, x, y, g, step)
             trained.losses.append(loss)
             bar.set_postfix(bpd=f"{loss:.3f}", refresh=False)
-            bar.update(1)
-            if train_cfg.max_seconds is not None and time.perf_counter() - start > train_cfg.max_seconds:
-                break
     trained.info.update(train_seconds=time.perf_counter() - start, steps_done=len(trained.losses))
     return trained
 
@@ -179,13 +126,7 @@ def flow_samples(trained: TrainedFlow, n: int, labels: np.ndarray | None = None,
     flow.check_int("n", n, 1)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-    if labels is not None:
-        labels = np.asarray(labels)
-        K = trained.cfg.num_classes
-        if K is None or labels.shape != (n,) or labels.dtype.kind not in "iu" or np.any((labels < 0) | (labels >= K)):
-            raise ValueError(f"labels must be None or ({n},) integers in [0, num_classes) for a conditional flow "
-                             f"(num_classes = {K}), got shape {labels.shape}, dtype {labels.dtype}")
-        labels = asarray(labels.astype(np.int64), like=trained.like)
+    labels = sample_labels(labels, n, trained.cfg.num_classes, "flow", trained.like)
     z = temperature * Generator(seed).normal((n, trained.cfg.dims), like=trained.like)
     x = flow.flow_inverse(trained.params, trained.cfg, z, labels)
     if isinstance(trained.cfg, FlowConfig):
@@ -201,22 +142,5 @@ def _check_data(train_cfg: Any, cfg: Any, x: Any, y: Any,
         raise ValueError(f"train_cfg must be a FlowTrainConfig, got {type(train_cfg).__name__}")
     if type(cfg) not in flow.CODERS:
         raise ValueError(f"cfg must be a FlowConfig or an MLPFlowConfig, got {type(cfg).__name__}")
-    x, images = np.asarray(x), isinstance(cfg, FlowConfig)
-    shape = (cfg.in_channels, cfg.image_size, cfg.image_size) if images else (cfg.data_dim,)
-    if x.shape[1:] != shape or x.shape[0] < 1 or x.dtype.kind != "f":
-        raise ValueError(f"x must be a floating (N, {', '.join(map(str, shape))}) host array, got shape {x.shape}, "
-                         f"dtype {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"x must be finite, got {int(np.sum(~np.isfinite(x)))} NaN or inf values")
-    if images and not -1.0 <= x.min() <= x.max() <= 1.0:
-        raise ValueError(f"x must lie in [-1, 1] (on cfg.levels = {cfg.levels} values), got values in "
-                         f"[{x.min()}, {x.max()}]")
-    if cfg.num_classes is None or (y is None and labels_optional):
-        if y is not None:
-            raise ValueError("y must be None for an unconditional flow (cfg.num_classes is None)")
-        return x, None
-    y = np.asarray(y)
-    if y.shape != (x.shape[0],) or y.dtype.kind not in "iu" or np.any((y < 0) | (y >= cfg.num_classes)):
-        raise ValueError(f"y must be an ({x.shape[0]},) integer array of labels in [0, {cfg.num_classes}), got "
-                         f"shape {y.shape}, dtype {y.dtype}")
-    return x, y
+    x_range = f"on cfg.levels = {cfg.levels} values" if isinstance(cfg, FlowConfig) else ""
+    return check_data(cfg, x, y, isinstance(cfg, FlowConfig), x_range, "flow", labels_optional)

@@ -23,12 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from refdiff.backend import Generator, asarray, get_backend, to_numpy
+from refdiff.backend import Generator, asarray, to_numpy
 from refdiff.models import gan
 from refdiff.models.common import check_int
 from refdiff.models.gan import GANConfig, MLPGANConfig
 from refdiff.optim import adamw_init, adamw_step
 from refdiff.parallel import one_blas_thread
+from refdiff.run_config import (budgeted_steps, check_count, check_data, check_positive, check_probability, check_run,
+                                init_on_backend)
 
 
 @dataclass(frozen=True)
@@ -50,20 +52,14 @@ class GANTrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "d_steps"):
-            check_int(name, getattr(self, name), 1)
-        for name in ("lr_g", "lr_d") + (("max_seconds",) if self.max_seconds is not None else ()):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+            check_count(name, getattr(self, name))
+        for name in ("lr_g", "lr_d"):
+            check_positive(name, getattr(self, name))
         for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+            check_probability(name, getattr(self, name), "a number")
         if self.loss not in gan.LOSSES:
             raise ValueError(f"loss must be one of {', '.join(gan.LOSSES)}, got {self.loss!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        get_backend(self.backend)  # raises, naming the backend, for an unknown one
+        check_run(self)
 
 
 @dataclass
@@ -123,10 +119,8 @@ def train_gan(train_cfg: GANTrainConfig, cfg: GANConfig | MLPGANConfig, x: np.nd
     [0, cfg.num_classes) for a class-conditional GAN, None for an unconditional one. Returns a TrainedGAN.
     """
     x, y = _check_data(train_cfg, cfg, x, y)
-    backend = get_backend(train_cfg.backend)
-    like = backend.asarray(np.zeros(1), dtype=backend.dtype(train_cfg.dtype))
     g = Generator(train_cfg.seed)
-    params = {k: asarray(v, like=like) for k, v in gan.init_params(cfg, g, np.dtype(train_cfg.dtype)).items()}
+    params = init_on_backend(train_cfg, gan.init_params, cfg, g)
     trained = TrainedGAN(params, cfg, train_cfg)
     opts = tuple(adamw_init({k: params[k] for k in keys})
                  for keys in (gan.discriminator_keys(cfg), gan.generator_keys(cfg)))
@@ -136,14 +130,11 @@ def train_gan(train_cfg: GANTrainConfig, cfg: GANConfig | MLPGANConfig, x: np.nd
     # one BLAS thread (docs/design.md rule 10): on this model's small products a BLAS pool's spinning workers cost
     # 5x on a loaded 2-core machine (a digits8_gan step: 0.09 s against 0.016 s)
     with one_blas_thread(), tqdm(total=train_cfg.steps, disable=not progress, desc="gan", unit="step") as bar:
-        for step in range(train_cfg.steps):
+        for step in budgeted_steps(train_cfg, bar, start):
             opts, d_loss, g_loss = gan_step(trained, opts, x, y, g, step)
             trained.d_losses.append(d_loss)
             trained.g_losses.append(g_loss)
             bar.set_postfix(d=f"{d_loss:.3f}", g=f"{g_loss:.3f}", refresh=False)
-            bar.update(1)
-            if train_cfg.max_seconds is not None and time.perf_counter() - start > train_cfg.max_seconds:
-                break
     trained.info.update(train_seconds=time.perf_counter() - start, steps_done=len(trained.g_losses))
     return trained
 
@@ -174,21 +165,4 @@ def _check_data(train_cfg: Any, cfg: Any, x: Any, y: Any) -> tuple[np.ndarray, n
         raise ValueError(f"train_cfg must be a GANTrainConfig, got {type(train_cfg).__name__}")
     if type(cfg) not in gan.FORMS:
         raise ValueError(f"cfg must be a GANConfig or an MLPGANConfig, got {type(cfg).__name__}")
-    x, images = np.asarray(x), isinstance(cfg, GANConfig)
-    shape = (cfg.in_channels, cfg.image_size, cfg.image_size) if images else (cfg.data_dim,)
-    if x.shape[1:] != shape or x.shape[0] < 1 or x.dtype.kind != "f":
-        raise ValueError(f"x must be a floating (N, {', '.join(map(str, shape))}) host array, got shape {x.shape}, "
-                         f"dtype {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"x must be finite, got {int(np.sum(~np.isfinite(x)))} NaN or inf values")
-    if images and not -1.0 <= x.min() <= x.max() <= 1.0:
-        raise ValueError(f"x must lie in [-1, 1] (the generator's tanh range), got values in [{x.min()}, {x.max()}]")
-    if cfg.num_classes is None:
-        if y is not None:
-            raise ValueError("y must be None for an unconditional GAN (cfg.num_classes is None)")
-        return x, None
-    y = np.asarray(y) if y is not None else np.zeros(0, np.int64)
-    if y.shape != (x.shape[0],) or y.dtype.kind not in "iu" or np.any((y < 0) | (y >= cfg.num_classes)):
-        raise ValueError(f"y must be an ({x.shape[0]},) integer array of labels in [0, {cfg.num_classes}), got "
-                         f"shape {y.shape}, dtype {y.dtype}")
-    return x, y
+    return check_data(cfg, x, y, isinstance(cfg, GANConfig), "the generator's tanh range", "GAN")

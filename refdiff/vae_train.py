@@ -13,7 +13,6 @@ not a denoiser's output or logits), so this module names refdiff.models.vae itse
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -21,66 +20,26 @@ from typing import Any
 
 import numpy as np
 
-from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
+from refdiff.backend import Generator, asarray, namespace, to_numpy
 from refdiff.models import vae
 from refdiff.models.vae import MLPVAEConfig, VAEConfig
-from refdiff.optim import DECAYS, adamw_init, adamw_step, clip_grad_norm, learning_rate
+from refdiff.optim import adamw_init
+from refdiff.run_config import (LikelihoodTrainConfig, TrainedRun, batch_labels, budgeted_steps, check_data,
+                                clipped_adamw_step, init_on_backend, sample_labels)
 
 
 @dataclass(frozen=True)
-class VAETrainConfig:
-    """Everything that decides a VAE's training run besides its architecture and the data."""
+class VAETrainConfig(LikelihoodTrainConfig):
+    """Everything that decides a VAE's training run besides its architecture and the data (the fields of
+    refdiff.run_config.LikelihoodTrainConfig)."""
 
-    steps: int = 3000
-    batch_size: int = 64
     lr: float = 2e-3
-    warmup_steps: int = 0
-    lr_decay: str = "cosine"            # "constant" | "cosine" | "linear" after the warm-up
-    grad_clip: float = 1.0              # max global gradient norm
-    label_dropout: float = 0.1          # fraction of labels replaced by the null label (conditional VAE only)
-    max_seconds: float | None = None    # stop after this much wall time (steps stays the schedule's length)
-    seed: int = 0
-    backend: str = "numpy"
-    dtype: str = "float32"
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
-                or not 0 <= self.warmup_steps < self.steps:
-            raise ValueError(f"warmup_steps must be an integer in [0, steps) = [0, {self.steps}), "
-                             f"got {self.warmup_steps!r}")
-        for name in ("lr", "grad_clip") + (("max_seconds",) if self.max_seconds is not None else ()):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        p = self.label_dropout
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-            raise ValueError(f"label_dropout must be a probability in [0, 1), got {p!r}")
-        if self.lr_decay not in DECAYS:
-            raise ValueError(f"lr_decay must be one of {', '.join(DECAYS)}, got {self.lr_decay!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        get_backend(self.backend)  # raises, naming the backend, for an unknown one
 
 
 @dataclass
-class TrainedVAE:
-    """A VAE's parameters (on the run's backend and dtype), its configs, its loss log (bits/dim of -ELBO per
-    step) and info (train_seconds, steps_done)."""
-
-    params: dict
-    cfg: VAEConfig | MLPVAEConfig
-    train_cfg: VAETrainConfig
-    losses: list[float]
-    info: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def like(self) -> Any:
-        """An array of the parameters' library, device and dtype (to move inputs there)."""
-        return next(iter(self.params.values()))
+class TrainedVAE(TrainedRun):
+    """A VAE's parameters (on the run's backend and dtype), its configs (VAEConfig or MLPVAEConfig,
+    VAETrainConfig), its loss log (bits/dim of -ELBO per step) and info (train_seconds, steps_done)."""
 
 
 def vae_step(trained: TrainedVAE, opt: dict, x: np.ndarray, y: np.ndarray | None, g: Generator,
@@ -90,19 +49,14 @@ def vae_step(trained: TrainedVAE, opt: dict, x: np.ndarray, y: np.ndarray | None
     B, D = tc.batch_size, cfg.dims
     idx = g.integers(0, x.shape[0], (B,))                                   # host (B,)
     xb = asarray(x[idx], like=like, dtype=like.dtype)                        # (B, C, S, S) or (B, D)
-    labels = None
-    if cfg.num_classes is not None:
-        keep = g.uniform((B,)) >= tc.label_dropout                           # host (B,)
-        labels = asarray(np.where(keep, y[idx], cfg.num_classes).astype(np.int64), like=like)
+    labels = batch_labels(y, idx, cfg.num_classes, tc.label_dropout, g, like)  # (B,) or None
     eps = g.normal((B, cfg.latent_dim), like=xb)                             # the reparameterisation's draws
     terms, cache = vae.elbo_forward(trained.params, cfg, xb, eps, labels)
     loss = vae.bits_per_dim(float(to_numpy(namespace(xb).mean(terms.elbo))), D)
     if not math.isfinite(loss):
         raise RuntimeError(f"VAE loss is {loss} at step {step}: training stopped")
     delbo = asarray(np.full(B, -1.0 / (B * D)), like=like, dtype=like.dtype)  # d(-mean ELBO / D) / d ELBO_n
-    grads, _ = clip_grad_norm(vae.elbo_backward(delbo, cache), tc.grad_clip)
-    lr = learning_rate(step, tc.lr, tc.warmup_steps, tc.steps, tc.lr_decay)
-    trained.params, opt = adamw_step(trained.params, grads, opt, lr)
+    trained.params, opt = clipped_adamw_step(trained.params, vae.elbo_backward(delbo, cache), opt, step, tc)
     return opt, loss
 
 
@@ -116,23 +70,18 @@ def train_vae(train_cfg: VAETrainConfig, cfg: VAEConfig | MLPVAEConfig, x: np.nd
     TrainedVAE.
     """
     x, y = _check_data(train_cfg, cfg, x, y)
-    backend = get_backend(train_cfg.backend)
-    like = backend.asarray(np.zeros(1), dtype=backend.dtype(train_cfg.dtype))
     g = Generator(train_cfg.seed)
-    params = {k: asarray(v, like=like) for k, v in vae.init_params(cfg, g, np.dtype(train_cfg.dtype)).items()}
+    params = init_on_backend(train_cfg, vae.init_params, cfg, g)
     trained = TrainedVAE(params, cfg, train_cfg, [])
     opt = adamw_init(params)
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
     with tqdm(total=train_cfg.steps, disable=not progress, desc="vae", unit="step") as bar:
-        for step in range(train_cfg.steps):
+        for step in budgeted_steps(train_cfg, bar, start):
             opt, loss = vae_step(trained, opt, x, y, g, step)
             trained.losses.append(loss)
             bar.set_postfix(bpd=f"{loss:.3f}", refresh=False)
-            bar.update(1)
-            if train_cfg.max_seconds is not None and time.perf_counter() - start > train_cfg.max_seconds:
-                break
     trained.info.update(train_seconds=time.perf_counter() - start, steps_done=len(trained.losses))
     return trained
 
@@ -167,13 +116,7 @@ def vae_samples(trained: TrainedVAE, n: int, labels: np.ndarray | None = None, s
     integers in [0, K) for a conditional VAE, or None (the null label). Returns (n, C, S, S) or (n, D) host
     float64."""
     vae.check_int("n", n, 1)
-    if labels is not None:
-        labels = np.asarray(labels)
-        K = trained.cfg.num_classes
-        if K is None or labels.shape != (n,) or labels.dtype.kind not in "iu" or np.any((labels < 0) | (labels >= K)):
-            raise ValueError(f"labels must be None or ({n},) integers in [0, num_classes) for a conditional VAE "
-                             f"(num_classes = {K}), got shape {labels.shape}, dtype {labels.dtype}")
-        labels = asarray(labels.astype(np.int64), like=trained.like)
+    labels = sample_labels(labels, n, trained.cfg.num_classes, "VAE", trained.like)
     z = Generator(seed).normal((n, trained.cfg.latent_dim), like=trained.like)
     mean = to_numpy(vae.vae_model(trained.params, trained.cfg)(z, labels)).astype(np.float64)
     return np.clip(mean, -1.0, 1.0) if isinstance(trained.cfg, VAEConfig) else mean
@@ -187,22 +130,4 @@ def _check_data(train_cfg: Any, cfg: Any, x: Any, y: Any,
         raise ValueError(f"train_cfg must be a VAETrainConfig, got {type(train_cfg).__name__}")
     if type(cfg) not in vae.CODERS:
         raise ValueError(f"cfg must be a VAEConfig or an MLPVAEConfig, got {type(cfg).__name__}")
-    x, images = np.asarray(x), isinstance(cfg, VAEConfig)
-    shape = (cfg.in_channels, cfg.image_size, cfg.image_size) if images else (cfg.data_dim,)
-    if x.shape[1:] != shape or x.shape[0] < 1 or x.dtype.kind != "f":
-        raise ValueError(f"x must be a floating (N, {', '.join(map(str, shape))}) host array, got shape {x.shape}, "
-                         f"dtype {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"x must be finite, got {int(np.sum(~np.isfinite(x)))} NaN or inf values")
-    if images and not -1.0 <= x.min() <= x.max() <= 1.0:
-        raise ValueError(f"x must lie in [-1, 1] (the discretized decoder's range), got values in "
-                         f"[{x.min()}, {x.max()}]")
-    if cfg.num_classes is None or (y is None and labels_optional):
-        if y is not None:
-            raise ValueError("y must be None for an unconditional VAE (cfg.num_classes is None)")
-        return x, None
-    y = np.asarray(y)
-    if y.shape != (x.shape[0],) or y.dtype.kind not in "iu" or np.any((y < 0) | (y >= cfg.num_classes)):
-        raise ValueError(f"y must be an ({x.shape[0]},) integer array of labels in [0, {cfg.num_classes}), got "
-                         f"shape {y.shape}, dtype {y.dtype}")
-    return x, y
+    return check_data(cfg, x, y, isinstance(cfg, VAEConfig), "the discretized decoder's range", "VAE", labels_optional)

@@ -62,9 +62,19 @@ def same_library(a: Any, x: Any) -> bool:
 
 
 def _a(cfg_type: type) -> str:
-    """'an MLPConfig', 'a UNetConfig': the article of an initialism follows its first letter's name."""
+    """'an MLPConfig', 'a UNetConfig', 'a FlowConfig': an initialism's article follows its first letter's name, a
+    word's its first sound."""
     name = cfg_type.__name__
-    return f"{'an' if name[0] in 'AEFHILMNORSX' else 'a'} {name}"
+    initialism = name[1:2].isupper()
+    return f"{'an' if name[0] in ('AEFHILMNORSX' if initialism else 'AEIO') else 'a'} {name}"
+
+
+def by_config(cfg: Any, modules: dict) -> Any:
+    """modules[type(cfg)]: the module a family dispatches cfg to (its coder, its form), or a ValueError naming
+    the allowed config types ("cfg must be a VAEConfig or an MLPVAEConfig, got dict")."""
+    if type(cfg) not in modules:
+        raise ValueError(f"cfg must be {' or '.join(map(_a, modules))}, got {type(cfg).__name__}")
+    return modules[type(cfg)]
 
 
 def check_init(cfg: Any, cfg_type: type, generator: Any, dtype: Any) -> np.dtype:
@@ -111,14 +121,27 @@ def check_image(x: Any, in_channels: int, factor: int) -> None:
                          f"{factor}, got (H, W) = {(H, W)}")
 
 
+def check_sized_image(x: Any, cfg: Any) -> None:
+    """check_image for a config with in_channels, downsample_factor and image_size: x must be (N, C, S, S)."""
+    check_image(x, cfg.in_channels, cfg.downsample_factor)
+    if tuple(x.shape[2:]) != (cfg.image_size, cfg.image_size):
+        raise ValueError(f"x must be (N, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}) (cfg.image_size), "
+                         f"got shape {tuple(x.shape)}")
+
+
+def check_params_like(params: dict, a: Any, name: str = "x") -> None:
+    """Raise unless every parameter is an array of a's library, device and dtype (name names a in the message)."""
+    for key, p in params.items():
+        if not same_library(p, a) or p.dtype != a.dtype:
+            raise ValueError(f"params[{key!r}] must be an array of {name}'s library, device and dtype ({a.dtype}), "
+                             f"got {type(p).__name__} of dtype {p.dtype}")
+
+
 def check_inputs(params: dict, x: Any, t: Any, y: Any = None, num_classes: int | None = None) -> None:
     """What a model's forward requires once x's own shape is checked: params of x's library, device and
     dtype; t an (N,) array of x's library and device; y None for an unconditional model (num_classes
     None), else None or (N,) labels of x's library and device."""
-    for key, p in params.items():
-        if not same_library(p, x) or p.dtype != x.dtype:
-            raise ValueError(f"params[{key!r}] must be an array of x's library, device and dtype ({x.dtype}), "
-                             f"got {type(p).__name__} of dtype {p.dtype}")
+    check_params_like(params, x)
     N = x.shape[0]
     if not same_library(t, x) or t.ndim != 1 or t.shape[0] != N:
         raise ValueError(f"t must be an (N,) array of x's library and device with N = {N} (x's batch), "

@@ -26,7 +26,8 @@ import numpy as np
 
 from refdiff.backend import Generator, device, namespace
 from refdiff.models import flow_conv, flow_mlp
-from refdiff.models.common import check_init, check_int, check_params, count_params, lecun_init, same_library
+from refdiff.models.common import (by_config, check_init, check_int, check_params, check_params_like, count_params,
+                                   lecun_init, same_library)
 from refdiff.models.flow_conv import FlowConfig
 from refdiff.models.flow_mlp import MLPFlowConfig
 
@@ -36,9 +37,7 @@ CODERS = {FlowConfig: flow_conv, MLPFlowConfig: flow_mlp}  # config type -> the 
 
 def _coder(cfg: Any):
     """The coder module of cfg's type, or a ValueError naming the allowed configs."""
-    if type(cfg) not in CODERS:
-        raise ValueError(f"cfg must be a FlowConfig or an MLPFlowConfig, got {type(cfg).__name__}")
-    return CODERS[type(cfg)]
+    return by_config(cfg, CODERS)
 
 
 def param_shapes(cfg: FlowConfig | MLPFlowConfig) -> dict[str, tuple[int, ...]]:
@@ -241,10 +240,7 @@ def _check(params: dict, cfg: Any, x: Any):
     coder = _coder(cfg)
     check_params(params, cfg, type(cfg), param_shapes)
     coder.check_x(cfg, x)
-    for key, p in params.items():
-        if not same_library(p, x) or p.dtype != x.dtype:
-            raise ValueError(f"params[{key!r}] must be an array of x's library, device and dtype ({x.dtype}), "
-                             f"got {type(p).__name__} of dtype {p.dtype}")
+    check_params_like(params, x)
     return coder
 
 

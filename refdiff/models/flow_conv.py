@@ -33,7 +33,7 @@ from refdiff.backend import device, namespace
 from refdiff.layers.basic import SiluCache, silu_backward, silu_forward
 from refdiff.layers.conv import Conv2dCache, conv2d_backward, conv2d_forward
 from refdiff.layers.embed import EmbeddingCache, embedding_backward, embedding_forward
-from refdiff.models.common import check_image, check_int
+from refdiff.models.common import check_int, check_sized_image
 
 
 @dataclass(frozen=True)
@@ -212,10 +212,7 @@ def latent_shape(cfg: FlowConfig, n: int) -> tuple[int, int, int, int]:
 
 def check_x(cfg: FlowConfig, x: Any) -> None:
     """Raise unless x is a real floating (N, C, S, S) array of finite values (one device read)."""
-    check_image(x, cfg.in_channels, cfg.downsample_factor)
-    if tuple(x.shape[2:]) != (cfg.image_size, cfg.image_size):
-        raise ValueError(f"x must be (N, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}) (cfg.image_size), "
-                         f"got shape {tuple(x.shape)}")
+    check_sized_image(x, cfg)
     xp = namespace(x)
     if not bool(xp.all(xp.isfinite(x))):
         raise ValueError("x must be finite, got NaN or inf values")

@@ -25,7 +25,8 @@ import numpy as np
 from refdiff.backend import Generator, namespace
 from refdiff.layers.basic import sigmoid
 from refdiff.models import gan_conv, gan_mlp
-from refdiff.models.common import check_init, check_params, count_params, lecun_init, same_library
+from refdiff.models.common import (by_config, check_init, check_params, check_params_like, count_params, lecun_init,
+                                   same_library)
 from refdiff.models.gan_conv import GANConfig
 from refdiff.models.gan_mlp import MLPGANConfig
 
@@ -35,9 +36,7 @@ FORMS = {GANConfig: gan_conv, MLPGANConfig: gan_mlp}  # config type -> the modul
 
 def _form(cfg: Any):
     """The module of cfg's networks, or a ValueError naming the allowed configs."""
-    if type(cfg) not in FORMS:
-        raise ValueError(f"cfg must be a GANConfig or an MLPGANConfig, got {type(cfg).__name__}")
-    return FORMS[type(cfg)]
+    return by_config(cfg, FORMS)
 
 
 def param_shapes(cfg: GANConfig | MLPGANConfig) -> dict[str, tuple[int, ...]]:
@@ -243,8 +242,5 @@ def _check_forward(params: dict, cfg: Any, x: Any, z: Any, y: Any, loss: Any):
             raise ValueError(f"z must be an array of x_real's library, device and dtype ({x.dtype}) with its batch "
                              f"N = {x.shape[0]}, got {type(z).__name__} of dtype {z.dtype} and shape {tuple(z.shape)}")
     _check_noise_and_labels(cfg, z, y)
-    for key, p in params.items():
-        if not same_library(p, z) or p.dtype != z.dtype:
-            raise ValueError(f"params[{key!r}] must be an array of z's library, device and dtype ({z.dtype}), "
-                             f"got {type(p).__name__} of dtype {p.dtype}")
+    check_params_like(params, z, "z")
     return form

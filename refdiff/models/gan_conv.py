@@ -8,9 +8,9 @@ Data flow (N images C x S x S in [-1, 1], L = len(channels) levels, s = S / 2^(L
     discriminator  h = silu(conv0(x)), then h = silu(conv_l(h, stride 2)) for l = 1..L-1;  phi = flatten(h) (N, F)
                    logit = phi @ w_psi + b_psi [+ <disc.table[y], phi>]                   (N,)
 
-The discriminator is the VAE's encoder (refdiff.models.vae_conv), the classifier's stride-2 conv encoder without
-ResBlocks, read out by a linear psi; DCGAN's generator has BatchNorm and ReLU, its discriminator LeakyReLU: here
-SiLU throughout (smooth, so the finite-difference checks see no kinks; refdiff has no batch norm, whose batch
+The discriminator is the VAE's encoder (both in refdiff.models.conv_codec), the classifier's stride-2 conv encoder
+without ResBlocks, read out by a linear psi; DCGAN's generator has BatchNorm and ReLU, its discriminator LeakyReLU:
+here SiLU throughout (smooth, so the finite-difference checks see no kinks; refdiff has no batch norm, whose batch
 statistics would couple the samples of a batch in the hand-derived backward). tanh keeps samples in [-1, 1].
 
 Class-conditional (cfg.num_classes = K): the generator adds a label embedding (K rows, no null label: a GAN
@@ -29,15 +29,13 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from refdiff.backend import namespace
-from refdiff.layers.basic import LinearCache, SiluCache, linear_backward, linear_forward, silu_backward, silu_forward
-from refdiff.layers.conv import Conv2dCache, conv2d_backward, conv2d_forward
-from refdiff.layers.embed import EmbeddingCache, embedding_backward, embedding_forward
-from refdiff.layers.resample import Resample2xCache, upsample2x_backward, upsample2x_forward
-from refdiff.models.common import check_image, check_int
+from refdiff.models import conv_codec, gan_heads
+from refdiff.models.common import check_image
+from refdiff.models.conv_codec import ConvCodecShape, check_config, decoder_shapes, encoder_shapes
 
 
 @dataclass(frozen=True)
-class GANConfig:
+class GANConfig(ConvCodecShape):
     """Architecture of the image GAN; validated on construction (a list of channels becomes a tuple)."""
 
     in_channels: int = 1            # C of the data
@@ -47,44 +45,18 @@ class GANConfig:
     num_classes: int | None = None  # K for a class-conditional GAN, None for an unconditional one
 
     def __post_init__(self):
-        object.__setattr__(self, "channels", tuple(self.channels))
-        for name in ("in_channels", "image_size", "latent_dim"):
-            check_int(name, getattr(self, name), 1)
-        if not self.channels:
-            raise ValueError("channels must have at least one entry, got ()")
-        for c in self.channels:
-            check_int("every entry of channels", c, 1)
-        if self.num_classes is not None:
-            check_int("num_classes", self.num_classes, 1)
-        if self.image_size % self.downsample_factor:
-            raise ValueError(f"image_size must be a multiple of 2^(len(channels) - 1) = {self.downsample_factor}, "
-                             f"got {self.image_size}")
-
-    @property
-    def downsample_factor(self) -> int:
-        """2^(L - 1): the discriminator's stride-2 convolutions shrink S by this much."""
-        return 2 ** (len(self.channels) - 1)
-
-    @property
-    def bottleneck(self) -> tuple[int, int, int]:
-        """(s, s, c_{L-1}): the generator's first activation and the discriminator's last, per image."""
-        s = self.image_size // self.downsample_factor
-        return s, s, self.channels[-1]
+        check_config(self, (("in_channels", 1), ("image_size", 1), ("latent_dim", 1)))
 
 
 def param_shapes(cfg: GANConfig) -> dict[str, tuple[int, ...]]:
     """The shape of every parameter: the generator's ("gen.") then the discriminator's ("disc.")."""
-    C, Z, c, K = cfg.in_channels, cfg.latent_dim, cfg.channels, cfg.num_classes
+    C, Z, K = cfg.in_channels, cfg.latent_dim, cfg.num_classes
     F = math.prod(cfg.bottleneck)
     shapes = {"gen.in.w": (Z, F), "gen.in.b": (F,)}
     if K is not None:
         shapes["gen.label_embed.table"] = (K, F)
-    for l in range(len(c) - 1, 0, -1):
-        shapes[f"gen.conv{l}.w"], shapes[f"gen.conv{l}.b"] = (3, 3, c[l], c[l - 1]), (c[l - 1],)
-    shapes.update({"gen.out.w": (3, 3, c[0], C), "gen.out.b": (C,), "disc.conv0.w": (3, 3, C, c[0]),
-                   "disc.conv0.b": (c[0],)})
-    for l in range(1, len(c)):
-        shapes[f"disc.conv{l}.w"], shapes[f"disc.conv{l}.b"] = (3, 3, c[l - 1], c[l]), (c[l],)
+    shapes.update(decoder_shapes("gen.", C, cfg.channels))
+    shapes.update(encoder_shapes("disc.", C, cfg.channels))
     shapes.update({"disc.psi.w": (F, 1), "disc.psi.b": (1,)})
     if K is not None:
         shapes["disc.label_embed.table"] = (K, F)
@@ -93,19 +65,9 @@ def param_shapes(cfg: GANConfig) -> dict[str, tuple[int, ...]]:
 
 # ---------------------------------------------------------------------------------- generator
 
-class UpLevelCache(NamedTuple):
-    level: int  # l: this step maps c_l channels to c_{l-1}
-    up: Resample2xCache
-    conv: Conv2dCache
-    silu: SiluCache
-
-
 class GeneratorCache(NamedTuple):
-    lin: LinearCache
-    label: EmbeddingCache | None  # None for an unconditional generator
-    silu: SiluCache
-    levels: tuple  # one UpLevelCache per level l = L-1..1, in forward order
-    out: Conv2dCache
+    input: gan_heads.InputCache
+    body: conv_codec.DecoderCache
     x: Any  # (N, S, S, C) the tanh output, for tanh' = 1 - x^2
 
 
@@ -118,52 +80,26 @@ def generate(params: dict, cfg: GANConfig, z: Any, y: Any = None):
     and a GeneratorCache.
     """
     xp = namespace(z)
-    N, label = z.shape[0], None
-    a, lin = linear_forward(z, params["gen.in.w"], params["gen.in.b"])  # (N, F)
-    if cfg.num_classes is not None:
-        e, label = embedding_forward(y, params["gen.label_embed.table"])  # (N, F)
-        a = a + e
-    h, silu = silu_forward(a)
-    h = xp.reshape(h, (N, *cfg.bottleneck))  # (N, F) -> (N, s, s, c_{L-1})
-    levels = []
-    for l in range(len(cfg.channels) - 1, 0, -1):
-        h, up = upsample2x_forward(h)  # (N, 2s, 2s, c_l)
-        h, conv = conv2d_forward(h, params[f"gen.conv{l}.w"], params[f"gen.conv{l}.b"])  # c_l -> c_{l-1}
-        h, s = silu_forward(h)
-        levels.append(UpLevelCache(l, up, conv, s))
-    a_out, out = conv2d_forward(h, params["gen.out.w"], params["gen.out.b"])  # (N, S, S, C)
+    a, inp = gan_heads.generator_input(params, z, y, cfg.num_classes is not None)  # (N, F)
+    a_out, body = conv_codec.decoder_forward(params, "gen.", len(cfg.channels), cfg.bottleneck, a)  # (N, S, S, C)
     x = xp.tanh(a_out)
-    cache = GeneratorCache(lin, label, silu, tuple(levels), out, x)
-    return xp.permute_dims(x, (0, 3, 1, 2)), cache  # (N, S, S, C) -> (N, C, S, S)
+    return xp.permute_dims(x, (0, 3, 1, 2)), GeneratorCache(inp, body, x)  # (N, S, S, C) -> (N, C, S, S)
 
 
 def generate_backward(dx: Any, c: GeneratorCache) -> dict:
     """Gradients of generate's parameters from dx (N, C, S, S) (z gets none: it is not learned)."""
     xp = namespace(dx)
-    g = {}
     da_out = xp.permute_dims(dx, (0, 2, 3, 1)) * (1.0 - c.x * c.x)  # NCHW -> NHWC; tanh' = 1 - tanh^2
-    dh, g["gen.out.w"], g["gen.out.b"] = conv2d_backward(da_out, c.out)
-    for lc in reversed(c.levels):  # the forward's levels reversed
-        dh = silu_backward(dh, lc.silu)
-        dh, g[f"gen.conv{lc.level}.w"], g[f"gen.conv{lc.level}.b"] = conv2d_backward(dh, lc.conv)
-        dh = upsample2x_backward(dh, lc.up)
-    da = silu_backward(xp.reshape(dh, (dh.shape[0], -1)), c.silu)  # (N, s, s, c) -> (N, F)
-    if c.label is not None:
-        g["gen.label_embed.table"] = embedding_backward(da, c.label)  # a = z W + b + table[y]: da reaches both
-    _, g["gen.in.w"], g["gen.in.b"] = linear_backward(da, c.lin)
+    g, da = conv_codec.decoder_backward(da_out, c.body)  # da (N, F)
+    g.update(gan_heads.generator_input_backward(da, c.input))
     return g
 
 
 # ------------------------------------------------------------------------------ discriminator
 
 class DiscriminatorCache(NamedTuple):
-    convs: tuple  # one Conv2dCache per level
-    silus: tuple  # one SiluCache per level
-    h_shape: tuple[int, ...]  # (N, s, s, c_{L-1}) before flattening
-    psi: LinearCache
-    phi: Any  # (N, F) the features
-    label: EmbeddingCache | None  # the projection's embedding, None for an unconditional discriminator
-    e: Any  # (N, F) embed(y), or None
+    convs: conv_codec.EncoderCache
+    head: gan_heads.ProjectionCache
 
 
 def discriminate(params: dict, cfg: GANConfig, x: Any, y: Any = None):
@@ -175,23 +111,9 @@ def discriminate(params: dict, cfg: GANConfig, x: Any, y: Any = None):
     x: (N, C, S, S); y: (N,) labels in [0, K) or None for an unconditional GAN. Returns logits (N,) like x, and a
     DiscriminatorCache.
     """
-    xp = namespace(x)
-    h = xp.permute_dims(x, (0, 2, 3, 1))  # (N, C, S, S) -> (N, S, S, C)
-    convs, silus = [], []
-    for l in range(len(cfg.channels)):
-        h, conv = conv2d_forward(h, params[f"disc.conv{l}.w"], params[f"disc.conv{l}.b"], stride=1 if l == 0 else 2)
-        h, silu = silu_forward(h)
-        convs.append(conv)
-        silus.append(silu)
-    h_shape = tuple(h.shape)
-    phi = xp.reshape(h, (h_shape[0], math.prod(h_shape[1:])))  # (N, s, s, c) -> (N, F)
-    logit, psi = linear_forward(phi, params["disc.psi.w"], params["disc.psi.b"])  # (N, 1)
-    logit = logit[:, 0]  # (N, 1) -> (N,)
-    label = e = None
-    if cfg.num_classes is not None:
-        e, label = embedding_forward(y, params["disc.label_embed.table"])  # (N, F)
-        logit = logit + xp.sum(e * phi, axis=1)  # the projection term
-    return logit, DiscriminatorCache(tuple(convs), tuple(silus), h_shape, psi, phi, label, e)
+    phi, convs = conv_codec.encoder_forward(params, "disc.", len(cfg.channels), x)  # (N, F)
+    logit, head = gan_heads.projection_logit(params, phi, y, cfg.num_classes is not None)  # (N,)
+    return logit, DiscriminatorCache(convs, head)
 
 
 def discriminate_backward(dlogit: Any, c: DiscriminatorCache, need_dx: bool = False) -> tuple[dict, Any]:
@@ -200,18 +122,10 @@ def discriminate_backward(dlogit: Any, c: DiscriminatorCache, need_dx: bool = Fa
 
     Math: dphi = dlogit w_psi^T + dlogit embed(y);  d table[y] = dlogit phi;  then the encoder's steps reversed
     """
-    xp = namespace(dlogit)
-    g = {}
-    dl = xp.reshape(dlogit, (dlogit.shape[0], 1))  # (N,) -> (N, 1)
-    dphi, g["disc.psi.w"], g["disc.psi.b"] = linear_backward(dl, c.psi)
-    if c.label is not None:
-        dphi = dphi + dl * c.e  # the projection: d<e, phi>/dphi = e ...
-        g["disc.label_embed.table"] = embedding_backward(dl * c.phi, c.label)  # ... and d<e, phi>/de = phi
-    dh = xp.reshape(dphi, c.h_shape)  # (N, F) -> (N, s, s, c)
-    for l in range(len(c.convs) - 1, -1, -1):
-        dh = silu_backward(dh, c.silus[l])
-        dh, g[f"disc.conv{l}.w"], g[f"disc.conv{l}.b"] = conv2d_backward(dh, c.convs[l])
-    return g, (xp.permute_dims(dh, (0, 3, 1, 2)) if need_dx else None)  # NHWC -> NCHW
+    g, dphi = gan_heads.projection_logit_backward(dlogit, c.head)
+    g_convs, dx = conv_codec.encoder_backward(dphi, c.convs, need_dx)  # dx NCHW or None
+    g.update(g_convs)
+    return g, dx
 
 
 def check_x(cfg: GANConfig, x: Any) -> None:

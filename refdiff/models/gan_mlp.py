@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from refdiff.backend import namespace
-from refdiff.layers.basic import LinearCache, SiluCache, linear_backward, linear_forward, silu_backward, silu_forward
-from refdiff.layers.embed import EmbeddingCache, embedding_backward, embedding_forward
+from refdiff.models import gan_heads, mlp_codec
 from refdiff.models.common import check_int
 
 
@@ -52,67 +51,36 @@ def param_shapes(cfg: MLPGANConfig) -> dict[str, tuple[int, ...]]:
 
 
 class GeneratorCache(NamedTuple):
-    lin: LinearCache
-    label: EmbeddingCache | None  # None for an unconditional generator
-    silu0: SiluCache
-    fc1: LinearCache
-    silu1: SiluCache
-    out: LinearCache
+    input: gan_heads.InputCache
+    body: mlp_codec.DecoderCache
 
 
 def generate(params: dict, cfg: MLPGANConfig, z: Any, y: Any = None):
     """The generator's point G(z, y). z: (N, Z); y: (N,) labels in [0, K) or None. Returns x (N, D) like z, and a
     GeneratorCache."""
-    a, lin = linear_forward(z, params["gen.in.w"], params["gen.in.b"])  # (N, H)
-    label = None
-    if cfg.num_classes is not None:
-        e, label = embedding_forward(y, params["gen.label_embed.table"])  # (N, H)
-        a = a + e
-    h, silu0 = silu_forward(a)
-    h, fc1 = linear_forward(h, params["gen.fc1.w"], params["gen.fc1.b"])  # (N, H)
-    h, silu1 = silu_forward(h)
-    x, out = linear_forward(h, params["gen.out.w"], params["gen.out.b"])  # (N, D)
-    return x, GeneratorCache(lin, label, silu0, fc1, silu1, out)
+    a, inp = gan_heads.generator_input(params, z, y, cfg.num_classes is not None)  # (N, H)
+    x, body = mlp_codec.decoder_forward(params, "gen.", a)  # (N, D)
+    return x, GeneratorCache(inp, body)
 
 
 def generate_backward(dx: Any, c: GeneratorCache) -> dict:
     """Gradients of generate's parameters from dx (N, D)."""
-    g = {}
-    dh, g["gen.out.w"], g["gen.out.b"] = linear_backward(dx, c.out)
-    dh, g["gen.fc1.w"], g["gen.fc1.b"] = linear_backward(silu_backward(dh, c.silu1), c.fc1)
-    da = silu_backward(dh, c.silu0)
-    if c.label is not None:
-        g["gen.label_embed.table"] = embedding_backward(da, c.label)  # a = z W + b + table[y]: da reaches both
-    _, g["gen.in.w"], g["gen.in.b"] = linear_backward(da, c.lin)
+    g, da = mlp_codec.decoder_backward(dx, c.body)  # da (N, H)
+    g.update(gan_heads.generator_input_backward(da, c.input))
     return g
 
 
 class DiscriminatorCache(NamedTuple):
-    fc0: LinearCache
-    silu0: SiluCache
-    fc1: LinearCache
-    silu1: SiluCache
-    psi: LinearCache
-    phi: Any  # (N, H) the features
-    label: EmbeddingCache | None  # the projection's embedding, None for an unconditional discriminator
-    e: Any  # (N, H) embed(y), or None
+    body: mlp_codec.EncoderCache
+    head: gan_heads.ProjectionCache
 
 
 def discriminate(params: dict, cfg: MLPGANConfig, x: Any, y: Any = None):
     """The discriminator's logit D(x, y) = psi(phi(x)) + <embed(y), phi(x)> (Miyato & Koyama 2018, eq. 3).
     x: (N, D); y: (N,) labels in [0, K) or None. Returns logits (N,) like x, and a DiscriminatorCache."""
-    xp = namespace(x)
-    h, fc0 = linear_forward(x, params["disc.fc0.w"], params["disc.fc0.b"])  # (N, H)
-    h, silu0 = silu_forward(h)
-    h, fc1 = linear_forward(h, params["disc.fc1.w"], params["disc.fc1.b"])  # (N, H)
-    phi, silu1 = silu_forward(h)
-    logit, psi = linear_forward(phi, params["disc.psi.w"], params["disc.psi.b"])  # (N, 1)
-    logit = logit[:, 0]  # (N, 1) -> (N,)
-    label = e = None
-    if cfg.num_classes is not None:
-        e, label = embedding_forward(y, params["disc.label_embed.table"])  # (N, H)
-        logit = logit + xp.sum(e * phi, axis=1)  # the projection term
-    return logit, DiscriminatorCache(fc0, silu0, fc1, silu1, psi, phi, label, e)
+    phi, body = mlp_codec.encoder_forward(params, "disc.", x)  # (N, H)
+    logit, head = gan_heads.projection_logit(params, phi, y, cfg.num_classes is not None)  # (N,)
+    return logit, DiscriminatorCache(body, head)
 
 
 def discriminate_backward(dlogit: Any, c: DiscriminatorCache, need_dx: bool = False) -> tuple[dict, Any]:
@@ -120,15 +88,9 @@ def discriminate_backward(dlogit: Any, c: DiscriminatorCache, need_dx: bool = Fa
 
     Math: dphi = dlogit w_psi^T + dlogit embed(y);  d table[y] = dlogit phi;  then fc1, fc0 reversed
     """
-    xp = namespace(dlogit)
-    g = {}
-    dl = xp.reshape(dlogit, (dlogit.shape[0], 1))  # (N,) -> (N, 1)
-    dphi, g["disc.psi.w"], g["disc.psi.b"] = linear_backward(dl, c.psi)
-    if c.label is not None:
-        dphi = dphi + dl * c.e  # the projection: d<e, phi>/dphi = e ...
-        g["disc.label_embed.table"] = embedding_backward(dl * c.phi, c.label)  # ... and d<e, phi>/de = phi
-    dh, g["disc.fc1.w"], g["disc.fc1.b"] = linear_backward(silu_backward(dphi, c.silu1), c.fc1)
-    dx, g["disc.fc0.w"], g["disc.fc0.b"] = linear_backward(silu_backward(dh, c.silu0), c.fc0)
+    g, dphi = gan_heads.projection_logit_backward(dlogit, c.head)
+    g_body, dx = mlp_codec.encoder_backward(dphi, c.body)
+    g.update(g_body)
     return g, (dx if need_dx else None)
 
 

@@ -23,7 +23,8 @@ import numpy as np
 from refdiff.backend import Generator, namespace
 from refdiff.likelihood import normal_kl
 from refdiff.models import vae_conv, vae_mlp
-from refdiff.models.common import check_init, check_int, check_params, count_params, lecun_init, same_library
+from refdiff.models.common import (by_config, check_init, check_int, check_params, check_params_like, count_params,
+                                   lecun_init, same_library)
 from refdiff.models.vae_conv import VAEConfig
 from refdiff.models.vae_mlp import MLPVAEConfig
 
@@ -33,9 +34,7 @@ CODERS = {VAEConfig: vae_conv, MLPVAEConfig: vae_mlp}  # config type -> the modu
 
 def _coder(cfg: Any):
     """The coder module of cfg's type, or a ValueError naming the allowed configs."""
-    if type(cfg) not in CODERS:
-        raise ValueError(f"cfg must be a VAEConfig or an MLPVAEConfig, got {type(cfg).__name__}")
-    return CODERS[type(cfg)]
+    return by_config(cfg, CODERS)
 
 
 def param_shapes(cfg: VAEConfig | MLPVAEConfig) -> dict[str, tuple[int, ...]]:
@@ -199,10 +198,7 @@ def _check_forward(params: dict, cfg: Any, x: Any, eps: Any):
     coder = _coder(cfg)
     check_params(params, cfg, type(cfg), param_shapes)
     coder.check_x(cfg, x)
-    for key, p in params.items():
-        if not same_library(p, x) or p.dtype != x.dtype:
-            raise ValueError(f"params[{key!r}] must be an array of x's library, device and dtype ({x.dtype}), "
-                             f"got {type(p).__name__} of dtype {p.dtype}")
+    check_params_like(params, x)
     if not same_library(eps, x) or eps.dtype != x.dtype or tuple(eps.shape) != (x.shape[0], cfg.latent_dim):
         raise ValueError(f"eps must be an ({x.shape[0]}, {cfg.latent_dim}) array (N, latent_dim) of x's library, "
                          f"device and dtype, got {type(eps).__name__} of shape {tuple(eps.shape)}")

@@ -30,16 +30,16 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from refdiff.backend import device, namespace
-from refdiff.layers.basic import LinearCache, SiluCache, linear_backward, linear_forward, silu_backward, silu_forward
-from refdiff.layers.conv import Conv2dCache, conv2d_backward, conv2d_forward
+from refdiff.layers.basic import LinearCache, linear_backward, linear_forward
 from refdiff.layers.embed import EmbeddingCache, embedding_backward, embedding_forward
-from refdiff.layers.resample import Resample2xCache, upsample2x_backward, upsample2x_forward
 from refdiff.likelihood import discretized_gaussian_log_likelihood, discretized_gaussian_log_likelihood_backward
-from refdiff.models.common import check_image, check_int
+from refdiff.models import conv_codec
+from refdiff.models.common import check_sized_image
+from refdiff.models.conv_codec import ConvCodecShape, check_config, decoder_shapes, encoder_shapes
 
 
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(ConvCodecShape):
     """Architecture of the VAE; validated on construction (a list of channels becomes a tuple)."""
 
     in_channels: int = 1            # C of the data
@@ -50,29 +50,7 @@ class VAEConfig:
     levels: int = 17                # the data's values on [-1, 1]: the discretized decoder's bins
 
     def __post_init__(self):
-        object.__setattr__(self, "channels", tuple(self.channels))
-        for name, low in (("in_channels", 1), ("image_size", 1), ("latent_dim", 1), ("levels", 2)):
-            check_int(name, getattr(self, name), low)
-        if not self.channels:
-            raise ValueError("channels must have at least one entry, got ()")
-        for c in self.channels:
-            check_int("every entry of channels", c, 1)
-        if self.num_classes is not None:
-            check_int("num_classes", self.num_classes, 1)
-        if self.image_size % self.downsample_factor:
-            raise ValueError(f"image_size must be a multiple of 2^(len(channels) - 1) = {self.downsample_factor}, "
-                             f"got {self.image_size}")
-
-    @property
-    def downsample_factor(self) -> int:
-        """2^(L - 1): the encoder's stride-2 convolutions shrink S by this much."""
-        return 2 ** (len(self.channels) - 1)
-
-    @property
-    def bottleneck(self) -> tuple[int, int, int]:
-        """(s, s, c_{L-1}): the encoder's last activation, the decoder's first, per image."""
-        s = self.image_size // self.downsample_factor
-        return s, s, self.channels[-1]
+        check_config(self, (("in_channels", 1), ("image_size", 1), ("latent_dim", 1), ("levels", 2)))
 
     @property
     def dims(self) -> int:
@@ -82,26 +60,21 @@ class VAEConfig:
 
 def param_shapes(cfg: VAEConfig) -> dict[str, tuple[int, ...]]:
     """The shape of every parameter, in the order of init_params and elbo_backward."""
-    C, Z, c = cfg.in_channels, cfg.latent_dim, cfg.channels
+    C, Z = cfg.in_channels, cfg.latent_dim
     F = math.prod(cfg.bottleneck)
-    shapes = {"enc.conv0.w": (3, 3, C, c[0]), "enc.conv0.b": (c[0],)}
-    for l in range(1, len(c)):
-        shapes[f"enc.conv{l}.w"], shapes[f"enc.conv{l}.b"] = (3, 3, c[l - 1], c[l]), (c[l],)
+    shapes = encoder_shapes("enc.", C, cfg.channels)
     shapes.update({"enc.out.w": (F, 2 * Z), "enc.out.b": (2 * Z,), "dec.in.w": (Z, F), "dec.in.b": (F,)})
     if cfg.num_classes is not None:
         shapes["label_embed.table"] = (cfg.num_classes + 1, F)  # row K is the null label
-    for l in range(len(c) - 1, 0, -1):
-        shapes[f"dec.conv{l}.w"], shapes[f"dec.conv{l}.b"] = (3, 3, c[l], c[l - 1]), (c[l - 1],)
-    shapes.update({"dec.out.w": (3, 3, c[0], C), "dec.out.b": (C,), "dec.log_scale": (C,)})
+    shapes.update(decoder_shapes("dec.", C, cfg.channels))
+    shapes["dec.log_scale"] = (C,)
     return shapes
 
 
 # ------------------------------------------------------------------------------------ encoder
 
 class EncoderCache(NamedTuple):
-    convs: tuple  # one Conv2dCache per level
-    silus: tuple  # one SiluCache per level
-    h_shape: tuple[int, ...]  # (N, s, s, c_{L-1}) before flattening
+    convs: conv_codec.EncoderCache
     out: LinearCache
 
 
@@ -110,19 +83,10 @@ def encode(params: dict, cfg: VAEConfig, x: Any):
 
     x: (N, C, S, S). Returns mu (N, Z), logvar (N, Z) like x, and an EncoderCache.
     """
-    xp = namespace(x)
-    h = xp.permute_dims(x, (0, 2, 3, 1))  # (N, C, S, S) -> (N, S, S, C)
-    convs, silus = [], []
-    for l in range(len(cfg.channels)):
-        h, conv = conv2d_forward(h, params[f"enc.conv{l}.w"], params[f"enc.conv{l}.b"], stride=1 if l == 0 else 2)
-        h, silu = silu_forward(h)
-        convs.append(conv)
-        silus.append(silu)
-    h_shape = tuple(h.shape)
-    f = xp.reshape(h, (h_shape[0], math.prod(h_shape[1:])))  # (N, s, s, c) -> (N, F)
+    f, convs = conv_codec.encoder_forward(params, "enc.", len(cfg.channels), x)  # (N, F)
     out, lin = linear_forward(f, params["enc.out.w"], params["enc.out.b"])  # (N, 2 Z) = [mu | logvar]
     Z = cfg.latent_dim
-    return out[:, :Z], out[:, Z:], EncoderCache(tuple(convs), tuple(silus), h_shape, lin)
+    return out[:, :Z], out[:, Z:], EncoderCache(convs, lin)
 
 
 def encode_backward(dmu: Any, dlogvar: Any, c: EncoderCache) -> dict:
@@ -130,28 +94,16 @@ def encode_backward(dmu: Any, dlogvar: Any, c: EncoderCache) -> dict:
     xp = namespace(dmu)
     g = {}
     df, g["enc.out.w"], g["enc.out.b"] = linear_backward(xp.concat((dmu, dlogvar), axis=1), c.out)  # (N, F)
-    dh = xp.reshape(df, c.h_shape)  # (N, F) -> (N, s, s, c)
-    for l in range(len(c.convs) - 1, -1, -1):
-        dh = silu_backward(dh, c.silus[l])
-        dh, g[f"enc.conv{l}.w"], g[f"enc.conv{l}.b"] = conv2d_backward(dh, c.convs[l])
+    g.update(conv_codec.encoder_backward(df, c.convs)[0])
     return g
 
 
 # ------------------------------------------------------------------------------------ decoder
 
-class UpLevelCache(NamedTuple):
-    level: int  # l: this step maps c_l channels to c_{l-1}
-    up: Resample2xCache
-    conv: Conv2dCache
-    silu: SiluCache
-
-
 class DecoderCache(NamedTuple):
     lin: LinearCache
     label: EmbeddingCache | None  # None for an unconditional decoder
-    silu: SiluCache
-    levels: tuple  # one UpLevelCache per level l = L-1..1, in forward order
-    out: Conv2dCache
+    body: conv_codec.DecoderCache
 
 
 def decode(params: dict, cfg: VAEConfig, z: Any, y: Any = None):
@@ -168,29 +120,14 @@ def decode(params: dict, cfg: VAEConfig, z: Any, y: Any = None):
             y = xp.full((N,), cfg.num_classes, dtype=xp.int64, device=device(z))  # the null label
         e, label = embedding_forward(y, params["label_embed.table"])  # (N, F)
         a = a + e
-    h, silu = silu_forward(a)
-    h = xp.reshape(h, (N, *cfg.bottleneck))  # (N, F) -> (N, s, s, c_{L-1})
-    levels = []
-    for l in range(len(cfg.channels) - 1, 0, -1):
-        h, up = upsample2x_forward(h)  # (N, 2s, 2s, c_l)
-        h, conv = conv2d_forward(h, params[f"dec.conv{l}.w"], params[f"dec.conv{l}.b"])  # c_l -> c_{l-1}
-        h, s = silu_forward(h)
-        levels.append(UpLevelCache(l, up, conv, s))
-    m, out = conv2d_forward(h, params["dec.out.w"], params["dec.out.b"])  # (N, S, S, C)
-    cache = DecoderCache(lin, label, silu, tuple(levels), out)
-    return xp.permute_dims(m, (0, 3, 1, 2)), cache  # (N, S, S, C) -> (N, C, S, S)
+    m, body = conv_codec.decoder_forward(params, "dec.", len(cfg.channels), cfg.bottleneck, a)  # (N, S, S, C)
+    return xp.permute_dims(m, (0, 3, 1, 2)), DecoderCache(lin, label, body)  # (N, S, S, C) -> (N, C, S, S)
 
 
 def decode_backward(dm: Any, c: DecoderCache) -> tuple[dict, Any]:
     """Gradients of decode: dm (N, C, S, S) -> (grads of the decoder's parameters, dz (N, Z))."""
     xp = namespace(dm)
-    g = {}
-    dh, g["dec.out.w"], g["dec.out.b"] = conv2d_backward(xp.permute_dims(dm, (0, 2, 3, 1)), c.out)  # NCHW -> NHWC
-    for lc in reversed(c.levels):  # levels 1..L-1: the forward's steps reversed
-        dh = silu_backward(dh, lc.silu)
-        dh, g[f"dec.conv{lc.level}.w"], g[f"dec.conv{lc.level}.b"] = conv2d_backward(dh, lc.conv)
-        dh = upsample2x_backward(dh, lc.up)
-    da = silu_backward(xp.reshape(dh, (dh.shape[0], -1)), c.silu)  # (N, s, s, c) -> (N, F)
+    g, da = conv_codec.decoder_backward(xp.permute_dims(dm, (0, 2, 3, 1)), c.body)  # NCHW -> NHWC; da (N, F)
     if c.label is not None:
         g["label_embed.table"] = embedding_backward(da, c.label)  # a = z W + b + table[y]: da reaches both
     dz, g["dec.in.w"], g["dec.in.b"] = linear_backward(da, c.lin)
@@ -228,10 +165,7 @@ def log_likelihood_backward(params: dict, cfg: VAEConfig, x: Any, m: Any, w: Any
 
 def check_x(cfg: VAEConfig, x: Any) -> None:
     """Raise unless x is a real floating (N, C, S, S) array in [-1, 1] (one device read for the range)."""
-    check_image(x, cfg.in_channels, cfg.downsample_factor)
-    if tuple(x.shape[2:]) != (cfg.image_size, cfg.image_size):
-        raise ValueError(f"x must be (N, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}) (cfg.image_size), "
-                         f"got shape {tuple(x.shape)}")
+    check_sized_image(x, cfg)
     xp = namespace(x)
     low, high = float(xp.min(x)), float(xp.max(x))  # two device-to-host reads
     if not -1.0 <= low <= high <= 1.0:

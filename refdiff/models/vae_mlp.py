@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from refdiff.backend import device, namespace
-from refdiff.layers.basic import LinearCache, SiluCache, linear_backward, linear_forward, silu_backward, silu_forward
+from refdiff.layers.basic import LinearCache, linear_backward, linear_forward
 from refdiff.layers.embed import EmbeddingCache, embedding_backward, embedding_forward
 from refdiff.likelihood import gaussian_log_likelihood
+from refdiff.models import mlp_codec
 from refdiff.models.common import check_int
 
 
@@ -59,40 +60,30 @@ def param_shapes(cfg: MLPVAEConfig) -> dict[str, tuple[int, ...]]:
 
 
 class EncoderCache(NamedTuple):
-    fc0: LinearCache
-    silu0: SiluCache
-    fc1: LinearCache
-    silu1: SiluCache
+    body: mlp_codec.EncoderCache
     out: LinearCache
 
 
 def encode(params: dict, cfg: MLPVAEConfig, x: Any):
     """q(z | x) = N(mu, diag(exp(logvar))). x: (N, D). Returns mu, logvar (N, Z) like x, and an EncoderCache."""
-    h, fc0 = linear_forward(x, params["enc.fc0.w"], params["enc.fc0.b"])  # (N, H)
-    h, silu0 = silu_forward(h)
-    h, fc1 = linear_forward(h, params["enc.fc1.w"], params["enc.fc1.b"])  # (N, H)
-    h, silu1 = silu_forward(h)
+    h, body = mlp_codec.encoder_forward(params, "enc.", x)  # (N, H)
     out, lin = linear_forward(h, params["enc.out.w"], params["enc.out.b"])  # (N, 2 Z) = [mu | logvar]
     Z = cfg.latent_dim
-    return out[:, :Z], out[:, Z:], EncoderCache(fc0, silu0, fc1, silu1, lin)
+    return out[:, :Z], out[:, Z:], EncoderCache(body, lin)
 
 
 def encode_backward(dmu: Any, dlogvar: Any, c: EncoderCache) -> dict:
     """Gradients of encode's parameters from dmu, dlogvar (N, Z) (the data x gets none)."""
     g = {}
     dh, g["enc.out.w"], g["enc.out.b"] = linear_backward(namespace(dmu).concat((dmu, dlogvar), axis=1), c.out)
-    dh, g["enc.fc1.w"], g["enc.fc1.b"] = linear_backward(silu_backward(dh, c.silu1), c.fc1)
-    _, g["enc.fc0.w"], g["enc.fc0.b"] = linear_backward(silu_backward(dh, c.silu0), c.fc0)
+    g.update(mlp_codec.encoder_backward(dh, c.body)[0])
     return g
 
 
 class DecoderCache(NamedTuple):
     lin: LinearCache
     label: EmbeddingCache | None  # None for an unconditional decoder
-    silu0: SiluCache
-    fc1: LinearCache
-    silu1: SiluCache
-    out: LinearCache
+    body: mlp_codec.DecoderCache
 
 
 def decode(params: dict, cfg: MLPVAEConfig, z: Any, y: Any = None):
@@ -106,19 +97,13 @@ def decode(params: dict, cfg: MLPVAEConfig, z: Any, y: Any = None):
             y = xp.full((z.shape[0],), cfg.num_classes, dtype=xp.int64, device=device(z))  # the null label
         e, label = embedding_forward(y, params["label_embed.table"])  # (N, H)
         a = a + e
-    h, silu0 = silu_forward(a)
-    h, fc1 = linear_forward(h, params["dec.fc1.w"], params["dec.fc1.b"])  # (N, H)
-    h, silu1 = silu_forward(h)
-    m, out = linear_forward(h, params["dec.out.w"], params["dec.out.b"])  # (N, D)
-    return m, DecoderCache(lin, label, silu0, fc1, silu1, out)
+    m, body = mlp_codec.decoder_forward(params, "dec.", a)  # (N, D)
+    return m, DecoderCache(lin, label, body)
 
 
 def decode_backward(dm: Any, c: DecoderCache) -> tuple[dict, Any]:
     """Gradients of decode: dm (N, D) -> (grads of the decoder's parameters, dz (N, Z))."""
-    g = {}
-    dh, g["dec.out.w"], g["dec.out.b"] = linear_backward(dm, c.out)
-    dh, g["dec.fc1.w"], g["dec.fc1.b"] = linear_backward(silu_backward(dh, c.silu1), c.fc1)
-    da = silu_backward(dh, c.silu0)
+    g, da = mlp_codec.decoder_backward(dm, c.body)  # da (N, H)
     if c.label is not None:
         g["label_embed.table"] = embedding_backward(da, c.label)  # a = z W + b + table[y]: da reaches both
     dz, g["dec.in.w"], g["dec.in.b"] = linear_backward(da, c.lin)
