@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -38,7 +37,7 @@ from refdiff.models import registry
 from refdiff.models.classifier import ClassifierConfig
 from refdiff.optim import adamw_init
 from refdiff.run_config import (TrainedRun, check_count, check_lr_schedule, check_run, check_weight_decay,
-                                clipped_adamw_step, init_on_backend)
+                                clipped_adamw_step, init_on_backend, run_steps)
 
 
 @dataclass(frozen=True)
@@ -112,16 +111,10 @@ def train_classifier(train_cfg: ClassifierTrainConfig, cfg: ClassifierConfig, x:
     params = init_on_backend(train_cfg, registry.family(cfg, "classifier").init_params, cfg, g)
     trained = TrainedClassifier(params, cfg, train_cfg, [])
     opt, schedule = adamw_init(params), schedules.by_name(train_cfg.schedule, train_cfg.T)
-    from tqdm.auto import tqdm
-
-    start = time.perf_counter()
-    with tqdm(total=train_cfg.steps, disable=None if progress else True, desc="classifier", unit="step") as bar:
-        for step in range(train_cfg.steps):
-            opt, loss = classifier_step(trained, opt, schedule, x, y, g, step)
-            trained.losses.append(loss)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            bar.update(1)
-    trained.info["train_seconds"] = time.perf_counter() - start
+    for step, bar in run_steps(train_cfg, "classifier", progress, trained.info):
+        opt, loss = classifier_step(trained, opt, schedule, x, y, g, step)
+        trained.losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
     return trained
 
 

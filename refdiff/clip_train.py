@@ -16,7 +16,6 @@ at a given noise level t. ``clip_gradient`` / ``clip_guidance`` give GLIDE's CLI
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,7 +29,7 @@ from refdiff.models import clip as M
 from refdiff.optim import adamw_init
 from refdiff.parallel import in_parts
 from refdiff.run_config import (TrainedRun, check_count, check_lr_schedule, check_run, check_weight_decay,
-                                clipped_adamw_step, init_on_backend)
+                                clipped_adamw_step, init_on_backend, run_steps)
 from refdiff.samplers.guidance import classifier_guidance
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips exp(tau) at 100
@@ -130,16 +129,10 @@ def train_clip(train_cfg: ClipTrainConfig, cfg: M.ClipConfig, x: np.ndarray, tok
     params = init_on_backend(train_cfg, M.init_params, cfg, g)
     trained = TrainedClip(params, cfg, train_cfg, [])
     opt, schedule = adamw_init(params), schedules.by_name(train_cfg.schedule, train_cfg.T)
-    from tqdm.auto import tqdm
-
-    start = time.perf_counter()
-    with tqdm(total=train_cfg.steps, disable=None if progress else True, desc="clip", unit="step") as bar:
-        for step in range(train_cfg.steps):
-            opt, loss = clip_step(trained, opt, schedule, x, tokens, mask, g, step)
-            trained.losses.append(loss)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            bar.update(1)
-    trained.info["train_seconds"] = time.perf_counter() - start
+    for step, bar in run_steps(train_cfg, "clip", progress, trained.info):
+        opt, loss = clip_step(trained, opt, schedule, x, tokens, mask, g, step)
+        trained.losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
     return trained
 
 

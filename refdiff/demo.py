@@ -86,6 +86,14 @@ def write_forward_chain(x: np.ndarray, schedule: schedules.Schedule, path: Path)
                       title="forward chain q(x_t | x0), t = " + ", ".join(map(str, CHAIN_STEPS)))
 
 
+def _run_config(defaults: TrainConfig, steps: int | None, seed: int, backend: str) -> TrainConfig:
+    """A demo's TrainConfig: its defaults with the run's seed and backend, and ``steps`` if given (the
+    warm-up shortened to fit a shorter run)."""
+    steps = defaults.steps if steps is None else steps
+    return dataclasses.replace(defaults, seed=seed, backend=backend, steps=steps,
+                               warmup_steps=min(defaults.warmup_steps, steps - 1))
+
+
 def run_demo(out: str | Path = "out/demo", steps: int | None = None, samples_per_class: int = 10,
              guidance: float = 3.0, sample_steps: int = 50, seed: int = 0, backend: str = "numpy",
              progress: bool = True, model_overrides: dict | None = None, force: bool = False) -> dict[str, Path]:
@@ -97,9 +105,7 @@ def run_demo(out: str | Path = "out/demo", steps: int | None = None, samples_per
     """
     start = time.perf_counter()
     out = Path(out)
-    steps = DEMO_TRAIN.steps if steps is None else steps
-    cfg = dataclasses.replace(DEMO_TRAIN, seed=seed, backend=backend, steps=steps,
-                              warmup_steps=min(DEMO_TRAIN.warmup_steps, steps - 1))
+    cfg = _run_config(DEMO_TRAIN, steps, seed, backend)
     if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
         raise ValueError(f"samples_per_class must be an integer >= 1, got {samples_per_class!r}")
     check_sampling("ddim", sample_steps, guidance, cfg.T)  # before minutes of training, not after
@@ -204,9 +210,7 @@ def run_text_demo(out: str | Path = "out/text_demo", steps: int | None = None, p
     """
     start = time.perf_counter()
     out = Path(out)
-    steps = TEXT_DEMO_TRAIN.steps if steps is None else steps
-    cfg = dataclasses.replace(TEXT_DEMO_TRAIN, seed=seed, backend=backend, steps=steps,
-                              warmup_steps=min(TEXT_DEMO_TRAIN.warmup_steps, steps - 1))
+    cfg = _run_config(TEXT_DEMO_TRAIN, steps, seed, backend)
     if isinstance(per_prompt, bool) or not isinstance(per_prompt, int) or per_prompt < 1:
         raise ValueError(f"per_prompt must be an integer >= 1, got {per_prompt!r}")
     check_sampling("ddim", sample_steps, guidance, cfg.T)  # before minutes of training, not after

@@ -15,7 +15,6 @@ or logits), so this module names refdiff.models.flow itself, as refdiff.vae_trai
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +24,7 @@ from refdiff.backend import Generator, asarray, namespace, to_numpy
 from refdiff.models import flow
 from refdiff.models.flow import FlowConfig, MLPFlowConfig
 from refdiff.optim import adamw_init
-from refdiff.run_config import (LikelihoodTrainConfig, TrainedRun, batch_labels, budgeted_steps, check_data,
+from refdiff.run_config import (LikelihoodTrainConfig, TrainedRun, batch_labels, run_steps, check_data,
                                 clipped_adamw_step, init_on_backend, sample_labels)
 
 
@@ -86,15 +85,10 @@ def train_flow(train_cfg: FlowTrainConfig, cfg: FlowConfig | MLPFlowConfig, x: n
     params = init_on_backend(train_cfg, flow.init_params, cfg, g)
     trained = TrainedFlow(params, cfg, train_cfg, [])
     opt = adamw_init(params)
-    from tqdm.auto import tqdm
-
-    start = time.perf_counter()
-    with tqdm(total=train_cfg.steps, disable=not progress, desc="flow", unit="step") as bar:
-        for step in budgeted_steps(train_cfg, bar, start):
-            opt, loss = flow_step(trained, opt, x, y, g, step)
-            trained.losses.append(loss)
-            bar.set_postfix(bpd=f"{loss:.3f}", refresh=False)
-    trained.info.update(train_seconds=time.perf_counter() - start, steps_done=len(trained.losses))
+    for step, bar in run_steps(train_cfg, "flow", progress, trained.info):
+        opt, loss = flow_step(trained, opt, x, y, g, step)
+        trained.losses.append(loss)
+        bar.set_postfix(bpd=f"{loss:.3f}", refresh=False)
     return trained
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +27,7 @@ from refdiff.models import gan
 from refdiff.models.common import check_int
 from refdiff.models.gan import GANConfig, MLPGANConfig
 from refdiff.optim import adamw_init, adamw_step
-from refdiff.parallel import one_blas_thread
-from refdiff.run_config import (budgeted_steps, check_count, check_data, check_positive, check_probability, check_run,
+from refdiff.run_config import (run_steps, check_count, check_data, check_positive, check_probability, check_run,
                                 init_on_backend)
 
 
@@ -124,18 +122,11 @@ def train_gan(train_cfg: GANTrainConfig, cfg: GANConfig | MLPGANConfig, x: np.nd
     trained = TrainedGAN(params, cfg, train_cfg)
     opts = tuple(adamw_init({k: params[k] for k in keys})
                  for keys in (gan.discriminator_keys(cfg), gan.generator_keys(cfg)))
-    from tqdm.auto import tqdm
-
-    start = time.perf_counter()
-    # one BLAS thread (docs/design.md rule 10): on this model's small products a BLAS pool's spinning workers cost
-    # 5x on a loaded 2-core machine (a digits8_gan step: 0.09 s against 0.016 s)
-    with one_blas_thread(), tqdm(total=train_cfg.steps, disable=not progress, desc="gan", unit="step") as bar:
-        for step in budgeted_steps(train_cfg, bar, start):
-            opts, d_loss, g_loss = gan_step(trained, opts, x, y, g, step)
-            trained.d_losses.append(d_loss)
-            trained.g_losses.append(g_loss)
-            bar.set_postfix(d=f"{d_loss:.3f}", g=f"{g_loss:.3f}", refresh=False)
-    trained.info.update(train_seconds=time.perf_counter() - start, steps_done=len(trained.g_losses))
+    for step, bar in run_steps(train_cfg, "gan", progress, trained.info):
+        opts, d_loss, g_loss = gan_step(trained, opts, x, y, g, step)
+        trained.d_losses.append(d_loss)
+        trained.g_losses.append(g_loss)
+        bar.set_postfix(d=f"{d_loss:.3f}", g=f"{g_loss:.3f}", refresh=False)
     return trained
 
 

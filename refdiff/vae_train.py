@@ -14,7 +14,6 @@ not a denoiser's output or logits), so this module names refdiff.models.vae itse
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,7 @@ from refdiff.backend import Generator, asarray, namespace, to_numpy
 from refdiff.models import vae
 from refdiff.models.vae import MLPVAEConfig, VAEConfig
 from refdiff.optim import adamw_init
-from refdiff.run_config import (LikelihoodTrainConfig, TrainedRun, batch_labels, budgeted_steps, check_data,
+from refdiff.run_config import (LikelihoodTrainConfig, TrainedRun, batch_labels, run_steps, check_data,
                                 clipped_adamw_step, init_on_backend, sample_labels)
 
 
@@ -74,15 +73,10 @@ def train_vae(train_cfg: VAETrainConfig, cfg: VAEConfig | MLPVAEConfig, x: np.nd
     params = init_on_backend(train_cfg, vae.init_params, cfg, g)
     trained = TrainedVAE(params, cfg, train_cfg, [])
     opt = adamw_init(params)
-    from tqdm.auto import tqdm
-
-    start = time.perf_counter()
-    with tqdm(total=train_cfg.steps, disable=not progress, desc="vae", unit="step") as bar:
-        for step in budgeted_steps(train_cfg, bar, start):
-            opt, loss = vae_step(trained, opt, x, y, g, step)
-            trained.losses.append(loss)
-            bar.set_postfix(bpd=f"{loss:.3f}", refresh=False)
-    trained.info.update(train_seconds=time.perf_counter() - start, steps_done=len(trained.losses))
+    for step, bar in run_steps(train_cfg, "vae", progress, trained.info):
+        opt, loss = vae_step(trained, opt, x, y, g, step)
+        trained.losses.append(loss)
+        bar.set_postfix(bpd=f"{loss:.3f}", refresh=False)
     return trained
 
 
