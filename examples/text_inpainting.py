@@ -11,13 +11,16 @@ Run (from the repository root, after `pip install .`; or prefix PYTHONPATH=. to 
    inside its quadrant; that quadrant is masked (keep = 0) and the prompt "small <colour> <shape> <position>"
    names another colour and another shape (a seen pair) in the same quadrant.
 3. Both methods repaint the quadrant from the same seed, with classifier-free guidance GUIDANCE: the inpainting
-   model with DDIM (STEPS), replacement on the text model with DDPM (STEPS) (refdiff.inpaint).
+   model with DDIM (STEPS), replacement on the text model with DDPM (STEPS) (refdiff.inpaint); and, as a
+   reference, the inpainting model before fine-tuning (the text model widened with zeros: it ignores the image,
+   so its "edit" is a text-to-image sample of the prompt).
 4. Scored (refdiff.inpaint.edit_report): inside, the caption fidelity of the region alone (the rest blacked out)
    for size, colour and shape (the position is the mask's own quadrant, so it is not scored); "kept" counts
    regions whose colour still reads as the input's (no edit); outside, the mean and the largest absolute
    change from the input.
 Writes to DIR (default out/text_inpainting) text_inpainting.png, one row per edit of the first STRIP: input,
-mask (white: repainted), the inpainting model's edit, replacement's edit, labelled with the prompt; and
+mask (white: repainted), the inpainting model's edit, replacement's, the model's before fine-tuning, labelled
+with the prompt; and
 metrics.json; prints the table and the paths. --quick trains 3 + 3 steps and edits 3 images with 3 steps (tests).
 """
 
@@ -28,14 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
+from refdiff.backend import asarray
 from refdiff.checkpoint import load_checkpoint
 from refdiff.data import load_captions, tokenize
 from refdiff.data.captions import COLOURS, HELD_OUT, POSITIONS, SHAPES, read_colour
-from refdiff.generate import load_model
+from refdiff.generate import LoadedModel, load_model
 from refdiff.inpaint import edit_report, inpaint
 from refdiff.models import registry
 from refdiff.models.presets import TEXT_PRESETS
 from refdiff.models.text_inpaint import inpaint_config, inpaint_params
+from refdiff.models.text_unet import text_unet_model
 from refdiff.plot import image_grid
 from refdiff.train import TrainConfig, train
 
@@ -70,6 +75,16 @@ def models(args, out: Path, quick: bool) -> tuple[str, str]:
     train(cfg, inpaint_config(text_cfg), x, tokens, out / "inpaint", progress=False, overwrite=True,
           init=inpaint_params(ckpt["ema"], text_cfg))                  # the new channels' weights start at 0
     return text, out / "inpaint" / "checkpoint.npz"
+
+
+def widened(text: str, backend: str) -> LoadedModel:
+    """The inpainting model at step 0 of fine-tuning: the text model's weights, zeros for the new channels (it
+    ignores the image and the mask: a text-to-image sample of the prompt, as a reference)."""
+    loaded = load_model(text, backend=backend)
+    cfg, ema = inpaint_config(loaded.model_cfg), load_checkpoint(text)["ema"]
+    params = {k: asarray(v, like=loaded.like, dtype=loaded.like.dtype)
+              for k, v in inpaint_params(ema, loaded.model_cfg).items()}
+    return dataclasses.replace(loaded, model=text_unet_model(params, cfg), model_cfg=cfg)
 
 
 def edits(n: int, drawn: int, seed: int) -> tuple:
@@ -119,9 +134,12 @@ def main():
     text, inpainting = models(args, out, args.quick)                             # 1. the models
     x, keep, prompts, named, colour = edits(n, drawn, args.seed)                 # 2. the edits
     results, reports, kept, seconds = {}, {}, {}, {}
-    for name, path in ((f"inpainting model (DDIM {steps})", inpainting), (f"replacement (DDPM {steps})", text)):
-        tic = time.perf_counter()                                                # 3. both methods, one seed
-        loaded = load_model(path, backend=args.backend)
+    methods = {f"inpainting model (DDIM {steps})": lambda: load_model(inpainting, backend=args.backend),
+               f"replacement (DDPM {steps})": lambda: load_model(text, backend=args.backend),
+               f"before fine-tuning (DDIM {steps})": lambda: widened(text, args.backend)}
+    for name, load in methods.items():
+        tic = time.perf_counter()                                                # 3. each method, one seed
+        loaded = load()
         results[name] = np.clip(inpaint(loaded, x, keep, prompts, steps=steps, guidance=GUIDANCE, seed=args.seed),
                                 -1, 1)
         seconds[name] = time.perf_counter() - tic
@@ -135,7 +153,7 @@ def main():
     mask = np.repeat(1.0 - 2.0 * keep[:k], 3, axis=1)                            # white: repainted
     strip = np.stack([x[:k], mask, *(results[name][:k] for name in results)], axis=1).reshape(-1, 3, 16, 16)
     print(image_grid(strip, nrow=2 + len(results), path=out / "text_inpainting.png", row_labels=prompts[:k],
-                     title="input, mask, inpainting model, replacement"))
+                     title="input, mask, inpainting model, replacement, before fine-tuning"))
     metrics = {"n": n, "steps": steps, "guidance": GUIDANCE, "seconds": seconds, "kept_colour": kept,
                "reports": reports, "text": str(text), "inpaint": str(inpainting)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))

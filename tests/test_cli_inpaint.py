@@ -77,7 +77,7 @@ def test_inpaint_and_train_errors_name_the_flag(runs, tmp_path, capsys):
 
     cases = [
         (edit(inpaint, "in.png", "small.png"), "--mask .*small.png is 8x8 pixels, but --image .* is 16x16"),
-        (edit(inpaint, "in.png", "grey.png"), r"must be black \(0: keep\) and white \(255: repaint\) only, got 1 pixels"),
+        (edit(inpaint, "in.png", "grey.png"), r"black \(0: keep\) and white \(255: repaint\) only, got 1 pixels"),
         (edit(inpaint, "in.png", "black.png"), "is all black: paint the region to repaint white"),
         (edit(inpaint, "in8.png", "small.png"), "--image .* is 8x8 pixels, but the model draws 16x16 images"),
         (edit(inpaint, "not.png"), "--image .*not.png: not an image Pillow reads"),

@@ -28,7 +28,8 @@ def _inputs(seed=0, N=3):
 def test_inpaint_config_reads_2c_plus_1_channels_and_old_configs_load():
     """inpaint_config(cfg): unet.in_channels 2C + 1, inpaint True, cfg.in_channels still the image's C; a
     checkpoint's config dict without the field (saved before it existed) loads as a text model."""
-    assert (INPAINT.unet.in_channels, INPAINT.unet.out_channels, INPAINT.in_channels, INPAINT.inpaint) == (5, 2, 2, True)
+    unet = INPAINT.unet
+    assert (unet.in_channels, unet.out_channels, INPAINT.in_channels, INPAINT.inpaint) == (5, 2, 2, True)
     old = registry.config_to_dict(SMALL)
     del old["inpaint"]
     assert registry.config_from_dict(old) == SMALL and not SMALL.inpaint

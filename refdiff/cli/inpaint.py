@@ -43,8 +43,8 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
                          f"{loaded.data_shape[2]}x{loaded.data_shape[1]} images: resize it first")
     how = method(loaded)
     if how == "model" and (args.resample, args.jump_length) != (1, 1):
-        raise ValueError(f"--resample and --jump-length are replacement's (a text model's checkpoint); {args.checkpoint} "
-                         f"holds an inpainting model: leave them out")
+        raise ValueError(f"--resample and --jump-length are replacement's (a text model's checkpoint); "
+                         f"{args.checkpoint} holds an inpainting model: leave them out")
     if how == "replacement" and args.sampler not in (None, "ddpm"):
         raise ValueError(f"--sampler {args.sampler}: replacement inpainting (a text model's checkpoint) runs DDPM "
                          f"steps; leave --sampler out or give ddpm")

@@ -291,9 +291,9 @@ def summary(cfg: TextUNetConfig, image_size: int | None = None) -> str:
 def _check_forward(params, cfg, x, t, y, train, generator) -> None:
     check_params(params, cfg, TextUNetConfig, param_shapes)
     if cfg.inpaint and x.ndim == 4 and x.shape[1] == cfg.in_channels:
-        raise ValueError(f"x must be (N, {cfg.unet.in_channels}, H, W) for an inpainting model: x_t and its conditioning "
-                         f"channels (refdiff.models.text_inpaint.inpaint_model adds them; `refdiff inpaint` samples "
-                         f"it), got x_t alone, of shape {tuple(x.shape)}")
+        raise ValueError(f"x must be (N, {cfg.unet.in_channels}, H, W) for an inpainting model: x_t and its "
+                         f"conditioning channels (refdiff.models.text_inpaint.inpaint_model adds them; `refdiff "
+                         f"inpaint` samples it), got x_t alone, of shape {tuple(x.shape)}")
     check_image(x, cfg.unet.in_channels, cfg.unet.downsample_factor)
     check_inputs(params, x, t)
     ctx = cfg.text.context_length
