@@ -16,8 +16,8 @@ Run (from the repository root, after `pip install .`; or prefix PYTHONPATH=. to 
    so its "edit" is a text-to-image sample of the prompt).
 4. Scored (refdiff.inpaint.edit_report): inside, the caption fidelity of the region alone (the rest blacked out)
    for size, colour and shape (the position is the mask's own quadrant, so it is not scored); "kept" counts
-   regions whose colour still reads as the input's (no edit); outside, the mean and the largest absolute
-   change from the input.
+   regions whose colour still reads as the input's (no edit), "empty" regions with nothing drawn; outside,
+   the mean and the largest absolute change from the input, and the known pixels changed by more than 1/2.
 Writes to DIR (default out/text_inpainting) text_inpainting.png, one row per edit of the first STRIP: input,
 mask (white: repainted), the inpainting model's edit, replacement's, the model's before fine-tuning, labelled
 with the prompt; and
@@ -34,7 +34,7 @@ import numpy as np
 from refdiff.backend import asarray
 from refdiff.checkpoint import load_checkpoint
 from refdiff.data import load_captions, tokenize
-from refdiff.data.captions import COLOURS, HELD_OUT, POSITIONS, SHAPES, read_colour
+from refdiff.data.captions import COLOURS, HELD_OUT, POSITIONS, SHAPES, read_colour, read_position
 from refdiff.generate import LoadedModel, load_model
 from refdiff.inpaint import edit_report, inpaint
 from refdiff.models import registry
@@ -112,12 +112,13 @@ def edits(n: int, drawn: int, seed: int) -> tuple:
 
 def table(reports: dict, kept: dict) -> str:
     """The printed table: a row per method, the fidelity in the region and the change outside it."""
-    lines = [f"{'method':<34} {'size':>7} {'colour':>7} {'shape':>7} {'all 3':>7} {'kept':>6} {'outside':>9} "
-             f"{'max':>6}"]
+    lines = [f"{'method':<34} {'size':>7} {'colour':>7} {'shape':>7} {'all 3':>7} {'kept':>6} {'empty':>6} "
+             f"{'outside':>8} {'max':>6} {'> 1/2':>10}"]
     for name, r in reports.items():
         f = r["fidelity"]["fraction"]
         lines.append(f"{name:<34} {f['size']:>7.1%} {f['colour']:>7.1%} {f['shape']:>7.1%} {f['all']:>7.1%} "
-                     f"{kept[name]:>6.1%} {r['outside_change']:>9.4f} {r['outside_max']:>6.3f}")
+                     f"{kept[name]:>6.1%} {r['empty']:>6.1%} {r['outside_change']:>8.4f} {r['outside_max']:>6.3f} "
+                     f"{r['outside_pixels']:>4} / {r['known_pixels']}")
     return "\n".join(lines)
 
 
@@ -146,8 +147,10 @@ def main():
         reports[name] = edit_report(results[name], x, keep, named)               # 4. scored
         region = np.where(keep == 0, results[name], -1.0)
         kept[name] = float(np.mean(read_colour(region) == colour))
+        reports[name]["empty"] = float(np.mean(read_position(region) == -1))     # nothing drawn in the region
     print(f"{n} edits of held captioned images, guidance {GUIDANCE}; inside the region (size, colour, shape named "
-          f"by the prompt; position fixed by the mask), outside: mean and largest |edit - input|")
+          f"by the prompt; position fixed by the mask), outside: mean and largest |edit - input|, pixels changed "
+          f"by more than 1/2")
     print(table(reports, kept))
     k = min(STRIP, n)                                                            # 5. the strip
     mask = np.repeat(1.0 - 2.0 * keep[:k], 3, axis=1)                            # white: repainted

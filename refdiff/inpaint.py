@@ -116,16 +116,18 @@ def edit_report(edits: Any, image: Any, keep: Any, named: dict, classifier: Any 
     Math: inside: caption_fidelity of x_region = edit where keep = 0, black (-1) elsewhere, against the
           attributes ``named`` (the region's shape alone is read; refdiff.captions_eval)
           outside: change = sum |edit - image| keep / (C sum keep), the mean absolute change per known
-          value; and the largest, max |edit - image| over the known pixels
+          value; the largest, max |edit - image| over the known pixels; and the count of known pixels
+          where some channel changed by more than 1/2 (a quarter of the data's range: a visible change)
 
     edits, image: (N, 3, 16, 16) in [-1, 1] (edits clipped to it); keep: (N, 1, 16, 16) in {0, 1}; named:
     a dict of (N,) int arrays of the attributes to score, -1 (or absent) where not scored (captions_eval's
     form: score only the attributes a region can show). Returns {"fidelity": caption_fidelity's report,
-    "outside_change": float, "outside_max": float}.
+    "outside_change": float, "outside_max": float, "outside_pixels": int, "known_pixels": int}.
     """
     e, x, m = (np.asarray(a, dtype=np.float64) for a in (edits, image, keep))
     region = np.where(m == 0, e, -1.0)  # (N, 3, H, W): the repainted region on black
     scored = {k: np.asarray(named.get(k, np.full(e.shape[0], -1)), dtype=np.int64) for k in ATTRIBUTES}
     change = np.abs(e - x) * m  # (N, C, H, W), zero in the region
     return {"fidelity": caption_fidelity(region, scored, classifier),
-            "outside_change": float(change.sum() / (e.shape[1] * m.sum())), "outside_max": float(change.max())}
+            "outside_change": float(change.sum() / (e.shape[1] * m.sum())), "outside_max": float(change.max()),
+            "outside_pixels": int(np.sum(change.max(axis=1) > 0.5)), "known_pixels": int(m.sum())}

@@ -99,7 +99,8 @@ def test_method_settings_are_checked():
 def test_edit_report_reads_the_region_alone_and_the_mean_change_outside():
     """edit_report: a perfect edit (the image itself, its shape inside the region) reads its own colour, and
     another named colour reads wrong; outside, an edit raised by 0.1 on every known value gives a mean
-    absolute change of 0.1 and a largest of 0.1, while the region's own change does not count."""
+    absolute change of 0.1 and a largest of 0.1, while the region's own change does not count; a pixel
+    changed by more than 1/2 in one channel counts as a visibly changed pixel."""
     x, _, attributes = load_captions(200, seed=2)
     inside = (attributes["position"] == 3) & np.all(x[:, :, :8, :] == -1, axis=(1, 2, 3)) & \
         np.all(x[:, :, :, :8] == -1, axis=(1, 2, 3))  # the shape lies in the bottom-right quadrant
@@ -113,3 +114,6 @@ def test_edit_report_reads_the_region_alone_and_the_mean_change_outside():
     edited = np.where(keep == 1, x + 0.1, -x)
     report = edit_report(edited, x, keep, {"colour": colour})
     assert report["outside_change"] == pytest.approx(0.1) and report["outside_max"] == pytest.approx(0.1)
+    assert report["outside_pixels"] == 0 and report["known_pixels"] == 3 * 192
+    edited[:, 1, 0, 0] += 0.6  # one pixel of each image changes visibly (in one channel)
+    assert edit_report(np.clip(edited, -1, 1), x, keep, {"colour": colour})["outside_pixels"] == 3
