@@ -66,8 +66,8 @@ def test_fine_tuned_inpainting_model_and_replacement_repaint_the_white_region(ru
 def test_inpaint_and_train_errors_name_the_flag(runs, tmp_path, capsys):
     """Masks of another size, with grey pixels or all black, an image of another size than the model's, a file
     that is no image, a missing one, RePaint flags for an inpainting model, a sampler other than DDPM for
-    replacement, `refdiff sample` of an inpainting model, and --inpaint / --init misuse each exit 1 with one
-    line saying what to fix."""
+    replacement, `refdiff sample` of an inpainting model, sample grids while training one, and --inpaint / --init
+    misuse each exit 1 with one line saying what to fix."""
     text, inpaint = str(runs / "text" / "checkpoint.npz"), str(runs / "inpaint" / "checkpoint.npz")
     out = ["--out", str(tmp_path / "o.png")]
 
@@ -88,6 +88,8 @@ def test_inpaint_and_train_errors_name_the_flag(runs, tmp_path, capsys):
          r"x must be \(N, 7, H, W\) for an inpainting model.*`refdiff inpaint` samples it"),
         (["train", "--inpaint", "--out", str(tmp_path / "r")], "--inpaint .* needs --data captions, got --data digits"),
         (["train", "--resume", "--init", text, "--out", str(runs / "inpaint")], "--init and --inpaint start a new run"),
+        (["train", "--resume", "--steps", "9", "--sample-every", "1", "--out", str(runs / "inpaint")],
+         "sample_every: an inpainting model's previews would need an image and a mask"),
         (["train", "--data", "captions", "--init", text, "--preset", "text16", "--out", str(tmp_path / "r")],
          "leave out --preset text16"),
         (["train", "--data", "captions", "--image-size", "32", "--inpaint", "--init", text, "--out",
