@@ -13,6 +13,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     """Read --image and --mask, repaint the mask's white pixels once per --prompt and --count, write --out."""
     import numpy as np
 
+    from refdiff.data.captions import tokenize
     from refdiff.generate import load_model
     from refdiff.inpaint import inpaint, method
 
@@ -20,6 +21,9 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
         raise ValueError(f"--count must be an integer in [1, {MAX_COUNT}], got {args.count}")
     if not 0 <= args.eta <= 1:
         raise ValueError(f"--eta must be a number in [0, 1] (0: deterministic DDIM), got {args.eta}")
+    for flag, value in (("--resample", args.resample), ("--jump-length", args.jump_length)):
+        if value < 1:
+            raise ValueError(f"{flag} must be an integer >= 1 (1: plain replacement), got {value}")
     if not args.out.endswith(".png"):
         raise ValueError(f"--out must end in .png, got {args.out!r}")
     _check_output_file("--out", args.out, (args.checkpoint, args.image, args.mask), args.force)
@@ -38,10 +42,17 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     if not (mask == 255).any():
         raise ValueError(f"--mask {args.mask} is all black: paint the region to repaint white")
     loaded = load_model(args.checkpoint, use_ema=not args.raw, backend=args.backend)
+    try:
+        how = method(loaded)
+    except ValueError as err:
+        raise ValueError(f"{args.checkpoint}: {err}") from None
     if image.shape[:2] != tuple(loaded.data_shape[1:]):
         raise ValueError(f"--image {args.image} is {image.shape[1]}x{image.shape[0]} pixels, but the model draws "
                          f"{loaded.data_shape[2]}x{loaded.data_shape[1]} images: resize it first")
-    how = method(loaded)
+    try:
+        tokenize(prompts, context=loaded.model_cfg.text.context_length)
+    except ValueError as err:
+        raise ValueError(f"--prompt: {err}") from None
     if how == "model" and (args.resample, args.jump_length) != (1, 1):
         raise ValueError(f"--resample and --jump-length are replacement's (a text model's checkpoint); "
                          f"{args.checkpoint} holds an inpainting model: leave them out")
