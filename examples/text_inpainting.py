@@ -51,7 +51,7 @@ TRAIN = TrainConfig(steps=100, batch_size=16, lr=4e-3, warmup_steps=20, weightin
 FINE_TUNE = TrainConfig(steps=300, batch_size=16, lr=2e-3, warmup_steps=20, weighting="min_snr")  # no --inpaint
 HELD_SEED = 2026         # load_captions' seed of the images to edit (training draws seed 0)
 DRAWN = 1200             # images drawn; those whose shape lies inside its quadrant are edited, the first N
-N = 64
+N = 32
 STEPS = 50               # sampling steps of both methods
 GUIDANCE = 3.0           # classifier-free guidance scale
 STRIP = 8                # edits shown in the PNG
