@@ -139,8 +139,12 @@ def previewer(cfg: Any, model_cfg: Any, x: np.ndarray, out_dir: str | Path) -> C
     and losses into out_dir. cfg: the run's TrainConfig; x: its training data (for the 2-D scatter).
 
     Sampling uses its own generator (seeded by cfg.seed), never the training stream: a run with
-    previews trains the same numbers as one without, and resumes exactly.
+    previews trains the same numbers as one without, and resumes exactly. An inpainting model has none
+    (ValueError): its samples need an image and a mask.
     """
+    if getattr(model_cfg, "inpaint", False):
+        raise ValueError("sample_every: an inpainting model's previews would need an image and a mask; train it "
+                         "without sample grids and edit with its checkpoint (refdiff.inpaint, `refdiff inpaint`)")
     train_cfg = dataclasses.asdict(cfg)
     return lambda state: write_preview(out_dir, state.step, state.ema, model_cfg, train_cfg, x, state.losses)
 

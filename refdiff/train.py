@@ -7,8 +7,10 @@ sampling):
                          null label, label_dropout; the empty caption for a text model, caption_dropout)
     t, w    ~ U          uniform steps (w = 1), or t ~ p_t by the loss's second moment, w = 1 / (T p_t)
     eps     ~ N(0, I)
-    grads, L_n = loss_gradient(x0, y, t, eps, w):
-                 x_t = q_sample(x0, t, eps); out = model(x_t, t, y) (forward, cache kept);
+    keep    ~ masks  an inpainting model's only (refdiff.models.text_inpaint.random_keep): its conditioning
+                     channels cond = [x0 * keep; keep] (GLIDE, Sec. 3.3), fed beside x_t; the loss is on all of x0
+    grads, L_n = loss_gradient(x0, y, t, eps, w, cond):
+                 x_t = q_sample(x0, t, eps); out = model(x_t, t, y), or model([x_t; cond], t, y) (cache kept);
                  dout = gradient of (1/B) sum_n w_n L_n(out); grads = model_backward(dout) (hand-derived)
     params  <- AdamW(clip(grads)); ema <- EMA(params); the t-sampler records every L_n
 
@@ -46,6 +48,7 @@ from refdiff.diffusion import PREDICTIONS, Parameterization, q_sample
 from refdiff.distributed import SINGLE_PROCESS, check_batch, data_parallel, get_communicator
 from refdiff.losses import LOSSES, WEIGHTINGS, training_loss
 from refdiff.models import registry
+from refdiff.models.text_inpaint import conditioning, random_keep
 from refdiff.optim import DECAYS, adamw_step, clip_grad_norm, ema_update, learning_rate
 from refdiff.memory import check_fits
 from refdiff.timesteps import sample_timesteps
@@ -134,6 +137,7 @@ class Batch(NamedTuple):
     t: Any    # (B,) int64 steps in [0, T)
     w: Any    # (B,) importance weights 1 / (T p_t), or None for uniform t (every weight 1)
     eps: Any  # like x0: the noise
+    cond: Any = None  # (B, C + 1, H, W): an inpainting model's [x0 * keep; keep] beside x_t, or None
 
 
 def draw_batch(cfg: TrainConfig, x: np.ndarray, y: np.ndarray | None, null: int | None, p: float,
@@ -162,7 +166,8 @@ def loss_gradient(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule
     """The gradient of the training loss on ``batch`` (n rows), and every sample's loss.
 
     Math: x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps               (Ho et al. 2020, eq. 4)
-          L = (1/n) sum_n w_n L_n(model(x_t, t, y)), L_n the cfg.loss term (L_simple: |eps - eps_theta|^2)
+          L = (1/n) sum_n w_n L_n(model(x_t, t, y)), L_n the cfg.loss term (L_simple: |eps - eps_theta|^2);
+          an inpainting model reads [x_t; cond] instead of x_t
           grads = dL/dtheta by the model's hand-derived backward
 
     generator: the dropout masks' (a refdiff Generator or ShardedGenerator). Returns (grads with
@@ -170,9 +175,15 @@ def loss_gradient(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule
     """
     forward, backward = registry.family(model_cfg, "denoiser").in_parts()          # refdiff.parallel
     xt = q_sample(schedule, batch.x0, batch.t, batch.eps)                          # Ho et al. 2020, eq. 4
-    out, cache = forward(params, model_cfg, xt, batch.t, batch.y, train=True, generator=generator)
+    out, cache = forward(params, model_cfg, model_input(xt, batch.cond), batch.t, batch.y, train=True,
+                         generator=generator)
     dout, losses = batch_loss(cfg, schedule, out, batch)
     return backward(dout, cache), losses
+
+
+def model_input(xt: Any, cond: Any) -> Any:
+    """What the denoiser reads: x_t, or an inpainting model's [x_t; cond] (B, 2C + 1, H, W) (GLIDE's order)."""
+    return xt if cond is None else namespace(xt).concat((xt, cond), axis=1)
 
 
 def batch_loss(cfg: TrainConfig, schedule: schedules.Schedule, out: Any, batch: Batch) -> tuple[Any, Any]:
@@ -197,8 +208,9 @@ def train_step(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule, s
     x0, labels = draw_batch(cfg, x, y, registry.null_condition(model_cfg), p, g, like)     # x0 ~ q(x0)
     t, w = _draw_timesteps(cfg, state, like)                                               # t ~ U{0..T-1}, or p_t
     eps = g.normal(tuple(x0.shape), like=x0)                                               # eps ~ N(0, I)
+    cond = _conditioning(model_cfg, x0, g)                                                 # keep ~ masks
     gradient = data_parallel(functools.partial(loss_gradient, cfg, model_cfg, schedule, state.params), comm)
-    grads, per_sample = gradient(Batch(x0, labels, t, w, eps), g)                         # grad_theta L, every L_n
+    grads, per_sample = gradient(Batch(x0, labels, t, w, eps, cond), g)                   # grad_theta L, every L_n
     xp = namespace(per_sample)
     loss = float(to_numpy(xp.mean(per_sample if w is None else w * per_sample)))         # (1/B) sum_n w_n L_n
     if not math.isfinite(loss):
@@ -209,6 +221,14 @@ def train_step(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule, s
     state.step += 1
     state.losses.append(loss)
     return loss
+
+
+def _conditioning(model_cfg: Any, x0: Any, generator: Generator) -> Any:
+    """An inpainting model's conditioning channels [x0 * keep; keep] (B, C + 1, H, W) on masks drawn from
+    ``generator`` (refdiff.models.text_inpaint.random_keep); None for every other model (nothing drawn)."""
+    if not getattr(model_cfg, "inpaint", False):
+        return None
+    return conditioning(x0, random_keep(generator, x0.shape[0], x0.shape[-1], like=x0))
 
 
 def optimizer_step(cfg: TrainConfig, state: TrainState, grads: dict) -> None:
@@ -228,7 +248,7 @@ def optimizer_step(cfg: TrainConfig, state: TrainState, grads: dict) -> None:
 def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None, out_dir: str | Path,
           resume: bool = False, progress: bool = True, stop_at: int | None = None, comm: Any = None,
           preview: Callable[[TrainState], Any] | None = None, overwrite: bool = False,
-          data_source: dict | None = None) -> TrainState:
+          data_source: dict | None = None, init: dict | None = None) -> TrainState:
     """Train for cfg.steps steps (or until ``stop_at``), checkpointing to ``out_dir/checkpoint.npz``.
 
     x: (N, C, H, W) or (N, D) host data in [-1, 1]; y: (N,) labels or None. resume=True continues from
@@ -238,9 +258,12 @@ def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
     (``refdiff.generate.previewer`` writes a sample grid and the loss curve); it must not draw from
     state.generator. comm: a refdiff.distributed communicator; None picks MPI under mpirun, else one
     process. Rank 0 alone writes files and shows the progress bar; a failure on one rank aborts them all.
-    data_source: how the data was named, recorded in the checkpoint (save_state).
+    data_source: how the data was named, recorded in the checkpoint (save_state). init: host parameters
+    to start from instead of fresh ones (fine-tuning: refdiff.train_state.init_state); not with resume.
     Returns the final TrainState (the same on every rank); the checkpoint holds it too.
     """
+    if resume and init is not None:
+        raise ValueError("init starts a run from given parameters; resume continues the checkpoint's: give one")
     if cfg.sample_every and preview is None:
         raise ValueError(f"sample_every={cfg.sample_every} needs preview=, the hook it calls "
                          "(refdiff.generate.previewer writes sample grids)")
@@ -257,7 +280,7 @@ def train(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
             if cfg.backend == "cupy":
                 comm.use_local_gpu()
             with interpreting(ckpt) if resume else contextlib.nullcontext():
-                state = resume_state(ckpt, cfg) if resume else init_state(cfg, model_cfg)
+                state = resume_state(ckpt, cfg) if resume else init_state(cfg, model_cfg, init)
             with warnings.catch_warnings():  # on every thread: non-finite values are checked and named instead
                 for message in ("overflow encountered", "invalid value encountered"):
                     warnings.filterwarnings("ignore", message, RuntimeWarning)
@@ -314,7 +337,7 @@ def _loop(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
     schedule = cfg.schedule_obj()
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     data_bound = float(np.max(np.abs(x)))
-    probe = probe_batch(cfg, x, y, next(iter(state.params.values())))
+    probe = probe_batch(cfg, x, y, next(iter(state.params.values())), model_cfg)
     bar = _progress(state.step, end, progress)
     start_step, start_time = state.step, time.perf_counter()
     try:
@@ -337,15 +360,17 @@ def _loop(cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray | None,
     return state
 
 
-def probe_batch(cfg: TrainConfig, x: np.ndarray, y: np.ndarray | None, like: Any) -> Batch:
+def probe_batch(cfg: TrainConfig, x: np.ndarray, y: np.ndarray | None, like: Any, model_cfg: Any = None) -> Batch:
     """A fixed batch on like's backend to check parameters with before they are saved: the first 4
-    samples of x and their labels (or None), at 4 steps spread over [0, T), with noise from a generator
-    of its own (seed 0: the run's stream is not touched)."""
+    samples of x and their labels (or None), at 4 steps spread over [0, T), with noise (and an inpainting
+    model's masks) from a generator of its own (seed 0: the run's stream is not touched)."""
     n = min(4, x.shape[0])
     x0 = asarray(x[:n].astype(cfg.dtype), like=like)                                      # (n, ...)
     labels = None if y is None else asarray(np.asarray(y[:n], dtype=np.int64), like=like)
     t = asarray(np.linspace(0, cfg.T - 1, n).astype(np.int64), like=like)                 # (n,)
-    return Batch(x0, labels, t, None, Generator(0).normal(tuple(x0.shape), like=x0))
+    g = Generator(0)
+    eps = g.normal(tuple(x0.shape), like=x0)
+    return Batch(x0, labels, t, None, eps, _conditioning(model_cfg, x0, g))
 
 
 def check_state_finite(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Schedule, state: TrainState,
@@ -356,7 +381,8 @@ def check_state_finite(cfg: TrainConfig, model_cfg: Any, schedule: schedules.Sch
     family = registry.family(model_cfg, "denoiser")
     xt = q_sample(schedule, probe.x0, probe.t, probe.eps)                                  # Ho et al. 2020, eq. 4
     for name, weights in (("parameters", state.params), ("EMA", state.ema)):
-        losses = batch_loss(cfg, schedule, family.model(weights, model_cfg)(xt, probe.t, probe.y), probe)[1]
+        out = family.model(weights, model_cfg)(model_input(xt, probe.cond), probe.t, probe.y)
+        losses = batch_loss(cfg, schedule, out, probe)[1]
         xp = namespace(losses)
         if not bool(to_numpy(xp.all(xp.isfinite(losses)))):
             raise TrainingError(f"the {name} at step {state.step} give a non-finite loss (they exploded): "

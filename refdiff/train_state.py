@@ -53,13 +53,23 @@ def _new_sampler(cfg: Any) -> LossSecondMomentSampler | None:
     return LossSecondMomentSampler(cfg.T) if cfg.timesteps == "importance" else None
 
 
-def init_state(cfg: Any, model_cfg: Any) -> TrainState:
-    """Fresh parameters (from the run's generator), EMA = params, zeroed AdamW state, step 0."""
-    init_params = registry.family(model_cfg, "denoiser").init_params
+def init_state(cfg: Any, model_cfg: Any, init: dict | None = None) -> TrainState:
+    """Fresh parameters (from the run's generator), or the host arrays ``init`` to fine-tune (of
+    param_shapes(model_cfg), cast to the run's dtype; the generator is not drawn from), EMA = params,
+    zeroed AdamW state, step 0."""
+    family = registry.family(model_cfg, "denoiser")
     generator = Generator(cfg.seed)
     backend = get_backend(cfg.backend)
     like = backend.asarray(np.zeros(1), dtype=backend.dtype(cfg.dtype))
-    params = _to_device(init_params(model_cfg, generator, dtype=np.dtype(cfg.dtype)), like)
+    if init is None:
+        init = family.init_params(model_cfg, generator, dtype=np.dtype(cfg.dtype))
+    shapes = family.param_shapes(model_cfg)
+    bad = [k for k in shapes if k not in init or np.shape(init[k]) != tuple(shapes[k])] + \
+        [k for k in init if k not in shapes]
+    if bad:
+        raise ValueError(f"init must hold the model's parameters, the arrays of param_shapes(model_cfg); "
+                         f"{len(bad)} keys are missing, extra or of another shape: {', '.join(bad[:3])}")
+    params = _to_device({k: np.asarray(init[k], dtype=cfg.dtype) for k in shapes}, like)
     ema = {k: v for k, v in params.items()}
     return TrainState(params, ema, adamw_init(params), 0, generator, [], _new_sampler(cfg))
 

@@ -1,6 +1,7 @@
 """The CLI under hostile input: every subcommand, one bad flag value or one malformed file at a time.
 
-Each example takes a command that would run (sample, eval, eval --samples, train, train --resume, demo)
+Each example takes a command that would run (sample, eval, eval --samples, train, train --resume, demo,
+inpaint)
 and spoils one thing: a flag's value (zero, negative, huge, NaN, not a number, empty, a choice that is
 not one), or a file it reads (empty, truncated, bit-flipped, text, .npy, object arrays, a config that is
 not JSON or misses its model, wrong shapes, a folder, images of another size or range), or gives a flag
@@ -16,12 +17,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from support import malformed_files
 
 from refdiff.cli import main
 from refdiff.digits_eval import digit_split
 
-FILE_FLAGS = ("checkpoint", "--samples", "--classifier", "--data", "--out")
+FILE_FLAGS = ("checkpoint", "--samples", "--classifier", "--data", "--out", "--image", "--mask")
 NUMBERS = ["0", "-1", "-0.5", "nan", "inf", "abc", "", "1e40"]
 TOY_TRAIN = ["train", "--data", "toy2d:two_moons", "--preset", "mlp", "--steps", "2", "--batch-size", "4",
              "--T", "5", "--out", "run"]
@@ -30,8 +32,8 @@ TOY_TRAIN = ["train", "--data", "toy2d:two_moons", "--preset", "mlp", "--steps",
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A folder with a toy checkpoint (2 classes, T = 5), digit samples (also in [0, 1] and in [-1.5, 1.5]),
-    16x16 images, an existing file and every malformed file of support.malformed_files; the commands run with
-    it as the working folder."""
+    16x16 images, an existing file, a text model's checkpoint (T = 5) with a 16x16 image and mask to inpaint,
+    and every malformed file of support.malformed_files; the commands run with it as the working folder."""
     root = tmp_path_factory.mktemp("fuzz")
     assert main(["train", "--data", "toy2d:two_moons", "--preset", "mlp", "--steps", "2", "--batch-size", "4",
                  "--T", "5", "--out", str(root / "toy")]) == 0
@@ -41,6 +43,13 @@ def world(tmp_path_factory):
     np.savez(root / "wide.npz", images=1.5 * x_test[:20], labels=y_test[:20])
     np.savez(root / "d16.npz", x=np.repeat(np.repeat(x_test[:4], 2, axis=2), 2, axis=3))
     (root / "exists.npz").write_bytes(b"mine")
+    assert main(["train", "--data", "captions", "--steps", "2", "--batch-size", "4", "--T", "5", "--out",
+                 str(root / "text")]) == 0
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[2:6, 2:6, 0] = 255
+    Image.fromarray(image).save(root / "in.png")
+    Image.fromarray(np.where(np.arange(16)[:, None] < 8, 255, 0).astype(np.uint8).repeat(16, axis=1)).save(
+        root / "mask.png")
     bad = malformed_files(root / "bad", root / "toy" / "checkpoint.npz")
     for name, path in bad.items():  # each as a run's checkpoint, for train --resume
         (root / "runs" / name).mkdir(parents=True)
@@ -79,6 +88,16 @@ def _cases(bad: dict) -> dict:
                               "--data": st.one_of(files, st.sampled_from(["mnist", "nodir/", "none.npz"])),
                               "--out": st.sampled_from(["", "exists.npz"])}),
         "resume": (["train", "--resume", "--out", "runs/NAME"], {"--out": st.sampled_from(sorted(bad))}),
+        "inpaint": (["inpaint", "text/checkpoint.npz", "--image", "in.png", "--mask", "mask.png", "--prompt", "red",
+                     "--steps", "2", "--out", "e.png"],
+                    {"--steps": st.sampled_from(["0", "-1", "abc", "6"]), "--count": st.sampled_from(["0", "-1", "abc"]),
+                     "--eta": st.sampled_from(["-0.5", "5", "nan"]), "--guidance": st.sampled_from(["-1", "nan", "abc"]),
+                     "--resample": st.sampled_from(["0", "-1"]), "--jump-length": st.just("0"),
+                     "--sampler": st.sampled_from(["plms", "ddim"]), "--prompt": st.sampled_from(["", "purple"]),
+                     "--image": st.one_of(files, st.sampled_from(["none.png", "digits.npz", "text"])),
+                     "--mask": st.one_of(files, st.sampled_from(["none.png", "in.png"])),
+                     "--out": st.sampled_from(["", "e.txt", "exists.npz", "text", "nodir/e.png", "in.png"]),
+                     "checkpoint": st.one_of(files, st.just("toy/checkpoint.npz"))}),
         "demo": (["demo", "--out", "demo", "--steps", "2", "--per-class", "1", "--sample-steps", "2"],
                  {"--steps": st.sampled_from(["0", "-1", "100000000"]), "--per-class": st.sampled_from(["0", "-1"]),
                   "--guidance": st.sampled_from(["-1", "nan"]), "--sample-steps": st.sampled_from(["0", "1001"]),

@@ -58,6 +58,7 @@ EXAMPLE_PNGS = {
     "guidance.py": ("guidance.png",),
     "inpainting.py": ("inpainting.png", "sdedit.png"),
     "text_to_image.py": ("text_to_image.png", "text_attention.png"),
+    "text_inpainting.py": ("text_inpainting.png",),
 }
 
 

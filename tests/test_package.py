@@ -12,7 +12,7 @@ ROOT = Path(refdiff.__file__).parent
 LAYERS = ("backend", "speed", "parallel", "memory", "schedules", "diffusion", "likelihood", "layers", "models",
           "timesteps", "losses", "optim", "run_config", "samplers", "data", "distributed", "checkpoint", "train_state", "train",
           "classifier_train", "vae_train", "gan_train", "flow_train", "clip_train", "metrics", "digits_eval", "captions_eval",
-          "plot", "generate", "demo", "cli", "__main__")
+          "plot", "generate", "inpaint", "demo", "cli", "__main__")
 
 
 def _imports():

@@ -425,3 +425,69 @@ def test_caption_dropout_replaces_whole_captions_by_the_empty_one():
     empty = np.all(y == 0, axis=1)
     assert np.all(empty | np.all(y == tokens[0], axis=1))
     assert abs(empty.mean() - p) < 5 * np.sqrt(p * (1 - p) / cfg.batch_size)
+
+
+# ---------------------------------------------------------------- an inpainting model fine-tuned from a text model
+
+def _tiny_inpainting_start(seed=0):
+    """(tiny text model config, its inpainting config, the widened random text parameters) for fine-tuning."""
+    from refdiff.backend import Generator
+    from refdiff.models.text_inpaint import inpaint_config, inpaint_params
+    from refdiff.models.text_unet import init_params
+
+    text = _tiny_text_config()
+    return text, inpaint_config(text), inpaint_params(init_params(text, Generator(seed)), text)
+
+
+def test_an_inpainting_model_fine_tunes_from_init_and_resumes_bit_for_bit(tmp_path):
+    """train(init=widened text params): step 0's state holds init exactly; stopped after 2 steps and resumed
+    to 4 it repeats an uninterrupted run bit for bit (the masks are drawn from the checkpointed stream); the
+    first convolution's weights of the new channels, zero at the start, have moved (the gradient reaches them)."""
+    from refdiff.data.captions import load_captions, tokenize
+
+    x, captions, _ = load_captions(32, seed=0)
+    tokens, _ = tokenize(captions)
+    _, model_cfg, init = _tiny_inpainting_start()
+    cfg = dataclasses.replace(CONFIG, steps=4, batch_size=4, warmup_steps=1, checkpoint_every=2)
+    start = init_state(cfg, model_cfg, init)
+    for key, value in init.items():
+        np.testing.assert_array_equal(start.params[key], value.astype(np.float32), err_msg=key)
+    full = train(cfg, model_cfg, x, tokens, tmp_path / "full", progress=False, init=init)
+    train(cfg, model_cfg, x, tokens, tmp_path / "split", progress=False, stop_at=2, init=init)
+    _assert_same_state(train(cfg, model_cfg, x, tokens, tmp_path / "split", progress=False, resume=True), full)
+    assert np.all(np.abs(full.params["input.conv.w"][:, :, 3:]).sum(axis=(0, 1, 3)) > 0)
+    assert load_checkpoint(tmp_path / "full" / "checkpoint.npz", arrays=False)["config"]["model"]["inpaint"]
+
+
+def test_an_inpainting_step_shows_the_model_x0_where_keep_is_1_and_the_mask(monkeypatch):
+    """train_step of an inpainting model hands loss_gradient a batch whose cond is [x0 * keep; keep]: keep a
+    random_keep mask, x0 itself where keep = 1 and 0 in the region;
+    a text model's batch has cond None."""
+    from refdiff import schedules
+    from refdiff.data.captions import load_captions, tokenize
+
+    x, captions, _ = load_captions(16, seed=1)
+    tokens, _ = tokenize(captions)
+    text, model_cfg, init = _tiny_inpainting_start()
+    cfg = dataclasses.replace(CONFIG, batch_size=6)
+    seen = []
+    monkeypatch.setattr(train_module, "loss_gradient", lambda *args: seen.append(args[-2]) or
+                        (dict(args[3]), np.zeros(args[-2].x0.shape[0])))
+    monkeypatch.setattr(train_module, "optimizer_step", lambda *args: None)
+    schedule = schedules.by_name(cfg.schedule, cfg.T)
+    for model, params in ((model_cfg, init), (text, None)):
+        train_step(cfg, model, schedule, init_state(cfg, model, params), x, tokens)
+    inpainting, plain = seen
+    assert plain.cond is None and inpainting.cond.shape == (6, 4, 16, 16)
+    keep = inpainting.cond[:, 3:]
+    assert set(np.unique(keep)) == {0.0, 1.0} and np.all(keep.min(axis=(1, 2, 3)) == 0)
+    np.testing.assert_array_equal(inpainting.cond[:, :3], inpainting.x0 * keep)
+
+
+def test_init_is_checked_against_the_model_and_refused_with_resume(tmp_path):
+    """init_state refuses parameters of another model naming the keys; train refuses init with resume."""
+    text, model_cfg, init = _tiny_inpainting_start()
+    with pytest.raises(ValueError, match=r"init must hold the model's parameters.*1 keys .*: input.conv.w"):
+        init_state(CONFIG, text, {**init})
+    with pytest.raises(ValueError, match="init starts a run from given parameters; resume continues"):
+        train(CONFIG, model_cfg, np.zeros((4, 3, 16, 16)), None, tmp_path, resume=True, init=init)

@@ -2,7 +2,7 @@
 
 ``refdiff --version`` prints the version; ``refdiff info`` reports the Python, library and BLAS
 versions and the array backends usable here (what a bug report needs). Each subcommand (``info``,
-``demo``, ``train``, ``sample``, ``eval``; docs/design.md) is a module of this package, and a new one
+``demo``, ``train``, ``sample``, ``inpaint``, ``eval``; docs/design.md) is a module of this package, and a new one
 plugs in the same way:
 
 1. in its module (``refdiff/cli/<name>.py``; ``evaluate.py`` for ``eval``), write
@@ -25,11 +25,12 @@ from refdiff import __version__
 from refdiff.cli.demo import _add_demo
 from refdiff.cli.evaluate import _add_eval
 from refdiff.cli.info import _add_info
+from refdiff.cli.inpaint import _add_inpaint
 from refdiff.cli.sample import _add_sample
 from refdiff.cli.train import _add_train
 
 # Each entry registers one subcommand on the subparsers object; add new ones here.
-SUBCOMMANDS = (_add_info, _add_demo, _add_train, _add_sample, _add_eval)
+SUBCOMMANDS = (_add_info, _add_demo, _add_train, _add_sample, _add_inpaint, _add_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:

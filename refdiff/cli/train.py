@@ -17,6 +17,8 @@ TRAIN_FLAGS = {
     "T": ("T", 1000, {"type": int}),
     "prediction": ("prediction", "eps", {"choices": ("eps", "x0", "v")}),
     "loss": ("loss", "mse", {"choices": ("mse", "hybrid", "kl")}),
+    "weighting": ("weighting", "none", {"choices": ("none", "min_snr"),
+                                        "help": "loss weight per t: none, or min-SNR-5 (refdiff.losses)"}),
     "steps": ("steps", 3000, {"type": int}),
     "batch_size": ("batch_size", 64, {"type": int}),
     "lr": ("lr", 2e-3, {"type": float}),
@@ -48,6 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from refdiff.train import train
 
     _check_output_folder("--out", args.out)
+    _check_init_flags(args)
     comm = get_communicator(args.mpi_timeout)
     say = print if comm.rank == 0 else (lambda *_: None)  # what resume does, said once
     try:
@@ -62,15 +65,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg = _train_config(args, None)
         source = _data_source(args, saved, say)
         x, y, num_classes = _load_dataset(source["data"], cfg.seed, source["image_size"])
+        init = None
         if saved is not None and args.preset is None:
             with interpreting(saved):
                 model_cfg = registry.config_from_dict(saved["config"]["model"], "denoiser")
+        elif args.init is not None:
+            model_cfg, init = _init_model(args.init, args.inpaint, x.shape[1:])
         else:
             captions = source["data"] == "captions"
             model_cfg = _model_config(args.preset or ("text16" if captions else "digits8"), x, num_classes, cfg.loss,
-                                      captions)
+                                      captions, args.inpaint)
         preview = previewer(cfg, model_cfg, x, args.out) if cfg.sample_every else None
-        train(cfg, model_cfg, x, y, args.out, resume=args.resume, comm=comm, preview=preview, data_source=source)
+        train(cfg, model_cfg, x, y, args.out, resume=args.resume, comm=comm, preview=preview, data_source=source,
+              init=init)
     except (ValueError, FileNotFoundError, RuntimeError):
         if comm.rank == 0:  # every rank raises these alike: rank 0 alone reports (main's one line)
             raise
@@ -175,12 +182,49 @@ def _load_dataset(spec: str, seed: int, image_size: int | None = None):
     return x, y, num_classes
 
 
-def _model_config(preset: str, x, num_classes, loss: str, captions: bool = False):
+def _check_init_flags(args: argparse.Namespace) -> None:
+    """Before any work: --init and --inpaint start a run, so not with --resume; --init's model is its own,
+    so not with --preset; --inpaint trains a text model's inpainting form, so --data captions."""
+    if args.resume and (args.init or args.inpaint):
+        raise ValueError("--init and --inpaint start a new run; --resume continues OUT/checkpoint.npz with its own "
+                         "model and weights: leave them out")
+    if args.init and args.preset:
+        raise ValueError(f"--init {args.init} trains the checkpoint's model: leave out --preset {args.preset}")
+    if args.inpaint and args.data != "captions":
+        raise ValueError(f"--inpaint trains GLIDE's inpainting model of a text model: it needs --data captions, got "
+                         f"--data {args.data or 'digits'}")
+
+
+def _init_model(path: str, inpaint: bool, data_shape: tuple):
+    """(model config, host parameters) to fine-tune from --init's checkpoint: its EMA weights, as they are or,
+    with --inpaint and a text model, widened to its inpainting model (refdiff.models.text_inpaint: the new
+    input channels' weights zero, so training starts from the text model's output exactly)."""
+    from refdiff.checkpoint import interpreting, load_checkpoint
+    from refdiff.models import registry
+    from refdiff.models.text_inpaint import inpaint_config, inpaint_params
+
+    ckpt = load_checkpoint(path)
+    with interpreting(ckpt):
+        cfg = registry.config_from_dict(ckpt["config"]["model"], "denoiser")
+        shape = tuple(ckpt["config"]["data_shape"])
+    if shape != tuple(data_shape):
+        raise ValueError(f"--init {path} was trained on samples of shape {shape}, but --data gives {tuple(data_shape)}")
+    if not inpaint or getattr(cfg, "inpaint", False):
+        return cfg, ckpt["ema"]
+    if registry.family(cfg).condition != "tokens":
+        raise ValueError(f"--inpaint --init {path}: the checkpoint must hold a text model (trained with --data "
+                         f"captions), got a {type(cfg).__name__}")
+    return inpaint_config(cfg), inpaint_params(ckpt["ema"], cfg)
+
+
+def _model_config(preset: str, x, num_classes, loss: str, captions: bool = False, inpaint: bool = False):
     """The model config for --preset: a U-Net preset fitted to the images' channels and size, a text
-    U-Net preset for captions (its U-Net fitted likewise), or the MLP for points."""
+    U-Net preset for captions (its U-Net fitted likewise; with ``inpaint`` its inpainting model), or the
+    MLP for points."""
     import dataclasses
 
     from refdiff.models.presets import PRESETS, TEXT_PRESETS, fit_data
+    from refdiff.models.text_inpaint import inpaint_config
 
     learn_sigma = loss != "mse"
     if captions != (preset in TEXT_PRESETS):
@@ -188,8 +232,9 @@ def _model_config(preset: str, x, num_classes, loss: str, captions: bool = False
                          f"trains on --data captions, got --preset {preset}" + (" with captions" if captions else ""))
     if captions:
         cfg = TEXT_PRESETS[preset]()
-        return dataclasses.replace(cfg, unet=fit_data(dataclasses.replace(cfg.unet, learn_sigma=learn_sigma),
-                                                      x.shape[1:]))
+        cfg = dataclasses.replace(cfg, unet=fit_data(dataclasses.replace(cfg.unet, learn_sigma=learn_sigma),
+                                                     x.shape[1:]))
+        return inpaint_config(cfg) if inpaint else cfg
     if preset == "mlp":
         from refdiff.models.mlp import MLPConfig
 
@@ -235,5 +280,13 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                              "decays the learning rate to the new end from where it is, so it differs from a run "
                              "started with those steps (it says so). Without --resume an existing checkpoint in OUT "
                              "is an error, never overwritten")
+    parser.add_argument("--init", default=None, metavar="CKPT",
+                        help="fine-tune: start from CKPT's EMA weights (its model, a fresh optimizer and step 0) "
+                             "instead of fresh ones")
+    parser.add_argument("--inpaint", action="store_true",
+                        help="train GLIDE's text-guided inpainting model (--data captions): the text U-Net reading "
+                             "the known image and the mask beside x_t, on random masks (a quadrant or a box); with "
+                             "--init a text model's checkpoint, its weights with zeros for the new input channels "
+                             "(docs/glide.md, 'Text-guided inpainting')")
     _add_mpi_timeout(parser)
     parser.set_defaults(func=cmd_train)

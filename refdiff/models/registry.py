@@ -143,7 +143,8 @@ def config_from_dict(model: dict, task: str | None = None) -> Any:
 def sample_bytes(cfg: Any, data_shape: tuple[int, ...], dtype: str = "float32") -> int:
     """Bytes of the activations one sample of ``data_shape`` adds to a training forward's cache for the
     model cfg describes: the cache of two zero samples less that of one (which holds the parameters'
-    share too). What memory estimates multiply by the batch. A denoiser family's config."""
+    share too). What memory estimates multiply by the batch. A denoiser family's config; an inpainting
+    model's input has its 2C + 1 channels (x_t and the conditioning channels) for data of C."""
     import numpy as np
 
     from refdiff.backend import Generator
@@ -153,6 +154,8 @@ def sample_bytes(cfg: Any, data_shape: tuple[int, ...], dtype: str = "float32") 
     total = []
     for n in (1, 2):
         x, t = np.zeros((n, *data_shape), dtype=dtype), np.zeros(n, dtype=np.int64)
+        if getattr(cfg, "inpaint", False):
+            x = np.zeros((n, cfg.unet.in_channels, *data_shape[1:]), dtype=dtype)  # (n, 2C + 1, H, W)
         y = np.zeros(n, dtype=np.int64) if getattr(cfg, "num_classes", None) else None
         total.append(_nbytes(f.forward(params, cfg, x, t, y, train=True, generator=Generator(0))[1], set()))
     return total[1] - total[0]

@@ -61,6 +61,8 @@ class TextUNetConfig:
                                   attention_resolutions=(8,))
     text: TextEncoderConfig = TextEncoderConfig()
     pad_token: int = 0  # the tokenizer's padding id: mask = tokens != pad_token; the empty caption is all of it
+    inpaint: bool = False  # GLIDE's inpainting model: x is x_t and C + 1 more channels, the known image x0 * keep
+    #                        and the mask keep, so unet.in_channels = 2 C + 1 (refdiff.models.text_inpaint)
 
     def __post_init__(self):
         object.__setattr__(self, "unet", _config("unet", self.unet, UNetConfig))
@@ -72,11 +74,17 @@ class TextUNetConfig:
         if self.pad_token >= self.text.vocab_size:
             raise ValueError(f"pad_token must be in [0, text.vocab_size) = [0, {self.text.vocab_size}), "
                              f"got {self.pad_token}")
+        C = self.unet.out_channels
+        if not isinstance(self.inpaint, bool) or (self.inpaint and self.unet.in_channels != 2 * C + 1):
+            raise ValueError(f"inpaint must be a bool, and True only with unet.in_channels = 2 unet.out_channels + 1 "
+                             f"= {2 * C + 1} (x_t, x0 * keep, keep), got {self.inpaint!r} with unet.in_channels = "
+                             f"{self.unet.in_channels}")
 
     @property
     def in_channels(self) -> int:
-        """The U-Net's input channels (what generic code reads of any image model's config)."""
-        return self.unet.in_channels
+        """The image's channels C (what generic code reads of any image model's config): the U-Net's input
+        channels, or for an inpainting model its output's (the input is x_t and C + 1 conditioning channels)."""
+        return self.unet.out_channels if self.inpaint else self.unet.in_channels
 
     @property
     def dropout(self) -> float:
@@ -282,6 +290,10 @@ def summary(cfg: TextUNetConfig, image_size: int | None = None) -> str:
 
 def _check_forward(params, cfg, x, t, y, train, generator) -> None:
     check_params(params, cfg, TextUNetConfig, param_shapes)
+    if cfg.inpaint and x.ndim == 4 and x.shape[1] == cfg.in_channels:
+        raise ValueError(f"x must be (N, {cfg.unet.in_channels}, H, W) for an inpainting model: x_t and its "
+                         f"conditioning channels (refdiff.models.text_inpaint.inpaint_model adds them; `refdiff "
+                         f"inpaint` samples it), got x_t alone, of shape {tuple(x.shape)}")
     check_image(x, cfg.unet.in_channels, cfg.unet.downsample_factor)
     check_inputs(params, x, t)
     ctx = cfg.text.context_length
