@@ -1,8 +1,8 @@
 """``refdiff compare``: the four families of generative models on the same data, in one table (docs/families.md).
 
 ``run_compare(out, settings)`` trains a class-conditional model of each family on the embedded digits' training
-split, at roughly matched parameter counts (CONFIGS: about 40k each) and the same wall-clock budget each
-(``settings.seconds``), then scores every family's samples in the same way against the 180 held-out digits:
+split, at roughly matched parameter counts (CONFIGS: about 40k each) and the same budget of CPU time each
+(``settings.seconds``, CLOCK), then scores every family's samples in the same way against the 180 held-out digits:
 
   1. train each family for ``seconds``: diffusion (Algorithm 1, ``refdiff.train.train_step``, in the small
      trainers' time-budgeted loop ``refdiff.run_config.run_steps``; the EMA weights are the model), the GAN
@@ -64,6 +64,9 @@ TRAIN = {"diffusion": dataclasses.replace(DEMO_TRAIN, steps=SCHEDULE_STEPS, chec
          "gan": GANTrainConfig(steps=100_000, batch_size=64, lr_g=2e-4, lr_d=2e-4),     # constant: DCGAN's
          "vae": VAETrainConfig(steps=SCHEDULE_STEPS, batch_size=64),
          "flow": FlowTrainConfig(steps=SCHEDULE_STEPS, batch_size=64, lr=3e-3)}
+# The budget counts this process's CPU seconds (refdiff.run_config.CLOCKS): on a machine shared with other work,
+# wall time would give each family whatever share of the cores the others left it in its minute.
+CLOCK = "cpu"
 GUIDANCE = (1.0, 3.0)  # diffusion's rows: the conditional model alone, and the demo's classifier-free guidance
 LEVELS = 17            # the digits' grey levels
 MAX_PER_CLASS = 1000   # samples of each class per row: 10,000 images, far past any use
@@ -73,7 +76,7 @@ MAX_PER_CLASS = 1000   # samples of each class per row: 10,000 images, far past 
 class CompareSettings:
     """What a comparison run does besides the families' fixed CONFIGS and TRAIN."""
 
-    seconds: float = 40.0    # wall-clock training budget of every family
+    seconds: float = 40.0    # training budget of every family, in CPU seconds (CLOCK)
     per_class: int = 20      # samples of each class per row (at least 4: the per-class recall's k-NN needs k + 1)
     sample_steps: int = 50   # diffusion's DDIM steps
     vlb_steps: int = 1000    # diffusion's bound on the schedule respaced to this many steps (0: not computed)
@@ -99,21 +102,23 @@ class CompareSettings:
 # ------------------------------------------------------------------------------------------- the families
 
 def train_diffusion(train_cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray, seconds: float,
-                    progress: bool = False) -> TrainedRun:
-    """refdiff.train.train_step (Ho et al. 2020, Alg. 1) from a fresh state, in run_steps' loop for ``seconds`` of
-    wall time (train_cfg.steps at most), without checkpoints. Returns a TrainedRun whose params are the EMA."""
+                    clock: str = "cpu", progress: bool = False) -> TrainedRun:
+    """refdiff.train.train_step (Ho et al. 2020, Alg. 1) from a fresh state, in run_steps' loop for ``seconds`` on
+    the clock refdiff.run_config.CLOCKS[clock] (train_cfg.steps at most), without checkpoints. Returns a TrainedRun
+    whose params are the EMA."""
     state, schedule, info = init_state(train_cfg, model_cfg), train_cfg.schedule_obj(), {}
-    for _, bar in run_steps(_Budget(train_cfg.steps, seconds), "diffusion", progress, info):
+    for _, bar in run_steps(_Budget(train_cfg.steps, seconds, clock), "diffusion", progress, info):
         loss = train_step(train_cfg, model_cfg, schedule, state, x, y)
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
     return TrainedRun(state.ema, model_cfg, train_cfg, state.losses, info)
 
 
 class _Budget(NamedTuple):
-    """What run_steps reads of a config: the steps at most, and the wall-clock budget."""
+    """What run_steps reads of a config: the steps at most, the time budget and its clock."""
 
     steps: int
     max_seconds: float
+    budget_clock: str
 
 
 def diffusion_model(run: TrainedRun, dtype: str = "float32") -> LoadedModel:
@@ -128,8 +133,9 @@ def diffusion_model(run: TrainedRun, dtype: str = "float32") -> LoadedModel:
 def diffusion_bits_per_dim(run: TrainedRun, x: np.ndarray, y: np.ndarray, steps: int, seed: int,
                            progress: bool = False) -> dict:
     """{"bits_per_dim": the mean variational bound of the digits x given labels y (Ho et al. 2020, eq. 5; float64),
-    "steps": steps}: on the schedule respaced to ``steps`` steps (linspace: t = T - 1 and t = 0 kept; all T steps
-    give the full bound, fewer a looser bound of the respaced model), the discretized decoder on LEVELS levels."""
+    "steps": steps, and its parts "prior", "decoder", "kl_terms"}: on the schedule respaced to ``steps`` steps
+    (linspace: t = T - 1 and t = 0 kept; all T steps give the full bound, fewer a looser bound of the respaced
+    model), the discretized decoder on LEVELS levels."""
     loaded = diffusion_model(run, "float64")
     schedule = loaded.schedule
     if steps < schedule.T:
@@ -137,7 +143,9 @@ def diffusion_bits_per_dim(run: TrainedRun, x: np.ndarray, y: np.ndarray, steps:
     x0, labels = asarray(x.astype(np.float64), like=loaded.like), asarray(y.astype(np.int64), like=loaded.like)
     result = bits_per_dim(loaded.model, schedule, x0, Generator(seed), labels, param=run.train_cfg.parameterization(),
                           levels=LEVELS, progress=progress)
-    return {"bits_per_dim": float(np.mean(result.total)), "steps": int(steps)}
+    return {"bits_per_dim": float(np.mean(result.total)), "steps": int(steps),           # and its parts:
+            "prior": float(np.mean(result.prior)), "decoder": float(np.mean(result.terms[:, 0])),  # L_T, L_0
+            "kl_terms": float(np.mean(np.sum(result.terms[:, 1:], axis=1)))}                 # sum of L_1..L_{S-1}
 
 
 def _ddim(loaded: LoadedModel, steps: int, guidance: float, labels: np.ndarray, seed: int) -> np.ndarray:
@@ -146,14 +154,15 @@ def _ddim(loaded: LoadedModel, steps: int, guidance: float, labels: np.ndarray, 
 
 
 def train_family(name: str, s: CompareSettings, split: tuple, progress: bool = False) -> TrainedRun:
-    """CONFIGS[name] trained by its family's trainer with TRAIN[name], for s.seconds of wall time, on split's
+    """CONFIGS[name] trained by its family's trainer with TRAIN[name], for s.seconds of CPU time (CLOCK), on split's
     training digits and labels (split: digit_split's (x_train, x_test, y_train, y_test))."""
     x, _, y, _ = split
     if name == "diffusion":
-        return train_diffusion(dataclasses.replace(TRAIN[name], seed=s.seed), CONFIGS[name], x, y, s.seconds, progress)
+        return train_diffusion(dataclasses.replace(TRAIN[name], seed=s.seed), CONFIGS[name], x, y, s.seconds,
+                               CLOCK, progress)
     trainer = {"gan": train_gan, "vae": train_vae, "flow": train_flow}[name]
-    return trainer(dataclasses.replace(TRAIN[name], max_seconds=float(s.seconds), seed=s.seed), CONFIGS[name], x, y,
-                   progress)
+    budgeted = dataclasses.replace(TRAIN[name], max_seconds=float(s.seconds), budget_clock=CLOCK, seed=s.seed)
+    return trainer(budgeted, CONFIGS[name], x, y, progress)
 
 
 def held_out_bits_per_dim(name: str, run: TrainedRun, s: CompareSettings, split: tuple,
@@ -237,24 +246,24 @@ def score_row(classifier: Any, images: np.ndarray, labels: np.ndarray, split: tu
 def compare_family(name: str, s: CompareSettings, split: tuple, classifier: Any, labels: np.ndarray,
                    progress: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
     """Train, bound, sample and score one family: (its entry of compare.json, {row name: its images})."""
-    cpu = time.process_time()
     run = train_family(name, s, split, progress)
-    cpu = time.process_time() - cpu
+    cpu = time.process_time()
     losses = run.losses if name != "gan" else run.g_losses
     params, sampler_params = param_counts(name)
     entry = {"params": params, "sampler_params": sampler_params, "train_steps": run.info["steps_done"],
-             "train_seconds": run.info["train_seconds"], "train_cpu_seconds": cpu,
+             "train_seconds": run.info["train_seconds"], "train_cpu_seconds": run.info["train_cpu_seconds"],
              "bits_per_dim": held_out_bits_per_dim(name, run, s, split, progress),
+             "bound_cpu_seconds": time.process_time() - cpu,
              "loss_regress": None if name == "gan" else loss_regress(losses), "losses": loss_curve(losses),
              "rows": {}}
     if name == "gan":
         entry["d_losses"] = loss_curve(run.d_losses)
     images = {}
     for row, sample in sample_rows(name, run, s).items():
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         images[row] = sample(labels, s.seed)
-        seconds = time.perf_counter() - start
-        entry["rows"][row] = {"sample_seconds_per_image": seconds / labels.size,
+        entry["rows"][row] = {"sample_seconds_per_image": (time.perf_counter() - start) / labels.size,
+                              "sample_cpu_seconds_per_image": (time.process_time() - cpu) / labels.size,
                               **score_row(classifier, images[row], labels, split, s.seed)}
     return entry, images
 
@@ -272,7 +281,9 @@ def run_compare(out: str | Path = "out/compare", settings: CompareSettings = Com
     for name in FAMILIES:
         families[name], shown = compare_family(name, settings, split, classifier, labels, progress)
         images.update(shown)
-        print(f"{name}: {families[name]['train_steps']} steps in {families[name]['train_seconds']:.1f} s")
+        done = families[name]
+        print(f"{name}: {done['train_steps']} steps in {done['train_cpu_seconds']:.1f} CPU s "
+              f"({done['train_seconds']:.1f} s of wall time)")
     reference = next(iter(families["diffusion"]["rows"].values()))["reference"]
     report = {"settings": dataclasses.asdict(settings), "families": families, "reference": reference,
               "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
@@ -280,10 +291,9 @@ def run_compare(out: str | Path = "out/compare", settings: CompareSettings = Com
     out.mkdir(parents=True, exist_ok=True)
     per_row = min(settings.per_class, 10)
     shown = np.concatenate([np.flatnonzero(labels == k)[:per_row] for k in range(NUM_CLASSES)])  # (10 per_row,)
-    report["files"] = {"figure": str(image_grids({row: x[shown] for row, x in images.items()}, per_row,
-                                                 out / "compare_samples.png",
-                                                 title=f"{settings.seconds:g} s of training each: one row per class")),
-                       "json": str(out / "compare.json")}
+    title = f"{settings.seconds:g} CPU s of training each: one row per class"
+    figure = image_grids({row: x[shown] for row, x in images.items()}, per_row, out / "compare_samples.png", title)
+    report["files"] = {"figure": str(figure), "json": str(out / "compare.json")}
     Path(report["files"]["json"]).write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))
     return report
@@ -291,7 +301,7 @@ def run_compare(out: str | Path = "out/compare", settings: CompareSettings = Com
 
 # The table's columns: (header, format of the value); each column as wide as its header, at least 7.
 COLUMNS = (("params", "{:.1f}k"), ("steps", "{}"), ("CPU s", "{:.1f}"), ("FD", "{:.3f}"), ("prec.", "{:.2f}"),
-           ("recall", "{:.2f}"), ("class", "{:.1%}"), ("IS", "{:.2f}"), ("bits/dim", "{}"), ("ms/image", "{:.3f}"),
+           ("recall", "{:.2f}"), ("class", "{:.1%}"), ("IS", "{:.2f}"), ("bits/dim", "{}"), ("CPU ms/image", "{:.3f}"),
            ("worst class", "{:.2f}"), ("regress", "{}"))
 ROW_WIDTH = 22
 
@@ -307,13 +317,13 @@ def format_table(report: dict) -> str:
         for row, r in family["rows"].items():
             values = (family["params"] / 1000, family["train_steps"], family["train_cpu_seconds"], r["fd"],
                       r["precision"], r["recall"], r["class_fraction"], r["inception_score"], bpd,
-                      1000 * r["sample_seconds_per_image"], r["worst_class_recall"], regress)
+                      1000 * r["sample_cpu_seconds_per_image"], r["worst_class_recall"], regress)
             lines.append(row.ljust(ROW_WIDTH) + " ".join(fmt.format(v).rjust(w)
                                                           for (_, fmt), v, w in zip(COLUMNS, values, widths)))
     ref = report["reference"]
-    lines.append("CPU s: training's CPU seconds (the budget is wall time); class: samples classified as their label; "
-                 "bits/dim: held-out upper bound;\nworst class: the least per-class recall; regress: the loss's end "
-                 "above its best, as a fraction of its range (n/a: the GAN's is a game's)")
+    lines.append("CPU s: training's (the budget); class: samples classified as their label; bits/dim: a held-out "
+                 "upper bound; CPU ms/image: sampling's;\nworst class: the least per-class recall; regress: the loss's "
+                 "end above its best, as a fraction of its range (n/a: the GAN's is a game's)")
     lines.append(f"references: FD floor (two halves of the held-out digits) {ref['fd_floor']:.3f}, real training "
                  f"digits {ref['fd_real']:.3f}; IS of the held-out digits {ref['inception_score_held_out']:.2f}")
     return "\n".join(lines)

@@ -44,7 +44,7 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "compare", help="train diffusion, a GAN, a VAE and a flow on the digits and score them in one table",
         description="The four families of generative models (docs/families.md) on the embedded 8x8 digits, each "
-                    "class-conditional, at about 40k parameters and the same wall-clock training budget: a "
+                    "class-conditional, at about 40k parameters and the same training budget of CPU time: a "
                     "diffusion U-Net, a GAN, a VAE and a RealNVP flow. Prints one table (Frechet distance, precision, "
                     "recall, class fraction, Inception-Score analogue, held-out bits/dim where defined, sampling "
                     "time, training steps, stability) and writes compare.json and compare_samples.png into OUT. "
@@ -52,7 +52,7 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="out/compare", help="output folder (default: out/compare); its "
                                                              "compare.json and compare_samples.png are replaced")
     parser.add_argument("--seconds", type=float, default=d.seconds,
-                        help=f"wall-clock training budget of each family (default: {d.seconds:g})")
+                        help=f"training budget of each family, in CPU seconds of this process (default: {d.seconds:g})")
     parser.add_argument("--per-class", type=int, default=d.per_class,
                         help=f"samples of each class per row, at least 4 (default: {d.per_class})")
     parser.add_argument("--sample-steps", type=int, default=d.sample_steps,
