@@ -199,17 +199,18 @@ def _bind(fn: Callable, *args: Any) -> Callable:
 
 
 def param_counts(name: str) -> tuple[int, int]:
-    """(parameters trained, parameters that sample) of CONFIGS[name]: the same but for the GAN, whose
-    discriminator is trained and then left out."""
+    """(parameters trained, parameters that sample) of CONFIGS[name]: the same for diffusion and the flow; the
+    GAN's generator and the VAE's decoder (with its label table) sample, its discriminator or encoder is trained
+    and then left out."""
     cfg = CONFIGS[name]
     if name == "diffusion":
         n = registry.family(cfg, "denoiser").param_count(cfg)
         return n, n
-    if name == "gan":
-        shapes = gan.param_shapes(cfg)
-        return gan.param_count(cfg), sum(math.prod(shapes[k]) for k in gan.generator_keys(cfg))
-    n = {"vae": vae, "flow": flow}[name].param_count(cfg)
-    return n, n
+    if name == "flow":
+        return flow.param_count(cfg), flow.param_count(cfg)
+    shapes = {"gan": gan, "vae": vae}[name].param_shapes(cfg)
+    sampler = gan.generator_keys(cfg) if name == "gan" else [k for k in shapes if not k.startswith("enc.")]
+    return sum(math.prod(v) for v in shapes.values()), sum(math.prod(shapes[k]) for k in sampler)
 
 
 # ------------------------------------------------------------------------------------------ the scores

@@ -73,11 +73,13 @@ def test_compare_refuses_an_out_that_is_a_file(tmp_path, capsys):
 
 def test_the_families_parameter_counts_are_matched_within_a_quarter():
     """The four configs train between 35k and 50k parameters each, the largest at most 1.25 times the smallest (a
-    GAN's count is both its networks'; its generator alone samples)."""
+    GAN's count is both its networks', a VAE's its encoder's and decoder's; the generator or decoder alone
+    samples)."""
     counts = {name: param_counts(name) for name in FAMILIES}
     trained = [c[0] for c in counts.values()]
     assert all(35_000 <= n <= 50_000 for n in trained) and max(trained) / min(trained) <= 1.25, counts
-    assert counts["gan"][1] < counts["gan"][0] and all(counts[n][0] == counts[n][1] for n in ("diffusion", "vae"))
+    assert all(counts[n][1] < counts[n][0] for n in ("gan", "vae")) and all(counts[n][0] == counts[n][1]
+                                                                           for n in ("diffusion", "flow"))
 
 
 def test_the_time_budgeted_diffusion_loop_is_train_step_repeated():
