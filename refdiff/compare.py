@@ -15,8 +15,8 @@ split, at roughly matched parameter counts (CONFIGS: about 40k each) and the sam
      GUIDANCE (one row per scale, one training), the others in one pass of their generator;
   4. the scores (``refdiff.digits_eval``): Frechet distance, precision, recall, class fraction, Inception-Score
      analogue; and two stability readings: the worst class's recall (``per_class_coverage``: a collapsed class
-     shows there) and the loss regress (``loss_regress``: how much of its training gain a family's loss gave back
-     by the end; none for the GAN, whose losses are a two-player game's, not a measure of progress);
+     shows there) and the loss regress (``loss_regress``: where a family's loss ended between its best and its
+     worst window; none for the GAN, whose losses are a two-player game's, not a measure of progress);
   5. print the table and write compare.json and compare_samples.png (a sample grid per row, side by side).
 """
 
@@ -103,6 +103,14 @@ class CompareSettings:
 
 # ------------------------------------------------------------------------------------------- the families
 
+class _Budget(NamedTuple):
+    """What run_steps reads of a config: the steps at most, the time budget and its clock."""
+
+    steps: int
+    max_seconds: float
+    budget_clock: str
+
+
 def train_diffusion(train_cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np.ndarray, seconds: float,
                     clock: str = "cpu", progress: bool = False) -> TrainedRun:
     """refdiff.train.train_step (Ho et al. 2020, Alg. 1) from a fresh state, in run_steps' loop for ``seconds`` on
@@ -113,14 +121,6 @@ def train_diffusion(train_cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np
         loss = train_step(train_cfg, model_cfg, schedule, state, x, y)
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
     return TrainedRun(state.ema, model_cfg, train_cfg, state.losses, info)
-
-
-class _Budget(NamedTuple):
-    """What run_steps reads of a config: the steps at most, the time budget and its clock."""
-
-    steps: int
-    max_seconds: float
-    budget_clock: str
 
 
 def diffusion_model(run: TrainedRun, dtype: str = "float32") -> LoadedModel:
@@ -136,8 +136,8 @@ def diffusion_bits_per_dim(run: TrainedRun, x: np.ndarray, y: np.ndarray, steps:
                            progress: bool = False) -> dict:
     """{"bits_per_dim": the mean variational bound of the digits x given labels y (Ho et al. 2020, eq. 5; float64),
     "steps": steps, and its parts "prior", "decoder", "kl_terms"}: on the schedule respaced to ``steps`` steps
-    (linspace: t = T - 1 and t = 0 kept; all T steps give the full bound, fewer a looser bound of the respaced
-    model), the discretized decoder on LEVELS levels."""
+    (linspace: t = T - 1 and t = 0 kept; all T steps give the model's full bound, fewer the bound of the model
+    respaced to them, a quicker and different number), the discretized decoder on LEVELS levels."""
     loaded = diffusion_model(run, "float64")
     schedule = loaded.schedule
     if steps < schedule.T:
@@ -155,9 +155,10 @@ def _ddim(loaded: LoadedModel, steps: int, guidance: float, labels: np.ndarray, 
     return generate(loaded, (labels.size, *loaded.data_shape), labels, "ddim", steps, guidance=guidance, seed=seed)
 
 
-def train_family(name: str, s: CompareSettings, split: tuple, progress: bool = False) -> TrainedRun:
+def train_family(name: str, s: CompareSettings, split: tuple, progress: bool = False) -> Any:
     """CONFIGS[name] trained by its family's trainer with TRAIN[name], for s.seconds of CPU time (CLOCK), on split's
-    training digits and labels (split: digit_split's (x_train, x_test, y_train, y_test))."""
+    training digits and labels (split: digit_split's (x_train, x_test, y_train, y_test)). Returns the trainer's
+    result: a TrainedRun (diffusion's params its EMA), TrainedGAN, TrainedVAE or TrainedFlow."""
     x, _, y, _ = split
     if name == "diffusion":
         return train_diffusion(dataclasses.replace(TRAIN[name], seed=s.seed), CONFIGS[name], x, y, s.seconds,
