@@ -123,13 +123,16 @@ def train_diffusion(train_cfg: TrainConfig, model_cfg: Any, x: np.ndarray, y: np
     return TrainedRun(state.ema, model_cfg, train_cfg, state.losses, info)
 
 
-def diffusion_model(run: TrainedRun, dtype: str = "float32") -> LoadedModel:
-    """The trained denoiser (run.params, in dtype) as refdiff.generate's LoadedModel, for generate and the bound."""
+def diffusion_model(run: TrainedRun, dtype: str = "float32", data_shape: tuple = (1, 8, 8),
+                    data_bound: float = 1.0) -> LoadedModel:
+    """The trained denoiser (run.params, in dtype) as refdiff.generate's LoadedModel, for generate and the bound;
+    data_shape: one sample's (the digits' by default), data_bound: the training data's max |x| (generate clips x0
+    of points to it)."""
     params = {k: np.asarray(v, dtype=dtype) for k, v in run.params.items()}
     model = registry.family(run.cfg, "denoiser").model(params, run.cfg)
     like = next(iter(params.values()))
-    return LoadedModel(model, run.cfg, dataclasses.asdict(run.train_cfg), (1, 8, 8), run.train_cfg.schedule_obj(),
-                       like, 1.0)
+    return LoadedModel(model, run.cfg, dataclasses.asdict(run.train_cfg), tuple(data_shape),
+                       run.train_cfg.schedule_obj(), like, float(data_bound))
 
 
 def diffusion_bits_per_dim(run: TrainedRun, x: np.ndarray, y: np.ndarray, steps: int, seed: int,
@@ -155,17 +158,17 @@ def _ddim(loaded: LoadedModel, steps: int, guidance: float, labels: np.ndarray, 
     return generate(loaded, (labels.size, *loaded.data_shape), labels, "ddim", steps, guidance=guidance, seed=seed)
 
 
-def train_family(name: str, s: CompareSettings, split: tuple, progress: bool = False) -> Any:
-    """CONFIGS[name] trained by its family's trainer with TRAIN[name], for s.seconds of CPU time (CLOCK), on split's
-    training digits and labels (split: digit_split's (x_train, x_test, y_train, y_test)). Returns the trainer's
-    result: a TrainedRun (diffusion's params its EMA), TrainedGAN, TrainedVAE or TrainedFlow."""
-    x, _, y, _ = split
+def train_family(name: str, s: CompareSettings, x: np.ndarray, y: np.ndarray | None, progress: bool = False,
+                 configs: dict = CONFIGS, train: dict = TRAIN) -> Any:
+    """configs[name] trained by its family's trainer with train[name], for s.seconds of CPU time (CLOCK) and seed
+    s.seed, on the data x with labels y (None: unconditional; the defaults are the digits' models). Returns the
+    trainer's result: a TrainedRun (diffusion's, its params the EMA), TrainedGAN, TrainedVAE or TrainedFlow."""
     if name == "diffusion":
-        return train_diffusion(dataclasses.replace(TRAIN[name], seed=s.seed), CONFIGS[name], x, y, s.seconds,
+        return train_diffusion(dataclasses.replace(train[name], seed=s.seed), configs[name], x, y, s.seconds,
                                CLOCK, progress)
     trainer = {"gan": train_gan, "vae": train_vae, "flow": train_flow}[name]
-    budgeted = dataclasses.replace(TRAIN[name], max_seconds=float(s.seconds), budget_clock=CLOCK, seed=s.seed)
-    return trainer(budgeted, CONFIGS[name], x, y, progress)
+    budgeted = dataclasses.replace(train[name], max_seconds=float(s.seconds), budget_clock=CLOCK, seed=s.seed)
+    return trainer(budgeted, configs[name], x, y, progress)
 
 
 def held_out_bits_per_dim(name: str, run: TrainedRun, s: CompareSettings, split: tuple,
@@ -199,11 +202,11 @@ def _bind(fn: Callable, *args: Any) -> Callable:
     return lambda labels, seed: fn(*args, labels, seed)
 
 
-def param_counts(name: str) -> tuple[int, int]:
-    """(parameters trained, parameters that sample) of CONFIGS[name]: the same for diffusion and the flow; the
+def param_counts(name: str, configs: dict = CONFIGS) -> tuple[int, int]:
+    """(parameters trained, parameters that sample) of configs[name]: the same for diffusion and the flow; the
     GAN's generator and the VAE's decoder (with its label table) sample, its discriminator or encoder is trained
     and then left out."""
-    cfg = CONFIGS[name]
+    cfg = configs[name]
     if name == "diffusion":
         n = registry.family(cfg, "denoiser").param_count(cfg)
         return n, n
@@ -250,7 +253,7 @@ def score_row(classifier: Any, images: np.ndarray, labels: np.ndarray, split: tu
 def compare_family(name: str, s: CompareSettings, split: tuple, classifier: Any, labels: np.ndarray,
                    progress: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
     """Train, bound, sample and score one family: (its entry of compare.json, {row name: its images})."""
-    run = train_family(name, s, split, progress)
+    run = train_family(name, s, split[0], split[2], progress)
     cpu = time.process_time()
     losses = run.losses if name != "gan" else run.g_losses
     params, sampler_params = param_counts(name)
