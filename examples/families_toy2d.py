@@ -31,7 +31,7 @@ from refdiff.train import TrainConfig
 from refdiff.vae_train import VAETrainConfig, vae_samples
 
 SECONDS = 20.0       # CPU seconds of training per family
-STEPS = 10_000       # the learning-rate schedules' length: the budget stops every family first
+STEPS = 100_000      # the learning-rate schedules' length: the budget stops every family first
 BATCH_SIZE = 256
 N_TRAIN, N_SAMPLES = 20_000, 2000
 SAMPLE_STEPS = 50
