@@ -19,9 +19,8 @@ import numpy as np
 from _common import argument_parser, backend_and_out
 
 from refdiff.digits_eval import (digit_classifier, digit_sample_report, digit_split, format_precision_recall,
-                                 format_sample_report)
+                                 format_sample_report, per_class_coverage)
 from refdiff.gan_train import GANTrainConfig, gan_samples, train_gan
-from refdiff.metrics import precision_recall
 from refdiff.models.gan import LOSSES
 from refdiff.models.presets import digits8_gan
 from refdiff.plot import curves, image_grid
@@ -33,17 +32,6 @@ LR = 2e-4            # DCGAN's, for both players
 PER_CLASS = 50       # samples per class for the scores (10 of them in the grid)
 SMOOTH = 50          # steps per point of the loss curves (their means)
 QUICK = {"SECONDS": 2.0, "PER_CLASS": 5}
-
-
-def per_class_coverage(classifier, images, labels, x_test, y_test) -> list[tuple[int, float, float]]:
-    """(class, recall of its held-out digits by its samples, fraction of its samples classified as it) per class."""
-    f_samples, f_held = classifier.features(images), classifier.features(x_test)
-    predicted = classifier.predict(images)
-    rows = []
-    for c in range(10):
-        _, recall = precision_recall(f_held[y_test == c], f_samples[labels == c], k=3)
-        rows.append((c, recall, float(np.mean(predicted[labels == c] == c))))
-    return rows
 
 
 def main():
@@ -75,7 +63,7 @@ def main():
 
     # 3. per-class coverage
     print("class  recall of its held-out digits  classified as it")
-    for c, recall, fraction in per_class_coverage(classifier, images, labels, x_test, y_test):
+    for c, recall, fraction in per_class_coverage(classifier, images, labels, (x_test, y_test)):
         print(f"{c:5d}  {recall:29.2f}  {fraction:16.2f}")
 
     # 4. the figures

@@ -10,7 +10,8 @@ distance of 8x8 samples (refdiff.metrics) and their improved precision and recal
 fraction of samples classified as their label, its posteriors the Inception-Score analogue.
 ``digit_sample_report`` computes them, with the floor set by two halves of the held-out digits; it is what
 ``refdiff demo`` and ``refdiff eval --samples`` print (``format_sample_report``; precision, recall and the
-Inception-Score analogue through ``format_precision_recall``).
+Inception-Score analogue through ``format_precision_recall``); ``per_class_coverage`` reads recall class by
+class.
 """
 
 from __future__ import annotations
@@ -184,6 +185,31 @@ def digit_sample_report(classifier: DigitClassifier, samples, labels, held_out, 
     report.update({"classifier_test_accuracy": classifier.test_accuracy, "samples": int(samples.shape[0]),
                    "held_out": int(x_held.shape[0])})
     return report
+
+
+def per_class_coverage(classifier: DigitClassifier, samples, labels, held_out) -> list[tuple[int, float, float]]:
+    """Class by class: (class k, the recall (k = 3) of the held-out digits of class k by the samples labelled k, the
+    fraction of those samples classified as k), on the classifier's features. A class the sampler collapsed (all
+    its samples alike) keeps a high fraction but a low recall: the GAN's failure mode, read per class.
+
+    samples, labels: as digit_sample_report's, labels required, at least 4 samples of every class in held_out (the
+    k-NN radii need k + 1); held_out: (x (M, 1, 8, 8), y (M,)).
+    """
+    samples, labels = check_digit_samples(samples, labels)
+    if labels is None:
+        raise ValueError("labels must be given: the coverage is per class")
+    x_held, y_held = (np.asarray(a) for a in held_out)
+    f_samples, f_held = classifier.features(samples), classifier.features(x_held)
+    predicted = classifier.predict(samples)
+    rows = []
+    for k in np.unique(y_held):
+        mine = labels == k
+        if np.sum(mine) < 4:
+            raise ValueError(f"samples must hold at least 4 of every held-out class, got {int(np.sum(mine))} of "
+                             f"class {k}")
+        _, recall = precision_recall(f_held[y_held == k], f_samples[mine], k=3)
+        rows.append((int(k), float(recall), float(np.mean(predicted[mine] == k))))
+    return rows
 
 
 def check_digit_samples(samples, labels) -> tuple[np.ndarray, np.ndarray | None]:

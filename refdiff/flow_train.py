@@ -6,7 +6,8 @@ One step: x, y <- batch (indices drawn by the generator); labels -> the null lab
 step (points: x' = x); log p(x' | y), cache = log_prob_forward(x', y); loss = -mean_n log p(x'_n | y_n) / D, in
 bits/dim with the dequantisation's log2(levels / 2) for images; grads = log_prob_backward(-1 / (B D)); params <-
 AdamW(clip(grads)). All randomness (initialisation, batches, label dropout, u) comes from one Generator(seed), so a
-run is a function of its seed; ``max_seconds`` stops it early at a wall-clock budget.
+run is a function of its seed; ``max_seconds`` stops it early at a time budget (wall or CPU time:
+``budget_clock``).
 
 The flow is not in refdiff.models.registry (its forward returns z and a log-determinant, not a denoiser's output
 or logits), so this module names refdiff.models.flow itself, as refdiff.vae_train does for the VAE.

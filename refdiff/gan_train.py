@@ -7,7 +7,8 @@ disc params <- AdamW(grads of L_D); then z ~ N(0, I) afresh, with the last batch
 L_G, cache = generator_objective(z, y); gen params <- AdamW(grads of L_G). Each player has its own AdamW state
 over its own keys, with DCGAN's betas (0.5, 0.999) (Radford et al. 2016, Sec. 4: beta1 = 0.9 oscillated).
 All randomness (initialisation, batches, z) comes from one Generator(seed), so a run is a function of its seed;
-``max_seconds`` stops it early at a wall-clock budget.
+``max_seconds`` stops it early at a time budget (wall or CPU time:
+``budget_clock``).
 
 The GAN is not in refdiff.models.registry (its forward is two networks and two objectives, not a denoiser's or a
 classifier's), so this module names refdiff.models.gan itself.
@@ -43,7 +44,8 @@ class GANTrainConfig:
     beta2: float = 0.999
     loss: str = "non_saturating"        # "non_saturating" | "hinge" (refdiff.models.gan.LOSSES)
     d_steps: int = 1                    # discriminator updates per generator update (Algorithm 1's k)
-    max_seconds: float | None = None    # stop after this much wall time
+    max_seconds: float | None = None    # stop after this much time ...
+    budget_clock: str = "wall"          # ... on this clock of refdiff.run_config.CLOCKS: "wall" or "cpu"
     seed: int = 0
     backend: str = "numpy"
     dtype: str = "float32"

@@ -1,4 +1,5 @@
-"""Figures as PNG files: image grids, 2-D scatter panels, 2-D sampling trajectories, and curves.
+"""Figures as PNG files: image grids (one, or several side by side), 2-D scatter panels, 2-D sampling
+trajectories, and curves.
 
 Every function takes host NumPy arrays (call ``refdiff.backend.to_numpy`` first), draws one matplotlib figure
 with the Agg canvas (``matplotlib.figure.Figure``: no pyplot, no display, no global state), writes it to
@@ -108,6 +109,47 @@ def image_grid(images, nrow: int, path, title: str | None = None, row_labels=Non
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def image_grids(panels: dict, nrow: int, path, title: str | None = None) -> Path:
+    """Several image grids side by side, one panel per entry of ``panels`` ({panel title: (N, C, H, W) images}),
+    each drawn as one picture: its images ``nrow`` to a row (rows filled left to right), a grey line of one pixel
+    between them. Values in [-1, 1] map to black..white (clipped for display); C = 1 (grey) or 3 (RGB), the same
+    H, W and C in every panel."""
+    if not isinstance(panels, dict) or not panels:
+        raise ValueError("panels must be a non-empty dict {title: (N, C, H, W) images}")
+    grids = {str(k): _host(f"panels[{k!r}]", v, ndim=4) for k, v in panels.items()}
+    shapes = {g.shape[1:] for g in grids.values()}
+    if len(shapes) != 1 or next(iter(shapes))[0] not in (1, 3) or min(g.shape[0] for g in grids.values()) < 1:
+        raise ValueError(f"panels must hold N >= 1 images of one shape (C, H, W), C in (1, 3), got shapes "
+                         f"{sorted(g.shape for g in grids.values())}")
+    if isinstance(nrow, bool) or not isinstance(nrow, (int, np.integer)) or nrow < 1:
+        raise ValueError(f"nrow (images per row) must be an integer >= 1, got {nrow!r}")
+    path = _png_path(path)
+    mosaics = [_mosaic(np.clip(g, -1.0, 1.0), int(nrow)) for g in grids.values()]
+    height, width = max(m.shape[0] for m in mosaics), max(m.shape[1] for m in mosaics)
+    scale = 2.2 / max(width, 1)                                   # inches per pixel: a panel about 2.2 inches wide
+    fig = Figure(figsize=(len(mosaics) * (width * scale + 0.2), height * scale + (0.8 if title else 0.5)),
+                 layout="constrained")
+    for ax, (name, m) in zip(np.atleast_1d(fig.subplots(1, len(mosaics))), zip(grids, mosaics)):
+        shown = m[..., 0] if m.shape[-1] == 1 else (m + 1.0) / 2.0   # (h, w) grey or (h, w, 3) in [0, 1]
+        ax.imshow(shown, cmap="gray", vmin=-1.0, vmax=1.0, interpolation="nearest")
+        ax.set(xticks=[], yticks=[])
+        ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _mosaic(x: np.ndarray, nrow: int) -> np.ndarray:
+    """Images x (N, C, H, W) tiled nrow to a row with a 1-pixel line of 0 (grey) between them and in empty cells:
+    (rows (H + 1) - 1, cols (W + 1) - 1, C)."""
+    N, C, H, W = x.shape
+    rows, cols = math.ceil(N / nrow), min(nrow, N)
+    cells = np.zeros((rows * cols, C, H + 1, W + 1))              # each image with its line below and right
+    cells[:N, :, :H, :W] = x
+    tiled = cells.reshape(rows, cols, C, H + 1, W + 1).transpose(0, 3, 1, 4, 2)  # (rows, H+1, cols, W+1, C)
+    return tiled.reshape(rows * (H + 1), cols * (W + 1), C)[:-1, :-1]
 
 
 def scatter_2d(panels: dict, path, reference=None, ncols: int | None = None, title: str | None = None,

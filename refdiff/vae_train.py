@@ -5,7 +5,8 @@ One step: x, y <- batch (indices drawn by the generator); labels -> the null lab
 label_dropout (a conditional VAE then also decodes without a label); eps ~ N(0, I); ELBO terms, cache =
 elbo_forward(x, eps, y); loss = -mean_n ELBO_n / D (nats per dimension); grads = elbo_backward(-1 / (B D));
 params <- AdamW(clip(grads)). All randomness (initialisation, batches, label dropout, eps) comes from one
-Generator(seed), so a run is a function of its seed; ``max_seconds`` stops it early at a wall-clock budget.
+Generator(seed), so a run is a function of its seed; ``max_seconds`` stops it early at a time budget (wall or CPU
+time: ``budget_clock``).
 
 The VAE is not in refdiff.models.registry (its forward takes the draws eps, not a timestep, and returns the ELBO,
 not a denoiser's output or logits), so this module names refdiff.models.vae itself.

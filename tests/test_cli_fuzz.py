@@ -1,7 +1,7 @@
 """The CLI under hostile input: every subcommand, one bad flag value or one malformed file at a time.
 
 Each example takes a command that would run (sample, eval, eval --samples, train, train --resume, demo,
-inpaint)
+inpaint, compare)
 and spoils one thing: a flag's value (zero, negative, huge, NaN, not a number, empty, a choice that is
 not one), or a file it reads (empty, truncated, bit-flipped, text, .npy, object arrays, a config that is
 not JSON or misses its model, wrong shapes, a folder, images of another size or range), or gives a flag
@@ -102,6 +102,13 @@ def _cases(bad: dict) -> dict:
                  {"--steps": st.sampled_from(["0", "-1", "100000000"]), "--per-class": st.sampled_from(["0", "-1"]),
                   "--guidance": st.sampled_from(["-1", "nan"]), "--sample-steps": st.sampled_from(["0", "1001"]),
                   "--out": st.sampled_from(["", "exists.npz", "toy"])}),
+        "compare": (["compare", "--out", "cmp", "--seconds", "0.5", "--per-class", "4", "--sample-steps", "2",
+                     "--vlb-steps", "3", "--iwae-k", "2"],
+                    {"--seconds": st.sampled_from(["0", "-1", "nan", "inf", "abc"]),
+                     "--per-class": st.sampled_from(["3", "-1", "100000"]),
+                     "--sample-steps": st.sampled_from(["0", "1001"]), "--vlb-steps": st.sampled_from(["-1", "1001"]),
+                     "--iwae-k": st.sampled_from(["0", "-2"]), "--seed": st.just("-1"),
+                     "--out": st.sampled_from(["", "exists.npz"])}),
     }
 
 

@@ -11,7 +11,7 @@ import pytest
 from refdiff.classifier_train import ClassifierTrainConfig
 from refdiff.digits_eval import (DIGIT_CLASSIFIER_TRAIN, SAMPLE_RANGE_TOLERANCE, SHIPPED_CLASSIFIER,
                                  check_digit_samples, digit_classifier, digit_sample_report, digit_split,
-                                 format_precision_recall)
+                                 format_precision_recall, per_class_coverage)
 from refdiff.metrics import class_fraction, frechet_distance_of_samples
 
 
@@ -127,3 +127,25 @@ def test_sample_report_gains_precision_recall_and_inception_score():
     assert single["precision"] > 0.8 and single["recall"] < 0.2 and single["inception_score"] < 1.5
     text = format_precision_recall(single)
     assert "precision (k = 3)" in text and "recall (k = 3)" in text and "Inception-Score analogue" in text
+
+
+def test_per_class_coverage_is_one_for_the_held_out_digits_and_falls_for_a_collapsed_class():
+    """With the shipped classifier: the held-out digits as their own samples cover every class (recall 1) and are
+    classified as their label as often as the classifier gets that class right; replacing the samples of class 3 by
+    copies of one digit 3 (a collapsed class) keeps its fraction but drops its recall below 0.5, the other classes'
+    rows unchanged. Fewer than 4 samples of a class is an error naming it."""
+    classifier = digit_classifier()
+    _, x_test, _, y_test = digit_split()
+    rows = per_class_coverage(classifier, x_test, y_test, (x_test, y_test))
+    predicted = classifier.predict(x_test)
+    assert [k for k, _, _ in rows] == list(range(10)) and all(r == 1.0 for _, r, _ in rows)
+    assert [f for _, _, f in rows] == [float(np.mean(predicted[y_test == k] == k)) for k in range(10)]
+    threes = np.flatnonzero(y_test == 3)
+    collapsed = x_test.copy()
+    collapsed[threes] = x_test[threes[0]]
+    after = per_class_coverage(classifier, collapsed, y_test, (x_test, y_test))
+    assert after[3][1] < 0.5 and after[3][2] == float(predicted[threes[0]] == 3)
+    assert [r for k, *r in after if k != 3] == [r for k, *r in rows if k != 3]
+    with pytest.raises(ValueError, match="at least 4 of every held-out class, got 3 of class 0"):
+        keep = np.concatenate([np.flatnonzero(y_test == 0)[:3], np.flatnonzero(y_test != 0)])
+        per_class_coverage(classifier, x_test[keep], y_test[keep], (x_test, y_test))

@@ -82,6 +82,25 @@ def test_samplers_example_prints_a_finite_distance_for_every_sampler_and_step_co
     assert "[9]" in rows["Heun"] and "[19]" in rows["Heun"]
 
 
+# The families' examples (docs/families.md): each trains for 2 s with --quick, scores its samples and writes its
+# figure (the GANs' loss curves only when the 2 s held enough steps: not checked).
+FAMILY_EXAMPLE_PNGS = {
+    "vae_digits.py": ("vae_samples.png",), "gan_digits.py": ("gan_samples.png",),
+    "flow_digits.py": ("flow_samples.png",), "vae_toy2d.py": ("vae_toy2d.png",),
+    "gan_toy2d.py": ("gan_toy2d.png",), "flow_toy2d.py": ("flow_toy2d.png",),
+    "families_toy2d.py": ("families_toy2d.png",),
+}
+
+
+@pytest.mark.parametrize("script", sorted(FAMILY_EXAMPLE_PNGS))
+def test_family_examples_write_their_pngs_quickly(tmp_path, script):
+    """``python examples/<script> --quick --out DIR`` (a VAE, GAN or flow on the digits or a 2-D toy, or all four
+    families on a 2-D toy) exits 0 and writes its figure to DIR: a valid PNG signature, more than MIN_PNG_BYTES,
+    the path printed."""
+    done = _run_example(script, "--quick", "--out", str(tmp_path))
+    _assert_pngs(tmp_path, FAMILY_EXAMPLE_PNGS[script], done)
+
+
 @pytest.mark.parametrize("script", ["toy2d.py", "inpainting.py"])
 def test_sampler_examples_run_on_strict_fake_device(tmp_path, script):
     """With ``--backend array_api_strict`` (arrays on a fake non-CPU device, which refuses host/device mixing)

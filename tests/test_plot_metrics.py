@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from refdiff.metrics import mmd_rbf, projection_directions, sliced_wasserstein, wasserstein_1d
-from refdiff.plot import curves, image_grid, scatter_2d, trajectories_2d
+from refdiff.plot import _mosaic, curves, image_grid, image_grids, scatter_2d, trajectories_2d
 from support import host_data
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -173,7 +173,7 @@ def _png_size(path) -> tuple[int, int]:
 
 
 def test_each_figure_is_a_valid_png_at_the_path_it_returns(tmp_path):
-    """image_grid, scatter_2d, trajectories_2d and curves write a PNG (signature, IHDR, a figure-sized image that
+    """image_grid, image_grids, scatter_2d, trajectories_2d and curves write a PNG (signature, IHDR, a figure-sized image that
     is not blank: its pixels vary) to the path given, creating missing folders, and return that path."""
     rng = np.random.default_rng(0)
     images = np.tanh(rng.standard_normal((6, 1, 8, 8)))
@@ -181,6 +181,8 @@ def test_each_figure_is_a_valid_png_at_the_path_it_returns(tmp_path):
     written = [
         image_grid(images, 3, tmp_path / "grid.png", title="grid", row_labels=["a", "b"]),
         image_grid(np.repeat(images, 3, axis=1), 4, tmp_path / "rgb.png"),
+        image_grids({"a": images, "b": -images[:5]}, 3, tmp_path / "grids.png", title="side by side"),
+        image_grids({"rgb": np.repeat(images, 3, axis=1)}, 2, tmp_path / "grids_rgb.png"),
         scatter_2d({"one": chain[-1], "two": chain[0]}, tmp_path / "sub" / "scatter.png", reference=chain[3]),
         trajectories_2d(chain, tmp_path / "paths.png", title="paths", reference=chain[-1], max_paths=10),
         curves({"a": ([5, 10, 20], [1.0, 0.5, 0.2])}, tmp_path / "curves.png", "steps", "error", logx=True,
@@ -192,6 +194,25 @@ def test_each_figure_is_a_valid_png_at_the_path_it_returns(tmp_path):
         pixels = matplotlib.image.imread(path)                      # (height, width, 3 or 4) in [0, 1]
         assert pixels.shape[:2] == (height, width)
         assert pixels[..., :3].std() > 0.05, f"{path} is blank"
+
+
+@given(n=st.integers(1, 12), nrow=st.integers(1, 5), c=st.sampled_from([1, 3]), seed=seeds)
+def test_mosaic_puts_image_i_at_row_i_div_nrow_and_column_i_mod_nrow(n, nrow, c, seed):
+    """_mosaic(x, nrow)[r (H + 1) : r (H + 1) + H, q (W + 1) : q (W + 1) + W] is image i = r nrow + q (channels
+    last), the lines between images and the empty cells are 0, and the shape is (rows (H + 1) - 1, cols (W + 1) - 1,
+    C)."""
+    H, W = 3, 4
+    x = host_data(seed, (n, c, H, W)) + 5.0                          # away from 0: a misplaced line shows
+    m = _mosaic(x, nrow)
+    rows, cols = math.ceil(n / nrow), min(nrow, n)
+    assert m.shape == (rows * (H + 1) - 1, cols * (W + 1) - 1, c)
+    filled = np.zeros(m.shape[:2], bool)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        cell = (slice(r * (H + 1), r * (H + 1) + H), slice(q * (W + 1), q * (W + 1) + W))
+        assert np.array_equal(m[cell], x[i].transpose(1, 2, 0))
+        filled[cell] = True
+    assert np.all(m[~filled] == 0)
 
 
 def test_figures_reject_bad_inputs(tmp_path):
@@ -208,6 +229,9 @@ def test_figures_reject_bad_inputs(tmp_path):
         (lambda: image_grid(images, 2, png, row_labels=["one"]), "one label per row \\(2 rows\\)"),
         (lambda: image_grid(images, 2, tmp_path / "f.jpg"), "path must end in .png"),
         (lambda: image_grid(images * np.nan, 2, png), "images must be finite"),
+        (lambda: image_grids({}, 2, png), "non-empty dict"),
+        (lambda: image_grids({"a": images, "b": np.zeros((4, 1, 4, 4))}, 2, png), "one shape"),
+        (lambda: image_grids({"a": images}, 0, png), "nrow"),
         (lambda: scatter_2d({}, png), "non-empty dict"),
         (lambda: scatter_2d({"a": np.zeros((5, 3))}, png), "\\(N, 2\\) array"),
         (lambda: scatter_2d({"a": points}, png, ncols=0), "ncols"),
