@@ -58,6 +58,7 @@ EXAMPLE_PNGS = {
     "guidance.py": ("guidance.png",),
     "inpainting.py": ("inpainting.png", "sdedit.png"),
     "text_to_image.py": ("text_to_image.png", "text_attention.png"),
+    "clip_vs_cfg.py": ("clip_vs_cfg.png", "clip_vs_cfg_samples.png"),
 }
 
 
