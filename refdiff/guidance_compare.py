@@ -1,7 +1,8 @@
 """Classifier-free guidance against CLIP guidance on the captioned shapes (GLIDE, Nichol et al. 2021, Sec. 3.2),
 measured: at one sampler, one step count, the same prompts and the same noise, each method's sweep of scales
-scored for caption fidelity and diversity (refdiff.demo.score_prompts on refdiff.captions_eval), and the CLIP's
-own zero-shot retrieval at several noise levels. What benchmarks/bench_clip_vs_cfg.py and
+scored for caption fidelity and diversity (refdiff.demo.score_prompts on refdiff.captions_eval) and for how far
+their pixels leave the data's colours (``palette_error``, a realism check: 0 for every training image), and the
+CLIP's own zero-shot retrieval at several noise levels. What benchmarks/bench_clip_vs_cfg.py and
 examples/clip_vs_cfg.py run; the page: docs/clip.md, "CLIP guidance against classifier-free guidance".
 
     classifier-free, scale s:  eps = eps(x_t | empty) + s (eps(x_t | c) - eps(x_t | empty))     (GLIDE, eq. 4)
@@ -21,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from refdiff.clip_train import TrainedClip, check_clip_fits, clip_guidance, retrieval_accuracy
-from refdiff.data.captions import ATTRIBUTES, load_captions, tokenize
+from refdiff.data.captions import ATTRIBUTES, PALETTE, load_captions, tokenize
 from refdiff.demo import HELD_OUT_PROMPTS, SEEN_PROMPTS, score_prompts
 from refdiff.generate import LoadedModel, generate
 
@@ -76,18 +77,34 @@ def compare(loaded: LoadedModel, clip: TrainedClip | None, settings: list[Settin
             sample_steps: int, seed: int = 0, prompts: tuple[str, ...] = PROMPTS, classifier: Any = None,
             each: Callable[[Setting, np.ndarray, dict], Any] | None = None) -> list[dict]:
     """A score_prompts report per setting (fidelity per attribute and all four, seen and held-out apart, and
-    diversity), with the setting's fields, its seconds and the 1-minute load average; ``each(setting, images,
+    diversity) and the samples' palette_error, with the setting's fields, its seconds and the 1-minute load average; ``each(setting, images,
     report)`` is called after each (to write a grid, print progress)."""
     rows = []
     for setting in settings:
         start = time.perf_counter()
         images = sample_setting(loaded, clip, setting, prompts, per_prompt, sample_steps, seed)
         report = score_prompts(images, prompts, per_prompt, classifier)
+        report.update(palette_error=palette_error(images))
         report.update(dataclasses.asdict(setting), seconds=time.perf_counter() - start, load=os.getloadavg()[0])
         rows.append(report)
         if each is not None:
             each(setting, images, report)
     return rows
+
+
+def palette_error(images) -> float:
+    """The RMS distance of the samples' pixels from the colours a captioned-shape image can have, in [0, 1] units.
+
+    Math: p = (x + 1) / 2 per pixel (RGB in [0, 1]); every data pixel is a c_k with a in [0, 1], c_k a colour of
+          PALETTE (refdiff.data.captions: x = 2 a c_k - 1); its distance to that segment is
+          min_k || p - clip(p . c_k / ||c_k||^2, 0, 1) c_k ||; the result is the root mean square over all pixels.
+    0 for every training image; speckle, off-colour fringes and adversarial textures raise it.
+    images: (N, 3, H, W) host array in [-1, 1].
+    """
+    p = (np.moveaxis(np.asarray(images, dtype=np.float64), 1, -1).reshape(-1, 3) + 1) / 2  # (N H W, 3)
+    a = np.clip(p @ PALETTE.T / np.sum(PALETTE**2, axis=1), 0.0, 1.0)                       # (N H W, 6)
+    distance = np.linalg.norm(p[:, None, :] - a[:, :, None] * PALETTE[None], axis=2)       # (N H W, 6)
+    return float(np.sqrt(np.mean(np.min(distance, axis=1) ** 2)))
 
 
 # -------------------------------------------------------------------------------------- retrieval
@@ -125,15 +142,17 @@ def _mean_attribute(fraction: dict) -> float:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """compare's reports as a Markdown table: a row per setting and group, the fractions in percent."""
-    lines = ["| method | scale | compositions | " + " | ".join(ATTRIBUTES) + " | mean | all four | diversity | s |",
-             "|---|---|---|" + "---|" * (len(ATTRIBUTES) + 4)]
+    """compare's reports as a Markdown table: a row per setting and group, the fractions in percent (the palette
+    error and the seconds are the setting's, on both of its rows)."""
+    lines = ["| method | scale | compositions | " + " | ".join(ATTRIBUTES) + " | mean | all four | diversity | "
+             "palette error | s |", "|---|---|---|" + "---|" * (len(ATTRIBUTES) + 5)]
     for r in rows:
         for group, title in GROUPS:
             fraction = r[group]["fraction"]
             cells = " | ".join(f"{100 * fraction[k]:.1f}%" for k in ATTRIBUTES)
             lines.append(f"| {r['method']} | {r['scale']:g} | {title} | {cells} | {100 * _mean_attribute(fraction):.1f}% "
-                         f"| {100 * fraction['all']:.1f}% | {r[group]['diversity']:.3f} | {r['seconds']:.0f} |")
+                         f"| {100 * fraction['all']:.1f}% | {r[group]['diversity']:.3f} | {r['palette_error']:.3f} "
+                         f"| {r['seconds']:.0f} |")
     return "\n".join(lines)
 
 

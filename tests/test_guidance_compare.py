@@ -10,8 +10,9 @@ from refdiff import schedules
 from refdiff.clip_train import ClipTrainConfig, TrainedClip
 from refdiff.data import tokenize
 from refdiff.generate import LoadedModel, generate
-from refdiff.guidance_compare import (Setting, attribute_labels, chance, compare, markdown_table, plot_comparison,
-                                      retrieval, retrieval_table, sample_setting, sweep)
+from refdiff.data import load_captions
+from refdiff.guidance_compare import (Setting, attribute_labels, chance, compare, markdown_table, palette_error,
+                                      plot_comparison, retrieval, retrieval_table, sample_setting, sweep)
 from refdiff.models import clip as M
 from refdiff.models import text_unet
 from refdiff.models.text_encoder import TextEncoderConfig
@@ -83,7 +84,7 @@ def test_compare_scores_every_setting_and_writes_the_table_and_the_plot(models, 
     assert [s for s, _ in seen] == settings and all(shape == (4, 3, 16, 16) for _, shape in seen)
     assert [(r["method"], r["scale"]) for r in rows] == [("classifier-free", 1), ("classifier-free", 3), ("CLIP", 10)]
     for r in rows:
-        assert r["seconds"] > 0 and r["load"] >= 0
+        assert r["seconds"] > 0 and r["load"] >= 0 and r["palette_error"] > 0
         for group in ("seen", "held_out"):
             assert all(0 <= v <= 1 for v in r[group]["fraction"].values()) and r[group]["diversity"] >= 0
     table = markdown_table(rows).splitlines()
@@ -105,3 +106,15 @@ def test_retrieval_reports_accuracy_and_chance_at_each_t(models):
     labels = attribute_labels({"size": np.array([0, 0, 1]), "colour": np.array([2, 2, 2]),
                                "shape": np.array([3, 3, 3]), "position": np.array([1, 1, 1])})
     assert labels[0] == labels[1] != labels[2]
+
+
+def test_palette_error_is_zero_on_data_and_measures_the_distance_off_the_colours():
+    """Training images (shapes at every coverage, edges included) score 0; an image of one grey pixel
+    (0.5, 0.5, 0.5) and black elsewhere scores 1/8: the grey's distance to its nearest colour segment is 1/2
+    (yellow's at a = 1/2 leaves (0, 0, 1/2); red's leaves (0, 1/2, 1/2)), and the RMS over 16 pixels is
+    sqrt(1/4 / 16)."""
+    x, _, _ = load_captions(64, seed=2)
+    assert palette_error(x) < 1e-12
+    grey = -np.ones((1, 3, 4, 4))
+    grey[0, :, 1, 2] = 0.0
+    np.testing.assert_allclose(palette_error(grey), 1 / 8, rtol=1e-12)
