@@ -129,7 +129,8 @@ def _add_sample(subparsers: argparse._SubParsersAction) -> None:
                         help="a CLIP checkpoint (refdiff train-clip) to guide a text model towards --prompt "
                              "(GLIDE's CLIP guidance; ddim, ddpm; with --guidance 0 CLIP alone) (default: none)")
     parser.add_argument("--clip-scale", type=float, default=None, metavar="S",
-                        help="CLIP guidance scale s >= 0, the step along grad (f(x_t, t) . g(c)) (default: 1)")
+                        help="CLIP guidance scale s >= 0, the step along grad (f(x_t, t) . g(c)); past about 1 the "
+                             "samples turn to adversarial noise (docs/clip.md) (default: 0.3)")
     parser.add_argument("--class", dest="cls", type=int, default=None, help="one class (default: every class)")
     parser.add_argument("--count", type=int, default=10,
                         help="samples, per class or per prompt for conditional models (default: 10)")
