@@ -14,8 +14,8 @@ Run (from the repository root, after `pip install .`; or prefix PYTHONPATH=. to 
    shape by the shipped shape classifier), and each prompt's samples for their diversity.
 
 Without --checkpoint the example trains text16 for TEXT_TRAIN.steps = 100 steps, and without --clip a CLIP for
-CLIP_TRAIN.steps = 300 steps (the whole example: 139 s at load 5 to 7 on a 2-core CPU): enough to run, not to compare. For the
-comparison give trained ones: the text demo's checkpoint (`refdiff demo --task text`) and `refdiff train-clip`'s
+CLIP_TRAIN.steps = 300 steps (the whole example: 139 s at load 5 to 7 on a 2-core CPU): enough to run, not to
+compare. For the comparison give trained ones: the text demo's checkpoint (`refdiff demo --task text`) and `refdiff train-clip`'s
 (docs/clip.md has the measured run). Writes to DIR (default out/clip_vs_cfg) clip_vs_cfg.png (fidelity against
 diversity, a curve per method) and clip_vs_cfg_samples.png (a row per setting, the first prompt's samples);
 prints the retrieval and the scores as Markdown tables. --quick: 3 training steps each, 2 prompts, 2 samples
