@@ -20,23 +20,9 @@ import argparse
 import numpy as np
 
 from refdiff.clip_train import ClipTrainConfig, retrieval_accuracy, train_clip
-from refdiff.data.captions import ATTRIBUTES, load_captions, tokenize
+from refdiff.data.captions import load_captions, tokenize
+from refdiff.guidance_compare import attribute_labels, chance
 from refdiff.models.presets import shapes16_clip
-
-
-def attribute_labels(attributes: dict) -> np.ndarray:
-    """One integer per image for its (size, colour, shape, position): equal labels, equal captions."""
-    label = np.zeros_like(attributes["size"])
-    for key in ATTRIBUTES:
-        label = label * 10 + attributes[key]  # every attribute has fewer than 10 values
-    return label
-
-
-def chance(labels: np.ndarray, n: int) -> float:
-    """The accuracy of a random pick: the mean over captions of the fraction of its group that matches."""
-    N = labels.size // n * n
-    groups = labels[:N].reshape(-1, n)  # (N / n, n)
-    return float(np.mean(groups[:, :, None] == groups[:, None, :]))
 
 
 def main() -> None:

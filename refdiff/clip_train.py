@@ -10,22 +10,27 @@ All randomness comes from one Generator(seed).
 
 ``retrieval_accuracy`` is the zero-shot check: each caption picks the image of highest f . g among N,
 at a given noise level t. ``clip_gradient`` / ``clip_guidance`` give GLIDE's CLIP guidance as the
-``cond_fn`` every sampler takes.
+``cond_fn`` every sampler takes. ``save_clip`` / ``load_clip`` keep a trained CLIP in a refdiff checkpoint
+(.npz; registry task "contrastive"); ``check_clip_fits`` checks that a CLIP can guide a text model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from refdiff import schedules
-from refdiff.backend import Generator, asarray, namespace, to_numpy
+from refdiff.backend import Generator, asarray, get_backend, namespace, to_numpy
+from refdiff.checkpoint import interpreting, load_checkpoint, save_checkpoint
 from refdiff.diffusion import q_sample
 from refdiff.layers.contrastive import contrastive_backward, contrastive_forward
 from refdiff.models import clip as M
+from refdiff.models import registry
 from refdiff.optim import adamw_init
 from refdiff.parallel import in_parts
 from refdiff.run_config import (TrainedRun, check_count, check_lr_schedule, check_run, check_weight_decay,
@@ -46,6 +51,7 @@ class ClipTrainConfig:
     lr_decay: str = "cosine"     # "constant" | "cosine" | "linear" after the warm-up
     weight_decay: float = 0.0    # AdamW's decay reaches every key, tau included (CLIP exempts tau): 0 by default
     grad_clip: float = 1.0       # max global gradient norm
+    max_seconds: float | None = None  # stop after this much wall time (steps stays the schedule's length)
     schedule: str = "cosine"     # the diffusion's schedule (a name in refdiff.schedules.SCHEDULES)
     T: int = 1000
     seed: int = 0
@@ -233,3 +239,53 @@ def clip_guidance(trained: TrainedClip, tokens: np.ndarray, mask: np.ndarray, sc
     -sqrt(1 - alpha_bar) * s * grad (as for classifier guidance). Returns None at s = 0 (no guidance).
     """
     return classifier_guidance(clip_gradient(trained, tokens, mask), scale)
+
+
+# ----------------------------------------------------------------------------------- save, load
+
+def save_clip(path: str | Path, trained: TrainedClip) -> Path:
+    """Write a trained CLIP atomically as a refdiff checkpoint: params/<key>, log/loss, and the JSON config
+    {"model": registry.config_to_dict(cfg) (kind "ClipConfig"), "train": {...}, "info": trained.info}.
+    The step stored is the steps done; the optimizer state is not kept (a CLIP is trained once, not resumed)."""
+    config = {"model": registry.config_to_dict(trained.cfg), "train": dataclasses.asdict(trained.train_cfg),
+              "info": dict(trained.info)}
+    groups = {"params": {k: to_numpy(v) for k, v in trained.params.items()},
+              "log": {"loss": np.asarray(trained.losses, dtype=np.float64)}}
+    step = int(trained.info.get("steps_done", len(trained.losses)))
+    return save_checkpoint(path, config, step, Generator(trained.train_cfg.seed).get_state(), groups)
+
+
+def load_clip(path: str | Path, backend: str = "numpy", dtype: str = "float32") -> TrainedClip:
+    """A CLIP written by save_clip, its parameters on ``backend`` in ``dtype``; a ValueError naming the file
+    for a checkpoint of another model (a text model's, a classifier's)."""
+    ckpt = load_checkpoint(path)
+    with interpreting(ckpt):  # a malformed config is an error naming the file
+        model = ckpt["config"].get("model", {})
+        if model.get("kind") not in [family.name for family in registry.families("contrastive")]:
+            raise ValueError(f"checkpoint {path} does not hold a CLIP (model kind {model.get('kind')!r}; "
+                             "refdiff train-clip writes one)")
+        cfg = registry.config_from_dict(model, "contrastive")
+        train_cfg = ClipTrainConfig(**dict(ckpt["config"]["train"], backend=backend, dtype=dtype))
+        missing = set(M.param_shapes(cfg)) - set(ckpt["params"])
+        if missing:
+            raise KeyError(f"params/{sorted(missing)[0]}")
+    b = get_backend(backend)
+    like = b.asarray(np.zeros(1), dtype=b.dtype(dtype))
+    params = {k: asarray(ckpt["params"][k], like=like, dtype=like.dtype) for k in M.param_shapes(cfg)}
+    losses = [float(v) for v in ckpt["log"].get("loss", np.zeros(0))]
+    return TrainedClip(params, cfg, train_cfg, losses, dict(ckpt["config"].get("info", {})))
+
+
+def check_clip_fits(trained: TrainedClip, data_shape: tuple[int, ...], vocab_size: int, context_length: int,
+                    schedule: str, T: int, what: str = "the text model") -> None:
+    """Raise a ValueError unless the CLIP reads what a text model makes and is told: images of data_shape
+    (C, H, W), captions of its vocabulary and context length, and x_t of its diffusion (schedule name, T):
+    the CLIP learnt what noise level each t means."""
+    cfg = trained.cfg
+    pairs = (("image shape", (cfg.in_channels, cfg.image_size, cfg.image_size), tuple(data_shape)),
+             ("vocabulary size", cfg.vocab_size, vocab_size), ("context length", cfg.context_length, context_length),
+             ("noise schedule", trained.train_cfg.schedule, schedule), ("diffusion steps T", trained.train_cfg.T, T))
+    for name, theirs, ours in pairs:
+        if theirs != ours:
+            raise ValueError(f"the CLIP's {name} is {theirs}, {what}'s is {ours}: train the CLIP on the text "
+                             "model's data (refdiff train-clip --data captions --image-size ...)")

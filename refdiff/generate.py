@@ -87,7 +87,7 @@ def check_sampling(sampler: str, steps: int, guidance: float, T: int) -> None:
 
 def generate(loaded: LoadedModel, shape: tuple[int, ...], labels: np.ndarray | None = None, sampler: str = "ddim",
              steps: int = 50, eta: float = 0.0, guidance: float = 1.0, seed: int = 0, clip_x0: float | str | None = "auto",
-             rows: tuple[int, int] | None = None):
+             rows: tuple[int, int] | None = None, cond_fn: Callable | None = None):
     """Samples of ``shape`` (N, ...) from a loaded model, as a host float array, with labels (N,), a text
     model's tokens (N, L) (refdiff.data.tokenize), or None.
 
@@ -99,8 +99,12 @@ def generate(loaded: LoadedModel, shape: tuple[int, ...], labels: np.ndarray | N
     steps of a cosine schedule, where ab ~ 1e-8, sends a few points far away).
     rows: only rows [lo, hi) of the N samples, (hi - lo, ...), equal to those rows of the whole
     (every draw is made for all N rows and sliced: refdiff.distributed.ShardedGenerator).
+    cond_fn: a gradient guidance (classifier or CLIP: refdiff.samplers.guidance, refdiff.clip_train.clip_guidance)
+    for the rows sampled, which ddim and ddpm take (on top of ``guidance``); None: none.
     """
     check_sampling(sampler, steps, guidance, loaded.schedule.T)
+    if cond_fn is not None and sampler not in ("ddim", "ddpm"):
+        raise ValueError(f"cond_fn (gradient guidance) needs sampler ddim or ddpm, got {sampler!r}")
     lo, hi = (0, shape[0]) if rows is None else rows
     if not 0 <= lo <= hi <= shape[0]:
         raise ValueError(f"rows must satisfy 0 <= lo <= hi <= {shape[0]}, got {rows!r}")
@@ -123,9 +127,10 @@ def generate(loaded: LoadedModel, shape: tuple[int, ...], labels: np.ndarray | N
     if sampler in ("ddim", "ddpm"):
         schedule = schedules.respace(loaded.schedule, schedules.timesteps(loaded.schedule.T, steps, "trailing"))
         if sampler == "ddim":
-            loop = ddim_loop(model, schedule, x, y, eta=eta, generator=generator, param=param, clip_x0=clip_x0)
+            loop = ddim_loop(model, schedule, x, y, eta=eta, generator=generator, cond_fn=cond_fn, param=param,
+                             clip_x0=clip_x0)
         else:
-            loop = ddpm_loop(model, schedule, x, generator, y, param=param, clip_x0=clip_x0)
+            loop = ddpm_loop(model, schedule, x, generator, y, cond_fn=cond_fn, param=param, clip_x0=clip_x0)
     else:
         sigmas = karras_grid(loaded.schedule, steps)
         loop_fn = {"euler": euler_loop, "heun": heun_loop, "dpmpp_2m": dpmpp_2m_loop}[sampler]

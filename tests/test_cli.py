@@ -668,7 +668,7 @@ def test_resume_without_data_trains_on_the_data_the_checkpoint_recorded(tmp_path
 
 def test_readme_other_commands_run_as_written(tmp_path, monkeypatch, capsys):
     """The README's "Other commands" block runs top to bottom from an empty folder, each line exit 0, with
-    its step counts cut (train --steps / 1000, T = 10, sampling 3 steps, bits/dim on 4 digits)."""
+    its step counts cut (train --steps / 1000, T = 10, sampling and train-clip 3 steps, bits/dim on 4 digits)."""
     import re
     import shlex
 
@@ -682,8 +682,8 @@ def test_readme_other_commands_run_as_written(tmp_path, monkeypatch, capsys):
         if "--steps" in argv:
             k = argv.index("--steps") + 1
             argv[k] = str(int(argv[k]) // 1000) if argv[0] == "train" else "3"
-        if argv[0] == "train" and "--resume" not in argv:
-            argv += ["--T", "10", "--batch-size", "8"]
+        if argv[0] in ("train", "train-clip") and "--resume" not in argv:
+            argv += ["--T", "10", "--batch-size", "8"] + (["--train-size", "16"] if argv[0] == "train-clip" else [])
         if argv[0] == "eval" and argv[1].endswith("checkpoint.npz"):
             argv += ["--count", "4"]
         assert main(argv) == 0, (line, capsys.readouterr().err)

@@ -13,11 +13,14 @@ from hypothesis import strategies as st
 
 from gradcheck import assert_gradients_match
 from refdiff import schedules as S
-from refdiff.backend import Generator, asarray, to_numpy
-from refdiff.clip_train import (ClipTrainConfig, TrainedClip, clip_gradient, clip_guidance, clip_loss,
-                                retrieval_accuracy, train_clip)
+from refdiff.backend import Generator, asarray, get_backend, to_numpy
+from refdiff.clip_train import (ClipTrainConfig, TrainedClip, check_clip_fits, clip_gradient, clip_guidance,
+                                clip_loss, load_clip, retrieval_accuracy, save_clip, train_clip)
+from refdiff.checkpoint import load_checkpoint
+from refdiff.classifier_train import ClassifierTrainConfig, TrainedClassifier, save_classifier
 from refdiff.data.captions import load_captions, tokenize
 from refdiff.diffusion import q_sample
+from refdiff.models import classifier as CM
 from refdiff.models import clip as M
 from refdiff.samplers import ddim_loop, ddpm_loop, final
 from support import assert_same_array_kind, host_data, on, random_params
@@ -134,6 +137,7 @@ def test_retrieval_accuracy_counts_matching_images_and_checks_its_arguments():
     ({"lr": 0.0}, "lr must be a positive finite number, got 0.0"),
     ({"lr_decay": "step"}, "lr_decay must be one of constant, cosine, linear"),
     ({"dtype": "float16"}, "dtype must be float32 or float64"),
+    ({"max_seconds": 0}, "max_seconds must be a positive finite number, got 0"),
 ])
 def test_train_config_rejects_bad_fields(change, message):
     """Each bad ClipTrainConfig field is a ValueError naming it, the value and what is allowed."""
@@ -147,3 +151,46 @@ def test_train_clip_rejects_captions_that_do_not_match_the_images():
     tokens, mask = tokenize(captions[:3])
     with pytest.raises(ValueError, match=r"tokens must be an \(4, L\) integer host array"):
         train_clip(ClipTrainConfig(steps=1, batch_size=2), dataclasses.replace(TINY, image_size=16), x, tokens, mask)
+
+
+def test_save_and_load_round_trip_the_clip_and_refuse_another_models_checkpoint(tmp_path):
+    """load_clip(save_clip(trained)) has the same parameters (bit for bit in float64; rounded once in
+    float32), config, run settings, loss log and info, and gives the same guidance gradient; the checkpoint
+    stores kind "ClipConfig" and steps done. A checkpoint of another kind (a classifier's) is refused naming
+    the file and the kind."""
+    trained = _trained(get_backend("numpy"), seed=3)
+    trained.losses, trained.info = [2.0, 1.5], {"steps_done": 2, "train_seconds": 0.5}
+    path = save_clip(tmp_path / "clip.npz", trained)
+    stored = load_checkpoint(path, arrays=False)
+    assert stored["config"]["model"]["kind"] == "ClipConfig" and stored["step"] == 2
+    back = load_clip(path, dtype="float64")
+    assert back.cfg == trained.cfg and back.train_cfg == trained.train_cfg
+    assert back.losses == trained.losses and back.info == trained.info
+    for key, value in trained.params.items():
+        np.testing.assert_array_equal(back.params[key], value, err_msg=key)
+    assert load_clip(path).params["logit_scale"].dtype == np.float32
+    tokens, mask = tokenize(CAPTIONS[:1], context=TINY.context_length)
+    xt, t = host_data(0, (2, 3, 8, 8)), np.array([3, 900])
+    np.testing.assert_array_equal(clip_gradient(back, tokens, mask)(xt, t), clip_gradient(trained, tokens, mask)(xt, t))
+    cfg = CM.ClassifierConfig(in_channels=1, image_size=8, base_channels=8, channel_mult=(1,), groups=4, num_classes=2)
+    other = TrainedClassifier(random_params(CM.param_shapes(cfg), 0), cfg, ClassifierTrainConfig(), [])
+    save_classifier(tmp_path / "classifier.npz", other)
+    with pytest.raises(ValueError, match=r"classifier.npz does not hold a CLIP \(model kind 'ClassifierConfig'"):
+        load_clip(tmp_path / "classifier.npz")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data_shape": (3, 16, 16)}, r"image shape is \(3, 8, 8\), the text model's is \(3, 16, 16\)"),
+    ({"vocab_size": 20}, "vocabulary size is 19, the text model's is 20"),
+    ({"context_length": 8}, "context length is 6, the text model's is 8"),
+    ({"schedule": "linear"}, "noise schedule is cosine, the text model's is linear"),
+    ({"T": 20}, "diffusion steps T is 1000, the text model's is 20"),
+])
+def test_check_clip_fits_names_what_differs(change, message):
+    """A CLIP guides a text model only if it reads its images, its captions and its x_t: each mismatch is a
+    ValueError naming it, the CLIP's value and the model's; a match passes."""
+    trained = _trained(get_backend("numpy"), seed=0)
+    fits = {"data_shape": (3, 8, 8), "vocab_size": 19, "context_length": 6, "schedule": "cosine", "T": 1000}
+    check_clip_fits(trained, **fits)
+    with pytest.raises(ValueError, match=message):
+        check_clip_fits(trained, **{**fits, **change})

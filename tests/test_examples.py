@@ -59,6 +59,7 @@ EXAMPLE_PNGS = {
     "inpainting.py": ("inpainting.png", "sdedit.png"),
     "text_to_image.py": ("text_to_image.png", "text_attention.png"),
     "text_inpainting.py": ("text_inpainting.png",),
+    "clip_vs_cfg.py": ("clip_vs_cfg.png", "clip_vs_cfg_samples.png"),
 }
 
 

@@ -12,6 +12,7 @@ from refdiff.backend import Generator
 from refdiff.generate import generate, load_model
 from refdiff.models import registry
 from refdiff.models.classifier import ClassifierConfig
+from refdiff.models.clip import IMAGE, ClipConfig
 from refdiff.models.mlp import MLPConfig
 from refdiff.models.text_encoder import TextEncoderConfig
 from refdiff.models.text_unet import TextUNetConfig
@@ -32,12 +33,14 @@ CONFIGS = {
                                                       channel_mult=(1, 2), groups=4, time_embed_dim=12),
                                       text=TextEncoderConfig(vocab_size=5, context_length=4, width=4, layers=1,
                                                              heads=2)), (2, 8, 8)),
+    "ClipConfig": (ClipConfig(embed_dim=4, in_channels=2, image_size=8, base_channels=8, groups=4, time_embed_dim=12,
+                              vocab_size=5, context_length=4, text_width=4, text_layers=1, text_heads=2), (2, 8, 8)),
 }
 # What y is for a denoiser of each condition, for a batch of 3: labels, or captions of 2, 0 and 3 tokens.
 CONDITIONS = {"label": np.array([0, 1, 1]), "tokens": np.array([[1, 2, 0], [0, 0, 0], [3, 1, 4]])}
 # The names checkpoints have stored in config["model"]["kind"] since each family was added: they never change.
 STORED = {"UNetConfig": UNetConfig, "MLPConfig": MLPConfig, "ClassifierConfig": ClassifierConfig,
-          "TextUNetConfig": TextUNetConfig}
+          "TextUNetConfig": TextUNetConfig, "ClipConfig": ClipConfig}
 
 
 def test_every_registered_family_has_a_config_here():
@@ -64,8 +67,9 @@ def test_config_round_trips_through_the_name_a_checkpoint_stores(name):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_init_forward_backward_and_model_agree_on_shapes(name):
     """init_params has param_shapes' keys (in order) and shapes, param_count == sum of their sizes;
-    forward gives (N, ...) like x for a denoiser and (N, K) logits for a classifier; backward gives
-    grads with the params' keys and shapes; model(params, cfg) is forward in evaluation mode, and
+    forward gives (N, ...) like x for a denoiser, (N, K) logits for a classifier and (N, E) unit image
+    embeddings for a CLIP; backward gives grads with the params' keys and shapes (a CLIP's image side:
+    its "image." keys); model(params, cfg) is forward in evaluation mode, and
     in_parts() the same pair; summary (where offered) states param_count and flops' total."""
     cfg, sample = CONFIGS[name]
     family = registry.family(cfg)
@@ -79,8 +83,12 @@ def test_init_forward_backward_and_model_agree_on_shapes(name):
     out, cache = family.forward(params, cfg, *inputs)
     if family.task == "denoiser":
         assert out.shape[0] == 3 and out.shape[2:] == x.shape[2:]
-    else:
+    elif family.task == "classifier":
         assert out.shape == (3, cfg.num_classes)
+    else:
+        assert out.shape == (3, cfg.embed_dim)
+        np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, *TOLERANCE["float64"])
+        shapes = {k: v for k, v in shapes.items() if k.startswith(IMAGE)}
     grads = family.backward(host_data(3, out.shape), cache)
     assert list(grads) == list(shapes) and {k: v.shape for k, v in grads.items()} == shapes
     np.testing.assert_allclose(family.model(params, cfg)(*inputs), out, *TOLERANCE["float64"])
@@ -113,7 +121,7 @@ def test_lookups_name_the_argument_and_the_allowed_families():
     """A config of no family, a family of another task, an unknown stored name and an unknown task raise
     ValueErrors that name what was given and what is allowed."""
     with pytest.raises(ValueError, match="model_cfg must be one of UNetConfig, MLPConfig, ClassifierConfig, "
-                                         "TextUNetConfig, got dict"):
+                                         "TextUNetConfig, ClipConfig, got dict"):
         registry.family({})
     with pytest.raises(ValueError,
                        match="cfg must be one of UNetConfig, MLPConfig, TextUNetConfig, got ClassifierConfig"):
@@ -122,7 +130,7 @@ def test_lookups_name_the_argument_and_the_allowed_families():
         registry.config_from_dict({"kind": "MLPConfig"}, "classifier")
     with pytest.raises(ValueError, match="model kind must be one of .*, got 'GANConfig'"):
         registry.by_name("GANConfig")
-    with pytest.raises(ValueError, match="task must be one of denoiser, classifier, got 'gan'"):
+    with pytest.raises(ValueError, match="task must be one of denoiser, classifier, contrastive, got 'gan'"):
         registry.families("gan")
 
 

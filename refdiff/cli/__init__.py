@@ -2,7 +2,7 @@
 
 ``refdiff --version`` prints the version; ``refdiff info`` reports the Python, library and BLAS
 versions and the array backends usable here (what a bug report needs). Each subcommand (``info``,
-``demo``, ``train``, ``sample``, ``inpaint``, ``eval``, ``compare``; docs/design.md) is a module of this package, and a new one
+``demo``, ``train``, ``sample``, ``inpaint``, ``eval``, ``compare``, ``train-clip`` in ``clip.py``; docs/design.md) is a module of this package, and a new one
 plugs in the same way:
 
 1. in its module (``refdiff/cli/<name>.py``; ``evaluate.py`` for ``eval``), write
@@ -22,6 +22,7 @@ import os
 import sys
 
 from refdiff import __version__
+from refdiff.cli.clip import _add_train_clip
 from refdiff.cli.compare import _add_compare
 from refdiff.cli.demo import _add_demo
 from refdiff.cli.evaluate import _add_eval
@@ -31,7 +32,7 @@ from refdiff.cli.sample import _add_sample
 from refdiff.cli.train import _add_train
 
 # Each entry registers one subcommand on the subparsers object; add new ones here.
-SUBCOMMANDS = (_add_info, _add_demo, _add_train, _add_sample, _add_inpaint, _add_eval, _add_compare)
+SUBCOMMANDS = (_add_info, _add_demo, _add_train, _add_sample, _add_inpaint, _add_eval, _add_compare, _add_train_clip)
 
 
 def build_parser() -> argparse.ArgumentParser:

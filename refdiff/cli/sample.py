@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from refdiff.cli.clip import guidance_from_flags
 from refdiff.cli.common import MAX_COUNT, _add_mpi_timeout, _check_output_file, _check_sampling_flags
 
 
@@ -43,8 +44,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
             labels = _sample_labels(args.cls, args.count, getattr(loaded.model_cfg, "num_classes", None))
         n = args.count if labels is None else labels.shape[0]
         shape, rows = (n, *loaded.data_shape), None if comm.size == 1 else shard(n, comm.rank, comm.size)
+        cond_fn = guidance_from_flags(args.clip, args.clip_scale, loaded, args.sampler,
+                                      labels if rows is None or labels is None else labels[rows[0]:rows[1]],
+                                      args.backend)
         images = generate(loaded, shape, labels, args.sampler, args.steps, args.eta, args.guidance, args.seed,
-                          rows=rows)
+                          rows=rows, cond_fn=cond_fn)
         images = comm.gather_rows(images, what="gathering the samples")
         if comm.rank == 0:
             _write_samples(args.out, images, labels, args.count, prompts)
@@ -121,6 +125,12 @@ def _add_sample(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default: 0)")
     parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default: 1)")
+    parser.add_argument("--clip", default=None, metavar="CLIP_CKPT",
+                        help="a CLIP checkpoint (refdiff train-clip) to guide a text model towards --prompt "
+                             "(GLIDE's CLIP guidance; ddim, ddpm; with --guidance 0 CLIP alone) (default: none)")
+    parser.add_argument("--clip-scale", type=float, default=None, metavar="S",
+                        help="CLIP guidance scale s >= 0, the step along grad (f(x_t, t) . g(c)); past about 1 the "
+                             "samples turn to adversarial noise (docs/clip.md) (default: 0.3)")
     parser.add_argument("--class", dest="cls", type=int, default=None, help="one class (default: every class)")
     parser.add_argument("--count", type=int, default=10,
                         help="samples, per class or per prompt for conditional models (default: 10)")

@@ -147,6 +147,15 @@ def clip_image_forward(params: dict, cfg: ClipConfig, x: Any, t: Any, train: boo
     return f, ClipImageCache(encoder, norm, tuple(f.shape), f.dtype)
 
 
+def clip_image_model(params: dict, cfg: ClipConfig):
+    """embed(x_t, t) -> f (N, E): clip_image_forward in evaluation mode, the model the registry's
+    "contrastive" task offers (no activations kept past the call)."""
+    def embed(x: Any, t: Any):
+        return clip_image_forward(params, cfg, x, t)[0]
+
+    return embed
+
+
 def clip_image_backward(df: Any, cache: ClipImageCache, need_dx: bool = False):
     """Gradients of clip_image_forward: {"image.<key>": grad}, and with need_dx also dx (N, C, H, W).
 

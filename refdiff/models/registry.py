@@ -15,6 +15,11 @@ module with the functions below and one entry in FAMILIES.
                   "classifier"  forward(params, cfg, x, t, train=False, generator=None)
                                 -> (logits (N, K), cache); model(params, cfg) -> classify(x, t)
                                 (refdiff.classifier_train)
+                  "contrastive" forward(params, cfg, x, t, train=False, generator=None)
+                                -> (f (N, E) unit image embeddings, cache): a CLIP's image side, what
+                                CLIP guidance differentiates; backward gives the "image.*" keys only,
+                                the text side is refdiff.models.clip.clip_text_forward / _backward;
+                                model(params, cfg) -> embed(x, t) (refdiff.clip_train)
     config        the frozen dataclass of the architecture, validated on construction
     param_shapes  cfg -> {dotted key: shape}, in the order of init_params and backward
     init_params   (cfg, generator, dtype) -> {key: NumPy host array}
@@ -37,11 +42,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from refdiff.models import classifier, mlp, text_unet, unet
+from refdiff.models import classifier, clip, mlp, text_unet, unet
 from refdiff.models.common import count_params
 from refdiff.parallel import in_parts
 
-TASKS = ("denoiser", "classifier")
+TASKS = ("denoiser", "classifier", "contrastive")
 CONDITIONS = ("label", "tokens")
 
 
@@ -86,6 +91,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("TextUNetConfig", "denoiser", text_unet.TextUNetConfig, text_unet.param_shapes, text_unet.init_params,
            text_unet.text_unet_forward, text_unet.text_unet_backward, text_unet.text_unet_model, text_unet.flops,
            text_unet.summary, condition="tokens"),
+    Family("ClipConfig", "contrastive", clip.ClipConfig, clip.param_shapes, clip.init_params,
+           clip.clip_image_forward, clip.clip_image_backward, clip.clip_image_model),
 )
 
 
