@@ -119,15 +119,19 @@ def test_null_condition_is_the_null_label_or_the_padding_token():
 
 def test_lookups_name_the_argument_and_the_allowed_families():
     """A config of no family, a family of another task, an unknown stored name and an unknown task raise
-    ValueErrors that name what was given and what is allowed."""
+    ValueErrors that name what was given and what is allowed (and the task of a stored name of another
+    task: a CLIP checkpoint given to ``refdiff sample`` says it is a contrastive model)."""
     with pytest.raises(ValueError, match="model_cfg must be one of UNetConfig, MLPConfig, ClassifierConfig, "
                                          "TextUNetConfig, ClipConfig, got dict"):
         registry.family({})
     with pytest.raises(ValueError,
                        match="cfg must be one of UNetConfig, MLPConfig, TextUNetConfig, got ClassifierConfig"):
         registry.family(CONFIGS["ClassifierConfig"][0], "denoiser", argument="cfg")
-    with pytest.raises(ValueError, match="model kind must be one of ClassifierConfig, got 'MLPConfig'"):
+    with pytest.raises(ValueError, match=r"model kind must be one of ClassifierConfig, got 'MLPConfig' "
+                                         r"\(a denoiser model, not a classifier\)"):
         registry.config_from_dict({"kind": "MLPConfig"}, "classifier")
+    with pytest.raises(ValueError, match=r"got 'ClipConfig' \(a contrastive model, not a denoiser\)"):
+        registry.by_name("ClipConfig", "denoiser")
     with pytest.raises(ValueError, match="model kind must be one of .*, got 'GANConfig'"):
         registry.by_name("GANConfig")
     with pytest.raises(ValueError, match="task must be one of denoiser, classifier, contrastive, got 'gan'"):

@@ -123,7 +123,9 @@ def by_name(name: str, task: str | None = None) -> Family:
     for f in allowed:
         if f.name == name:
             return f
-    raise ValueError(f"model kind must be one of {', '.join(f.name for f in allowed)}, got {name!r}")
+    other = [f.task for f in FAMILIES if f.name == name]  # a registered kind of another task: say which
+    task_of = f" (a {other[0]} model, not a {task})" if other else ""
+    raise ValueError(f"model kind must be one of {', '.join(f.name for f in allowed)}, got {name!r}{task_of}")
 
 
 def null_condition(cfg: Any) -> int | None:
