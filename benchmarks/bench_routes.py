@@ -14,8 +14,8 @@ Configurations, each adding one route to the one before:
   +parts        the batch split into parts of PART_SIZE images, run one after the other (caches)
   +threads      the parts on --threads worker threads, BLAS on one thread in each: refdiff as it is
 
-glibc malloc tuning (refdiff.parallel._keep_freed_memory) is process-wide: once the first threaded
-round has applied it, every row (PyTorch's too) runs with it. Run with REFDIFF_MALLOC_TUNING=0 for
+glibc malloc tuning (refdiff.parallel._keep_freed_memory) is process-wide: once the first speed-layer
+round (in the warm-up) has applied it, every timed row (PyTorch's too) runs with it. Run with REFDIFF_MALLOC_TUNING=0 for
 the table without it, and compare. PyTorch (the twin of benchmarks/torch_twin.py, --threads threads)
 is timed in every round. Median ms over --repeats.
 """
@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
     parallel.set_num_threads(args.threads)
     results["load_after"] = os.getloadavg()
     print(f"mnist28, {args.threads} threads, PART_SIZE {parallel.PART_SIZE}, malloc tuning "
-          f"{'on (from the first threaded round on, for every row)' if tuning else 'off'}, load "
+          f"{'on (from the warm-up on, for every row)' if tuning else 'off'}, load "
           f"{results['load_before'][0]:.2f} -> {results['load_after'][0]:.2f}")
     print(f"| configuration | train step b{args.batch} ms | GFLOP/s | / PyTorch | forward b{args.sample_batch} ms "
           "| GFLOP/s | / PyTorch |")

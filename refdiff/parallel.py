@@ -14,8 +14,10 @@ The thread layout, and why it holds with other work on the cores:
   beside two busy loops (docs/performance.md, benchmarks/bench_load.py).
 - the worker threads take one part each and hand back once per forward and once per backward; a
   waiting thread sleeps on a lock instead of spinning, so a loaded core costs its fair share.
-- glibc's malloc keeps freed memory for reuse (``_keep_freed_memory``): fresh NumPy temporaries would
-  otherwise page-fault in again on every layer, and the threads' faults contend for one memory map.
+- glibc's malloc keeps freed memory for reuse (``_keep_freed_memory``), from the first host call of a
+  wrapped pair on the speed layer, one part or several: fresh NumPy temporaries would otherwise
+  page-fault in again on every layer (a digits8 group norm took 1.8x as long), and the threads'
+  faults contend for one memory map.
 
 Everything here steps aside where it cannot help: on a GPU or array_api_strict a batch is one part and
 no thread or BLAS limit is used, and on the reference path (refdiff.speed) a batch is one part.
@@ -155,14 +157,12 @@ def parallel_map(fn: Callable[[Any], Any], items: list) -> list:
     For independent host work: NumPy releases the GIL inside BLAS calls and elementwise loops, so
     the parts of a batch run on several cores at once. The caller limits BLAS to one thread
     (one_blas_thread). A map called from inside a worker runs in place (a worker waiting on the pool
-    it belongs to could wait forever). The first threaded call also tunes glibc's malloc to keep
-    freed memory (_keep_freed_memory).
+    it belongs to could wait forever).
     """
     if len(items) <= 1 or _NUM_THREADS == 1 or getattr(_IN_WORKER, "active", False):
         return [fn(item) for item in items]
     global _POOL, _POOL_SIZE
     if _POOL is None:
-        _keep_freed_memory()
         _POOL = concurrent.futures.ThreadPoolExecutor(_NUM_THREADS, thread_name_prefix="refdiff",
                                                       initializer=setattr, initargs=(_IN_WORKER, "active", True))
         _POOL_SIZE = _NUM_THREADS
@@ -182,6 +182,17 @@ def _host(x: Any) -> bool:
     return library_name(x) == "numpy"
 
 
+def _host_layout(a: Any) -> contextlib.AbstractContextManager:
+    """The thread layout for a pair run on ``a``'s library: on the host one BLAS thread
+    (one_blas_thread) and, on the speed layer, malloc keeping freed memory (_keep_freed_memory);
+    nothing elsewhere."""
+    if not _host(a):
+        return contextlib.nullcontext()
+    if speed.enabled():
+        _keep_freed_memory()
+    return one_blas_thread()
+
+
 def forward_in_parts(forward: Callable, params: dict, cfg: Any, x: Any, t: Any, y: Any = None, **options: Any):
     """forward(params, cfg, x, t[, y], **options) run over batch_parts(N, x) on the worker threads.
 
@@ -199,7 +210,7 @@ def forward_in_parts(forward: Callable, params: dict, cfg: Any, x: Any, t: Any, 
         labels = {} if y is None else {"y": y[r, ...]}  # labels (N,) or tokens (N, L): rows
         return forward(params, cfg, x[r, ...], t[r], **labels, **options)
 
-    with one_blas_thread() if _host(x) else contextlib.nullcontext():
+    with _host_layout(x):
         results = parallel_map(run, rows)
     outs = [out for out, _ in results]
     out = outs[0] if len(outs) == 1 else namespace(x).concat(outs, axis=0)  # (N, ...)
@@ -221,7 +232,7 @@ def backward_in_parts(backward: Callable, dout: Any, cache: PartsCache, need_dx:
         r, c = part
         return backward(dout[r, ...], c, need_dx=need_dx)
 
-    with one_blas_thread() if _host(dout) else contextlib.nullcontext():
+    with _host_layout(dout):
         results = parallel_map(run, list(zip(cache.rows, cache.caches)))
     if need_dx:
         results, dxs = [g for g, _ in results], [dx for _, dx in results]

@@ -144,6 +144,26 @@ def test_blas_runs_one_thread_inside_a_wrapped_pair_and_is_restored_after():
     assert _blas_threads() == before
 
 
+def test_malloc_keeps_freed_memory_from_the_first_host_pair_on_the_speed_layer(monkeypatch):
+    """The malloc tuning (_keep_freed_memory) starts with the first host call of a wrapped pair on
+    the speed layer, also when the batch is one part (digits8's training batch: never threaded), and
+    not on the reference path or for another library's arrays."""
+    calls = []
+    monkeypatch.setattr(P, "_keep_freed_memory", lambda: calls.append(1))
+
+    def probe(params, cfg, x, t, **options):
+        return x, None
+
+    x, t = np.zeros((1, 1, 8, 8)), np.zeros(1, dtype=np.int64)
+    with speed.reference_path():
+        P.forward_in_parts(probe, {}, UNET, x, t)
+    strict = pytest.importorskip("array_api_strict")
+    P.forward_in_parts(probe, {}, UNET, strict.asarray(x), strict.asarray(t))
+    assert calls == [] and len(P.batch_parts(1, x)) == 1
+    P.forward_in_parts(probe, {}, UNET, x, t)
+    assert calls == [1]
+
+
 def test_a_map_inside_a_worker_runs_in_place():
     """parallel_map called from a worker thread runs its items in that thread (a worker waiting on
     its own pool could wait forever), and returns them in order."""
