@@ -11,6 +11,8 @@ Run: python benchmarks/probe_text_words.py CHECKPOINT [--n 32] [--seed 0]
    refdiff.data.captions.read_position: the fraction in the prompt's quadrant (25%: the word is ignored)
    beside the fraction in the noised image's own quadrant (how much x_t alone already tells). eps_hat is
    implied by the model's output, whatever it predicts (eps, x0 or v: refdiff.diffusion's conversions).
+3. The data: how far the training images' centroids of coverage (read_position's) lie from the nearer
+   midline, per size, over load_captions(6000): how much a sample may move before its quadrant changes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import argparse
 
 import numpy as np
 
-from refdiff.data.captions import POSITIONS, load_captions, read_position, tokenize
+from refdiff.data.captions import POSITIONS, SIZES, _coverage, load_captions, read_position, tokenize
 from refdiff.diffusion import Parameterization, _x0_and_eps
 from refdiff.generate import load_model
 
@@ -64,6 +66,23 @@ def main() -> None:
             own_hits.append(np.mean(read == attributes["position"]))
         print(f"t = {t:>3} (SNR {loaded.schedule.snr[t]:.3f}): " + " ".join(f"{h:.2f}" for h in prompt_hits) + " | "
               + " ".join(f"{h:.2f}" for h in own_hits))
+
+    margins()
+
+
+def margins() -> None:
+    """Section 3: the median and 10th percentile of the centroids' distance from the nearer midline, per size."""
+    x, _, attributes = load_captions(6000)
+    _, a = _coverage(x)  # (N, H, W)
+    mass, S = a.sum(axis=(1, 2)), a.shape[1]
+    row = (a.sum(axis=2) * (np.arange(S) + 0.5)).sum(axis=1) / mass  # (N, H) row masses -> (N,)
+    col = (a.sum(axis=1) * (np.arange(S) + 0.5)).sum(axis=1) / mass  # (N, W) column masses -> (N,)
+    d = np.minimum(np.abs(row - S / 2), np.abs(col - S / 2))
+    print("\n3. the training images' centroid distance from the nearer midline, in pixels")
+    for k, size in enumerate(SIZES):
+        mine = d[attributes["size"] == k]
+        print(f"{size:<6} median {np.median(mine):.2f}, 10th percentile {np.quantile(mine, 0.1):.2f}, "
+              f"max {mine.max():.2f}")
 
 
 if __name__ == "__main__":
