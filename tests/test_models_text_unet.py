@@ -247,7 +247,7 @@ def test_position_table_is_the_2d_sinusoid_at_init_and_moves_the_output():
     weights = random_params(TU.param_shapes(SMALL), 3)
     x, t = batch()
     out, _ = TU.text_unet_forward(weights, SMALL, x, t, TOKENS)
-    moved, _ = TU.text_unet_forward(dict(weights, **{"input.position": P}), cfg,  x, t, TOKENS)
+    moved, _ = TU.text_unet_forward(dict(weights, **{"input.position": P}), cfg, x, t, TOKENS)
     assert np.max(np.abs(moved - out)) > 1e-3
     with pytest.raises(ValueError, match=r"x must be \(N, 2, 8, 8\) \(cfg.image_size\), got shape \(1, 2, 16, 16\)"):
         TU.text_unet_forward(params, cfg, host_data(0, (1, 2, 16, 16)), t[:1], TOKENS[:1])

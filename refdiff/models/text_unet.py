@@ -37,10 +37,10 @@ import numpy as np
 
 from refdiff.backend import Generator, device, namespace
 from refdiff.layers.basic import LinearCache, linear_backward, linear_forward
+from refdiff.layers.embed import timestep_embedding
 from refdiff.models import blocks as B
 from refdiff.models import text_encoder as TE
 from refdiff.models import unet as U
-from refdiff.layers.embed import timestep_embedding
 from refdiff.models.common import (check_backward, check_generator, check_image, check_init, check_inputs, check_int,
                                    check_params, check_sized_image, count_params, same_library)
 from refdiff.models.text_encoder import TextEncoderConfig
