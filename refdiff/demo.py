@@ -21,7 +21,7 @@ pairs and four of the held-out pairs with DDIM and classifier-free guidance (sam
 prompt, the held-out ones marked; samples.npz: ``images`` and ``prompts``); score every sample against
 its prompt (refdiff.captions_eval: size, colour, shape, position and all at once, seen and held-out
 compositions apart, with the diversity of each prompt's samples; metrics.json, printed). Its defaults
-took 11 min 25 s of a 2-core CPU at load 2 to 4, training most of it (docs/glide.md, "The demo").
+took 5 min 4 s of a quiet 2-core CPU (load 1), 11 min 25 s at load 2 to 4 (docs/glide.md, "The demo").
 """
 
 from __future__ import annotations
