@@ -21,7 +21,7 @@ pairs and four of the held-out pairs with DDIM and classifier-free guidance (sam
 prompt, the held-out ones marked; samples.npz: ``images`` and ``prompts``); score every sample against
 its prompt (refdiff.captions_eval: size, colour, shape, position and all at once, seen and held-out
 compositions apart, with the diversity of each prompt's samples; metrics.json, printed). Its defaults
-train about 8 minutes of a loaded 2-core CPU (docs/glide.md, "The demo").
+took 5 min 4 s of a quiet 2-core CPU (load 1), 11 min 25 s at load 2 to 4 (docs/glide.md, "The demo").
 """
 
 from __future__ import annotations
@@ -183,7 +183,8 @@ def write_metrics(out: Path, images: np.ndarray, labels: np.ndarray, split: tupl
 # about as much per image at batch 16 as at 32 and 64 on a 2-core CPU (0.41, 0.82, 1.72 s a step at load 4 to
 # 5), so a small batch takes the most steps in the ~8 minutes the demo trains. lr 4e-3 with min-SNR-5 weighting
 # (Hang et al. 2023): at guidance 3 the colour was right in 100% of the samples, against 52% for lr 4e-3 without
-# it and 31% for lr 2e-3 without it (docs/glide.md, "The demo").
+# it and 31% for lr 2e-3 without it (docs/glide.md, "The demo"). (Measured with the earlier text16, attention
+# at 8x8 alone; v-prediction did not beat min-SNR-5 with the current one: docs/glide.md, "Changes tried".)
 TEXT_DEMO_TRAIN = TrainConfig(steps=1200, batch_size=16, lr=4e-3, warmup_steps=100, lr_decay="cosine",
                               ema_decay=0.999, schedule="cosine", T=1000, weighting="min_snr", caption_dropout=0.2,
                               checkpoint_every=300)

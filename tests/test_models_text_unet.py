@@ -198,3 +198,66 @@ def test_forward_bad_tokens_raise(backend, y, message):
     x, t = batch()
     with pytest.raises(ValueError, match=message):
         forward(backend, random_params(TU.param_shapes(SMALL), 0), SMALL, x, t, y)
+
+
+# ----------------------------------------------------------------------------- position embedding
+
+POSITIONED = dataclasses.replace(SMALL, position_embedding=True)
+
+
+def test_position_table_backward_matches_finite_differences(backend):
+    """With position_embedding, h = conv_in(x) + P: the gradients of P, of the input conv and of x equal
+    the float64 finite-difference gradients of sum(text_unet_forward(x, t, tokens) * dout), in training
+    mode with dropout (tests/gradcheck.py's directional probes; the oracle on NumPy)."""
+    (x, t), params = batch(), random_params(TU.param_shapes(POSITIONED), 1)
+    dout = host_data(2, (3, POSITIONED.unet.output_channels, 8, 8))
+
+    def run(b, arrays, keep_cache=True):
+        p = {k: v for k, v in arrays.items() if k != "x"}
+        return forward(b, p, POSITIONED, arrays["x"], t, TOKENS, train=True, generator=Generator(5),
+                       keep_cache=keep_cache)
+
+    def loss(arrays):
+        return float(np.sum(run(_NUMPY, arrays, keep_cache=False)[0] * dout))
+
+    arrays = dict(params, x=x)
+    out, cache = run(backend, arrays)
+    grads, dx = TU.text_unet_backward(backend.asarray(dout), cache, need_dx=True)
+    analytic = {k: to_numpy(v) for k, v in grads.items() if k.startswith("input.")}
+    assert set(analytic) == {"input.conv.w", "input.conv.b", "input.position"}
+    assert_gradients_match(loss, arrays, dict(analytic, x=to_numpy(dx)))
+
+
+def test_position_table_is_the_2d_sinusoid_at_init_and_moves_the_output():
+    """The table starts as position_sinusoid: the row's cos, sin in the first C // 2 channels, the column's
+    in the rest (P[i, j, 0] = cos(i), P[i, j, C // 4] = sin(i), P[i, j, C // 2 + C // 4] = sin(j)); it is
+    the only new parameter and takes no draws (the others equal the same seed's without it); it changes
+    the output of a model with non-zero weights; an image of another size than image_size is an error."""
+    cfg = POSITIONED
+    C, S = cfg.unet.base_channels, cfg.unet.image_size
+    params, plain = TU.init_params(cfg, Generator(0), np.float64), TU.init_params(SMALL, Generator(0), np.float64)
+    P = params["input.position"]
+    i, j = np.meshgrid(np.arange(S), np.arange(S), indexing="ij")
+    assert P.shape == (S, S, C) and list(params).index("input.position") == list(params).index("input.conv.b") + 1
+    np.testing.assert_allclose(P[..., 0], np.cos(i), atol=1e-15)
+    np.testing.assert_allclose(P[..., C // 4], np.sin(i), atol=1e-15)
+    np.testing.assert_allclose(P[..., C // 2 + C // 4], np.sin(j), atol=1e-15)
+    assert {k: v for k, v in params.items() if k != "input.position"}.keys() == plain.keys()
+    assert all(np.array_equal(params[k], v) for k, v in plain.items())
+    weights = random_params(TU.param_shapes(SMALL), 3)
+    x, t = batch()
+    out, _ = TU.text_unet_forward(weights, SMALL, x, t, TOKENS)
+    moved, _ = TU.text_unet_forward(dict(weights, **{"input.position": P}), cfg, x, t, TOKENS)
+    assert np.max(np.abs(moved - out)) > 1e-3
+    with pytest.raises(ValueError, match=r"x must be \(N, 2, 8, 8\) \(cfg.image_size\), got shape \(1, 2, 16, 16\)"):
+        TU.text_unet_forward(params, cfg, host_data(0, (1, 2, 16, 16)), t[:1], TOKENS[:1])
+    with pytest.raises(ValueError, match="position_embedding must be True or False, got 1"):
+        dataclasses.replace(SMALL, position_embedding=1)
+
+
+def test_a_config_saved_without_the_position_field_loads_as_before():
+    """A checkpoint's config dict from before position_embedding (no such key) is the config without the
+    table: the same parameter keys as ever."""
+    d = dataclasses.asdict(SMALL)
+    del d["position_embedding"]
+    assert TU.TextUNetConfig(**d) == SMALL and "input.position" not in TU.param_shapes(SMALL)

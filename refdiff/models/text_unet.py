@@ -9,6 +9,9 @@ of refdiff.models.unet reads a caption through the transformer of refdiff.models
                                                                          (b) the whole sequence, projected per
                                                                          layer, in front of its keys and values
                                                                          (encoder_kv), masked at padding
+    with position_embedding:  h = conv_in(x) + P                         (c) a learned (H, W, C) table P, set
+                                                                         to the 2-D sinusoid at init: every
+                                                                         pixel knows where it is
     everything else: the U-Net's plan (unet_plan), run by unet.plan_forward / plan_backward
 
 The summary slot is the last position, always padding (refdiff.data.captions.tokenize): with the key mask
@@ -19,8 +22,9 @@ encoder's padding="mask" the U-Net's attention masks the padded positions too (c
 with GLIDE's padding="embedding" nothing is masked.
 
 Parameter keys: "text.<encoder key>" (refdiff.models.text_encoder), "text_embed.{w,b}" (C_t, E), the
-U-Net's keys (refdiff.models.unet, without a label table), and "<attention block>.{w_kv,b_kv}" (C_t, 2C)
-after each attention block's own. The derivation: docs/glide.md.
+U-Net's keys (refdiff.models.unet, without a label table), "input.position" (H, W, C) after the input
+conv's with position_embedding, and "<attention block>.{w_kv,b_kv}" (C_t, 2C) after each attention block's
+own. The derivation: docs/glide.md.
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ import numpy as np
 
 from refdiff.backend import Generator, device, namespace
 from refdiff.layers.basic import LinearCache, linear_backward, linear_forward
+from refdiff.layers.embed import timestep_embedding
 from refdiff.models import blocks as B
 from refdiff.models import text_encoder as TE
 from refdiff.models import unet as U
 from refdiff.models.common import (check_backward, check_generator, check_image, check_init, check_inputs, check_int,
-                                   check_params, count_params, same_library)
+                                   check_params, check_sized_image, count_params, same_library)
 from refdiff.models.text_encoder import TextEncoderConfig
 from refdiff.models.unet_plan import UNetConfig, unet_plan
 from refdiff.parallel import forward_in_parts
@@ -63,6 +68,9 @@ class TextUNetConfig:
     pad_token: int = 0  # the tokenizer's padding id: mask = tokens != pad_token; the empty caption is all of it
     inpaint: bool = False  # GLIDE's inpainting model: x is x_t and C + 1 more channels, the known image x0 * keep
     #                        and the mask keep, so unet.in_channels = 2 C + 1 (refdiff.models.text_inpaint)
+    # A learned position table added to the input conv's output, (c) of the module docstring. Off by default:
+    # GLIDE has none (its attention is blind to place), and checkpoints saved before the field load as they were.
+    position_embedding: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "unet", _config("unet", self.unet, UNetConfig))
@@ -71,6 +79,8 @@ class TextUNetConfig:
             raise ValueError(f"unet.num_classes must be None (the caption is the condition), "
                              f"got {self.unet.num_classes}")
         check_int("pad_token", self.pad_token, 0)
+        if not isinstance(self.position_embedding, bool):
+            raise ValueError(f"position_embedding must be True or False, got {self.position_embedding!r}")
         if self.pad_token >= self.text.vocab_size:
             raise ValueError(f"pad_token must be in [0, text.vocab_size) = [0, {self.text.vocab_size}), "
                              f"got {self.pad_token}")
@@ -106,6 +116,8 @@ def param_shapes(cfg: TextUNetConfig) -> dict[str, tuple[int, ...]]:
     shapes["text_embed.w"], shapes["text_embed.b"] = (C_t, E), (E,)  # GLIDE's transformer_proj
     for key, shape in U.param_shapes(cfg.unet).items():
         shapes[key] = shape
+        if key == "input.conv.b" and cfg.position_embedding:  # (c): NHWC, the layout of h inside the U-Net
+            shapes["input.position"] = (cfg.unet.image_size, cfg.unet.image_size, cfg.unet.base_channels)
         name = key[:-len(".b_out")]
         if key.endswith(".b_out") and name in attention:  # GLIDE's encoder_kv of this block
             shapes[f"{name}.w_kv"], shapes[f"{name}.b_kv"] = (C_t, 2 * attention[name]), (2 * attention[name],)
@@ -121,7 +133,9 @@ def init_params(cfg: TextUNetConfig, generator: Generator, dtype: Any = np.float
     """Initial parameters as NumPy host arrays of ``dtype``, in param_shapes' order.
 
     Math: the encoder's init_params, then the U-Net's (zero output conv: a fresh model outputs 0), then
-          the text projections w ~ N(0, 1 / C_t) (LeCun normal), biases 0. Draws in float64, cast.
+          the text projections w ~ N(0, 1 / C_t) (LeCun normal), biases 0; the position table, if any,
+          the 2-D sinusoid (position_sinusoid: no draws, so the other parameters are those of the same
+          seed without it). Draws in float64, cast.
     """
     dt = check_init(cfg, TextUNetConfig, generator, dtype)
     params = {f"text.{k}": v for k, v in TE.init_params(cfg.text, generator, dt).items()}
@@ -129,11 +143,27 @@ def init_params(cfg: TextUNetConfig, generator: Generator, dtype: Any = np.float
     for key, shape in param_shapes(cfg).items():
         if key in params:
             continue
-        if key.endswith((".w", ".w_kv")):
+        if key == "input.position":
+            params[key] = position_sinusoid(*shape).astype(dt)
+        elif key.endswith((".w", ".w_kv")):
             params[key] = (generator.normal(shape, dtype=np.float64) / math.sqrt(shape[0])).astype(dt)
         else:
             params[key] = np.zeros(shape, dtype=dt)
     return {k: params[k] for k in param_shapes(cfg)}
+
+
+def position_sinusoid(H: int, W: int, C: int) -> np.ndarray:
+    """The 2-D sinusoidal position embedding (MAE's get_2d_sincos_pos_embed, He et al. 2022): the
+    timestep sinusoid of the row in the first C // 2 channels and of the column in the rest.
+
+    Math: P[i, j] = [sinusoid(i, C // 2) | sinusoid(j, C - C // 2)], sinusoid of
+          refdiff.layers.embed.timestep_embedding (cos, sin of i * 10000^(-k / half)).
+    Returns (H, W, C) float64.
+    """
+    rows = timestep_embedding(np.arange(H), C // 2, dtype=np.float64)  # (H, C // 2)
+    cols = timestep_embedding(np.arange(W), C - C // 2, dtype=np.float64)  # (W, C - C // 2)
+    return np.concatenate((np.broadcast_to(rows[:, None], (H, W, C // 2)),
+                           np.broadcast_to(cols[None], (H, W, C - C // 2))), axis=-1)  # (H, W, C)
 
 
 # ------------------------------------------------------------------------------------ forward
@@ -168,6 +198,7 @@ def text_unet_forward(params: dict, cfg: TextUNetConfig, x: Any, t: Any, y: Any 
     Math (module docstring; Nichol et al. 2021, Sec. 2.3):
           f = text_encoder(tokens, mask);  emb = silu(time_mlp(t) + f[:, -1] W_t + b_t)
           every attention block attends over [f W_kv ; its own k, v], masked where mask is False
+          with position_embedding, h = conv_in(x) + P (x must then be image_size square)
 
     params: dict of param_shapes(cfg), arrays of x's library, device and dtype; x: (N, C_in, H, W);
     t: (N,) steps; y: (N, L) integer tokens in [0, V) of x's library and device, 1 <= L <= context_length
@@ -184,6 +215,9 @@ def text_unet_forward(params: dict, cfg: TextUNetConfig, x: Any, t: Any, y: Any 
     context_mask = mask if cfg.text.padding == "mask" else None
 
     def run_step(step, p, unet_cfg, h, e, *dropout):  # (b): the attention blocks read f; dropout: train, generator
+        if step.kind == "conv_in" and cfg.position_embedding:  # (c): (N, H, W, C) + (H, W, C)
+            h, conv = U.step_forward(step, p, unet_cfg, h, e, *dropout)
+            return h + p["input.position"], conv
         if step.kind != "attn":
             return U.step_forward(step, p, unet_cfg, h, e, *dropout)
         block = _prefixed(p, f"{step.name}.")
@@ -203,16 +237,19 @@ def text_unet_backward(dout: Any, cache: TextUNetCache, need_dx: bool = False):
     Math: the U-Net's blocks in reverse (unet.plan_backward: skips and the shared embedding add up);
           every attention block reads the same features f, so df = sum over blocks of dcontext, plus,
           at the summary slot, df[:, -1] += ds W_t^T with ds = d(time_mlp + s) (the SiLU's input), which
-          is also the time MLP's; then the encoder's backward of df.
+          is also the time MLP's; then the encoder's backward of df. The position table P is added to
+          every image's conv_in output: dP = sum_n dh_n, dh passing on to the conv unchanged.
 
     dout: (N, output_channels, H, W) like the output. Returns grads (params' keys and order); with
     need_dx also dx (N, C_in, H, W). (No gradient for the tokens: they are integers.)
     """
     check_backward("dout", dout, cache, TextUNetCache, "text_unet_forward", "output's")
     xp, cfg = namespace(dout), cache.cfg
-    dcontexts = []
+    dcontexts, extra = [], {}
 
     def run_step(step, dh, c):
+        if step.kind == "conv_in" and cfg.position_embedding:
+            extra["input.position"] = xp.sum(dh, axis=0)  # (N, H, W, C) -> (H, W, C)
         if step.kind != "attn":
             return U.step_backward(step, dh, c)
         dx, dcontext, g = B.context_attnblock_backward(dh, c)
@@ -220,6 +257,7 @@ def text_unet_backward(dout: Any, cache: TextUNetCache, need_dx: bool = False):
         return dx, None, g
 
     grads, demb, dx = U.plan_backward(cfg.unet, dout, cache.steps, run_step)
+    grads.update(extra)
     embed_grads, ds = U.embed_backward(demb, cache.embed)  # ds: (N, E), the gradient of s = f[:, -1] W_t + b_t
     grads.update(embed_grads)
     dsummary, grads["text_embed.w"], grads["text_embed.b"] = linear_backward(ds, cache.summary)  # (N, C_t)
@@ -295,6 +333,8 @@ def _check_forward(params, cfg, x, t, y, train, generator) -> None:
                          f"conditioning channels (refdiff.models.text_inpaint.inpaint_model adds them; `refdiff "
                          f"inpaint` samples it), got x_t alone, of shape {tuple(x.shape)}")
     check_image(x, cfg.unet.in_channels, cfg.unet.downsample_factor)
+    if cfg.position_embedding:  # the table is (image_size, image_size, C): x must be that size
+        check_sized_image(x, cfg.unet)
     check_inputs(params, x, t)
     ctx = cfg.text.context_length
     if y is not None and (not same_library(y, x) or y.ndim != 2 or y.shape[0] != x.shape[0]
