@@ -18,7 +18,7 @@ GLIDE's text path (Nichol et al. 2021, Sec. 2.3; docs/glide.md) in the text16 mo
 
 Without --checkpoint the example first trains text16 for TRAIN.steps = 100 steps (about a minute on a
 2-core CPU): enough to run the path, not to draw the prompt. For samples that follow their prompt give the text
-demo's checkpoint (`refdiff demo --task text`, 5 minutes on a quiet machine, 11 to 20 at load 2 to 6). Writes
+demo's checkpoint (`refdiff demo --task text`, about 7 minutes on a quiet machine). Writes
 to DIR (default out/text_to_image) text_to_image.png, a row of samples per guidance scale, and
 text_attention.png, the attention map of each word over the pixels of the first attention block (16x16 in
 text16); prints their paths and each word's share of the attention.
@@ -48,7 +48,8 @@ from _common import argument_parser, backend_and_out
 
 # Settings
 PROMPT = "large red circle top left"
-TRAIN = TrainConfig(steps=100, batch_size=16, lr=4e-3, warmup_steps=20, weighting="min_snr")  # no --checkpoint
+TRAIN = TrainConfig(steps=100, batch_size=16, lr=4e-3, warmup_steps=20, weighting="min_snr",  # no --checkpoint
+                    text_lr_scale=0.03)  # the text demo's settings (refdiff.demo.TEXT_DEMO_TRAIN)
 SCALES = (0.0, 1.0, 3.0)                   # classifier-free guidance scales s
 N_SAMPLES = 6                              # samples per scale, from the same noise
 SAMPLE_STEPS = 25                          # DDIM steps

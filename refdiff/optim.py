@@ -35,7 +35,7 @@ def adamw_init(params: dict) -> dict:
     return state
 
 
-def adamw_step(params: dict, grads: dict, state: dict, lr: float, beta1: float = 0.9, beta2: float = 0.999,
+def adamw_step(params: dict, grads: dict, state: dict, lr: float | dict, beta1: float = 0.9, beta2: float = 0.999,
                eps: float = 1e-8, weight_decay: float = 0.0) -> tuple[dict, dict]:
     """One AdamW step with bias correction and decoupled weight decay.
 
@@ -46,6 +46,7 @@ def adamw_step(params: dict, grads: dict, state: dict, lr: float, beta1: float =
     Weight decay is decoupled: it shrinks p by lr * weight_decay * p whatever the gradient, instead
     of being added to g (where Adam would rescale it). Applied to every key.
 
+    lr: one learning rate for every key, or {key: lr} with a rate per key (torch's parameter groups).
     Returns (new params, new state); the inputs are left untouched.
     """
     _check_adamw(params, grads, state, lr, beta1, beta2, eps, weight_decay)
@@ -57,7 +58,8 @@ def adamw_step(params: dict, grads: dict, state: dict, lr: float, beta1: float =
         m = beta1 * state[f"m.{key}"] + (1.0 - beta1) * g
         v = beta2 * state[f"v.{key}"] + (1.0 - beta2) * (g * g)
         step = (m / correction1) / (xp.sqrt(v / correction2) + eps)
-        new_params[key] = p - lr * (step + weight_decay * p)
+        rate = lr[key] if isinstance(lr, dict) else lr
+        new_params[key] = p - rate * (step + weight_decay * p)
         new_state[f"m.{key}"], new_state[f"v.{key}"] = m, v
     return new_params, new_state
 
@@ -150,11 +152,11 @@ def clip_grad_norm(grads: dict, max_norm: float) -> tuple[dict, Any]:
 # --- validation at the boundary ---------------------------------------------------------------
 
 
-def _check_same_keys(name: str, d: dict, params: dict) -> None:
+def _check_same_keys(name: str, d: dict, params: dict, shapes: bool = True) -> None:
     if set(d) != set(params):
         missing, extra = sorted(set(params) - set(d)), sorted(set(d) - set(params))
         raise ValueError(f"{name} must have the keys of params; missing {missing}, unexpected {extra}")
-    for key, p in params.items():
+    for key, p in params.items() if shapes else ():
         if d[key].shape != p.shape:
             raise ValueError(f"{name}[{key!r}] must have shape {p.shape}, got {d[key].shape}")
 
@@ -166,8 +168,11 @@ def _check_adamw(params, grads, state, lr, beta1, beta2, eps, weight_decay) -> N
     if "step" not in state:
         raise ValueError("state must hold 'step' (make it with adamw_init(params))")
     _check_same_keys("state", moments, expected)
-    if not 0.0 <= lr < math.inf:
-        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+    if isinstance(lr, dict):
+        _check_same_keys("lr", lr, params, shapes=False)
+    for key, rate in (lr.items() if isinstance(lr, dict) else [(None, lr)]):
+        if not 0.0 <= rate < math.inf:
+            raise ValueError(f"lr{'' if key is None else f'[{key!r}]'} must be a finite number >= 0, got {rate!r}")
     for name, beta in (("beta1", beta1), ("beta2", beta2)):
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"{name} must lie in [0, 1), got {beta!r}")

@@ -84,6 +84,7 @@ class TrainConfig:
     timesteps: str = "uniform"       # "uniform" | "importance" (by the loss's second moment, improved DDPM)
     label_dropout: float = 0.1       # probability of training on the null label (classifier-free guidance)
     caption_dropout: float = 0.2     # a text model's: probability of training on the empty caption (GLIDE's 20%)
+    text_lr_scale: float = 1.0       # a text model's encoder ("text.*" parameters) trains at lr * text_lr_scale
     seed: int = 0
     backend: str = "numpy"
     dtype: str = "float32"
@@ -102,7 +103,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 0{hint}, got {value!r}")
         if self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps must be < steps = {self.steps}, got {self.warmup_steps}")
-        for name in ("lr", "grad_clip"):
+        for name in ("lr", "grad_clip", "text_lr_scale"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 < value < math.inf):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
@@ -233,14 +234,17 @@ def _conditioning(model_cfg: Any, x0: Any, generator: Generator) -> Any:
 
 def optimizer_step(cfg: TrainConfig, state: TrainState, grads: dict) -> None:
     """Update state's parameters, optimizer state and EMA from ``grads``: params <- AdamW(clip(grads)) at
-    the learning rate of state.step, then ema <- EMA(params). A non-finite gradient norm (data or
-    gradients that overflow, which clipping would turn into a zero step) raises TrainingError first."""
+    the learning rate of state.step (a text model's encoder, the "text.*" keys, at text_lr_scale times
+    it), then ema <- EMA(params). A non-finite gradient norm (data or gradients that overflow, which
+    clipping would turn into a zero step) raises TrainingError first."""
     grads, norm = clip_grad_norm(grads, cfg.grad_clip)
     norm = float(to_numpy(norm))
     if not math.isfinite(norm):
         raise TrainingError(f"the gradient norm is {norm} at step {state.step} (the data or the gradients "
                             "overflow): training stopped")
     lr = learning_rate(state.step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.lr_decay)
+    if cfg.text_lr_scale != 1.0:  # the text encoder's own rate (docs/glide.md, "The encoder's learning rate")
+        lr = {key: lr * cfg.text_lr_scale if key.startswith("text.") else lr for key in state.params}
     state.params, state.opt = adamw_step(state.params, grads, state.opt, lr, weight_decay=cfg.weight_decay)
     state.ema = ema_update(state.ema, state.params, cfg.ema_decay, state.step)
 

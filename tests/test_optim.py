@@ -105,6 +105,20 @@ def test_weight_decay_is_decoupled(backend, seed, dtype, lr, wd):
         assert_close(decayed[key], to_numpy(plain[key]).astype(np.float64) - lr * wd * p0, scale=4.0)
 
 
+@given(seed=seeds, dtype=dtypes, lr=st.floats(1e-4, 0.1), scale=st.sampled_from([0.0, 0.1, 3.0]),
+       wd=st.sampled_from([0.0, 0.5]))
+def test_a_learning_rate_per_key_is_the_step_of_each_key_alone(backend, seed, dtype, lr, scale, wd):
+    """adamw_step with lr = {key: rate} (parameter groups) gives each key exactly what a step of one rate,
+    that key's, gives it, weight decay included; the moments do not depend on the rates."""
+    params, grads = on(backend, host_dict(seed, dtype), dtype), on(backend, host_dict(seed + 1, dtype), dtype)
+    rates = {key: lr * scale if key.startswith("down.") else lr for key in params}
+    grouped, state = O.adamw_step(params, grads, O.adamw_init(params), rates, weight_decay=wd)
+    for key in params:
+        alone, alone_state = O.adamw_step(params, grads, O.adamw_init(params), rates[key], weight_decay=wd)
+        np.testing.assert_array_equal(to_numpy(grouped[key]), to_numpy(alone[key]))
+        np.testing.assert_array_equal(to_numpy(state[f"v.{key}"]), to_numpy(alone_state[f"v.{key}"]))
+
+
 def test_adamw_state_is_plain_arrays_and_inputs_are_untouched(backend):
     """adamw_init gives {"step": 0-d int64 host array, "m.<key>", "v.<key>": zeros like params[key]};
     adamw_step returns new dicts and leaves params, grads and state as they were."""
@@ -239,6 +253,9 @@ def test_bad_inputs_raise_naming_the_argument(backend):
         (lambda: O.adamw_step(params, params, {"step": state["step"]}, 1e-3), "state must have the keys"),
         (lambda: O.adamw_step(params, params, {}, 1e-3), "state must hold 'step'"),
         (lambda: O.adamw_step(params, params, state, -1.0), "lr must be a finite number >= 0"),
+        (lambda: O.adamw_step(params, params, state, {"out.norm.gamma": 1e-3}), "lr must have the keys of params"),
+        (lambda: O.adamw_step(params, params, state, dict.fromkeys(params, 1e-3) | {"down.0.conv.b": math.inf}),
+         r"lr\['down.0.conv.b'\] must be a finite number >= 0, got inf"),
         (lambda: O.adamw_step(params, params, state, 1e-3, beta1=1.0), r"beta1 must lie in \[0, 1\)"),
         (lambda: O.adamw_step(params, params, state, 1e-3, beta2=-0.1), r"beta2 must lie in \[0, 1\)"),
         (lambda: O.adamw_step(params, params, state, 1e-3, eps=-1.0), "eps must be a finite number >= 0"),

@@ -354,6 +354,7 @@ def test_bad_train_config_raises_naming_the_argument():
                           ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0"),
                           ({"ema_decay": 1.5}, r"ema_decay must lie in \[0, 1\], got 1.5"),
                           ({"label_dropout": 1.0}, r"label_dropout must lie in \[0, 1\)"),
+                          ({"text_lr_scale": 0.0}, "text_lr_scale must be a positive finite number, got 0.0"),
                           ({"lr_decay": "step"}, "lr_decay must be one of constant, cosine, linear"),
                           ({"schedule": "quad"}, "schedule must be one of linear, cosine, sigmoid, scaled_linear"),
                           ({"prediction": "score"}, "prediction must be one of eps, x0, v"),
@@ -413,6 +414,28 @@ def test_a_text_model_trains_on_captions_and_resumes_bit_for_bit(tmp_path):
     prompts, _ = tokenize(["small red circle top left", "cyan ring"])
     samples = generate(loaded, (2, 3, 16, 16), prompts, "ddim", steps=2, guidance=3.0)
     assert samples.shape == (2, 3, 16, 16) and np.all(np.isfinite(samples))
+
+
+def test_text_lr_scale_scales_the_encoders_steps_alone():
+    """optimizer_step with text_lr_scale s moves every "text.*" parameter (the encoder) by s times its
+    step at s = 1, and every other parameter (the U-Net, the caption's projection) by the same step."""
+    from refdiff.backend import Generator
+    from refdiff.models.text_unet import init_params
+
+    model_cfg = _tiny_text_config()
+    params = init_params(model_cfg, Generator(0), np.float64)
+    grads = {k: np.random.default_rng(1).standard_normal(v.shape) for k, v in params.items()}
+    moved = {}
+    for scale in (1.0, 0.1):
+        cfg = dataclasses.replace(CONFIG, dtype="float64", text_lr_scale=scale, grad_clip=1e9)
+        state = init_state(cfg, model_cfg, params)
+        state.step = cfg.warmup_steps  # the full rate
+        train_module.optimizer_step(cfg, state, grads)
+        moved[scale] = {k: state.params[k] - params[k] for k in params}
+    assert any(k.startswith("text.") for k in params) and "text_embed.w" in params
+    for key in params:
+        np.testing.assert_allclose(moved[0.1][key], moved[1.0][key] * (0.1 if key.startswith("text.") else 1.0),
+                                   rtol=1e-9, atol=1e-14)  # p + step - p: rounding of p, ~1e-16
 
 
 def test_caption_dropout_replaces_whole_captions_by_the_empty_one():

@@ -22,6 +22,9 @@ TRAIN_FLAGS = {
     "steps": ("steps", 3000, {"type": int}),
     "batch_size": ("batch_size", 64, {"type": int}),
     "lr": ("lr", 2e-3, {"type": float}),
+    "text_lr_scale": ("text_lr_scale", 0.03, {"type": float, "metavar": "S",
+                                             "help": "a text model's encoder trains at S times --lr (1: one rate "
+                                                     "for all; docs/glide.md, \"The encoder's learning rate\")"}),
     "ema": ("ema_decay", 0.999, {"type": float, "help": "EMA decay"}),
     "checkpoint_every": ("checkpoint_every", 500, {"type": int}),
     "backend": ("backend", "numpy", {"choices": ("numpy", "cupy")}),
