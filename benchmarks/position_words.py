@@ -23,12 +23,12 @@ import time
 
 import numpy as np
 
+from refdiff.backend import Generator
+from refdiff.checkpoint import load_checkpoint
 from refdiff.data.captions import POSITIONS, load_captions, read_position, tokenize
 from refdiff.demo import TEXT_DEMO_IMAGES, TEXT_DEMO_TRAIN
 from refdiff.diffusion import Parameterization, _x0_and_eps
 from refdiff.generate import load_model
-from refdiff.backend import Generator
-from refdiff.checkpoint import load_checkpoint
 from refdiff.models import text_encoder, text_unet
 from refdiff.models.presets import text16
 from refdiff.train import train

@@ -35,6 +35,7 @@ from refdiff import schedules
 from refdiff.backend import Generator, to_numpy
 from refdiff.checkpoint import load_checkpoint
 from refdiff.data import VOCAB, load_captions, tokenize
+from refdiff.demo import TEXT_DEMO_TRAIN
 from refdiff.models import registry
 from refdiff.models import text_encoder as TE
 from refdiff.models.presets import TEXT_PRESETS
@@ -49,7 +50,7 @@ from _common import argument_parser, backend_and_out
 # Settings
 PROMPT = "large red circle top left"
 TRAIN = TrainConfig(steps=100, batch_size=16, lr=4e-3, warmup_steps=20, weighting="min_snr",  # no --checkpoint
-                    text_lr_scale=0.03)  # the text demo's settings (refdiff.demo.TEXT_DEMO_TRAIN)
+                    text_lr_scale=TEXT_DEMO_TRAIN.text_lr_scale)  # the text demo's encoder rate
 SCALES = (0.0, 1.0, 3.0)                   # classifier-free guidance scales s
 N_SAMPLES = 6                              # samples per scale, from the same noise
 SAMPLE_STEPS = 25                          # DDIM steps
