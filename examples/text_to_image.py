@@ -18,9 +18,9 @@ GLIDE's text path (Nichol et al. 2021, Sec. 2.3; docs/glide.md) in the text16 mo
 
 Without --checkpoint the example first trains text16 for TRAIN.steps = 100 steps (about a minute on a
 2-core CPU): enough to run the path, not to draw the prompt. For samples that follow their prompt give the text
-demo's checkpoint (`refdiff demo --task text`, about 7 minutes on a quiet machine). Writes
+demo's checkpoint (`refdiff demo --task text`, about 9 minutes on a quiet machine). Writes
 to DIR (default out/text_to_image) text_to_image.png, a row of samples per guidance scale, and
-text_attention.png, the attention map of each word over the pixels of the first attention block (16x16 in
+text_attention.png, the attention map of each word over the pixels of the first attention block (8x8 in
 text16); prints their paths and each word's share of the attention.
 --quick trains 3 steps and samples 2 images with 4 DDIM steps (for tests).
 """

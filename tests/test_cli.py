@@ -335,7 +335,7 @@ def test_info_model_reports_the_text_preset(capsys):
     multiply-adds, the encoder's and the attention blocks' context keys included."""
     assert main(["info", "--model", "text16"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("TextUNetConfig(") and "parameters: 932,995" in out
+    assert out.startswith("TextUNetConfig(") and "parameters: 907,651" in out
     assert "text.blocks.1.attention" in out and "mid.attn.context" in out
 
 
