@@ -21,7 +21,7 @@ pairs and four of the held-out pairs with DDIM and classifier-free guidance (sam
 prompt, the held-out ones marked; samples.npz: ``images`` and ``prompts``); score every sample against
 its prompt (refdiff.captions_eval: size, colour, shape, position and all at once, seen and held-out
 compositions apart, with the diversity of each prompt's samples; metrics.json, printed). Its defaults
-took 5 min 4 s of a quiet 2-core CPU (load 1), 11 min 25 s at load 2 to 4 (docs/glide.md, "The demo").
+took 9 min 5 s of a quiet 2-core CPU, both cores (docs/glide.md, "The demo").
 """
 
 from __future__ import annotations
@@ -179,14 +179,14 @@ def write_metrics(out: Path, images: np.ndarray, labels: np.ndarray, split: tupl
     return path
 
 
-# The text demo (issue 14): GLIDE's text16 on captioned shapes. Batch 16: a text16 step costs about as much per
-# image at batch 16 as at 32 and 64 on a 2-core CPU (0.41, 0.82, 1.72 s a step at load 4 to 5), so a small batch
-# takes the most steps in the demo's time. lr 4e-3 with min-SNR-5 weighting (Hang et al. 2023): the colour right
-# in 100% of the samples at guidance 3, against 52% without it (the earlier text16). The encoder at 0.03 of the
-# rate: at one rate its residual stream grows a part common to every caption that its final LayerNorm divides
-# out, and the position words are lost. 1800 steps: about 7 minutes on a quiet 2-core CPU (docs/glide.md, "The
-# encoder's learning rate").
-TEXT_DEMO_TRAIN = TrainConfig(steps=1800, batch_size=16, lr=4e-3, warmup_steps=100, lr_decay="cosine",
+# The text demo (issue 14): GLIDE's text16 on captioned shapes. Batch 32: refdiff.parallel runs it as two parts
+# of 16 images, one a core, where a batch of 16 is one part on one core (refdiff.parallel.MIN_PART_PIXELS): 119
+# images/s against 76 on a quiet 2-core CPU. lr 4e-3 with min-SNR-5 weighting (Hang et al. 2023): the colour
+# right in 100% of the samples at guidance 3, against 52% without it (the earlier text16). The encoder at 0.03 of
+# the rate: at one rate its residual stream grows a part common to every caption that its final LayerNorm divides
+# out, and the position words are lost. 2700 steps: about 9 minutes on a quiet 2-core CPU (docs/glide.md, "Both
+# cores, and attention at 8x8 alone").
+TEXT_DEMO_TRAIN = TrainConfig(steps=2700, batch_size=32, lr=4e-3, warmup_steps=100, lr_decay="cosine",
                               ema_decay=0.999, schedule="cosine", T=1000, weighting="min_snr", caption_dropout=0.2,
                               text_lr_scale=0.03, checkpoint_every=300)
 TEXT_DEMO_IMAGES = {"n": 5000, "seed": 0}  # load_captions' images, those `refdiff train --data captions` trains on
