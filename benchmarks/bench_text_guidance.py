@@ -1,13 +1,13 @@
 """Caption fidelity against diversity across classifier-free guidance scales, from a text model's checkpoint.
 
 Run: python benchmarks/bench_text_guidance.py CHECKPOINT [--guidance 0 1 3 8] [--per-prompt 16]
-                                             [--sample-steps 25] [--seed 0] [--out DIR]
+                                             [--sample-steps 100] [--seed 0] [--out DIR]
 (CHECKPOINT: the text demo's, out/text_demo/checkpoint.npz; about a minute per scale at 16 samples a
 prompt on a 2-core CPU)
 
 For every guidance scale s, ``--per-prompt`` samples of each of the text demo's prompts (refdiff.demo:
-eight of seen (colour, shape) pairs, four of the held-out pairs) with DDIM and the same noise at every
-scale, scored as the demo scores them (refdiff.demo.score_prompts: caption_fidelity per attribute and
+eight of seen (colour, shape) pairs, four of the held-out pairs) with the demo's sampler
+(refdiff.demo.TEXT_DEMO_SAMPLER) and the same noise at every scale, scored as the demo scores them (refdiff.demo.score_prompts: caption_fidelity per attribute and
 all-correct, seen and held-out compositions apart, and the mean diversity of each prompt's samples).
 Prints a Markdown table, a row per scale and group, with the seconds each scale took and the load
 average; writes ``fidelity_vs_diversity.png`` (all-correct fraction against diversity, a line per group
@@ -27,7 +27,7 @@ import numpy as np
 
 from refdiff.captions_eval import shape_classifier
 from refdiff.data.captions import ATTRIBUTES
-from refdiff.demo import HELD_OUT_PROMPTS, SEEN_PROMPTS, sample_prompts, score_prompts
+from refdiff.demo import HELD_OUT_PROMPTS, SEEN_PROMPTS, TEXT_DEMO_SAMPLER, sample_prompts, score_prompts
 from refdiff.generate import load_model
 from refdiff.plot import image_grid
 
@@ -47,7 +47,7 @@ def score_scales(loaded, scales: list[float], per_prompt: int, sample_steps: int
         report.update(guidance=s, seconds=time.perf_counter() - start, load=os.getloadavg()[0])
         image_grid(images, nrow=per_prompt, path=out / f"guidance_grid_s{s:g}.png",
                    row_labels=[p + ("\n(held out)" if p in HELD_OUT_PROMPTS else "") for p in prompts],
-                   title=f"guidance {s:g}, DDIM {sample_steps} steps")
+                   title=f"guidance {s:g}, {TEXT_DEMO_SAMPLER.upper()} {sample_steps} steps")
         print(f"guidance {s:g}: {report['seconds']:.0f} s (load {report['load']:.1f})", flush=True)
         rows.append(report)
     return rows
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0, 3.0, 8.0])
     parser.add_argument("--per-prompt", type=int, default=16)
-    parser.add_argument("--sample-steps", type=int, default=25)
+    parser.add_argument("--sample-steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="out/text_guidance")
     args = parser.parse_args()

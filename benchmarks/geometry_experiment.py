@@ -68,7 +68,8 @@ def main() -> None:
     train_seconds = time.perf_counter() - start
     print(f"trained {cfg.steps} steps in {train_seconds:.0f} s")
     prompts = SEEN_PROMPTS + HELD_OUT_PROMPTS  # 3.
-    images = sample_prompts(load_model(out / "checkpoint.npz"), prompts, args.per_prompt, args.guidance, 25, args.seed)
+    images = sample_prompts(load_model(out / "checkpoint.npz"), prompts, args.per_prompt, args.guidance, 25, args.seed,
+                            sampler="ddim")
     np.savez(out / "samples.npz", images=images, prompts=np.repeat(np.array(prompts), args.per_prompt))
     report = {"geometry": GEOMETRY, "train_seconds": train_seconds, "steps": cfg.steps, "real_shape_accuracy": real}
     report["scores"] = score_prompts(images, prompts, args.per_prompt, classifier)

@@ -7,8 +7,8 @@ import pytest
 
 from refdiff.captions_eval import NAMES, shape_classifier
 from refdiff.data.captions import ATTRIBUTES, HELD_OUT, load_captions, parse_captions
-from refdiff.demo import (HELD_OUT_PROMPTS, SEEN_PROMPTS, TEXT_OUTPUTS, is_held_out, run_text_demo,
-                          score_prompts)
+from refdiff.demo import (HELD_OUT_PROMPTS, SEEN_PROMPTS, TEXT_DEMO_SAMPLER, TEXT_OUTPUTS, is_held_out,
+                          run_text_demo, score_prompts)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -49,7 +49,7 @@ def test_a_short_text_demo_writes_its_files_and_scores_seen_and_held_out_prompts
     """run_text_demo with a few steps writes TEXT_OUTPUTS: PNGs, samples.npz with (12 prompts * 2, 3, 16, 16)
     images in [-1, 1] and their prompts as a string array (loaded without pickle), and metrics.json with
     per-attribute and all-correct fractions in [0, 1] and a diversity for seen and held-out prompts apart,
-    printed as a table."""
+    printed as a table, and the sampler and its steps."""
     out = tmp_path / "text"
     paths = run_text_demo(out, steps=3, per_prompt=2, sample_steps=2, progress=False)
     assert sorted(p.name for p in paths.values()) == sorted(TEXT_OUTPUTS)
@@ -66,6 +66,7 @@ def test_a_short_text_demo_writes_its_files_and_scores_seen_and_held_out_prompts
         assert all(0 <= metrics[group]["fraction"][k] <= 1 for k in (*ATTRIBUTES, "all"))
         assert metrics[group]["diversity"] > 0
     assert metrics["train_steps"] == 3 and metrics["demo_seconds"] > 0
+    assert (metrics["sampler"], metrics["sample_steps"]) == (TEXT_DEMO_SAMPLER, 2)
     assert "held-out compositions" in capsys.readouterr().out
 
 

@@ -7,7 +7,7 @@ import argparse
 
 from refdiff.cli.common import MAX_COUNT, _check_output_folder, _check_sampling_flags
 
-TASK_DEFAULTS = {"digits": ("out/demo", 50), "text": ("out/text_demo", 25)}  # --out and --sample-steps per --task
+TASK_DEFAULTS = {"digits": ("out/demo", 50), "text": ("out/text_demo", 100)}  # --out and --sample-steps per --task
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -31,7 +31,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _check_demo_args(args: argparse.Namespace) -> None:
     """refdiff demo's sizes and sampling settings, checked before anything runs, with the flags' names."""
-    from refdiff.demo import DEMO_TRAIN
+    from refdiff.demo import DEMO_TRAIN, TEXT_DEMO_SAMPLER
     from refdiff.train import LIMITS
 
     if args.steps is not None and not 1 <= args.steps <= LIMITS["steps"]:
@@ -39,7 +39,8 @@ def _check_demo_args(args: argparse.Namespace) -> None:
     for flag, value in (("--per-class", args.per_class), ("--per-prompt", args.per_prompt)):
         if not 1 <= value <= MAX_COUNT:
             raise ValueError(f"{flag} must be an integer in [1, {MAX_COUNT}], got {value}")
-    _check_sampling_flags("ddim", _out_and_sample_steps(args)[1], args.guidance, DEMO_TRAIN.T, "--sample-steps")
+    sampler = TEXT_DEMO_SAMPLER if args.task == "text" else "ddim"
+    _check_sampling_flags(sampler, _out_and_sample_steps(args)[1], args.guidance, DEMO_TRAIN.T, "--sample-steps")
 
 
 def _out_and_sample_steps(args: argparse.Namespace) -> tuple[str, int]:
@@ -74,7 +75,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--per-prompt", type=int, default=8, help="--task text: samples per prompt (default: 8)")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
     parser.add_argument("--sample-steps", type=int, default=None,
-                        help="DDIM steps (default: 50, 25 for --task text)")
+                        help="sampling steps: DDIM's (default: 50), DDPM's for --task text (default: 100)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
     parser.set_defaults(func=cmd_demo)
