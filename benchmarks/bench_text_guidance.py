@@ -7,8 +7,9 @@ prompt on a 2-core CPU)
 
 For every guidance scale s, ``--per-prompt`` samples of each of the text demo's prompts (refdiff.demo:
 eight of seen (colour, shape) pairs, four of the held-out pairs) with the demo's sampler
-(refdiff.demo.TEXT_DEMO_SAMPLER) and the same noise at every scale, scored as the demo scores them (refdiff.demo.score_prompts: caption_fidelity per attribute and
-all-correct, seen and held-out compositions apart, and the mean diversity of each prompt's samples).
+(refdiff.demo.TEXT_DEMO_SAMPLER) and the same noise at every scale, scored as the demo scores them
+(refdiff.demo.score_prompts: caption_fidelity per attribute and all-correct, seen and held-out
+compositions apart, and the mean diversity of each prompt's samples).
 Prints a Markdown table, a row per scale and group, with the seconds each scale took and the load
 average; writes ``fidelity_vs_diversity.png`` (all-correct fraction against diversity, a line per group
 through the scales, beside the mean of the four attributes' fractions), ``guidance_grid_s<s>.png`` (a row

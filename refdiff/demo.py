@@ -17,7 +17,7 @@ train data-parallel (step 3) and rank 0 alone does the rest.
 
 The text demo (``run_text_demo``, issue 14): train the ``text16`` model on 5000 captioned shapes with
 caption dropout (checkpoint.npz, loss_curve.png); sample each of eight prompts of seen (colour, shape)
-pairs and four of the held-out pairs with DDIM and classifier-free guidance (samples.png: a row per
+pairs and four of the held-out pairs with DDPM and classifier-free guidance (samples.png: a row per
 prompt, the held-out ones marked; samples.npz: ``images`` and ``prompts``); score every sample against
 its prompt (refdiff.captions_eval: size, colour, shape, position and all at once, seen and held-out
 compositions apart, with the diversity of each prompt's samples; metrics.json, printed). Its defaults
@@ -209,8 +209,8 @@ def run_text_demo(out: str | Path = "out/text_demo", steps: int | None = None, p
                   progress: bool = True, force: bool = False) -> dict[str, Path]:
     """The text demo into ``out``: train text16 on captioned shapes (TEXT_DEMO_TRAIN, ``steps`` if given),
     sample ``per_prompt`` images of each of SEEN_PROMPTS and HELD_OUT_PROMPTS with TEXT_DEMO_SAMPLER
-    (``sample_steps`` steps) and classifier-free guidance from the EMA weights (samples.png: a row per prompt, held-out ones marked; samples.npz:
-    ``images`` and ``prompts``), and score them with refdiff.captions_eval (metrics.json, printed).
+    (``sample_steps`` steps) and classifier-free guidance from the EMA weights (samples.png: a row per prompt,
+    held-out ones marked; samples.npz: ``images`` and ``prompts``), and score them with refdiff.captions_eval (metrics.json, printed).
     ``out`` must be new, empty or an earlier text demo's folder unless ``force``. Returns the paths written;
     under ``mpirun -n N`` the ranks train data-parallel and rank 0 alone samples and writes, the others return {}.
     """
