@@ -6,7 +6,7 @@ Run: python benchmarks/position_words.py [--condition caption|label] [--text-lr-
 (about 2 minutes of training on a 2-core CPU at the text demo's settings, refdiff.demo.TEXT_DEMO_TRAIN)
 
 The probe: 256 captioned shapes (seed 5, not trained on) noised to x_t, each given a random position as its
-condition; x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t) from the EMA weights, read back
+condition (q_sample); x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t) from the EMA weights, read back
 with refdiff.data.captions.read_position. Printed per t: the fraction in the prompted quadrant (25%: the
 condition is ignored) beside the fraction in the noised image's own quadrant (what x_t alone tells).
 For a caption model also the encoder at its summary slot, for the four captions, at init and trained: the
@@ -27,7 +27,7 @@ from refdiff.backend import Generator
 from refdiff.checkpoint import load_checkpoint
 from refdiff.data.captions import POSITIONS, load_captions, read_position, tokenize
 from refdiff.demo import TEXT_DEMO_IMAGES, TEXT_DEMO_TRAIN
-from refdiff.diffusion import Parameterization, _x0_and_eps
+from refdiff.diffusion import Parameterization, _x0_and_eps, q_sample
 from refdiff.generate import load_model
 from refdiff.models import text_encoder, text_unet
 from refdiff.models.presets import text16
@@ -92,8 +92,8 @@ def probe(checkpoint: str, condition: str, n: int = 256) -> dict[int, tuple[floa
     y = prompt if condition == "label" else tokenize(np.array(POSITIONS)[prompt])[0]
     fractions = {}
     for t in PROBE_T:
-        ab, steps = loaded.schedule.alpha_bar[t], np.full(n, t)
-        xt = (np.sqrt(ab) * x0 + np.sqrt(1 - ab) * rng.standard_normal(x0.shape)).astype(np.float32)
+        steps = np.full(n, t)
+        xt = q_sample(loaded.schedule, x0, steps, rng.standard_normal(x0.shape).astype(x0.dtype))  # eq. 4
         x0_hat, _ = _x0_and_eps(loaded.schedule, param, loaded.model(xt, steps, y), xt, steps)
         read = read_position(np.clip(x0_hat, -1, 1))
         fractions[t] = (float(np.mean(read == prompt)), float(np.mean(read == attributes["position"])))
