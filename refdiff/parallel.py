@@ -1,19 +1,24 @@
-"""Batch parts on host threads: the speed layer's way to use every core (docs/design.md rule 10).
+"""Batch parts on host cores: the speed layer's way to use every core (docs/design.md rule 10).
 
 Every sample goes through a denoiser on its own (GroupNorm and attention are per sample), so a model's
-forward/backward pair can run a NumPy batch in parts, one part per worker thread, and add the parts'
-parameter gradients up afterwards. ``in_parts(forward, backward)`` wraps any such pair; the models stay
-one plain forward and one plain backward over the whole batch.
+forward/backward pair can run a NumPy batch in parts, one part per core, and add the parts' parameter
+gradients up afterwards. ``in_parts(forward, backward)`` wraps any such pair; the models stay one
+plain forward and one plain backward over the whole batch.
 
-The thread layout, and why it holds with other work on the cores:
+The layout, and why it holds with other work on the cores:
 
-- refdiff's own threads split the batch; while a wrapped pair runs, every BLAS library is limited to
-  one thread (threadpoolctl), also when the batch is a single part. A BLAS pool (OpenBLAS) splits each
+- refdiff splits the batch itself; while a wrapped pair runs, every BLAS library is limited to one
+  thread (threadpoolctl), also when the batch is a single part. A BLAS pool (OpenBLAS) splits each
   matrix product over the cores and its workers spin between products: with another process holding a
   core, every product waits for a descheduled worker, and a digits8 training step took 14-42x longer
   beside two busy loops (docs/performance.md, benchmarks/bench_load.py).
-- the worker threads take one part each and hand back once per forward and once per backward; a
-  waiting thread sleeps on a lock instead of spinning, so a loaded core costs its fair share.
+- the parts beyond the caller's own run in worker processes (refdiff.workers; ``set_processes``), or
+  on worker threads where processes cannot be used. A worker takes its parts and hands back once per
+  forward and once per backward, and waits asleep (on a socket or a lock), never spinning, so a loaded
+  core costs its fair share. Processes because threads share one GIL: every NumPy call takes it for
+  its dispatch, and at small parts the threads wait on each other (text16 at 16 images a part: two
+  threads 1.55x one thread, two processes 2.0x), so parts in processes pay from far smaller batches
+  (MIN_PART_PIXELS_PROCESSES against MIN_PART_PIXELS).
 - glibc's malloc keeps freed memory for reuse (``_keep_freed_memory``), from the first host call of a
   wrapped pair on the speed layer, one part or several: fresh NumPy temporaries would otherwise
   page-fault in again on every layer (a digits8 group norm took 1.8x as long), and the threads'
@@ -35,7 +40,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from refdiff import speed
+from refdiff import speed, workers
 from refdiff.backend import library_name, namespace
 
 # Ranks an MPI launcher started on this node (MPICH's Hydra, Open MPI): they share its cores.
@@ -50,6 +55,10 @@ PART_PIXELS = PART_SIZE * 28 * 28
 # core gains: 2 threads against 1 broke even between 2,000 and 3,200 pixels per part (digits8: 0.85-0.93x
 # at 2 x 32 images of 8 x 8, 1.07-1.20x at 2 x 50; mnist28: 0.84-0.95x at 2 x 2 images, 1.17-1.39x at 2 x 3).
 MIN_PART_PIXELS = 2500
+# In worker processes (refdiff.workers) nothing waits on a GIL and the break-even is far lower: 2 parts
+# against 1 measured 0.97x at digits8's 2 x 4 images (256 pixels a part), 1.08x at 2 x 8 (512), 1.30x at
+# 2 x 16; mnist28 1.11x at 2 x 1 image (784) (docs/performance.md, "Batch parts in processes").
+MIN_PART_PIXELS_PROCESSES = 500
 
 
 def _default_threads() -> int:
@@ -92,21 +101,46 @@ def get_num_threads() -> int:
     return _NUM_THREADS
 
 
+def set_processes(on: bool) -> None:
+    """Run a model's batch parts in worker processes (True, the default where refdiff.workers.AVAILABLE;
+    REFDIFF_PROCESSES=0 at start-up turns it off) or on threads (False). The numbers are the same.
+    Workers already started wait until they are used again or the process ends (workers.shutdown)."""
+    global _PROCESSES
+    if not isinstance(on, bool):
+        raise ValueError(f"on must be a bool, got {on!r}")
+    _PROCESSES = on
+
+
+def get_processes() -> bool:
+    """Whether a model's batch parts go to worker processes (set_processes)."""
+    return _PROCESSES
+
+
+_PROCESSES = os.environ.get("REFDIFF_PROCESSES", "1") != "0"
+
+
+def _in_processes(forward: Callable, rows: list, x: Any) -> bool:
+    """Whether forward_in_parts sends parts beyond the first to worker processes (refdiff.workers)."""
+    return len(rows) > 1 and _PROCESSES and _host(x) and workers.usable(forward, _NUM_THREADS)
+
+
 def batch_parts(N: int, like: Any) -> list[slice]:
     """How to split a batch of N samples: slices of the batch axis, near-equal, in order.
 
     like: the (N, C, H, W) batch. Host NumPy on the speed layer: parts of about
     max(PART_SIZE, PART_PIXELS / (H W)) samples (even on one thread, parts that fit the caches run
     faster than the whole batch), at least one per thread and a multiple of the threads (no core idle
-    in the last round), but no more than N H W / MIN_PART_PIXELS parts. Every other case (a GPU,
-    array_api_strict, the reference path): one part, the whole batch.
+    in the last round), but no more than N H W / MIN_PART_PIXELS parts (MIN_PART_PIXELS_PROCESSES when
+    the parts go to worker processes). Every other case (a GPU, array_api_strict, the reference path):
+    one part, the whole batch.
     """
     if N <= 1 or library_name(like) != "numpy" or not speed.enabled():
         return [slice(0, N)]
     pixels = math.prod(like.shape[2:])                               # H * W of one sample
+    least = MIN_PART_PIXELS_PROCESSES if _PROCESSES and workers.AVAILABLE else MIN_PART_PIXELS
     count = max(_NUM_THREADS, -(-N // max(PART_SIZE, PART_PIXELS // pixels)))
     count = -(-count // _NUM_THREADS) * _NUM_THREADS
-    count = max(1, min(count, N, N * pixels // MIN_PART_PIXELS))
+    count = max(1, min(count, N, N * pixels // least))
     bounds = [round(i * N / count) for i in range(count + 1)]  # near-equal sizes
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -182,7 +216,7 @@ def _host(x: Any) -> bool:
     return library_name(x) == "numpy"
 
 
-def _host_layout(a: Any) -> contextlib.AbstractContextManager:
+def host_layout(a: Any) -> contextlib.AbstractContextManager:
     """The thread layout for a pair run on ``a``'s library: on the host one BLAS thread
     (one_blas_thread) and, on the speed layer, malloc keeping freed memory (_keep_freed_memory);
     nothing elsewhere."""
@@ -194,7 +228,8 @@ def _host_layout(a: Any) -> contextlib.AbstractContextManager:
 
 
 def forward_in_parts(forward: Callable, params: dict, cfg: Any, x: Any, t: Any, y: Any = None, **options: Any):
-    """forward(params, cfg, x, t[, y], **options) run over batch_parts(N, x) on the worker threads.
+    """forward(params, cfg, x, t[, y], **options) run over batch_parts(N, x): the first part (of each
+    round of get_num_threads() parts) here, the others in worker processes (or on worker threads).
 
     x: (N, ...) and t: (N,), and y ((N,) labels or (N, L) tokens) when given, are split along the batch
     axis; options (train, generator, keep_cache) go to every part. Training with dropout keeps one part,
@@ -205,13 +240,18 @@ def forward_in_parts(forward: Callable, params: dict, cfg: Any, x: Any, t: Any, 
     N = x.shape[0]
     dropout = options.get("train", False) and getattr(cfg, "dropout", 0) > 0
     rows = [slice(0, N)] if dropout else batch_parts(N, x)
+    parts = [(x[r, ...], t[r], {} if y is None else {"y": y[r, ...]}) for r in rows]  # labels (N,), tokens (N, L)
 
-    def run(r: slice):
-        labels = {} if y is None else {"y": y[r, ...]}  # labels (N,) or tokens (N, L): rows
-        return forward(params, cfg, x[r, ...], t[r], **labels, **options)
+    def run(part: tuple):
+        x_r, t_r, labels = part
+        return forward(params, cfg, x_r, t_r, **labels, **options)
 
-    with _host_layout(x):
-        results = parallel_map(run, rows)
+    with host_layout(x):
+        if _in_processes(forward, rows, x):
+            results = workers.run_parts("forward", forward, (params, cfg, options), parts, run, _NUM_THREADS,
+                                        host_layout)
+        else:
+            results = parallel_map(run, parts)
     outs = [out for out, _ in results]
     out = outs[0] if len(outs) == 1 else namespace(x).concat(outs, axis=0)  # (N, ...)
     if results[0][1] is None:
@@ -220,7 +260,8 @@ def forward_in_parts(forward: Callable, params: dict, cfg: Any, x: Any, t: Any, 
 
 
 def backward_in_parts(backward: Callable, dout: Any, cache: PartsCache, need_dx: bool = False):
-    """backward(dout[rows], part cache, need_dx) for every part of forward_in_parts, on the threads.
+    """backward(dout[rows], part cache, need_dx) for every part of forward_in_parts, where its forward
+    ran: here, in the worker process that keeps the part's cache, or on the threads.
 
     Math: every parameter serves every sample, so the parts' parameter gradients add up; dx is the
     parts' dx concatenated along the batch axis. Returns grads, or (grads, dx) with need_dx.
@@ -228,12 +269,17 @@ def backward_in_parts(backward: Callable, dout: Any, cache: PartsCache, need_dx:
     if not isinstance(cache, PartsCache):
         raise TypeError(f"cache must be the PartsCache of forward_in_parts, got {type(cache).__name__}")
 
-    def run(part: tuple):
-        r, c = part
-        return backward(dout[r, ...], c, need_dx=need_dx)
+    parts = [(dout[r, ...], c) for r, c in zip(cache.rows, cache.caches)]
 
-    with _host_layout(dout):
-        results = parallel_map(run, list(zip(cache.rows, cache.caches)))
+    def run(part: tuple):
+        dout_r, c = part
+        return backward(dout_r, c, need_dx=need_dx)
+
+    with host_layout(dout):
+        if any(isinstance(c, workers.RemoteCache) for c in cache.caches):
+            results = workers.run_parts("backward", backward, (need_dx,), parts, run, _NUM_THREADS, host_layout)
+        else:
+            results = parallel_map(run, parts)
     if need_dx:
         results, dxs = [g for g, _ in results], [dx for _, dx in results]
     grads = results[0]

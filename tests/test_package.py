@@ -10,7 +10,7 @@ ROOT = Path(refdiff.__file__).parent
 # distributed, checkpoint and train_state under train; classifier_train, vae_train, gan_train, flow_train and
 # clip_train beside it; captions_eval (scoring captioned-shape samples) beside digits_eval; generate, demo, compare and
 # guidance_compare (classifier-free against CLIP guidance, scored) under cli.
-LAYERS = ("backend", "speed", "parallel", "memory", "schedules", "diffusion", "likelihood", "layers", "models",
+LAYERS = ("backend", "speed", "workers", "parallel", "memory", "schedules", "diffusion", "likelihood", "layers", "models",
           "timesteps", "losses", "optim", "run_config", "samplers", "data", "distributed", "checkpoint", "train_state", "train",
           "classifier_train", "vae_train", "gan_train", "flow_train", "clip_train", "metrics", "digits_eval", "captions_eval",
           "plot", "generate", "inpaint", "demo", "compare", "guidance_compare", "cli", "__main__")

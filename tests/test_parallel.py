@@ -9,6 +9,7 @@ from threadpoolctl import threadpool_info
 
 from refdiff import parallel as P
 from refdiff import speed
+from refdiff import workers as W
 from refdiff.backend import Generator, to_numpy
 from refdiff.models import classifier as C
 from refdiff.models import mlp as M
@@ -71,25 +72,33 @@ def test_a_split_batch_gives_the_whole_batch_results(backend, name, monkeypatch)
     assert backward_p(dout, cache2).keys() == g1.keys()  # need_dx=False: the grads alone
 
 
-def test_batch_parts_are_cache_sized_and_a_multiple_of_the_threads():
+@pytest.mark.parametrize("processes", [False, True])
+def test_batch_parts_are_cache_sized_and_a_multiple_of_the_threads(processes):
     """On NumPy, batch_parts splits a batch into near-equal parts that cover it in order: cache-sized
-    (PART_SIZE 28 x 28 images, more of smaller ones), a multiple of the 2 threads, of MIN_PART_PIXELS
-    or more on average (so digits8's training batch of 64 stays whole); one part on the reference path."""
-    threads = P.get_num_threads()
+    (PART_SIZE 28 x 28 images, more of smaller ones), a multiple of the 2 threads, of at least
+    MIN_PART_PIXELS on threads (so digits8's training batch of 64 stays whole there) and
+    MIN_PART_PIXELS_PROCESSES in worker processes on average; one part on the reference path."""
+    threads, before = P.get_num_threads(), P.get_processes()
+    cases = {False: [(28, 1, 1), (28, 2, 1), (28, 4, 1), (28, 7, 2), (28, 64, 2), (28, 96, 4), (28, 256, 8),
+                     (8, 64, 1), (8, 100, 2), (8, 1024, 4), (32, 64, 2)],
+             True: [(28, 1, 1), (28, 2, 2), (28, 7, 2), (28, 256, 8), (8, 4, 1), (8, 8, 1), (8, 16, 2),
+                    (8, 64, 2), (8, 1024, 4), (32, 64, 2)]}[processes and W.AVAILABLE]
+    least = P.MIN_PART_PIXELS_PROCESSES if processes and W.AVAILABLE else P.MIN_PART_PIXELS
     try:
         P.set_num_threads(2)
-        for S, N, count in [(28, 1, 1), (28, 2, 1), (28, 4, 1), (28, 7, 2), (28, 64, 2), (28, 96, 4), (28, 256, 8),
-                            (8, 64, 1), (8, 100, 2), (8, 1024, 4), (32, 64, 2)]:
+        P.set_processes(processes)
+        for S, N, count in cases:
             parts = P.batch_parts(N, np.zeros((N, 1, S, S)))
             assert parts[0].start == 0 and parts[-1].stop == N
             assert all(a.stop == b.start for a, b in zip(parts[:-1], parts[1:]))
             sizes = [p.stop - p.start for p in parts]
             assert len(parts) == count and max(sizes) - min(sizes) <= 1, (S, N, sizes)
-            assert count == 1 or N * S * S / count >= P.MIN_PART_PIXELS
+            assert count == 1 or N * S * S / count >= least
             with speed.reference_path():
                 assert P.batch_parts(N, np.zeros((N, 1, S, S))) == [slice(0, N)]
     finally:
         P.set_num_threads(threads)
+        P.set_processes(before)
     with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
         P.set_num_threads(0)
 
@@ -109,14 +118,17 @@ def test_parts_run_on_two_threads_and_dropout_keeps_one_part(monkeypatch):
         return U.unet_forward(*args, **kwargs)
 
     monkeypatch.setattr(P, "MIN_PART_PIXELS", 1)  # the small test batch in two parts, on two threads
+    processes = P.get_processes()
     try:
         P.set_num_threads(2)
+        P.set_processes(False)
         out2, cache2 = P.forward_in_parts(recording, params, cfg, x, t, train=False)
         _, cache = forward(params, cfg, x, t, train=True, generator=Generator(0))
         P.set_num_threads(1)
         out1, _ = forward(params, cfg, x, t, train=False)
     finally:
         P.set_num_threads(threads)
+        P.set_processes(processes)
     np.testing.assert_allclose(out2, out1, rtol=1e-12, atol=1e-12)
     assert len(cache2.caches) == 2 and len(cache.caches) == 1
     assert len(seen) == 2 and all(name.startswith("refdiff") for name in seen)
