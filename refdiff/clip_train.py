@@ -5,7 +5,7 @@ One step (``clip_step``, like refdiff.classifier_train's): x0, tokens, mask <- b
 the generator); t ~ U{0, ..., T - 1}, eps ~ N(0, I); x_t = q_sample(x0, t, eps);
 f = f(x_t, t), g = g(c); loss = symmetric InfoNCE(f, g, tau) (refdiff.layers.contrastive);
 grads by the backward of each; params <- AdamW(clip(grads)); tau <- min(tau, log 100) (CLIP's cap on
-the inverse temperature). The image side runs in batch parts on the host threads (refdiff.parallel).
+the inverse temperature). The image side runs in batch parts on the host's cores (refdiff.parallel).
 All randomness comes from one Generator(seed).
 
 ``retrieval_accuracy`` is the zero-shot check: each caption picks the image of highest f . g among N,

@@ -2,7 +2,7 @@
 
 Every layer and model has a textbook form, the function a reader meets first (one derivative step a
 line, the derivation page's numbered steps). Where a faster form of the same math exists (a fused
-backward, in-place arithmetic, a batch split into parts on host threads), it lives beside the textbook
+backward, in-place arithmetic, a batch split into parts on the host's cores), it lives beside the textbook
 form and is tested equal to it. ``enabled()`` says which one runs:
 
 - the speed layer, by default;
@@ -10,7 +10,7 @@ form and is tested equal to it. ``enabled()`` says which one runs:
   inside ``with reference_path():``.
 
 The switch is process-wide, not per thread, so the worker threads of ``refdiff.parallel`` see the
-state of the thread that started them.
+state of the thread that started them; worker processes (``refdiff.workers``) get it with every call.
 """
 
 from __future__ import annotations

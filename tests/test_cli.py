@@ -10,7 +10,7 @@ import pytest
 from support import quick_digit_classifier
 
 import refdiff
-from refdiff import __version__
+from refdiff import __version__, parallel, workers
 from refdiff.cli import main
 
 
@@ -31,7 +31,7 @@ def test_version_flag_prints_package_version(capsys):
 
 def test_info_reports_numpy_version_and_numpy_backend(capsys):
     """``refdiff info`` returns 0, reports the imported NumPy's version and lists the numpy backend; its
-    BLAS rows differ from each other (each names its library's file)."""
+    BLAS rows differ from each other (each names its library's file); it says how a batch is split."""
     assert main(["info"]) == 0
     fields = _info_fields(capsys.readouterr().out)
     assert fields["NumPy"] == [np.__version__]
@@ -40,6 +40,10 @@ def test_info_reports_numpy_version_and_numpy_backend(capsys):
     assert {"Python", "SciPy", "array-api-compat", "array-api-strict", "CuPy", "BLAS"} <= set(fields)
     blas = fields["BLAS"]  # NumPy's and SciPy's wheels each load one: every row names its library file
     assert blas == ["none found"] or all(os.sep in row.rsplit("(", 1)[-1] for row in blas)
+    cores = parallel.get_num_threads()
+    processes = parallel.get_processes() and workers.AVAILABLE
+    how = "one part at a time" if cores == 1 else "worker processes" if processes else "threads"
+    assert fields["batch parts"] == [f"{cores} cores, {how} (REFDIFF_NUM_THREADS, REFDIFF_PROCESSES)"]
 
 
 def test_no_subcommand_prints_help_and_returns_2(capsys):

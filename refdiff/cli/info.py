@@ -46,6 +46,16 @@ def _blas_rows() -> list[tuple[str, str]]:
                      f"({lib.get('filepath')})") for lib in blas]
 
 
+def _parts_row() -> list[tuple[str, str]]:
+    """How a host batch is split (refdiff.parallel): over how many cores, in worker processes or threads."""
+    from refdiff import parallel, workers
+
+    cores = parallel.get_num_threads()
+    how = ("one part at a time" if cores == 1 else
+           "worker processes" if parallel.get_processes() and workers.AVAILABLE else "threads")
+    return [("batch parts", f"{cores} cores, {how} (REFDIFF_NUM_THREADS, REFDIFF_PROCESSES)")]
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """Print versions, usable backends and BLAS threads, one ``label: value`` per line."""
     from refdiff.backend import available_backends
@@ -60,7 +70,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         cfg = presets[args.model]()
         print(registry.family(cfg).summary(cfg))
         return 0
-    rows = _versions() + [("backends", ", ".join(available_backends()))] + _blas_rows()
+    rows = _versions() + [("backends", ", ".join(available_backends()))] + _blas_rows() + _parts_row()
     for label, value in rows:
         print(f"{label + ':':<18} {value}")
     return 0

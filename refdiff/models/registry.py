@@ -25,7 +25,7 @@ module with the functions below and one entry in FAMILIES.
     init_params   (cfg, generator, dtype) -> {key: NumPy host array}
     forward       the task's forward (above): the plain function over the whole batch
     backward      (dout, cache, need_dx=False) -> grads (params' keys), or (grads, dx) with need_dx
-    in_parts()    (forward, backward) in batch parts on the host threads (refdiff.parallel), as training
+    in_parts()    (forward, backward) in batch parts on the host's cores (refdiff.parallel), as training
                   runs them (derived, like param_count(cfg), the total size of param_shapes(cfg))
     model         (params, cfg) -> the evaluation-mode callable of the task (no activations kept)
     flops         (cfg, image_size=None) -> ([(layer, multiply-adds)], total), or None
@@ -75,7 +75,7 @@ class Family:
         return count_params(self.param_shapes(cfg))
 
     def in_parts(self) -> tuple[Callable, Callable]:
-        """(forward, backward) run in batch parts on the host threads, as training calls them
+        """(forward, backward) run in batch parts on the host's cores, as training calls them
         (refdiff.parallel.in_parts: same signatures; a GPU batch, or the reference path, is one part)."""
         return in_parts(self.forward, self.backward)
 

@@ -276,7 +276,7 @@ def text_unet_backward(dout: Any, cache: TextUNetCache, need_dx: bool = False):
 
 def text_unet_model(params: dict, cfg: TextUNetConfig):
     """The sampler protocol ``model(xt, t, y=None) -> output`` with y the (N, L) tokens (None: the empty
-    caption): evaluation mode, no activations kept, the batch in parts on the host threads. params must
+    caption): evaluation mode, no activations kept, the batch in parts on the host's cores. params must
     already be arrays of the library, device and dtype the sampler's xt will have."""
     check_params(params, cfg, TextUNetConfig, param_shapes)
 

@@ -151,7 +151,7 @@ def unet_forward(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any = None, t
     ResBlock when train, masks drawn from generator. keep_cache=False keeps no activations (sampling)
     and returns None for the cache. Returns out (N, output_channels, H, W) like x, and a UNetCache.
 
-    This is the whole batch in one pass; refdiff.parallel.in_parts runs it in parts on host threads
+    This is the whole batch in one pass; refdiff.parallel.in_parts runs it in parts on the host's cores
     (what unet_model and the model registry use on the speed layer).
     """
     _check_forward(params, cfg, x, t, y, train, generator)
@@ -263,7 +263,7 @@ def plan_backward(cfg: UNetConfig, dout: Any, caches: tuple, run_step: Callable 
 
 def unet_model(params: dict, cfg: UNetConfig):
     """The sampler protocol ``model(xt, t, y=None) -> output`` (refdiff.samplers.common): evaluation
-    mode, no activations kept (keep_cache=False), the batch in parts on the host threads
+    mode, no activations kept (keep_cache=False), the batch in parts on the host's cores
     (refdiff.parallel). params must already be arrays of the library, device and dtype the sampler's
     xt will have (params_to)."""
     _check_params(params, cfg)
