@@ -71,6 +71,7 @@ class _Worker:
                                         pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
         child.close()
         self.connection = Connection(parent.detach())
+        self.owner = os.getpid()  # a forked child of the owner must not talk to this worker
         self.keys = 0
         self.forgotten: list[int] = []  # keys whose handles were freed, sent with the next message
         self.receive()  # the worker's hello once it has imported refdiff
@@ -126,9 +127,11 @@ def usable(fn: Callable, threads: int) -> bool:
 
 
 def shutdown() -> None:
-    """End every worker (they start again on the next use)."""
+    """End every worker (they start again on the next use); in a forked child, only forget them."""
     while _WORKERS:
-        _WORKERS.pop().close()
+        worker = _WORKERS.pop()
+        if worker.owner == os.getpid():
+            worker.close()
 
 
 atexit.register(shutdown)
@@ -136,7 +139,7 @@ atexit.register(shutdown)
 
 def _workers(count: int) -> list[_Worker] | None:
     """``count`` running workers, started if need be; None (and threads from then on) if they cannot start."""
-    if len(_WORKERS) != count:
+    if len(_WORKERS) != count or _WORKERS[0].owner != os.getpid():
         shutdown()
         try:
             for _ in range(count):

@@ -118,3 +118,26 @@ def test_functions_that_do_not_pickle_run_on_threads_and_the_switch_is_checked(t
     np.testing.assert_allclose(out, whole, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="on must be a bool, got 1"):
         P.set_processes(1)
+
+
+def test_a_forked_child_starts_its_own_workers(two_parts):
+    """A child forked from a process with workers does not talk to its parent's worker (the replies
+    would cross): it starts its own, gets the same numbers, and the parent's worker still serves."""
+    params, x, t = random_params(U.param_shapes(UNET), 0), host_data(1, (3, 1, 8, 8)), np.array([1, 2, 3])
+    forward = P.in_parts(U.unet_forward, U.unet_backward)[0]
+    y = np.array([0, 1, 2])
+    out, _ = forward(params, UNET, x, t, y)
+    parent_worker = W._WORKERS[0].process.pid
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report whether it got the same numbers from a worker of its own
+        try:
+            same = np.array_equal(forward(params, UNET, x, t, y)[0], out)
+            os.write(write, b"1" if same and W._WORKERS[0].process.pid != parent_worker else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.waitpid(child, 0)
+    np.testing.assert_array_equal(forward(params, UNET, x, t, y)[0], out)
+    assert W._WORKERS[0].process.pid == parent_worker
