@@ -180,13 +180,13 @@ def write_metrics(out: Path, images: np.ndarray, labels: np.ndarray, split: tupl
 
 
 # The text demo (issue 14): GLIDE's text16 on captioned shapes. Batch 32: refdiff.parallel runs it as two parts
-# of 16 images, one a core, where a batch of 16 is one part on one core (refdiff.parallel.MIN_PART_PIXELS): 119
-# images/s against 76 on a quiet 2-core CPU. lr 4e-3 with min-SNR-5 weighting (Hang et al. 2023): the colour
-# right in 100% of the samples at guidance 3, against 52% without it (the earlier text16). The encoder at 0.03 of
-# the rate: at one rate its residual stream grows a part common to every caption that its final LayerNorm divides
-# out, and the position words are lost. 2700 steps: about 9 minutes on a quiet 2-core CPU (docs/glide.md, "Both
-# cores, and attention at 8x8 alone").
-TEXT_DEMO_TRAIN = TrainConfig(steps=2700, batch_size=32, lr=4e-3, warmup_steps=100, lr_decay="cosine",
+# of 16 images, one a core, the second in a worker process (refdiff.workers): 159 ms a forward and backward
+# against 215 on two threads. lr 4e-3 with min-SNR-5 weighting (Hang et al. 2023): the colour right in 100% of the
+# samples at guidance 3, against 52% without it (the earlier text16). The encoder at 0.03 of the rate: at one
+# rate its residual stream grows a part common to every caption that its final LayerNorm divides out, and the
+# position words are lost. 3200 steps: what the worker processes' time buys within about 9 minutes on a quiet
+# 2-core CPU (docs/glide.md, "3200 steps").
+TEXT_DEMO_TRAIN = TrainConfig(steps=3200, batch_size=32, lr=4e-3, warmup_steps=100, lr_decay="cosine",
                               ema_decay=0.999, schedule="cosine", T=1000, weighting="min_snr", caption_dropout=0.2,
                               text_lr_scale=0.03, checkpoint_every=300)
 TEXT_DEMO_IMAGES = {"n": 5000, "seed": 0}  # load_captions' images, those `refdiff train --data captions` trains on
