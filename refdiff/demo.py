@@ -21,7 +21,7 @@ pairs and four of the held-out pairs with DDPM and classifier-free guidance (sam
 prompt, the held-out ones marked; samples.npz: ``images`` and ``prompts``); score every sample against
 its prompt (refdiff.captions_eval: size, colour, shape, position and all at once, seen and held-out
 compositions apart, with the diversity of each prompt's samples; metrics.json, printed). Its defaults
-took 9 min 28 s of a quiet 2-core CPU, both cores (docs/glide.md, "The demo").
+took 9 min 47 s of a quiet 2-core CPU, both cores (docs/glide.md, "The demo").
 """
 
 from __future__ import annotations
