@@ -79,6 +79,7 @@ _NUM_THREADS = _default_threads()
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 _POOL_SIZE = 0
 _IN_WORKER = threading.local()  # .active is True inside a pool worker: nested maps run in place
+_PROCESSES = os.environ.get("REFDIFF_PROCESSES", "1") != "0"  # batch parts in worker processes (set_processes)
 
 
 def set_num_threads(n: int) -> None:
@@ -114,9 +115,6 @@ def set_processes(on: bool) -> None:
 def get_processes() -> bool:
     """Whether a model's batch parts go to worker processes (set_processes)."""
     return _PROCESSES
-
-
-_PROCESSES = os.environ.get("REFDIFF_PROCESSES", "1") != "0"
 
 
 def _in_processes(forward: Callable, rows: list, x: Any) -> bool:
@@ -228,8 +226,9 @@ def host_layout(a: Any) -> contextlib.AbstractContextManager:
 
 
 def forward_in_parts(forward: Callable, params: dict, cfg: Any, x: Any, t: Any, y: Any = None, **options: Any):
-    """forward(params, cfg, x, t[, y], **options) run over batch_parts(N, x): the first part (of each
-    round of get_num_threads() parts) here, the others in worker processes (or on worker threads).
+    """forward(params, cfg, x, t[, y], **options) run over batch_parts(N, x): in worker processes, part i
+    on executor i mod get_num_threads(), executor 0 this process (refdiff.workers.run_parts); else on
+    the worker threads.
 
     x: (N, ...) and t: (N,), and y ((N,) labels or (N, L) tokens) when given, are split along the batch
     axis; options (train, generator, keep_cache) go to every part. Training with dropout keeps one part,
