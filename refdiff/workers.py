@@ -28,6 +28,7 @@ import atexit
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -60,8 +61,6 @@ class _Worker:
     """One worker process and the main process's end of its socket; started, it has said hello."""
 
     def __init__(self):
-        import socket
-
         parent, child = socket.socketpair()
         path = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]  # the caller's imports, in order
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), REFDIFF_NUM_THREADS="1",
@@ -251,6 +250,8 @@ def serve(fd: int) -> None:
 
 
 def _run(kind: str, fn: Callable, shared: tuple, parts: list, caches: dict) -> list:
+    """A message's parts through fn: a forward keeps each cache under its key and returns (out, key or
+    None); a backward looks its cache up and returns what fn returns."""
     if kind == "forward":
         params, cfg, options = shared
         values = []
