@@ -50,8 +50,7 @@ def _model(preset: str):
             x, captions, _ = load_captions(N, seed=2)
             y = tokenize(captions)[0]
         else:
-            unet = cfg
-            x = rng.standard_normal((N, unet.in_channels, unet.image_size, unet.image_size), dtype=np.float32)
+            x = rng.standard_normal((N, cfg.in_channels, cfg.image_size, cfg.image_size), dtype=np.float32)
             y = None
         inputs.append((x.astype(np.float32), rng.integers(0, 1000, N), y))
     return cfg, family, params, inputs
@@ -85,14 +84,14 @@ def measure(preset: str, args) -> dict:
     times = {s: {"train": [], "sample": []} for s in settings}
     for round_ in range(args.repeats + 1):  # round 0 warms up (and starts the workers)
         for setting in settings:
-            _layout(*setting[:1], args.threads, setting[1])
+            _layout(setting[0], args.threads, setting[1])
             for kind, fn in (("train", train), ("sample", sample)):
                 start = time.perf_counter()
                 fn()
                 if round_:
                     times[setting][kind].append(time.perf_counter() - start)
     for setting in settings:
-        _layout(*setting[:1], args.threads, setting[1])
+        _layout(setting[0], args.threads, setting[1])
         times[setting]["parts"] = tuple(len(parallel.batch_parts(x.shape[0], x)) for x, _, _ in (train_in, sample_in))
     return times
 
