@@ -1,13 +1,15 @@
 """Caption fidelity against diversity across classifier-free guidance scales, from a text model's checkpoint.
 
 Run: python benchmarks/bench_text_guidance.py CHECKPOINT [--guidance 0 1 3 8] [--per-prompt 16]
-                                             [--sample-steps 100] [--seed 0] [--out DIR]
+                                             [--sampler ddpm] [--sample-steps 100] [--weights ema]
+                                             [--seed 0] [--out DIR]
 (CHECKPOINT: the text demo's, out/text_demo/checkpoint.npz; about a minute per scale at 16 samples a
 prompt on a 2-core CPU)
 
 For every guidance scale s, ``--per-prompt`` samples of each of the text demo's prompts (refdiff.demo:
 eight of seen (colour, shape) pairs, four of the held-out pairs) with the demo's sampler
-(refdiff.demo.TEXT_DEMO_SAMPLER) and the same noise at every scale, scored as the demo scores them
+(refdiff.demo.TEXT_DEMO_SAMPLER, or ``--sampler``) from the checkpoint's EMA weights (``--weights raw``: the
+trained weights) and the same noise at every scale, scored as the demo scores them
 (refdiff.demo.score_prompts: caption_fidelity per attribute and all-correct, seen and held-out
 compositions apart, and the mean diversity of each prompt's samples).
 Prints a Markdown table, a row per scale and group, with the seconds each scale took and the load
@@ -29,7 +31,7 @@ import numpy as np
 from refdiff.captions_eval import shape_classifier
 from refdiff.data.captions import ATTRIBUTES
 from refdiff.demo import HELD_OUT_PROMPTS, SEEN_PROMPTS, TEXT_DEMO_SAMPLER, sample_prompts, score_prompts
-from refdiff.generate import load_model
+from refdiff.generate import SAMPLERS, load_model
 from refdiff.plot import image_grid
 
 GROUPS = (("seen", "seen"), ("held_out", "held-out"))
@@ -37,18 +39,18 @@ GROUPS = (("seen", "seen"), ("held_out", "held-out"))
 CHANCE = (1 / 288, np.mean([1 / 2, 1 / 6, 1 / 6, 1 / 4]))
 
 
-def score_scales(loaded, scales: list[float], per_prompt: int, sample_steps: int, seed: int,
+def score_scales(loaded, scales: list[float], per_prompt: int, sampler: str, sample_steps: int, seed: int,
                  out: pathlib.Path) -> list[dict]:
     """A score_prompts report per scale, with its seconds and load average; each scale's grid written."""
     prompts, classifier, rows = SEEN_PROMPTS + HELD_OUT_PROMPTS, shape_classifier(), []
     for s in scales:
         start = time.perf_counter()
-        images = sample_prompts(loaded, prompts, per_prompt, s, sample_steps, seed)
+        images = sample_prompts(loaded, prompts, per_prompt, s, sample_steps, seed, sampler)
         report = score_prompts(images, prompts, per_prompt, classifier)
         report.update(guidance=s, seconds=time.perf_counter() - start, load=os.getloadavg()[0])
         image_grid(images, nrow=per_prompt, path=out / f"guidance_grid_s{s:g}.png",
                    row_labels=[p + ("\n(held out)" if p in HELD_OUT_PROMPTS else "") for p in prompts],
-                   title=f"guidance {s:g}, {TEXT_DEMO_SAMPLER.upper()} {sample_steps} steps")
+                   title=f"guidance {s:g}, {sampler.upper()} {sample_steps} steps")
         print(f"guidance {s:g}: {report['seconds']:.0f} s (load {report['load']:.1f})", flush=True)
         rows.append(report)
     return rows
@@ -95,7 +97,10 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0, 3.0, 8.0])
     parser.add_argument("--per-prompt", type=int, default=16)
+    parser.add_argument("--sampler", choices=SAMPLERS, default=TEXT_DEMO_SAMPLER)
     parser.add_argument("--sample-steps", type=int, default=100)
+    parser.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                        help="sample from the checkpoint's EMA weights (the demo's) or its trained weights")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="out/text_guidance")
     args = parser.parse_args()
@@ -103,9 +108,10 @@ def main() -> None:
         raise SystemExit(f"--per-prompt must be an integer >= 2 (diversity needs two samples), got {args.per_prompt}")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    loaded = load_model(args.checkpoint)
-    print(f"{args.checkpoint}: {loaded.train_cfg['steps']} training steps; {args.per_prompt} samples a prompt")
-    rows = score_scales(loaded, args.guidance, args.per_prompt, args.sample_steps, args.seed, out)
+    loaded = load_model(args.checkpoint, use_ema=args.weights == "ema")
+    print(f"{args.checkpoint}: {loaded.train_cfg['steps']} training steps, {args.weights} weights; "
+          f"{args.per_prompt} samples a prompt, {args.sampler} {args.sample_steps} steps")
+    rows = score_scales(loaded, args.guidance, args.per_prompt, args.sampler, args.sample_steps, args.seed, out)
     print(markdown_table(rows))
     (out / "guidance.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(plot_trade(rows, out / "fidelity_vs_diversity.png"))
