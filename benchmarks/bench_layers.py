@@ -10,24 +10,33 @@ PyTorch's from torch.profiler's self-CPU time per aten operator, each as a share
 scaled to its unprofiled median (profilers add overhead per call; shares are what they measure best).
 "Rest" is the step's median minus the layers listed: Python between layers, concatenations,
 residual additions, the loss, and on PyTorch's side the operators not listed.
+
+Then the convolutions one level down: every matrix product refdiff's conv layers made in one such call
+(recorded from refdiff.layers.conv: the forward's and dx's k*k products of depth C_in, or one im2col
+product for thin inputs; dw's k*k products of depth N*Ho*Wo), each timed as a plain 2-D product
+(M, K) @ (K, N) through NumPy's BLAS and through torch.matmul (fastest of ``repeats``), so that the BLAS
+libraries are compared on the same arithmetic, apart from the windows, copies and additions around it.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import os
 import pathlib
 import pstats
+import re
 import statistics
 import sys
 import time
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from refdiff import backend as bk
 from refdiff import parallel
+from refdiff.layers import conv as C
 from refdiff.models import unet as U
 from refdiff.models.presets import PRESETS
 
@@ -84,6 +93,78 @@ def torch_layers(fn, repeats: int, median: float) -> dict:
     return out
 
 
+def conv_products(fn) -> collections.Counter:
+    """{(M, K, N): count} of the (M, K) @ (K, N) products refdiff's convolutions make in one call of fn."""
+    products = collections.Counter()
+    correlate, backward = C._correlate, C.conv2d_backward_fast
+
+    def correlate_counted(a_pad, w, stride, Ho, Wo):  # the forward, and dx at stride 1
+        k, C_in, C_out = w.shape[0], w.shape[2], w.shape[3]
+        M = a_pad.shape[0] * Ho * Wo
+        if k > 1 and k * k * C_in <= C.IM2COL_DEPTH:
+            products[(M, k * k * C_in, C_out)] += 1  # im2col: one product of depth k*k*C_in
+        else:
+            products[(M, C_in, C_out)] += k * k  # one product per kernel offset
+        return correlate(a_pad, w, stride, Ho, Wo)
+
+    def backward_counted(dy, cache):
+        N, Ho, Wo, C_out = dy.shape
+        k, C_in = cache.w.shape[0], cache.w.shape[2]
+        products[(C_in, N * Ho * Wo, C_out)] += k * k  # dw[i, j] = X_ij^T dY
+        if cache.stride != 1 or cache.padding > k - 1:  # dx by taps (stride 1 goes through _correlate)
+            products[(N * Ho * Wo, C_out, C_in)] += k * k
+        return backward(dy, cache)
+
+    C._correlate, C.conv2d_backward_fast = correlate_counted, backward_counted
+    try:
+        fn()
+    finally:
+        C._correlate, C.conv2d_backward_fast = correlate, backward
+    return products
+
+
+def product_seconds(products: dict, repeats: int) -> dict:
+    """{(M, K, N): (NumPy s, PyTorch s)} for one (M, K) @ (K, N) float32 product, fastest of ``repeats``."""
+    import torch
+
+    def fastest(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    rng, out = np.random.default_rng(0), {}
+    for M, K, N in products:
+        a, b = rng.standard_normal((M, K), dtype=np.float32), rng.standard_normal((K, N), dtype=np.float32)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        out[(M, K, N)] = (fastest(lambda: a @ b), fastest(lambda: ta @ tb))
+    return out
+
+
+def print_products(products: dict, seconds: dict) -> None:
+    """The products as a Markdown table, the most NumPy time first, and their totals."""
+    import torch
+
+    blas = [f"{d['internal_api']} {d.get('version')}" for d in threadpool_info() if d["user_api"] == "blas"]
+    torch_blas = re.findall(r"BLAS_INFO=\w+", torch.__config__.show())
+    print(f"\nconv products as 2-D products, one thread: NumPy ({', '.join(blas)}) against torch.matmul "
+          f"({', '.join(torch_blas)})")
+    print("| (M, K) @ (K, N) | count | NumPy GFLOP/s | PyTorch GFLOP/s | NumPy ms | PyTorch ms |\n|---|---:|---:|---:|---:|---:|")
+    total = {"flop": 0.0, "numpy": 0.0, "torch": 0.0}
+    for (M, K, N), count in sorted(products.items(), key=lambda kv: -seconds[kv[0]][0] * kv[1]):
+        flop, (ours, theirs) = 2.0 * M * K * N, seconds[(M, K, N)]
+        total["flop"] += flop * count
+        total["numpy"] += ours * count
+        total["torch"] += theirs * count
+        print(f"| ({M}, {K}) @ ({K}, {N}) | {count} | {flop / ours / 1e9:.0f} | {flop / theirs / 1e9:.0f} | "
+              f"{1e3 * ours * count:.1f} | {1e3 * theirs * count:.1f} |")
+    print(f"all {sum(products.values())} products, {total['flop'] / 1e9:.2f} GFLOP: NumPy {1e3 * total['numpy']:.1f} ms, "
+          f"PyTorch {1e3 * total['torch']:.1f} ms ({total['numpy'] / total['torch']:.2f}x)")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="digits8", choices=sorted(PRESETS))
@@ -117,6 +198,9 @@ def main(argv=None) -> None:
         print(f"| {layer} | {rows['refdiff'][layer]:.1f} | {rows['torch'][layer]:.1f} |")
     rest = {k: 1e3 * medians[k] - float(np.nansum(list(rows[k].values()))) for k in rows}
     print(f"| rest | {rest['refdiff']:.1f} | {rest['torch']:.1f} |")
+    with threadpool_limits(limits=1, user_api="blas"):
+        products = conv_products(calls["refdiff"])
+        print_products(products, product_seconds(products, args.repeats))
     print(f"load average (1 min) before / after: {load[0]:.2f} / {os.getloadavg()[0]:.2f}")
 
 
