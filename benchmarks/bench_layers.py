@@ -29,7 +29,6 @@ import pstats
 import re
 import statistics
 import sys
-import time
 
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -42,6 +41,7 @@ from refdiff.models.presets import PRESETS
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import bench_unet as BU  # noqa: E402  (the same models and batches as bench_unet.py)
+from bench_load import time_steps  # noqa: E402
 
 # layer: (refdiff functions, cumulative; PyTorch aten operators, self time; None: not separable)
 LAYERS = {
@@ -127,20 +127,11 @@ def product_seconds(products: dict, repeats: int) -> dict:
     """{(M, K, N): (NumPy s, PyTorch s)} for one (M, K) @ (K, N) float32 product, fastest of ``repeats``."""
     import torch
 
-    def fastest(fn) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
     rng, out = np.random.default_rng(0), {}
     for M, K, N in products:
         a, b = rng.standard_normal((M, K), dtype=np.float32), rng.standard_normal((K, N), dtype=np.float32)
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        out[(M, K, N)] = (fastest(lambda: a @ b), fastest(lambda: ta @ tb))
+        out[(M, K, N)] = (min(time_steps(lambda: a @ b, repeats)), min(time_steps(lambda: ta @ tb, repeats)))
     return out
 
 
