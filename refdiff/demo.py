@@ -185,7 +185,7 @@ def write_metrics(out: Path, images: np.ndarray, labels: np.ndarray, split: tupl
 # samples at guidance 3, against 52% without it (the earlier text16). The encoder at 0.03 of the rate: at one
 # rate its residual stream grows a part common to every caption that its final LayerNorm divides out, and the
 # position words are lost. 3200 steps: what the worker processes' time buys within about 9 minutes on a quiet
-# 2-core CPU (docs/glide.md, "3200 steps").
+# 2-core CPU (docs/glide.md, "The demo's defaults now").
 TEXT_DEMO_TRAIN = TrainConfig(steps=3200, batch_size=32, lr=4e-3, warmup_steps=100, lr_decay="cosine",
                               ema_decay=0.999, schedule="cosine", T=1000, weighting="min_snr", caption_dropout=0.2,
                               text_lr_scale=0.03, checkpoint_every=300)
