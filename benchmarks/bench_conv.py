@@ -40,9 +40,9 @@ import time
 
 import numpy as np
 from scipy.linalg import blas  # SciPy's BLAS (flat-gemm), loaded before threadpool_limits
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
-from refdiff import speed
+from refdiff import parallel, speed
 from refdiff.layers.conv import conv2d_backward, conv2d_forward
 
 # (H, W, C_in, C_out, k, stride) of mnist28's convolutions (padding k // 2); the batch is --batch.
@@ -441,9 +441,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (threadpoolctl)")
     args = parser.parse_args()
     with threadpool_limits(limits=args.threads, user_api="blas"):
-        blas = [f"{d['internal_api']} {d.get('version', '')} ({d['num_threads']} threads)"
-                for d in threadpool_info() if d["user_api"] == "blas"]
-        print(f"NumPy {np.__version__}, BLAS: {', '.join(blas)}, load average {os.getloadavg()[0]:.2f}")
+        print(f"NumPy {np.__version__}, BLAS: {parallel.blas_summary()}, load average {os.getloadavg()[0]:.2f}")
         peak = gemm_peak(args.repeats)
         print(f"float32 GEMM peak (2048^3 matmul, {args.threads} BLAS threads): {peak:.0f} GFLOP/s")
         print("| shape (N x H x W x C_in -> C_out) | variant | fwd ms | fwd GF/s | bwd ms | bwd GF/s "

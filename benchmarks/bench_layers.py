@@ -31,7 +31,7 @@ import statistics
 import sys
 
 import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
 from refdiff import backend as bk
 from refdiff import parallel
@@ -139,9 +139,8 @@ def print_products(products: dict, seconds: dict) -> None:
     """The products as a Markdown table, the most NumPy time first, and their totals."""
     import torch
 
-    blas = [f"{d['internal_api']} {d.get('version')}" for d in threadpool_info() if d["user_api"] == "blas"]
     torch_blas = re.findall(r"BLAS_INFO=\w+", torch.__config__.show())
-    print(f"\nconv products as 2-D products, one thread: NumPy ({', '.join(blas)}) against torch.matmul "
+    print(f"\nconv products as 2-D products, one thread: NumPy ({parallel.blas_summary()}) against torch.matmul "
           f"({', '.join(torch_blas)})")
     print("| (M, K) @ (K, N) | count | NumPy GFLOP/s | PyTorch GFLOP/s | NumPy ms | PyTorch ms |\n|---|---:|---:|---:|---:|---:|")
     total = {"flop": 0.0, "numpy": 0.0, "torch": 0.0}

@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
                "machine": bench_unet.machine(argparse.Namespace(threads=args.threads), bk.get_backend("numpy")),
                "load_before": os.getloadavg(), "busy": args.busy}
     print(f"{results['machine']['cpu']}, {args.threads} threads, {args.busy} busy processes while loaded, "
-          f"batch {args.batch}, load average before {results['load_before'][0]:.2f}")
+          f"batch {args.batch}, load average before {results['load_before'][0]:.2f}; BLAS: {results['machine']['blas']}")
     print("| preset | layout | quiet ms (median) | loaded ms (median) | loaded / quiet |")
     print("|---|---|---:|---:|---:|")
     for preset in args.presets:

@@ -108,7 +108,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", help="also write the times to this file")
     args = parser.parse_args(argv)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} "
-          f"before; threads {args.threads}; medians of {args.repeats} interleaved rounds, ms")
+          f"before; threads {args.threads}; medians of {args.repeats} interleaved rounds, ms; "
+          f"BLAS: {parallel.blas_summary()}")
     results = {}
     for preset in args.presets:
         results[preset] = measure(preset, args)

@@ -41,7 +41,7 @@ import time
 import tracemalloc
 
 import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
 from refdiff import backend as bk
 from refdiff import parallel, speed
@@ -198,9 +198,7 @@ def _data(cfg, N: int, seed: int) -> dict:
 
 
 def machine(args, backend) -> dict:
-    blas = [f"{d['internal_api']} {d.get('version')} ({d['num_threads']} threads, {d.get('prefix')})"
-            for d in threadpool_info() if d["user_api"] == "blas"]
-    info = {"python": platform.python_version(), "numpy": np.__version__, "blas": blas,
+    info = {"python": platform.python_version(), "numpy": np.__version__, "blas": parallel.blas_summary(),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "backend": backend.name,
             "threads": args.threads, "refdiff_threads": parallel.get_num_threads()}
     try:
@@ -305,6 +303,7 @@ def main(argv=None) -> dict:
         results["load_after"] = os.getloadavg()
     print(f"refdiff bench: {args.preset}, {results['machine']['cpu']}, {args.threads} threads, backend "
           f"{backend.name}, NumPy {np.__version__}" + (f", PyTorch {torch.__version__}" if torch_device else ""))
+    print(f"BLAS: {results['machine']['blas']}")
     print_table(results)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1))

@@ -183,6 +183,37 @@ def one_blas_thread() -> Iterator[None]:
         yield
 
 
+# Environment variables that make OpenBLAS load other kernels or cache sizes than it detects for this CPU.
+OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def blas_libraries() -> list[dict]:
+    """Every BLAS library loaded in this process (threadpoolctl's description: library, version,
+    threads, file, and for OpenBLAS its kernel, "architecture"), with "overrides": the environment's
+    OPENBLAS_OVERRIDES that chose an OpenBLAS's kernel. The kernel sets the speed of the U-Nets' thin
+    products: on an AVX-512 CPU whose environment forced the AVX2 kernels ("Haswell"), the digits8
+    training step took 1.4x and mnist28's 1.65x as long (docs/performance.md, "The BLAS kernel")."""
+    from threadpoolctl import threadpool_info
+
+    overrides = {name: os.environ[name] for name in OPENBLAS_OVERRIDES if name in os.environ}
+    return [dict(lib, overrides=overrides if lib.get("internal_api") == "openblas" else {})
+            for lib in threadpool_info() if lib.get("user_api") == "blas"]
+
+
+def describe_blas(lib: dict) -> str:
+    """One line for a ``blas_libraries`` entry: "openblas 0.3.31, kernel SkylakeX, 2 threads", the
+    kernel followed by the variables that chose it."""
+    kernel = f", kernel {lib['architecture']}" if lib.get("architecture") else ""
+    forced = " ".join(f"{k}={v}" for k, v in lib["overrides"].items())
+    return (f"{lib.get('internal_api')} {lib.get('version')}{kernel}{f' ({forced})' if forced else ''}, "
+            f"{lib.get('num_threads')} threads")
+
+
+def blas_summary() -> str:
+    """``describe_blas`` of every BLAS library loaded, "; "-separated: what a timing needs beside it."""
+    return "; ".join(describe_blas(lib) for lib in blas_libraries())
+
+
 def parallel_map(fn: Callable[[Any], Any], items: list) -> list:
     """[fn(item) for item in items], on get_num_threads() worker threads when there are two or more.
 

@@ -1,6 +1,7 @@
 """The ``refdiff`` command line (refdiff.cli): version, info, dispatch, ``python -m refdiff``."""
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,33 @@ def test_info_reports_numpy_version_and_numpy_backend(capsys):
     processes = parallel.get_processes() and workers.AVAILABLE
     how = "one part at a time" if cores == 1 else "worker processes" if processes else "threads"
     assert fields["batch parts"] == [f"{cores} cores, {how} (REFDIFF_NUM_THREADS, REFDIFF_PROCESSES)"]
+
+
+def _info_in_a_fresh_interpreter(**env: str) -> dict[str, list[str]]:
+    """``refdiff info``'s fields from ``python -m refdiff info`` with the OpenBLAS overrides replaced by ``env``
+    (an OpenBLAS chooses its kernel once, when it loads: a fresh interpreter is the only way to change it)."""
+    package_parent = str(Path(refdiff.__file__).resolve().parent.parent)
+    base = {k: v for k, v in os.environ.items() if k not in parallel.OPENBLAS_OVERRIDES}
+    done = subprocess.run([sys.executable, "-m", "refdiff", "info"], capture_output=True, text=True, timeout=120,
+                          env={**base, **env, "PYTHONPATH": package_parent}, check=True)
+    return _info_fields(done.stdout)
+
+
+def test_info_names_the_openblas_kernel_and_the_variable_that_chose_it():
+    """Every OpenBLAS row of ``refdiff info`` names its kernel; with OPENBLAS_CORETYPE set, the kernel it
+    forced and the variable beside it, and a "BLAS alone" row with the kernel OpenBLAS picks without it,
+    the same as the rows of a run without the variable say (docs/performance.md, "The BLAS kernel")."""
+    alone = _info_in_a_fresh_interpreter()
+    if not any(row.startswith("openblas") for row in alone["BLAS"]):
+        pytest.skip("NumPy's BLAS here is not OpenBLAS")
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the forced kernel, Sandybridge, is an x86-64 kernel")
+    kernels = {row.split(", kernel ")[1].split(",")[0] for row in alone["BLAS"] if row.startswith("openblas")}
+    assert len(kernels) == 1 and "BLAS alone" not in alone, alone  # NumPy's and SciPy's OpenBLAS agree
+    forced = _info_in_a_fresh_interpreter(OPENBLAS_CORETYPE="Sandybridge")
+    assert all(", kernel Sandybridge (OPENBLAS_CORETYPE=Sandybridge), " in row
+               for row in forced["BLAS"] if row.startswith("openblas")), forced["BLAS"]
+    assert forced["BLAS alone"][0].startswith(f"kernel {kernels.pop()} (without OPENBLAS_CORETYPE, "), forced
 
 
 def test_no_subcommand_prints_help_and_returns_2(capsys):

@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import platform
+import subprocess
+import sys
 
 from refdiff import __version__
 
@@ -33,17 +36,37 @@ def _versions() -> list[tuple[str, str]]:
 
 
 def _blas_rows() -> list[tuple[str, str]]:
-    """One ("BLAS", description) row per BLAS library loaded in this process (threadpoolctl), each with
-    its file, which says whose it is (NumPy's and SciPy's wheels each bring one)."""
+    """One ("BLAS", description) row per BLAS library loaded in this process (refdiff.parallel), each with
+    its file, which says whose it is (NumPy's and SciPy's wheels each bring one); where the environment
+    chose an OpenBLAS's kernel, a row with the kernel OpenBLAS picks here on its own."""
     import numpy  # noqa: F401  -- load NumPy's and SciPy's BLAS so threadpoolctl can see them
     import scipy.linalg  # noqa: F401
-    from threadpoolctl import threadpool_info
 
-    blas = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    from refdiff import parallel
+
+    blas = parallel.blas_libraries()
     if not blas:
         return [("BLAS", "none found")]
-    return [("BLAS", f"{lib.get('internal_api')} {lib.get('version')}, {lib.get('num_threads')} threads "
-                     f"({lib.get('filepath')})") for lib in blas]
+    rows = [("BLAS", f"{parallel.describe_blas(lib)} ({lib.get('filepath')})") for lib in blas]
+    if any(lib["overrides"] for lib in blas):
+        rows.append(("BLAS alone", f"kernel {_own_openblas_kernel()} (without {', '.join(parallel.OPENBLAS_OVERRIDES)}; "
+                                   "see docs/performance.md, \"The BLAS kernel\")"))
+    return rows
+
+
+def _own_openblas_kernel() -> str:
+    """The kernel NumPy's OpenBLAS loads here without the environment's overrides, asked of a fresh
+    interpreter (a loaded OpenBLAS keeps the kernel it chose)."""
+    from refdiff import parallel
+
+    env = {k: v for k, v in os.environ.items() if k not in parallel.OPENBLAS_OVERRIDES}
+    code = ("import numpy; from threadpoolctl import threadpool_info; "
+            "print(next(lib.get('architecture') for lib in threadpool_info() if lib.get('internal_api') == 'openblas'))")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"unknown ({type(err).__name__})"
+    return done.stdout.strip() or f"unknown (exit code {done.returncode})"
 
 
 def _parts_row() -> list[tuple[str, str]]:
