@@ -47,31 +47,40 @@ def test_info_reports_numpy_version_and_numpy_backend(capsys):
     assert fields["batch parts"] == [f"{cores} cores, {how} (REFDIFF_NUM_THREADS, REFDIFF_PROCESSES)"]
 
 
-def _info_in_a_fresh_interpreter(**env: str) -> dict[str, list[str]]:
-    """``refdiff info``'s fields from ``python -m refdiff info`` with the OpenBLAS overrides replaced by ``env``
-    (an OpenBLAS chooses its kernel once, when it loads: a fresh interpreter is the only way to change it)."""
+def _info_in_a_fresh_interpreter(env: dict) -> dict[str, list[str]]:
+    """``refdiff info``'s fields from ``python -m refdiff info`` run with ``env`` (an OpenBLAS chooses its
+    kernel once, when it loads: a fresh interpreter is the only way to see another choice)."""
     package_parent = str(Path(refdiff.__file__).resolve().parent.parent)
-    base = {k: v for k, v in os.environ.items() if k not in parallel.OPENBLAS_OVERRIDES}
     done = subprocess.run([sys.executable, "-m", "refdiff", "info"], capture_output=True, text=True, timeout=120,
-                          env={**base, **env, "PYTHONPATH": package_parent}, check=True)
+                          env={**env, "PYTHONPATH": package_parent}, check=True)
     return _info_fields(done.stdout)
 
 
+def _kernels(fields: dict[str, list[str]]) -> set[str]:
+    return {row.split(", kernel ")[1].split(" ")[0].rstrip(",") for row in fields["BLAS"] if row.startswith("openblas")}
+
+
 def test_info_names_the_openblas_kernel_and_the_variable_that_chose_it():
-    """Every OpenBLAS row of ``refdiff info`` names its kernel; with OPENBLAS_CORETYPE set, the kernel it
-    forced and the variable beside it, and a "BLAS alone" row with the kernel OpenBLAS picks without it,
-    the same as the rows of a run without the variable say (docs/performance.md, "The BLAS kernel")."""
-    alone = _info_in_a_fresh_interpreter()
-    if not any(row.startswith("openblas") for row in alone["BLAS"]):
-        pytest.skip("NumPy's BLAS here is not OpenBLAS")
+    """Every OpenBLAS row of ``refdiff info`` names its kernel; where OPENBLAS_CORETYPE chose it (this
+    machine's environment, or else Sandybridge, AVX only, set here), the rows name the variable and a
+    "BLAS alone" row names the kernel OpenBLAS picks without it: the one the rows name when nothing is
+    forced (docs/performance.md, "The BLAS kernel"). The environment's own setting is kept."""
     if platform.machine() not in ("x86_64", "AMD64"):
-        pytest.skip("the forced kernel, Sandybridge, is an x86-64 kernel")
-    kernels = {row.split(", kernel ")[1].split(",")[0] for row in alone["BLAS"] if row.startswith("openblas")}
-    assert len(kernels) == 1 and "BLAS alone" not in alone, alone  # NumPy's and SciPy's OpenBLAS agree
-    forced = _info_in_a_fresh_interpreter(OPENBLAS_CORETYPE="Sandybridge")
-    assert all(", kernel Sandybridge (OPENBLAS_CORETYPE=Sandybridge), " in row
-               for row in forced["BLAS"] if row.startswith("openblas")), forced["BLAS"]
-    assert forced["BLAS alone"][0].startswith(f"kernel {kernels.pop()} (without OPENBLAS_CORETYPE, "), forced
+        pytest.skip("the kernel forced here, Sandybridge, is an x86-64 kernel")
+    fields = _info_in_a_fresh_interpreter(dict(os.environ))
+    if not _kernels(fields):
+        pytest.skip("NumPy's BLAS here is not OpenBLAS")
+    assert len(_kernels(fields)) == 1, fields["BLAS"]  # NumPy's and SciPy's OpenBLAS load the same kernel
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    if forced is None:
+        assert "BLAS alone" not in fields, fields
+        own = _kernels(fields).pop()
+        forced = "Sandybridge"
+        fields = _info_in_a_fresh_interpreter({**os.environ, "OPENBLAS_CORETYPE": forced})
+        assert _kernels(fields) == {forced}, fields["BLAS"]
+        assert fields["BLAS alone"][0].startswith(f"kernel {own} (without OPENBLAS_CORETYPE, "), fields
+    assert all(f"(OPENBLAS_CORETYPE={forced}" in row for row in fields["BLAS"] if row.startswith("openblas")), fields
+    assert fields["BLAS alone"][0].startswith("kernel "), fields
 
 
 def test_no_subcommand_prints_help_and_returns_2(capsys):
