@@ -2,7 +2,7 @@
 
 Run: python benchmarks/bench_unet.py [--backend numpy|cupy] [--threads N] [--repeats 15]
                                      [--batch 64] [--sample-batch 256] [--json FILE] [--no-torch]
-(about 2 minutes on a 2-core CPU with the defaults)
+(a few minutes on a 2-core CPU with the defaults)
 
 Measures, in one run and on the chosen backend:
 
@@ -16,7 +16,8 @@ fraction of the GEMM peak, plus the memory of the activation cache a training st
 forward and backward (refdiff: ``cache_nbytes``; PyTorch: the tensors autograd saves). When PyTorch
 is installed the identical twin (benchmarks/torch_twin.py: same architecture, same weights, same
 number of threads, float32, TF32 off on a GPU) is timed in the same run, its calls interleaved with
-refdiff's so that load from other processes hits both alike, and the ratio refdiff / PyTorch is
+refdiff's so that load from other processes hits both alike (each timed call right after an untimed
+call of its own, see ``interleaved``), and the ratio refdiff / PyTorch is
 printed. ``--json FILE`` writes every number (and the per-call times) machine-readably.
 
 FLOPs: 2 x the multiply-adds of ``refdiff.models.unet.flops`` (convolutions, linear layers,
@@ -58,8 +59,14 @@ WARMUP = 2
 # ------------------------------------------------------------------------------------- timing
 
 def interleaved(calls: dict, repeats: int, sync) -> dict[str, list[float]]:
-    """Seconds of every call in ``calls`` over ``repeats`` rounds, one call of each per round (so a
-    burst of load from another process hits each of them alike), after WARMUP untimed rounds."""
+    """Seconds of every call in ``calls`` over ``repeats`` rounds, one timed call of each per round (so
+    a burst of load from another process hits each of them alike), after WARMUP untimed rounds.
+
+    Each timed call follows an untimed call of the same function, as in a loop of its own: the other
+    library's last call leaves traces that are not this one's cost (PyTorch's OpenMP threads spin on
+    for about 10 ms, 9 ms of CPU after a digits8 training step; refdiff's digits8 step took 27.9 ms
+    right after a PyTorch step and 22.1 ms after one of its own, PyTorch's forward 14.5 ms after a
+    refdiff call and 9.8 ms after its own; docs/performance.md, "Interleaving fairly")."""
     for _ in range(WARMUP):
         for fn in calls.values():
             fn()
@@ -67,6 +74,7 @@ def interleaved(calls: dict, repeats: int, sync) -> dict[str, list[float]]:
     times = {name: [] for name in calls}
     for _ in range(repeats):
         for name, fn in calls.items():
+            fn()  # untimed: the call before the timed one is the library's own
             sync()
             start = time.perf_counter()
             fn()
