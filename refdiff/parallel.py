@@ -135,7 +135,7 @@ def batch_parts(N: int, like: Any) -> list[slice]:
     if N <= 1 or library_name(like) != "numpy" or not speed.enabled():
         return [slice(0, N)]
     pixels = math.prod(like.shape[2:])                               # H * W of one sample
-    least = MIN_PART_PIXELS_PROCESSES if _PROCESSES and workers.AVAILABLE else MIN_PART_PIXELS
+    least = MIN_PART_PIXELS_PROCESSES if _PROCESSES and workers.startable() else MIN_PART_PIXELS
     count = max(_NUM_THREADS, -(-N // max(PART_SIZE, PART_PIXELS // pixels)))
     count = -(-count // _NUM_THREADS) * _NUM_THREADS
     count = max(1, min(count, N, N * pixels // least))

@@ -111,10 +111,16 @@ _PICKLES: dict[Callable, bool] = {}
 _FAILED: list[str] = []  # why workers could not start: then the parts run on threads for good
 
 
+def startable() -> bool:
+    """Whether worker processes can serve this process: POSIX, and no start of them has failed here
+    (after one has, the parts run on threads for good)."""
+    return AVAILABLE and not _FAILED
+
+
 def usable(fn: Callable, threads: int) -> bool:
-    """Whether parts of ``fn`` can go to workers: POSIX, two or more threads, not inside a worker,
-    workers that start, and ``fn`` picklable by reference (a module-level function)."""
-    if not AVAILABLE or threads < 2 or _FAILED or os.environ.get("REFDIFF_WORKER") == "1":
+    """Whether parts of ``fn`` can go to workers: startable, two or more threads, not inside a worker,
+    and ``fn`` picklable by reference (a module-level function)."""
+    if not startable() or threads < 2 or os.environ.get("REFDIFF_WORKER") == "1":
         return False
     if fn not in _PICKLES:
         try:

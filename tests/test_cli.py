@@ -42,7 +42,7 @@ def test_info_reports_numpy_version_and_numpy_backend(capsys):
     blas = fields["BLAS"]  # NumPy's and SciPy's wheels each load one: every row names its library file
     assert blas == ["none found"] or all(os.sep in row.rsplit("(", 1)[-1] for row in blas)
     cores = parallel.get_num_threads()
-    processes = parallel.get_processes() and workers.AVAILABLE
+    processes = parallel.get_processes() and workers.startable()
     how = "one part at a time" if cores == 1 else "worker processes" if processes else "threads"
     assert fields["batch parts"] == [f"{cores} cores, {how} (REFDIFF_NUM_THREADS, REFDIFF_PROCESSES)"]
 

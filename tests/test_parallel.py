@@ -103,6 +103,26 @@ def test_batch_parts_are_cache_sized_and_a_multiple_of_the_threads(processes):
         P.set_num_threads(0)
 
 
+def test_parts_keep_the_threads_least_size_once_workers_failed_to_start(monkeypatch):
+    """After worker processes failed to start (refdiff.workers._FAILED), the parts run on threads for good,
+    so batch_parts splits no finer than MIN_PART_PIXELS: digits8's training batch of 64 stays whole
+    (two parts of 32 while workers can start)."""
+    if not W.AVAILABLE:
+        pytest.skip("worker processes are POSIX only")
+    threads, before = P.get_num_threads(), P.get_processes()
+    x = np.zeros((64, 1, 8, 8))
+    try:
+        P.set_num_threads(2)
+        P.set_processes(True)
+        assert len(P.batch_parts(64, x)) == 2
+        monkeypatch.setattr(W, "_FAILED", ["simulated: no worker started"])
+        assert not W.startable() and not W.usable(P.forward_in_parts, 2)
+        assert P.batch_parts(64, x) == [slice(0, 64)]
+    finally:
+        P.set_num_threads(threads)
+        P.set_processes(before)
+
+
 def test_parts_run_on_two_threads_and_dropout_keeps_one_part(monkeypatch):
     """With 2 threads the U-Net's two parts run at the same time on two worker threads and match the
     1-thread result; training with dropout keeps the batch whole (masks drawn in the same order on

@@ -75,7 +75,7 @@ def _parts_row() -> list[tuple[str, str]]:
 
     cores = parallel.get_num_threads()
     how = ("one part at a time" if cores == 1 else
-           "worker processes" if parallel.get_processes() and workers.AVAILABLE else "threads")
+           "worker processes" if parallel.get_processes() and workers.startable() else "threads")
     return [("batch parts", f"{cores} cores, {how} (REFDIFF_NUM_THREADS, REFDIFF_PROCESSES)")]
 
 
