@@ -8,9 +8,14 @@ library and its thread count (threadpoolctl), NumPy's float32 GEMM peak (a 2048 
 those threads, then for each convolution shape the fastest forward and backward time of
 ``repeats`` runs, timed round-robin over the variants, and GFLOP/s of:
 
-  library      refdiff.layers.conv: shifted GEMM in NHWC (one batched matmul per kernel offset, or
-               one im2col product for inputs of k*k*C_in <= 64); backward: dw one long product per
-               offset, dx at stride 1 the correlation of dy with the flipped kernel
+  library      refdiff.layers.conv's speed forms: at stride 1 with "same" padding the flat grid (the
+               padding shared between neighbouring rows and images, every offset one contiguous row
+               slice, BLAS accumulating each product in place); elsewhere shifted GEMM in NHWC (one
+               batched matmul per kernel offset, or one im2col product for inputs of k*k*C_in <= 64);
+               backward: dw one long product per offset, dx at stride 1 the correlation of dy with the
+               flipped kernel (on the grid where the forward was)
+  windows      the library's speed forms off the grid at every shape (before issue 13's flat grid):
+               shifted GEMM on the strided windows, dw on copied windows, dx by the windows' correlation
   reference    conv2d_forward + conv2d_backward on the reference path (refdiff.speed): the textbook
                forms (per-image dw products summed over the batch, dx scattered window by window)
   shift-2d     shifted GEMM, NHWC, each window copied to (N*Ho*Wo, C_in) before a 2-D GEMM; dw as one
@@ -344,13 +349,25 @@ def winograd_backward(dy, cache):
 
 
 def _library_cache(cache):
+    """A variant's (x_pad, w, stride, padding) as the library's window-form cache."""
     from refdiff.layers.conv import Conv2dCache
 
-    return Conv2dCache(*cache)
+    x_pad, w, s, p = cache
+    N, Hp, Wp, C = x_pad.shape
+    return Conv2dCache(x_pad, w, s, p, (N, Hp - 2 * p, Wp - 2 * p, C))
 
 
 def library_forward(x, w, b, s, p):
     return conv2d_forward(x, w, b, stride=s, padding=p)
+
+
+def windows_forward(x, w, b, s, p):
+    """The library's speed forms off the grid (its form for strided convolutions) at every shape."""
+    from refdiff.layers import conv as Cv
+
+    N, H, W, C, k, Co, Ho, Wo = _geometry(x, w, s, p)
+    x_pad = Cv._pad(x, p)
+    return Cv._correlate(x_pad, w, s, Ho, Wo) + b, Cv.Conv2dCache(x_pad, w, s, p, x.shape)
 
 
 def reference_forward(x, w, b, s, p):
@@ -366,6 +383,7 @@ def reference_backward(dy, cache):
 VARIANTS = {
     "library": (library_forward, conv2d_backward, "nhwc"),
     "reference": (reference_forward, reference_backward, "nhwc"),
+    "windows": (windows_forward, conv2d_backward, "nhwc"),
     "shift-2d": (shift2d_forward, shift2d_backward, "nhwc"),
     "im2col": (im2col_forward, im2col_backward, "nhwc"),
     "im2col-x": (im2colx_forward, im2colx_backward, "nhwc"),

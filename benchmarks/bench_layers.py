@@ -94,11 +94,12 @@ def torch_layers(fn, repeats: int, median: float) -> dict:
 
 
 def conv_products(fn) -> collections.Counter:
-    """{(M, K, N): count} of the (M, K) @ (K, N) products refdiff's convolutions make in one call of fn."""
+    """{(M, K, N): count} of the (M, K) @ (K, N) products refdiff's convolutions make in one call of fn
+    (on the flat grid M counts its padding positions: the products are that long)."""
     products = collections.Counter()
-    correlate, backward = C._correlate, C.conv2d_backward_fast
+    correlate, grid_correlate, backward = C._correlate, C._grid_correlate, C.conv2d_backward_fast
 
-    def correlate_counted(a_pad, w, stride, Ho, Wo):  # the forward, and dx at stride 1
+    def correlate_counted(a_pad, w, stride, Ho, Wo):  # the forward off the grid, and dx at stride 1
         k, C_in, C_out = w.shape[0], w.shape[2], w.shape[3]
         M = a_pad.shape[0] * Ho * Wo
         if k > 1 and k * k * C_in <= C.IM2COL_DEPTH:
@@ -107,19 +108,25 @@ def conv_products(fn) -> collections.Counter:
             products[(M, C_in, C_out)] += k * k  # one product per kernel offset
         return correlate(a_pad, w, stride, Ho, Wo)
 
+    def grid_counted(rows, w, N, H, W):  # the forward on the grid, and its dx
+        k, C_in, C_out = w.shape[0], w.shape[2], w.shape[3]
+        products[(N * (H + k // 2) * (W + k // 2), C_in, C_out)] += k * k  # one product per offset
+        return grid_correlate(rows, w, N, H, W)
+
     def backward_counted(dy, cache):
         N, Ho, Wo, C_out = dy.shape
         k, C_in = cache.w.shape[0], cache.w.shape[2]
-        products[(C_in, N * Ho * Wo, C_out)] += k * k  # dw[i, j] = X_ij^T dY
-        if cache.stride != 1 or cache.padding > k - 1:  # dx by taps (stride 1 goes through _correlate)
+        M = N * (Ho + k // 2) * (Wo + k // 2) if cache.x_pad.ndim == 2 else N * Ho * Wo  # grid or windows
+        products[(C_in, M, C_out)] += k * k  # dw[i, j] = X_ij^T dY
+        if cache.stride != 1 or cache.padding > k - 1:  # dx by taps (stride 1: a correlation, counted there)
             products[(N * Ho * Wo, C_out, C_in)] += k * k
         return backward(dy, cache)
 
-    C._correlate, C.conv2d_backward_fast = correlate_counted, backward_counted
+    C._correlate, C._grid_correlate, C.conv2d_backward_fast = correlate_counted, grid_counted, backward_counted
     try:
         fn()
     finally:
-        C._correlate, C.conv2d_backward_fast = correlate, backward
+        C._correlate, C._grid_correlate, C.conv2d_backward_fast = correlate, grid_correlate, backward
     return products
 
 

@@ -106,6 +106,53 @@ def gather(table: np.ndarray, t: Any, x: Any):
     return xp.reshape(coef, (coef.shape[0],) + (1,) * (x.ndim - 1))  # (N, 1, ..., 1)
 
 
+def host_blas() -> Any:
+    """SciPy's BLAS wrappers (scipy.linalg.blas), imported on the first call.
+
+    SciPy's wheels bring their own OpenBLAS, a second BLAS pool beside NumPy's: refdiff.parallel
+    calls this before it takes control of the BLAS threads, so that its limits reach both pools.
+    """
+    from scipy.linalg import blas
+
+    return blas
+
+
+GEMM_MIN_COLUMNS = 8
+
+
+def add_product(c: Any, a: Any, b: Any) -> None:
+    """c += a @ b in place, for 2-D a (M, K), b (K, C) and c (M, C) of one library and dtype.
+
+    Host NumPy float32/float64 with c C-contiguous and a, b each C- or F-contiguous (a transposed view
+    is F-contiguous): BLAS gemm accumulates into c itself (beta = 1), no (M, C) temporary and no
+    separate addition. gemm is Fortran-ordered, so it computes c^T += b^T a^T on the transposed
+    views, each operand passed as it lies with its transpose flag. Elsewhere, and for fewer than
+    GEMM_MIN_COLUMNS output columns (where OpenBLAS's gemm measured up to 2.3x slower than NumPy's
+    product and an addition): c += a @ b.
+    """
+    gemm_name = {np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}.get(c.dtype) if type(c) is np.ndarray else None
+    if (gemm_name is None or c.shape[1] < GEMM_MIN_COLUMNS or not c.flags.c_contiguous
+            or a.dtype != c.dtype or b.dtype != c.dtype):
+        c += a @ b
+        return
+    operands = [_fortran_operand(m) for m in (b, a)]  # gemm's (first, second) factors: b^T, then a^T
+    if None in operands:
+        c += a @ b
+        return
+    (bt, trans_b), (at, trans_a) = operands
+    getattr(host_blas(), gemm_name)(1.0, bt, at, beta=1.0, c=c.T, overwrite_c=1, trans_a=trans_b, trans_b=trans_a)
+
+
+def _fortran_operand(m: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """m^T for Fortran BLAS without a copy: (m.T, 0) for C-contiguous m, (m, 1: "transpose it") for
+    F-contiguous m; None for other strides."""
+    if m.flags.c_contiguous:
+        return m.T, 0
+    if m.flags.f_contiguous:
+        return m, 1
+    return None
+
+
 # erf(6) == 1 - 2e-17 and the series below reaches 4e-15 absolute error on [0, 6] with 100 terms.
 _ERF_CLIP = 6.0
 _ERF_TERMS = 100

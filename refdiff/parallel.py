@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 import numpy as np
 
 from refdiff import speed, workers
-from refdiff.backend import library_name, namespace
+from refdiff.backend import host_blas, library_name, namespace
 
 # Ranks an MPI launcher started on this node (MPICH's Hydra, Open MPI): they share its cores.
 _LOCAL_RANKS_ENV = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
@@ -173,11 +173,13 @@ _BLAS = None  # threadpoolctl's controller of the BLAS libraries loaded (built o
 @contextlib.contextmanager
 def one_blas_thread() -> Iterator[None]:
     """Limit every loaded BLAS library to one thread inside the block (refdiff's threads do the
-    splitting; see the module docstring); restores the libraries' own settings after."""
+    splitting; see the module docstring); restores the libraries' own settings after. SciPy's BLAS
+    (backend.host_blas, the convolutions' in-place products) is loaded first, so the limit reaches it."""
     global _BLAS
     if _BLAS is None:
         from threadpoolctl import ThreadpoolController
 
+        host_blas()
         _BLAS = ThreadpoolController()
     with _BLAS.limit(limits=1, user_api="blas"):
         yield
@@ -195,6 +197,7 @@ def blas_libraries() -> list[dict]:
     training step took 1.4x and mnist28's 1.65x as long (docs/performance.md, "The BLAS kernel")."""
     from threadpoolctl import threadpool_info
 
+    host_blas()  # SciPy's, which the convolutions' in-place products use, beside NumPy's
     overrides = {name: os.environ[name] for name in OPENBLAS_OVERRIDES if name in os.environ}
     return [dict(lib, overrides=overrides if lib.get("internal_api") == "openblas" else {})
             for lib in threadpool_info() if lib.get("user_api") == "blas"]

@@ -6,8 +6,9 @@ import scipy.special
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refdiff.backend import Generator, asarray, gather, get_backend, namespace, to_numpy, erf
-from support import DTYPES, assert_close, assert_same_array_kind
+from refdiff.backend import (GEMM_MIN_COLUMNS, Generator, add_product, asarray, erf, gather, get_backend, namespace,
+                             to_numpy)
+from support import DTYPES, assert_close, assert_same_array_kind, host_data
 
 shapes = st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple)
 
@@ -103,3 +104,29 @@ def test_bad_backend_name_and_seed_raise_naming_the_argument():
     with pytest.raises(ValueError, match="words must be"):
         Generator(0).set_state(np.zeros(5, dtype=np.uint64))
 
+
+
+@given(M=st.integers(1, 40), K=st.integers(1, 12), C=st.integers(1, 2 * GEMM_MIN_COLUMNS), layouts=st.tuples(
+       st.sampled_from(["C", "F", "strided"]), st.sampled_from(["C", "F", "strided"])), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from(DTYPES))
+def test_add_product_adds_a_times_b_into_c_in_place(backend, M, K, C, layouts, seed, dtype):
+    """add_product(c, a, b) makes c (the same array) c + a @ b, to the dtype's tolerance times the K + 1
+    terms of an entry, whether a and b are row-major, transposed views (column-major) or strided views
+    (which the host's gemm cannot take), for narrow and wide c (BLAS gemm from GEMM_MIN_COLUMNS columns
+    on the host, a product and an addition elsewhere)."""
+    xp = backend.xp
+    host = {"a": host_data(seed, (M, K), dtype), "b": host_data(seed + 1, (K, C), dtype),
+            "c": host_data(seed + 2, (M, C), dtype)}
+
+    def laid_out(name, layout):
+        if layout == "F":  # the transpose of a row-major (cols, rows) array
+            return xp.matrix_transpose(backend.asarray(np.ascontiguousarray(host[name].T)))
+        if layout == "strided":  # every other row of a twice as long array
+            return backend.asarray(np.repeat(host[name], 2, axis=0))[::2, :]
+        return backend.asarray(host[name])
+
+    expected = host["c"].astype(np.float64) + host["a"].astype(np.float64) @ host["b"].astype(np.float64)
+    a, b, c = laid_out("a", layouts[0]), laid_out("b", layouts[1]), laid_out("c", "C")
+    assert add_product(c, a, b) is None
+    assert_same_array_kind(c, a)
+    assert_close(c, expected, scale=K + 1)

@@ -165,6 +165,45 @@ def test_conv2d_speed_forms_equal_the_textbook_forms(backend, case, seed, dtype)
         assert_close(got, to_numpy(expected), scale=n)
 
 
+@st.composite
+def grid_cases(draw):
+    """Convolutions the speed forms compute on the flat grid: stride 1, k in {3, 5} with p = k // 2 and
+    k^2 C_in > IM2COL_DEPTH. C_out from 1 (dx by im2col, products added by NumPy) to 9 (products
+    accumulated by BLAS gemm, backend.GEMM_MIN_COLUMNS = 8); N up to 3 images, H, W from 1 to 6."""
+    k = draw(st.sampled_from([3, 5]))
+    least = Cv.IM2COL_DEPTH // (k * k) + 1
+    side = st.integers(1, 6)
+    return ConvCase(draw(st.integers(1, 3)), draw(side), draw(side), draw(st.integers(least, least + 2)),
+                    draw(st.integers(1, 9)), k, 1, k // 2)
+
+
+@given(case=grid_cases(), seed=seeds, dtype=dtypes)
+def test_conv2d_on_the_flat_grid_equals_the_naive_loop_and_the_textbook_backward(backend, case, seed, dtype):
+    """On the speed layer a stride-1 "same" convolution of a deep input runs on the flat grid (its cache
+    holds the grid's rows, 2-D); its y equals conv2d_forward_naive and its (dx, dw, db) equal the
+    textbook backward of the reference path, each to the dtype's tolerance times the number of terms an
+    entry sums, in x's library, device and dtype. Its cache gives the same gradients when the backward
+    runs on the reference path: the cache, not the switch, decides the backward's form."""
+    a = on_backend(backend, conv_arrays(case, seed, dtype), dtype)
+    y, cache = Cv.conv2d_forward(a["x"], a["w"], a["b"], stride=1, padding=case.padding)
+    assert cache.x_pad.ndim == 2
+    assert_same_array_kind(y, a["x"])
+    expected = Cv.conv2d_forward_naive(*(to_numpy(a[n]).astype(np.float64) for n in "xwb"), 1, case.padding)
+    assert y.shape == expected.shape
+    assert_close(y, expected, scale=case.k * case.k * case.C_in + 1)
+    dy = backend.asarray(host_data(seed + 3, y.shape), dtype=y.dtype)
+    grads = Cv.conv2d_backward(dy, cache)
+    with speed.reference_path():
+        reference = Cv.conv2d_backward(dy, Cv.conv2d_forward(a["x"], a["w"], a["b"], 1, case.padding)[1])
+        grads_on_reference_path = Cv.conv2d_backward(dy, cache)
+    terms = (case.k * case.k * case.C_out, case.N * case.H * case.W, case.N * case.H * case.W)
+    for got, got_there, expected, n in zip(grads, grads_on_reference_path, reference, terms):
+        assert_same_array_kind(got, a["x"])
+        assert got.shape == expected.shape
+        assert_close(got, to_numpy(expected), scale=n)
+        assert np.array_equal(to_numpy(got_there), to_numpy(got))
+
+
 @given(k=st.sampled_from([1, 3, 5]), H=st.integers(5, 9), W=st.integers(5, 9))
 def test_default_padding_is_half_the_kernel(k, H, W):
     """padding=None means p = k // 2: "same" output size H x W at stride 1 for odd k, and

@@ -365,16 +365,20 @@ def test_init_is_seeded_fan_in_scaled_and_zero_where_adm_zeros():
     assert not np.array_equal(a["input.conv.w"], U.init_params(cfg, Generator(4))["input.conv.w"])
 
 
-def test_cache_memory_is_linear_in_the_batch():
-    """cache_nbytes(cache, params), the activation memory of a training step, is exactly proportional
-    to the batch size (parameters held by the caches are not counted)."""
+def test_cache_memory_is_affine_in_the_batch():
+    """cache_nbytes(cache, params), the activation memory of a training step, grows by the same bytes
+    with every image (parameters held by the caches are not counted), and what does not grow with the
+    batch (the flat grid's image of zeros before and after the batch in each convolution's cache,
+    refdiff.layers.conv) is less than two images' worth."""
     params = random_params(U.param_shapes(FULL), 0, "float32")
     sizes = []
-    for N in (1, 3):
+    for N in (1, 2, 3):
         x, t, y = host_data(0, (N, 1, 8, 8), "float32"), np.zeros(N, dtype=np.int64), np.zeros(N, dtype=np.int64)
         _, cache = U.unet_forward(params, FULL, x, t, y, train=True, generator=Generator(0))
         sizes.append(U.cache_nbytes(cache, params))
-    assert sizes[0] > 0 and sizes[1] == 3 * sizes[0]
+    per_image = sizes[1] - sizes[0]
+    assert per_image > 0 and sizes[2] - sizes[1] == per_image
+    assert 0 <= sizes[0] - per_image < 2 * per_image
 
 
 # ------------------------------------------------------------------------------------ bad inputs
