@@ -3,7 +3,8 @@
 Run: python benchmarks/bench_conv.py [--batch 32] [--threads 1] [--repeats 15]   (about two minutes)
 
 The defaults are the setting the library runs in: the U-Net splits a host batch into parts of up to
-refdiff.parallel.PART_SIZE = 32 images, each on one thread with BLAS on one thread. Prints the BLAS
+refdiff.parallel.PART_SIZE = 32 images, each on one thread with BLAS on one thread, and glibc's malloc
+keeps freed memory (refdiff.parallel._keep_freed_memory, applied here too). Prints the BLAS
 library and its thread count (threadpoolctl), NumPy's float32 GEMM peak (a 2048 x 2048 matmul) on
 those threads, then for each convolution shape the fastest forward and backward time of
 ``repeats`` runs, timed round-robin over the variants, and GFLOP/s of:
@@ -458,6 +459,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="images per call (the library's part size)")
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (threadpoolctl)")
     args = parser.parse_args()
+    parallel._keep_freed_memory()  # the library's setting: its models run with it (refdiff.parallel)
     with threadpool_limits(limits=args.threads, user_api="blas"):
         print(f"NumPy {np.__version__}, BLAS: {parallel.blas_summary()}, load average {os.getloadavg()[0]:.2f}")
         peak = gemm_peak(args.repeats)

@@ -4,8 +4,9 @@ Library code never imports NumPy-as-xp, CuPy or array_api_strict directly: it as
 for the namespace of its inputs (docs/design.md rules 1-2) and calls only Python Array API functions on it.
 This module also owns host randomness (``Generator``: NumPy PCG64 on the host, moved to the device,
 so one seed gives the same numbers on every backend) and the one helper that moves a float64
-schedule table to an input's device and dtype (``gather``). How worker processes or threads split a NumPy batch over
-the cores is refdiff.parallel's business.
+schedule table to an input's device and dtype (``gather``), and ``add_product`` (c += a @ b in place:
+host BLAS through SciPy's wrappers, a product and an addition elsewhere). How worker processes or threads
+split a NumPy batch over the cores is refdiff.parallel's business.
 """
 
 from __future__ import annotations
