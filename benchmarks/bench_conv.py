@@ -460,7 +460,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (threadpoolctl)")
     args = parser.parse_args()
     parallel._keep_freed_memory()  # the library's setting: its models run with it (refdiff.parallel)
-    with threadpool_limits(limits=args.threads, user_api="blas"):
+    layout = parallel.one_blas_thread() if args.threads == 1 else threadpool_limits(args.threads, "blas")
+    with layout:  # one thread: refdiff's layout, where the flat grid's products accumulate in place
         print(f"NumPy {np.__version__}, BLAS: {parallel.blas_summary()}, load average {os.getloadavg()[0]:.2f}")
         peak = gemm_peak(args.repeats)
         print(f"float32 GEMM peak (2048^3 matmul, {args.threads} BLAS threads): {peak:.0f} GFLOP/s")

@@ -11,11 +11,12 @@ split a NumPy batch over the cores is refdiff.parallel's business.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import array_api_compat
 import numpy as np
@@ -118,20 +119,39 @@ def host_blas() -> Any:
     return blas
 
 
+_ONE_THREAD_BLOCKS = 0  # how many one_thread_blas blocks are open (refdiff.parallel.one_blas_thread)
+
+
+@contextlib.contextmanager
+def one_thread_blas() -> Iterator[None]:
+    """Marks a block in which every BLAS library runs one thread (refdiff.parallel.one_blas_thread
+    holds them there and opens this block): only inside one does add_product call SciPy's gemm. With
+    NumPy's and SciPy's OpenBLAS pools both on their default threads, each pool's workers spin on the
+    cores the other's products need: a digits8 training step called outside refdiff's layout took
+    470 ms against 42 ms."""
+    global _ONE_THREAD_BLOCKS
+    _ONE_THREAD_BLOCKS += 1
+    try:
+        yield
+    finally:
+        _ONE_THREAD_BLOCKS -= 1
+
+
 GEMM_MIN_COLUMNS = 8
 
 
 def add_product(c: Any, a: Any, b: Any) -> None:
     """c += a @ b in place, for 2-D a (M, K), b (K, C) and c (M, C) of one library and dtype.
 
-    Host NumPy float32/float64 with c C-contiguous and a, b each C- or F-contiguous (a transposed view
-    is F-contiguous): BLAS gemm accumulates into c itself (beta = 1), no (M, C) temporary and no
-    separate addition. gemm is Fortran-ordered, so it computes c^T += b^T a^T on the transposed
-    views, each operand passed as it lies with its transpose flag. Elsewhere, and for fewer than
-    GEMM_MIN_COLUMNS output columns (where OpenBLAS's gemm measured up to 2.3x slower than NumPy's
-    product and an addition): c += a @ b.
+    Host NumPy float32/float64 inside a one_thread_blas block, with c C-contiguous and a, b each C- or
+    F-contiguous (a transposed view is F-contiguous): BLAS gemm accumulates into c itself (beta = 1),
+    no (M, C) temporary and no separate addition. gemm is Fortran-ordered, so it computes
+    c^T += b^T a^T on the transposed views, each operand passed as it lies with its transpose flag.
+    Elsewhere, and for fewer than GEMM_MIN_COLUMNS output columns (where OpenBLAS's gemm measured up to
+    2.3x slower than NumPy's product and an addition): c += a @ b.
     """
-    gemm_name = {np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}.get(c.dtype) if type(c) is np.ndarray else None
+    host = type(c) is np.ndarray and _ONE_THREAD_BLOCKS > 0
+    gemm_name = {np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}.get(c.dtype) if host else None
     if (gemm_name is None or c.shape[1] < GEMM_MIN_COLUMNS or not c.flags.c_contiguous
             or a.dtype != c.dtype or b.dtype != c.dtype):
         c += a @ b

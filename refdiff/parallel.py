@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 import numpy as np
 
 from refdiff import speed, workers
-from refdiff.backend import host_blas, library_name, namespace
+from refdiff.backend import host_blas, library_name, namespace, one_thread_blas
 
 # Ranks an MPI launcher started on this node (MPICH's Hydra, Open MPI): they share its cores.
 _LOCAL_RANKS_ENV = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
@@ -174,14 +174,15 @@ _BLAS = None  # threadpoolctl's controller of the BLAS libraries loaded (built o
 def one_blas_thread() -> Iterator[None]:
     """Limit every loaded BLAS library to one thread inside the block (refdiff's threads do the
     splitting; see the module docstring); restores the libraries' own settings after. SciPy's BLAS
-    (backend.host_blas, the convolutions' in-place products) is loaded first, so the limit reaches it."""
+    (backend.host_blas, the convolutions' in-place products) is loaded first, so the limit reaches it,
+    and the block is a backend.one_thread_blas block, where those in-place products run."""
     global _BLAS
     if _BLAS is None:
         from threadpoolctl import ThreadpoolController
 
         host_blas()
         _BLAS = ThreadpoolController()
-    with _BLAS.limit(limits=1, user_api="blas"):
+    with _BLAS.limit(limits=1, user_api="blas"), one_thread_blas():
         yield
 
 

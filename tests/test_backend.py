@@ -1,13 +1,16 @@
-"""Specification of refdiff.backend: namespaces, host randomness, gather, erf."""
+"""Specification of refdiff.backend: namespaces, host randomness, gather, erf, add_product."""
+
+import contextlib
 
 import numpy as np
 import pytest
+import scipy.linalg
 import scipy.special
 from hypothesis import given
 from hypothesis import strategies as st
 
 from refdiff.backend import (GEMM_MIN_COLUMNS, Generator, add_product, asarray, erf, gather, get_backend, namespace,
-                             to_numpy)
+                             one_thread_blas, to_numpy)
 from support import DTYPES, assert_close, assert_same_array_kind, host_data
 
 shapes = st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple)
@@ -106,14 +109,15 @@ def test_bad_backend_name_and_seed_raise_naming_the_argument():
 
 
 
+@pytest.mark.parametrize("in_block", [False, True], ids=["outside", "one_thread_blas"])
 @given(M=st.integers(1, 40), K=st.integers(1, 12), C=st.integers(1, 2 * GEMM_MIN_COLUMNS), layouts=st.tuples(
        st.sampled_from(["C", "F", "strided"]), st.sampled_from(["C", "F", "strided"])), seed=st.integers(0, 2**16),
        dtype=st.sampled_from(DTYPES))
-def test_add_product_adds_a_times_b_into_c_in_place(backend, M, K, C, layouts, seed, dtype):
+def test_add_product_adds_a_times_b_into_c_in_place(backend, in_block, M, K, C, layouts, seed, dtype):
     """add_product(c, a, b) makes c (the same array) c + a @ b, to the dtype's tolerance times the K + 1
     terms of an entry, whether a and b are row-major, transposed views (column-major) or strided views
-    (which the host's gemm cannot take), for narrow and wide c (BLAS gemm from GEMM_MIN_COLUMNS columns
-    on the host, a product and an addition elsewhere)."""
+    (which the host's gemm cannot take), for narrow and wide c: BLAS gemm on the host inside a
+    one_thread_blas block from GEMM_MIN_COLUMNS columns on, a product and an addition elsewhere."""
     xp = backend.xp
     host = {"a": host_data(seed, (M, K), dtype), "b": host_data(seed + 1, (K, C), dtype),
             "c": host_data(seed + 2, (M, C), dtype)}
@@ -127,6 +131,24 @@ def test_add_product_adds_a_times_b_into_c_in_place(backend, M, K, C, layouts, s
 
     expected = host["c"].astype(np.float64) + host["a"].astype(np.float64) @ host["b"].astype(np.float64)
     a, b, c = laid_out("a", layouts[0]), laid_out("b", layouts[1]), laid_out("c", "C")
-    assert add_product(c, a, b) is None
+    with one_thread_blas() if in_block else contextlib.nullcontext():
+        assert add_product(c, a, b) is None
     assert_same_array_kind(c, a)
     assert_close(c, expected, scale=K + 1)
+
+
+def test_add_product_calls_gemm_only_inside_a_one_thread_blas_block(monkeypatch):
+    """Outside refdiff's one-BLAS-thread layout add_product leaves SciPy's BLAS alone (its pool beside
+    NumPy's, both on several threads, made a digits8 step 11x slower); inside it calls gemm once."""
+    import refdiff.backend as B
+
+    calls = []
+    monkeypatch.setattr(B, "host_blas", lambda: calls.append(1) or scipy.linalg.blas)
+    a, b = host_data(0, (5, 3), "float32"), host_data(1, (3, GEMM_MIN_COLUMNS), "float32")
+    c = np.zeros((5, GEMM_MIN_COLUMNS), dtype=np.float32)
+    add_product(c, a, b)
+    assert calls == []
+    with one_thread_blas():
+        add_product(c, a, b)
+    assert calls == [1]
+    assert_close(c, 2 * (a.astype(np.float64) @ b.astype(np.float64)), scale=4)

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradcheck import assert_gradients_match
-from refdiff import speed
+from refdiff import parallel, speed
 from refdiff.backend import to_numpy
 from refdiff.layers import conv as Cv
 from refdiff.layers import resample as Rs
@@ -183,7 +183,13 @@ def test_conv2d_on_the_flat_grid_equals_the_naive_loop_and_the_textbook_backward
     holds the grid's rows, 2-D); its y equals conv2d_forward_naive and its (dx, dw, db) equal the
     textbook backward of the reference path, each to the dtype's tolerance times the number of terms an
     entry sums, in x's library, device and dtype. Its cache gives the same gradients when the backward
-    runs on the reference path: the cache, not the switch, decides the backward's form."""
+    runs on the reference path: the cache, not the switch, decides the backward's form. Run in
+    refdiff's one-BLAS-thread layout, where the host's products accumulate by gemm."""
+    with parallel.one_blas_thread():
+        check_flat_grid(backend, case, seed, dtype)
+
+
+def check_flat_grid(backend, case, seed, dtype):
     a = on_backend(backend, conv_arrays(case, seed, dtype), dtype)
     y, cache = Cv.conv2d_forward(a["x"], a["w"], a["b"], stride=1, padding=case.padding)
     assert cache.x_pad.ndim == 2
