@@ -150,6 +150,9 @@ def add_product(c: Any, a: Any, b: Any) -> None:
     Elsewhere, and for fewer than GEMM_MIN_COLUMNS output columns (where OpenBLAS's gemm measured up to
     2.3x slower than NumPy's product and an addition): c += a @ b.
     """
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0] or tuple(c.shape) != (a.shape[0], b.shape[1]):
+        raise ValueError(f"add_product needs c (M, C), a (M, K) and b (K, C), got c {tuple(c.shape)}, "
+                         f"a {tuple(a.shape)}, b {tuple(b.shape)}")
     host = type(c) is np.ndarray and _ONE_THREAD_BLOCKS > 0
     gemm_name = {np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}.get(c.dtype) if host else None
     if (gemm_name is None or c.shape[1] < GEMM_MIN_COLUMNS or not c.flags.c_contiguous

@@ -152,3 +152,12 @@ def test_add_product_calls_gemm_only_inside_a_one_thread_blas_block(monkeypatch)
         add_product(c, a, b)
     assert calls == [1]
     assert_close(c, 2 * (a.astype(np.float64) @ b.astype(np.float64)), scale=4)
+
+
+def test_add_product_refuses_shapes_that_do_not_chain_naming_all_three():
+    """c (M, C) += a (M, K) @ b (K, C): any other shapes raise a ValueError showing c's, a's and b's."""
+    a, b = np.zeros((4, 3), np.float32), np.zeros((3, 8), np.float32)
+    for c, a_, b_ in ((np.zeros((4, 7), np.float32), a, b), (np.zeros((4, 8), np.float32), a, b[:2]),
+                      (np.zeros((4, 8), np.float32), a[None], b)):
+        with pytest.raises(ValueError, match=r"add_product needs c \(M, C\), a \(M, K\) and b \(K, C\), got c"):
+            add_product(c, a_, b_)
