@@ -138,6 +138,7 @@ def one_thread_blas() -> Iterator[None]:
 
 
 GEMM_MIN_COLUMNS = 8
+_GEMM = {np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}  # SciPy's gemm for c's dtype
 
 
 def add_product(c: Any, a: Any, b: Any) -> None:
@@ -153,13 +154,10 @@ def add_product(c: Any, a: Any, b: Any) -> None:
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0] or tuple(c.shape) != (a.shape[0], b.shape[1]):
         raise ValueError(f"add_product needs c (M, C), a (M, K) and b (K, C), got c {tuple(c.shape)}, "
                          f"a {tuple(a.shape)}, b {tuple(b.shape)}")
-    host = type(c) is np.ndarray and _ONE_THREAD_BLOCKS > 0
-    gemm_name = {np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}.get(c.dtype) if host else None
-    if (gemm_name is None or c.shape[1] < GEMM_MIN_COLUMNS or not c.flags.c_contiguous
-            or a.dtype != c.dtype or b.dtype != c.dtype):
-        c += a @ b
-        return
-    operands = [_fortran_operand(m) for m in (b, a)]  # gemm's (first, second) factors: b^T, then a^T
+    gemm_name = _GEMM.get(c.dtype) if type(c) is np.ndarray and _ONE_THREAD_BLOCKS > 0 else None
+    gemm = (gemm_name is not None and c.shape[1] >= GEMM_MIN_COLUMNS and c.flags.c_contiguous
+            and a.dtype == c.dtype and b.dtype == c.dtype)
+    operands = [_fortran_operand(m) for m in (b, a)] if gemm else [None]  # gemm's factors: b^T, then a^T
     if None in operands:
         c += a @ b
         return
