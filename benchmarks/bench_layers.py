@@ -36,6 +36,7 @@ from threadpoolctl import threadpool_limits
 from refdiff import backend as bk
 from refdiff import parallel
 from refdiff.layers import conv as C
+from refdiff.layers import conv_grid as G
 from refdiff.models import unet as U
 from refdiff.models.presets import PRESETS
 
@@ -97,7 +98,7 @@ def conv_products(fn) -> collections.Counter:
     """{(M, K, N): count} of the (M, K) @ (K, N) products refdiff's convolutions make in one call of fn
     (on the flat grid M counts its padding positions: the products are that long)."""
     products = collections.Counter()
-    correlate, grid_correlate, backward = C._correlate, C._grid_correlate, C.conv2d_backward_fast
+    correlate, grid_correlate, backward = C._correlate, G.correlate, C.conv2d_backward_fast
 
     def correlate_counted(a_pad, w, stride, Ho, Wo):  # the forward off the grid, and dx at stride 1
         k, C_in, C_out = w.shape[0], w.shape[2], w.shape[3]
@@ -122,11 +123,11 @@ def conv_products(fn) -> collections.Counter:
             products[(N * Ho * Wo, C_out, C_in)] += k * k
         return backward(dy, cache)
 
-    C._correlate, C._grid_correlate, C.conv2d_backward_fast = correlate_counted, grid_counted, backward_counted
+    C._correlate, G.correlate, C.conv2d_backward_fast = correlate_counted, grid_counted, backward_counted
     try:
         fn()
     finally:
-        C._correlate, C._grid_correlate, C.conv2d_backward_fast = correlate, grid_correlate, backward
+        C._correlate, G.correlate, C.conv2d_backward_fast = correlate, grid_correlate, backward
     return products
 
 

@@ -1,4 +1,5 @@
-"""Specification of refdiff.layers.conv and refdiff.layers.resample: NHWC convolution and 2x resampling.
+"""Specification of refdiff.layers.conv (with its flat grid, refdiff.layers.conv_grid) and
+refdiff.layers.resample: NHWC convolution and 2x resampling.
 
 Oracles: conv2d_forward_naive (plain loops over output pixels, padding as a bounds test), the
 textbook conv2d_forward and conv2d_backward on the reference path (the derivation page's loop, the
@@ -20,6 +21,7 @@ from gradcheck import assert_gradients_match
 from refdiff import parallel, speed
 from refdiff.backend import to_numpy
 from refdiff.layers import conv as Cv
+from refdiff.layers import conv_grid as G
 from refdiff.layers import resample as Rs
 from support import DTYPES, assert_close, assert_same_array_kind, host_data, no_float64_intermediates
 
@@ -175,6 +177,27 @@ def grid_cases(draw):
     side = st.integers(1, 6)
     return ConvCase(draw(st.integers(1, 3)), draw(side), draw(side), draw(st.integers(least, least + 2)),
                     draw(st.integers(1, 9)), k, 1, k // 2)
+
+
+@given(N=st.integers(1, 3), H=st.integers(1, 6), W=st.integers(1, 6), C=st.integers(1, 3),
+       k=st.sampled_from([3, 5]), seed=seeds)
+def test_flat_grid_row_shift_d_reads_each_kernel_offsets_padded_neighbour(N, H, W, C, k, seed):
+    """On the flat grid (conv_grid.rows, conv_grid.geometry) pixel (n, h, w) is row
+    q = m + n G Wg + h Wg + w, and row q + d_ij holds x_pad[n, h + i, w + j] for every kernel offset
+    (i, j): the pixel itself inside the image, a zero on the padding, x_pad the textbook zero padding
+    by p = k // 2. conv_grid.crop of the P rows from m gives x back as (N, H, W C)."""
+    p = k // 2
+    x = host_data(seed, (N, H, W, C))
+    R = G.rows(x, p)
+    P, m, d = G.geometry(N, H, W, k)
+    assert R.shape == ((N + 2) * (H + p) * (W + p), C) and P == N * (H + p) * (W + p)
+    x_pad = Cv._pad(x, p)
+    n, h, w = np.meshgrid(np.arange(N), np.arange(H), np.arange(W), indexing="ij")  # (N, H, W) each
+    q = m + (n * (H + p) + h) * (W + p) + w
+    for i in range(k):
+        for j in range(k):
+            np.testing.assert_array_equal(R[q + d[i * k + j]], x_pad[n, h + i, w + j])
+    np.testing.assert_array_equal(G.crop(R[m : m + P], N, H, W, p), np.reshape(x, (N, H, W * C)))
 
 
 @given(case=grid_cases(), seed=seeds, dtype=dtypes)

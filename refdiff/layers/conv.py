@@ -14,16 +14,15 @@ same loop (derivation: docs/derivations/conv2d.md): the textbook forms.
 Their speed forms are in the section "speed layer" at the end of this module (not in
 refdiff/layers/fast.py, because they share the window geometry ``_pad`` / ``_window`` with the
 textbook forms). At stride 1 with "same" padding (k = 2p + 1: every 3x3 convolution of the U-Nets)
-they compute on the *flat grid*: the batch zero-padded with the padding shared between neighbouring
-rows and images and flattened to rows, where each kernel offset's window is one contiguous row slice,
-so each offset is one 2-D product that BLAS accumulates into the output in place
-(``backend.add_product``), with no window copies, temporaries or separate additions; the grid's
-padding positions are computed too and cropped. Elsewhere ``conv2d_forward_fast`` lays the k*k
-windows side by side for thin inputs (k*k*C_in <= IM2COL_DEPTH, where that buffer is small and one
-deep product beats k*k shallow ones) and multiplies each window as it lies otherwise;
-``conv2d_backward_fast`` computes the same gradients with larger products: dx at stride 1 as a
-correlation of dy with the flipped kernel, dw as one long product per offset, db as a product with a
-ones vector (measurements: docs/performance.md). Each textbook function starts by handing over to its
+they compute on the *flat grid* (refdiff/layers/conv_grid.py): the batch zero-padded with the padding
+shared between neighbouring rows and images and flattened to rows, where each kernel offset's window
+is one contiguous row slice, so each offset is one 2-D product that BLAS accumulates into the output
+in place, with no window copies, temporaries or separate additions; the grid's padding positions are
+computed too and cropped. Elsewhere ``conv2d_forward_fast`` lays the k*k windows side by side for thin
+inputs (k*k*C_in <= IM2COL_DEPTH, where that buffer is small and one deep product beats k*k shallow
+ones) and multiplies each window as it lies otherwise; ``conv2d_backward_fast`` computes the same
+gradients with larger products: dx at stride 1 as a correlation of dy with the flipped kernel, dw as
+one long product per offset, db as a product with a ones vector (measurements: docs/performance.md). Each textbook function starts by handing over to its
 speed form on the speed layer (refdiff.speed); a cache from the flat grid goes to the speed backward
 whichever path is selected when it runs.
 
@@ -39,7 +38,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from refdiff import speed
-from refdiff.backend import add_product, device, namespace, to_numpy
+from refdiff.backend import device, namespace, to_numpy
+from refdiff.layers import conv_grid as grid
 from refdiff.layers import fast
 
 STRIDES = (1, 2)
@@ -48,7 +48,7 @@ STRIDES = (1, 2)
 class Conv2dCache(NamedTuple):
     """What conv2d_backward needs: the padded input, the weights and the geometry."""
 
-    x_pad: Any  # (N, H + 2p, W + 2p, C_in), x itself when p = 0; or the flat grid's rows (_grid_rows)
+    x_pad: Any  # (N, H + 2p, W + 2p, C_in), x itself when p = 0; or the flat grid's rows (conv_grid.rows)
     w: Any  # (k, k, C_in, C_out)
     stride: int
     padding: int
@@ -269,59 +269,6 @@ def _on_grid(k: int, stride: int, p: int, C_in: int) -> bool:
     return stride == 1 and k == 2 * p + 1 and k > 1 and k * k * C_in > IM2COL_DEPTH
 
 
-def _grid_rows(a: Any, p: int) -> Any:
-    """a (N, H, W, C) on the flat grid with shared padding, as rows: ((N + 2) G Wg, C), G = H + p,
-    Wg = W + p.
-
-    Every image row is followed by p zero columns and every image by p zero rows, and an image of
-    zeros comes before the first image and after the last: the rows before a pixel's are its left
-    padding, the rows after it its right padding. On this grid kernel offset (i, j) of pixel q reads
-    row q + d with d = (i - p) Wg + (j - p) whether it falls inside the image or on the padding, so
-    the whole batch's window of an offset is one contiguous row slice: rows[m + d : m + d + P], with
-    P = N G Wg positions from row m = G Wg on (_grid_shape).
-    """
-    xp = namespace(a)
-    N, H, W, C = a.shape
-    grid = xp.zeros((N + 2, H + p, W + p, C), dtype=a.dtype, device=device(a))
-    grid[1 : N + 1, :H, :W, :] = a
-    return xp.reshape(grid, ((N + 2) * (H + p) * (W + p), C))
-
-
-def _grid_shape(N: int, H: int, W: int, k: int) -> tuple[int, int, list[int]]:
-    """(P, m, d) of the flat grid of N images for a k x k kernel, p = k // 2: P = N (H + p)(W + p)
-    positions from row m = (H + p)(W + p) on (after the image of zeros), and d[i k + j] =
-    (i - p)(W + p) + (j - p), the row shift of kernel offset (i, j)."""
-    p = k // 2
-    G, Wg = H + p, W + p
-    return N * G * Wg, G * Wg, [(i - p) * Wg + (j - p) for i in range(k) for j in range(k)]
-
-
-def _grid_correlate(rows: Any, w: Any, N: int, H: int, W: int) -> Any:
-    """sum over kernel offsets (i, j) of rows[m + d_ij : m + d_ij + P] @ w[i, j], P = N G Wg rows of
-    the grid (_grid_rows with p = k // 2): the "same" correlation at every grid position, (P, C_out).
-
-    One product per offset on a contiguous 2-D slice, each accumulated into the output by BLAS
-    (backend.add_product); the positions on the padding are computed too and dropped by _crop
-    (G Wg / (H W) the work: 1.27x at 8x8, 1.07x at 28x28).
-    """
-    k = w.shape[0]
-    P, m, d = _grid_shape(N, H, W, k)
-    w_2d = [w[i, j, :, :] for i in range(k) for j in range(k)]  # (C_in, C_out) each, in d's order
-    y = rows[m + d[0] : m + d[0] + P, :] @ w_2d[0]  # the first product starts the sum
-    for d_ij, w_ij in zip(d[1:], w_2d[1:]):
-        add_product(y, rows[m + d_ij : m + d_ij + P, :], w_ij)
-    return y
-
-
-def _crop(grid_rows: Any, N: int, H: int, W: int, p: int) -> Any:
-    """The image positions of (N G Wg, C) grid rows, each image row's W pixels side by side: an
-    (N, H, W C) view (a grid row holds (W + p) C numbers, its image pixels the first W C)."""
-    xp = namespace(grid_rows)
-    C = grid_rows.shape[1]
-    grid = xp.reshape(grid_rows, (N, H + p, (W + p) * C))  # (N, G, Wg C)
-    return grid[:, :H, : W * C]
-
-
 def conv2d_forward_fast(x: Any, w: Any, b: Any, stride: int, p: int):
     """Speed form of conv2d_forward (which validates the arguments).
 
@@ -333,14 +280,7 @@ def conv2d_forward_fast(x: Any, w: Any, b: Any, stride: int, p: int):
     N, H, W, C_in = x.shape
     k = w.shape[0]
     if _on_grid(k, stride, p, C_in):
-        xp = namespace(x, w, b)
-        C_out = w.shape[3]
-        rows = _grid_rows(x, p)  # 1. the zero padding: ((N + 2) G Wg, C_in)
-        y = _grid_correlate(rows, w, N, H, W)  # 2. one product per kernel offset: (N G Wg, C_out)
-        # 3. bias, added as the image positions are copied out, one (W C_out) row of b repeated per image
-        # row: an (N, H, W C_out) pass, the same sums as (N, H, W, C_out) + b with W times longer rows
-        b_row = xp.reshape(xp.broadcast_to(b, (W, C_out)), (W * C_out,))
-        y = xp.reshape(_crop(y, N, H, W, p) + b_row, (N, H, W, C_out))
+        y, rows = grid.forward(x, w, b, p)
         return y, Conv2dCache(rows, w, stride, p, tuple(x.shape))
     Ho, Wo = (H + 2 * p - k) // stride + 1, (W + 2 * p - k) // stride + 1
     x_pad = _pad(x, p)  # 1. zero padding: (N, H + 2p, W + 2p, C_in)
@@ -371,7 +311,7 @@ def conv2d_backward_fast(dy: Any, cache: Conv2dCache):
 
     On the flat grid (the forward's cache holds its rows) X_ij is the row slice of offset (i, j) and
     dY is dy on the grid, zero on the padding, so dw[i, j] is one product of contiguous slices, and
-    dx is _grid_correlate of dy's grid with w~ (k = 2p + 1, so k - 1 - p = p: the same grid).
+    dx is conv_grid.correlate of dy's grid with w~ (k = 2p + 1, so k - 1 - p = p: the same grid).
     Elsewhere X_ij is the copied window; stride 2 takes the textbook loop's scatter for dx.
     Returns what conv2d_backward returns.
     """
@@ -383,8 +323,8 @@ def conv2d_backward_fast(dy: Any, cache: Conv2dCache):
     db = fast.column_sums(dy_2d)  # 3. bias: sum over (N, Ho, Wo)
     on_grid = x_pad.ndim == 2  # the forward computed on the flat grid; x_pad holds its rows
     if on_grid:
-        dy_rows = _grid_rows(dy, p)  # ((N + 2) G Wg, C_out), zero on the padding
-        dw = _grid_weight_gradient(x_pad, dy_rows, k, N, H, W)  # 2. weights
+        dy_rows = grid.rows(dy, p)  # ((N + 2) G Wg, C_out), zero on the padding
+        dw = grid.weight_gradient(x_pad, dy_rows, k, N, H, W)  # 2. weights
     else:
         dw = xp.zeros(w.shape, dtype=w.dtype, device=device(w))
         for i in range(k):  # 2. weights: one (C_in, N Ho Wo) @ (N Ho Wo, C_out) product per offset
@@ -394,27 +334,12 @@ def conv2d_backward_fast(dy: Any, cache: Conv2dCache):
     # 1. input: at stride 1 a correlation of the re-padded dy with the flipped kernel, on the grid
     # unless dy is thin enough for im2col (the head's one channel)
     if on_grid and k * k * C_out > IM2COL_DEPTH:
-        dx = xp.reshape(_crop(_grid_correlate(dy_rows, _flipped(w), N, H, W), N, H, W, p), (N, H, W, C_in))
+        dx = xp.reshape(grid.crop(grid.correlate(dy_rows, _flipped(w), N, H, W), N, H, W, p), (N, H, W, C_in))
     elif stride == 1 and p <= k - 1:
         dx = _correlate(_pad(dy, k - 1 - p), _flipped(w), 1, H, W)
     else:
         dx = _input_gradient_by_taps(dy, w, stride, p, x_pad.shape)
     return dx, dw, db
-
-
-def _grid_weight_gradient(rows: Any, dy_rows: Any, k: int, N: int, H: int, W: int) -> Any:
-    """dw[i, j] = X_ij^T dY on the flat grid: X_ij = rows[m + d : m + d + P] (offset (i, j)'s window)
-    and dY = dy_rows[m : m + P] (zero on the padding, so the grid's extra positions add nothing):
-    one (C_in, P) @ (P, C_out) product of contiguous slices per offset. Returns (k, k, C_in, C_out)."""
-    xp = namespace(rows, dy_rows)
-    P, m, d = _grid_shape(N, H, W, k)
-    dY = dy_rows[m : m + P, :]  # (P, C_out)
-    dw = xp.zeros((k, k, rows.shape[1], dy_rows.shape[1]), dtype=rows.dtype, device=device(rows))
-    for i in range(k):
-        for j in range(k):
-            d_ij = d[i * k + j]
-            dw[i, j, :, :] = xp.matrix_transpose(rows[m + d_ij : m + d_ij + P, :]) @ dY  # (C_in, C_out)
-    return dw
 
 
 def _input_gradient_by_taps(dy: Any, w: Any, stride: int, p: int, x_pad_shape: tuple) -> Any:
