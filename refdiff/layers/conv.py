@@ -22,9 +22,9 @@ computed too and cropped. Elsewhere ``conv2d_forward_fast`` lays the k*k windows
 inputs (k*k*C_in <= IM2COL_DEPTH, where that buffer is small and one deep product beats k*k shallow
 ones) and multiplies each window as it lies otherwise; ``conv2d_backward_fast`` computes the same
 gradients with larger products: dx at stride 1 as a correlation of dy with the flipped kernel, dw as
-one long product per offset, db as a product with a ones vector (measurements: docs/performance.md). Each textbook function starts by handing over to its
-speed form on the speed layer (refdiff.speed); a cache from the flat grid goes to the speed backward
-whichever path is selected when it runs.
+one long product per offset, db as a product with a ones vector (measurements: docs/performance.md).
+Each textbook function starts by handing over to its speed form on the speed layer (refdiff.speed); a
+cache from the flat grid goes to the speed backward whichever path is selected when it runs.
 
 Layouts: activations (N, H, W, C) (NHWC, chosen by measurement, see the derivation page); weights
 (kH, kW, C_in, C_out); bias (C_out,). ``weight_from_torch`` / ``weight_to_torch`` convert to and from
