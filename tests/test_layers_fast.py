@@ -105,6 +105,28 @@ def test_group_norm_backward_forms_agree(backend, shape_groups, seed):
     assert_forms_agree(got[1:], expected[1:], x, scale=shape[0] * M)
 
 
+@given(shape_groups=group_shapes(), adagn=st.booleans(), seed=seeds)
+def test_group_norm_silu_forms_agree(backend, shape_groups, adagn, seed):
+    """fast.group_norm_silu (GN's and AdaGN's affine maps folded into one, the SiLU by one tanh, passes on
+    rows of several pixels) == norm.group_norm_silu (the three layers' forwards in turn), to M roundings."""
+    shape, groups = shape_groups
+    N, C = shape[0], shape[-1]
+    x, gamma, beta = (backend.asarray(host_data(seed + i, s, scale=2.0)) for i, s in enumerate((shape, (C,), (C,))))
+    modulation = ((backend.asarray(host_data(seed + 3, (N, C))), backend.asarray(host_data(seed + 4, (N, C))))
+                  if adagn else (None, None))
+    M = math.prod(shape[1:-1]) * (C // groups)
+    assert_forms_agree([fast.group_norm_silu(x, gamma, beta, groups, 1e-5, *modulation)],
+                       [reference(Nm.group_norm_silu, x, gamma, beta, groups, 1e-5, *modulation)], x, scale=4 * M)
+
+
+@given(S=st.integers(1, 300), C=st.integers(1, 300))
+def test_long_rows_are_the_most_pixels_that_divide_the_image_within_LONG_ROW(S, C):
+    """_long_rows(S, C) = R divides S, R C <= LONG_ROW unless R = 1, and no larger divisor of S fits."""
+    R = fast._long_rows(S, C)
+    assert S % R == 0 and (R == 1 or R * C <= fast.LONG_ROW)
+    assert not any(S % r == 0 and r * C <= fast.LONG_ROW for r in range(R + 1, S + 1))
+
+
 @given(N=st.integers(1, 2), spatial=spatial_shapes, C=sides, seed=seeds)
 def test_sums_over_space_and_scale_shift_backward_forms_agree(backend, N, spatial, C, seed):
     """fast.sum_over_space == norm.sum_over_space and fast.scale_shift_backward ==

@@ -1,4 +1,5 @@
-"""Specification of refdiff.layers.norm: group normalization and scale-shift (AdaGN) modulation."""
+"""Specification of refdiff.layers.norm: group normalization, scale-shift (AdaGN) modulation and both
+followed by SiLU in one step (group_norm_silu)."""
 
 import math
 
@@ -153,11 +154,37 @@ def test_scale_shift_broadcasts_per_sample_over_space(backend, N, spatial, C, se
     assert_close(y, h.astype(np.float64) * (1.0 + s.reshape(bshape)) + b.reshape(bshape), scale=2.0)
 
 
+# ------------------------------------------------------------------------ normalize and activate
+
+@both_paths
+@given(shape_groups=group_shapes(), adagn=st.booleans(), seed=seeds, dtype=st.sampled_from(DTYPES))
+def test_group_norm_silu_is_silu_of_the_per_group_host_formula(backend, reference, shape_groups, adagn, seed,
+                                                               dtype):
+    """group_norm_silu(x, gamma, beta, G[, scale, shift]) == silu(h), h = host_group_norm(x) [* (1 + scale)
+    + shift] per sample and channel, silu(h) = h / (1 + exp(-h)) in float64, to the dtype's tolerance times
+    the M entries a group's statistics sum; the result keeps x's library, device and dtype."""
+    shape, groups = shape_groups
+    N, C = shape[0], shape[-1]
+    x, gamma, beta, scale, shift = (host_data(seed + i, s, dtype, scale=2.0) for i, s in
+                                    enumerate((shape, (C,), (C,), (N, C), (N, C))))
+    h = host_group_norm(x, gamma.astype(np.float64), beta.astype(np.float64), groups)
+    modulation = ()
+    if adagn:
+        per_sample = (N,) + (1,) * (len(shape) - 2) + (C,)  # (N, 1, ..., 1, C): broadcast over space
+        h = h * (1.0 + np.reshape(scale, per_sample)) + np.reshape(shift, per_sample)
+        modulation = (backend.asarray(scale), backend.asarray(shift))
+    xb = backend.asarray(x)
+    with speed.reference_path(reference):
+        y = Nm.group_norm_silu(xb, backend.asarray(gamma), backend.asarray(beta), groups, 1e-5, *modulation)
+    assert_same_array_kind(y, xb)
+    assert_close(y, h / (1.0 + np.exp(-h)), scale=4 * math.prod(shape[1:-1]) * (C // groups))
+
+
 # ------------------------------------------------------------------------------- dtype discipline
 
 @both_paths
 def test_float32_norm_layers_create_no_float64_and_keep_the_array_kind(backend, reference):
-    """float32 forward and backward of group_norm and scale_shift, and sum_over_space, create no float64
+    """float32 forward and backward of group_norm and scale_shift, sum_over_space and group_norm_silu create no float64
     array (tripwire on array_api_strict) and return arrays of the input's library, device and dtype."""
     x = backend.asarray(host_data(0, (2, 3, 3, 4), "float32"))
     gamma, beta = backend.asarray(host_data(1, (4,), "float32")), backend.asarray(host_data(2, (4,), "float32"))
@@ -167,6 +194,7 @@ def test_float32_norm_layers_create_no_float64_and_keep_the_array_kind(backend, 
         outs = [y, *Nm.group_norm_backward(x, cache)]
         y, cache = Nm.scale_shift_forward(x, scale, shift)
         outs += [y, *Nm.scale_shift_backward(x, cache), Nm.sum_over_space(x)]
+        outs += [Nm.group_norm_silu(x, gamma, beta, 2), Nm.group_norm_silu(x, gamma, beta, 2, 1e-5, scale, shift)]
     for out in outs:
         assert_same_array_kind(out, x)
 
@@ -189,8 +217,16 @@ def _gn(bk, shape=(2, 3, 3, 4), C=4, groups=2, eps=1e-5, beta_shape=None):
                                        bk.asarray(np.ones((2, 4)))), r"scale must have shape \(2, 4\)"),
     (lambda bk: Nm.scale_shift_forward(bk.asarray(np.ones((2, 3, 3, 4))), bk.asarray(np.ones((2, 4))),
                                        bk.asarray(np.ones((1, 4)))), "shift must"),
+    (lambda bk: Nm.group_norm_silu(bk.asarray(np.ones((2, 3, 3, 4))), bk.asarray(np.ones(4)), bk.asarray(np.ones(4)),
+                                   2, scale=bk.asarray(np.ones((2, 4)))), r"scale and shift must be given together"),
+    (lambda bk: Nm.group_norm_silu(bk.asarray(np.ones((2, 3, 3, 4))), bk.asarray(np.ones(4)), bk.asarray(np.ones(4)),
+                                   2, 1e-5, bk.asarray(np.ones((2, 4))), bk.asarray(np.ones((2, 3)))),
+     r"shift must have shape \(2, 4\)"),
+    (lambda bk: Nm.group_norm_silu(bk.asarray(np.ones((2, 3, 3, 4))), bk.asarray(np.ones(4)), bk.asarray(np.ones(4)),
+                                   3), "groups must"),
 ])
 def test_bad_inputs_raise_value_errors_naming_the_argument(backend, call, message):
-    """Groups not dividing C, mis-shaped gamma/beta/scale/shift and eps <= 0 raise ValueError."""
+    """Groups not dividing C, mis-shaped gamma/beta/scale/shift, scale without shift and eps <= 0 raise
+    ValueError."""
     with pytest.raises(ValueError, match=message):
         call(backend)

@@ -10,7 +10,10 @@ derivative step a line. The forms here compute the same numbers with fewer passe
   speed, where NumPy's reduction along a non-last axis is 2-9x slower;
 - in-place arithmetic in one temporary (``sigmoid``, ``silu_backward``);
 - group norm's fused forward and closed-form backward: three passes over the activation where the
-  step-by-step chain makes a dozen (docs/derivations/group_norm.md, "The speed form").
+  step-by-step chain makes a dozen (docs/derivations/group_norm.md, "The speed form");
+- a sampling forward's group norm, AdaGN and SiLU in one (``group_norm_silu``): one affine map, one
+  tanh, passes on rows of several pixels; seven passes where the three layers make eleven
+  (docs/derivations/group_norm.md, "Normalize and activate in one").
 
 conv2d's speed forms (im2col for thin inputs, the backward as long products) share the window
 geometry of its textbook forms, so they stay in refdiff/layers/conv.py, in its "speed layer" section.
@@ -108,6 +111,64 @@ def _per_channel(a: Any, Cg: int) -> Any:
     xp = namespace(a)
     N, _, G, _ = a.shape
     return xp.reshape(xp.broadcast_to(a, (N, 1, G, Cg)), (N, 1, G * Cg))  # (N, 1, G, C/G) -> (N, 1, C)
+
+
+# Elementwise passes against a per-sample, per-channel factor run on rows of up to this many numbers
+# where the spatial size allows (_long_rows). Whole sampling forwards, one thread (docs/performance.md):
+# 64 and 128 measured fastest, 256 and 512 1-2% slower (the repeated factors cost more), rows of one
+# pixel 2-3% slower.
+LONG_ROW = 128
+
+
+def _long_rows(S: int, C: int) -> int:
+    """R, the largest divisor of S with R C <= LONG_ROW (1 when C > LONG_ROW / 2 or S is prime): an
+    (N, S, C) activation viewed as (N, S / R, R C) rows of R pixels.
+
+    NumPy's elementwise loops run along the last axis only: against an (N, 1, C) factor an (N, S, C)
+    pass makes N S loops of C numbers (16-64 in the U-Nets), 2-4x a same-shape pass. Rows R times
+    longer take the factor repeated R times (_along_rows): N R C numbers to copy, next to the pass's N S C.
+    """
+    return max(R for R in range(1, max(1, LONG_ROW // C) + 1) if S % R == 0)
+
+
+def _along_rows(f: Any, R: int) -> Any:
+    """A per-sample, per-channel factor f (N, C) against rows of R pixels: (N, 1, R C), f repeated R times."""
+    xp = namespace(f)
+    N, C = f.shape
+    return xp.reshape(xp.broadcast_to(xp.reshape(f, (N, 1, 1, C)), (N, 1, R, C)), (N, 1, R * C))
+
+
+def group_norm_silu(x: Any, gamma: Any, beta: Any, groups: int, eps: float, scale: Any, shift: Any) -> Any:
+    """Speed form of refdiff.layers.norm.group_norm_silu: silu(GN(x) [* (1 + scale) + shift]), no cache.
+
+    Math (docs/derivations/group_norm.md, "Normalize and activate in one"): per sample n and channel c,
+          h = xc * a + b,   a = rstd * gamma * (1 + scale),   b = beta * (1 + scale) + shift
+    (GN's affine and AdaGN's in one; scale = shift = 0 without AdaGN), and with u = h / 2
+          silu(h) = h * (1 + tanh(h / 2)) / 2 = u + u * tanh(u)
+    (the sigmoid as refdiff.layers.basic.sigmoid writes it). The per-group statistics as in
+    group_norm_forward; the passes against a, b and mu on rows of R pixels (_long_rows). Seven passes over
+    the activation where the three layers make eleven (nine without AdaGN), three arrays allocated where
+    they allocate eight (six).
+    """
+    xp = namespace(x, gamma, beta)
+    N, C = x.shape[0], x.shape[-1]
+    S, Cg = math.prod(x.shape[1:-1]), C // groups
+    M, R = S * Cg, _long_rows(S, C)
+    x3 = xp.reshape(x, (N, S, C))  # (N, S, C)
+    mu = _group_sum(x3, groups) / M  # (N, 1, G, 1)
+    xc = xp.reshape(x, (N, S // R, R * C)) - _along_rows(xp.reshape(_per_channel(mu, Cg), (N, C)), R)
+    var = _group_sum(xp.reshape(xc * xc, (N, S, C)), groups) / M  # (N, 1, G, 1), biased
+    a = xp.reshape(_per_channel(1.0 / xp.sqrt(var + eps), Cg), (N, C)) * gamma  # (N, C): rstd * gamma
+    b = xp.broadcast_to(beta, (N, C))
+    if scale is not None:
+        a, b = a * (1.0 + scale), b * (1.0 + scale) + shift  # AdaGN folded into GN's affine
+    u = xc  # (N, S / R, R C) rows, in place: u = (xc * a + b) / 2
+    u *= _along_rows(0.5 * a, R)
+    u += _along_rows(0.5 * b, R)
+    y = xp.tanh(u)
+    y *= u
+    y += u
+    return xp.reshape(y, tuple(x.shape))
 
 
 def group_norm_forward(x: Any, gamma: Any, beta: Any, groups: int, eps: float) -> tuple[Any, Any]:

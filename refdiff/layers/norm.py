@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from refdiff import speed
 from refdiff.backend import namespace
 from refdiff.layers import fast
-from refdiff.layers.basic import check_shape
+from refdiff.layers.basic import check_shape, silu_forward
 
 
 class GroupNormCache(NamedTuple):
@@ -149,6 +149,35 @@ def scale_shift_backward(dy: Any, cache: ScaleShiftCache) -> tuple[Any, Any, Any
     dscale = xp.sum(dy3 * h3, axis=1)  # (N, C), summed over space
     dshift = xp.sum(dy3, axis=1)  # (N, C)
     return dh, dscale, dshift
+
+
+def group_norm_silu(x: Any, gamma: Any, beta: Any, groups: int, eps: float = 1e-5, scale: Any = None,
+                    shift: Any = None) -> Any:
+    """A block's normalize-and-activate step with no cache (a sampling forward): silu of group norm,
+    modulated by AdaGN when scale and shift are given.
+
+    Math: y = silu(h),  h = GN(x) (group_norm_forward),  or h = GN(x) * (1 + scale) + shift
+          (scale_shift_forward),  silu(h) = h * sigmoid(h)
+
+    x: (N, ..., C); gamma, beta: (C,); scale, shift: (N, C), both or neither. Returns y like x. The
+    textbook form runs the layers' forwards in turn and drops their caches; the speed form
+    (refdiff.layers.fast.group_norm_silu) folds the two affine maps into one and computes the SiLU
+    with one tanh, in seven passes over the activation.
+    """
+    _check_group_norm(x, gamma, beta, groups, eps)
+    if (scale is None) != (shift is None):
+        raise ValueError("scale and shift must be given together (AdaGN) or both be None, got "
+                         f"scale {'None' if scale is None else tuple(scale.shape)}, "
+                         f"shift {'None' if shift is None else tuple(shift.shape)}")
+    if scale is not None:
+        check_shape("scale", scale, (x.shape[0], x.shape[-1]))
+        check_shape("shift", shift, (x.shape[0], x.shape[-1]))
+    if speed.enabled():
+        return fast.group_norm_silu(x, gamma, beta, groups, eps, scale, shift)
+    h, _ = group_norm_forward(x, gamma, beta, groups, eps)
+    if scale is not None:
+        h, _ = scale_shift_forward(h, scale, shift)
+    return silu_forward(h)[0]
 
 
 def sum_over_space(a: Any) -> Any:

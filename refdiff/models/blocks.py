@@ -28,7 +28,7 @@ from refdiff.layers.conv import Conv2dCache, conv2d_backward, conv2d_forward
 from refdiff.layers.masked_attention import (MaskedAttentionCache, context_attention_backward,
                                              context_attention_forward)
 from refdiff.layers.norm import (GroupNormCache, ScaleShiftCache, group_norm_backward, group_norm_forward,
-                                 scale_shift_backward, scale_shift_forward, sum_over_space)
+                                 group_norm_silu, scale_shift_backward, scale_shift_forward, sum_over_space)
 from refdiff.layers.resample import Resample2xCache, upsample2x_backward, upsample2x_forward
 
 
@@ -66,8 +66,22 @@ def resblock_shapes(c_in: int, c_out: int, emb_dim: int, scale_shift: bool) -> d
     return shapes
 
 
+def _norm_silu(x: Any, gamma: Any, beta: Any, groups: int, keep_cache: bool, scale: Any = None,
+               shift: Any = None):
+    """silu(GN(x)), or silu(GN(x) * (1 + scale) + shift) (AdaGN): returns (y, the GN, AdaGN and SiLU
+    caches). keep_cache=False (a sampling forward) runs group_norm_silu, which keeps none (three Nones)."""
+    if not keep_cache:
+        return group_norm_silu(x, gamma, beta, groups, scale=scale, shift=shift), None, None, None
+    h, norm = group_norm_forward(x, gamma, beta, groups)
+    modulate = None
+    if scale is not None:
+        h, modulate = scale_shift_forward(h, scale, shift)
+    h, silu = silu_forward(h)
+    return h, norm, modulate, silu
+
+
 def resblock_forward(p: dict, x: Any, emb: Any, groups: int, scale_shift: bool, dropout: float = 0.0,
-                     train: bool = False, generator: Any = None):
+                     train: bool = False, generator: Any = None, keep_cache: bool = True):
     """ADM's ResBlock with the timestep (+ label) embedding injected between its two convolutions.
 
     Math: h = conv1(silu(GN1(x)));  e = emb @ W_emb + b_emb
@@ -76,22 +90,20 @@ def resblock_forward(p: dict, x: Any, emb: Any, groups: int, scale_shift: bool, 
           y = skip(x) + conv2(dropout(silu(h))),  skip = identity or a 1x1 conv when C_in != C_out
 
     x: (N, H, W, C_in); emb: (N, E), the embedding after ADM's SiLU (shared by every block).
-    Returns y (N, H, W, C_out) like x, and a ResBlockCache.
+    Returns y (N, H, W, C_out) like x, and a ResBlockCache (keep_cache=False: the normalizations' and
+    SiLUs' entries None, for a forward whose caches are dropped).
     """
     xp = namespace(x)
     N, C = x.shape[0], p["conv1.b"].shape[0]
-    h, norm1 = group_norm_forward(x, p["norm1.gamma"], p["norm1.beta"], groups)
-    h, silu1 = silu_forward(h)
+    h, norm1, _, silu1 = _norm_silu(x, p["norm1.gamma"], p["norm1.beta"], groups, keep_cache)
     h, conv1 = conv2d_forward(h, p["conv1.w"], p["conv1.b"])  # (N, H, W, C_out)
     e, emb_cache = linear_forward(emb, p["emb.w"], p["emb.b"])  # (N, 2 C_out) or (N, C_out)
-    modulate = None
-    if scale_shift:
-        h, norm2 = group_norm_forward(h, p["norm2.gamma"], p["norm2.beta"], groups)
-        h, modulate = scale_shift_forward(h, e[:, :C], e[:, C:])  # [scale | shift], ADM's chunk(2, dim=1)
-    else:
-        h = h + xp.reshape(e, (N, 1, 1, C))  # (N, 1, 1, C_out): broadcast over space
-        h, norm2 = group_norm_forward(h, p["norm2.gamma"], p["norm2.beta"], groups)
-    h, silu2 = silu_forward(h)
+    if scale_shift:  # [scale | shift], ADM's chunk(2, dim=1)
+        h, norm2, modulate, silu2 = _norm_silu(h, p["norm2.gamma"], p["norm2.beta"], groups, keep_cache,
+                                               e[:, :C], e[:, C:])
+    else:  # (N, 1, 1, C_out): broadcast over space
+        h, norm2, modulate, silu2 = _norm_silu(h + xp.reshape(e, (N, 1, 1, C)), p["norm2.gamma"], p["norm2.beta"],
+                                               groups, keep_cache)
     h, drop = dropout_forward(h, dropout, generator, train)
     h, conv2 = conv2d_forward(h, p["conv2.w"], p["conv2.b"])  # (N, H, W, C_out)
     s, skip = x, None
@@ -257,13 +269,12 @@ def head_shapes(c_in: int, c_out: int) -> dict[str, tuple[int, ...]]:
     return {"norm.gamma": (c_in,), "norm.beta": (c_in,), **_prefixed("conv", conv_shapes(c_in, c_out))}
 
 
-def head_forward(p: dict, x: Any, groups: int):
+def head_forward(p: dict, x: Any, groups: int, keep_cache: bool = True):
     """ADM's ``out``: y = conv3x3(silu(GN(x))), the conv zero-initialised (a fresh model outputs 0).
 
-    x: (N, H, W, C_in). Returns y (N, H, W, C_out) and a HeadCache.
+    x: (N, H, W, C_in). Returns y (N, H, W, C_out) and a HeadCache (keep_cache=False: norm and silu None).
     """
-    h, norm = group_norm_forward(x, p["norm.gamma"], p["norm.beta"], groups)
-    h, silu = silu_forward(h)
+    h, norm, _, silu = _norm_silu(x, p["norm.gamma"], p["norm.beta"], groups, keep_cache)
     y, conv = conv2d_forward(h, p["conv.w"], p["conv.b"])
     return y, HeadCache(norm, silu, conv)
 

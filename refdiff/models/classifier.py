@@ -201,7 +201,7 @@ def _encode(params: dict, cfg: ClassifierConfig, x: Any, t: Any, train: bool, ge
     h = xp.permute_dims(x, (0, 2, 3, 1))  # (N, C, H, W) -> (N, H, W, C)
     caches, encoder = [], _encoder_unet_config(cfg)
     for step in encoder_plan(cfg):  # the U-Net's blocks (blocks.py through unet.step_forward)
-        h, cache = U.step_forward(step, params, encoder, h, emb, train, generator)
+        h, cache = U.step_forward(step, params, encoder, h, emb, train, generator, keep_cache)
         if keep_cache:
             caches.append(cache)
     f, pool_cache = _pool_forward(params, cfg, h)  # (N, C)

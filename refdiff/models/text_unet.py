@@ -214,12 +214,12 @@ def text_unet_forward(params: dict, cfg: TextUNetConfig, x: Any, t: Any, y: Any 
     emb, embed_cache = U.embed_forward(params, cfg.unet, x, t, None, extra=s)  # (N, E)
     context_mask = mask if cfg.text.padding == "mask" else None
 
-    def run_step(step, p, unet_cfg, h, e, *dropout):  # (b): the attention blocks read f; dropout: train, generator
+    def run_step(step, p, unet_cfg, h, e, *options):  # (b): the attention blocks read f; train, generator, keep_cache
         if step.kind == "conv_in" and cfg.position_embedding:  # (c): (N, H, W, C) + (H, W, C)
-            h, conv = U.step_forward(step, p, unet_cfg, h, e, *dropout)
+            h, conv = U.step_forward(step, p, unet_cfg, h, e, *options)
             return h + p["input.position"], conv
         if step.kind != "attn":
-            return U.step_forward(step, p, unet_cfg, h, e, *dropout)
+            return U.step_forward(step, p, unet_cfg, h, e, *options)
         block = _prefixed(p, f"{step.name}.")
         return B.context_attnblock_forward(block, h, f, context_mask, unet_cfg.heads, unet_cfg.groups)
 

@@ -122,12 +122,15 @@ def embed_forward(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any, extra: 
     return emb, EmbedCache(fc1, silu1, fc2, label, silu2)
 
 
-def step_forward(step: Step, params: dict, cfg: UNetConfig, h: Any, emb: Any, train: bool, generator: Any):
-    """Run one block of the plan on h (N, H, W, c_in); returns (h, cache). The noisy classifier runs its
-    encoder's blocks with it too."""
+def step_forward(step: Step, params: dict, cfg: UNetConfig, h: Any, emb: Any, train: bool, generator: Any,
+                 keep_cache: bool = True):
+    """Run one block of the plan on h (N, H, W, c_in); returns (h, cache) (keep_cache=False: a cache to
+    drop, the normalizations fused without theirs). The noisy classifier runs its encoder's blocks with
+    it too."""
     p = _block_params(params, step, cfg)
     if step.kind == "res":
-        return B.resblock_forward(p, h, emb, cfg.groups, cfg.scale_shift_norm, cfg.dropout, train, generator)
+        return B.resblock_forward(p, h, emb, cfg.groups, cfg.scale_shift_norm, cfg.dropout, train, generator,
+                                  keep_cache)
     if step.kind == "attn":
         return B.attnblock_forward(p, h, cfg.heads, cfg.groups)
     if step.kind == "down":
@@ -136,7 +139,7 @@ def step_forward(step: Step, params: dict, cfg: UNetConfig, h: Any, emb: Any, tr
         return B.upsample_forward(p, h)
     if step.kind == "conv_in":
         return conv2d_forward(h, p["w"], p["b"])
-    return B.head_forward(p, h, cfg.groups)
+    return B.head_forward(p, h, cfg.groups, keep_cache)
 
 
 def unet_forward(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any = None, train: bool = False,
@@ -166,7 +169,7 @@ def plan_forward(params: dict, cfg: UNetConfig, x: Any, emb: Any, train: bool, g
                  run_step: Callable = step_forward):
     """The blocks of unet_plan(cfg) on x (N, C_in, H, W) with the embedding emb (N, E): the U-Net's body.
 
-    run_step(step, params, cfg, h, emb, train, generator) -> (h, cache) runs one block (step_forward, or
+    run_step(step, params, cfg, h, emb, train, generator, keep_cache) -> (h, cache) runs one block (step_forward, or
     a model's own for some blocks: the text-conditional U-Net's attention reads the caption too).
     Returns out (N, C_out, H, W) and the blocks' caches (a tuple; None without keep_cache).
     """
@@ -176,7 +179,7 @@ def plan_forward(params: dict, cfg: UNetConfig, x: Any, emb: Any, train: bool, g
     for step in unet_plan(cfg):
         if step.skip:  # ADM's th.cat([h, hs.pop()], dim=1)
             h = xp.concat((h, skips.pop()), axis=-1)  # (N, H', W', c_in) = [h | skip]
-        h, cache = run_step(step, params, cfg, h, emb, train, generator)
+        h, cache = run_step(step, params, cfg, h, emb, train, generator, keep_cache)
         if step.push:
             skips.append(h)
         if keep_cache:
