@@ -16,7 +16,8 @@ from refdiff.backend import Generator, get_backend, to_numpy
 from refdiff.layers.embed import ORDERS
 from refdiff.models import unet as U
 from refdiff.models.presets import PRESETS, fit_data
-from support import DTYPES, TOLERANCE, assert_close, assert_same_array_kind, float64_tripwire, host_data, on, random_params
+from support import (DTYPES, TOLERANCE, assert_close, assert_same_array_kind, float64_tripwire, host_data, on,
+                     random_params)
 
 seeds = st.integers(0, 2**16)
 
