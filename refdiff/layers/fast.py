@@ -132,9 +132,9 @@ def _long_rows(S: int, C: int) -> int:
 
 
 def _along_rows(f: Any, R: int) -> Any:
-    """A per-sample, per-channel factor f (N, C) against rows of R pixels: (N, 1, R C), f repeated R times."""
+    """A per-sample, per-channel factor f (N, 1, C) against rows of R pixels: (N, 1, R C), f repeated R times."""
     xp = namespace(f)
-    N, C = f.shape
+    N, _, C = f.shape
     return xp.reshape(xp.broadcast_to(xp.reshape(f, (N, 1, 1, C)), (N, 1, R, C)), (N, 1, R * C))
 
 
@@ -154,15 +154,15 @@ def group_norm_silu(x: Any, gamma: Any, beta: Any, groups: int, eps: float, scal
     N, C = x.shape[0], x.shape[-1]
     S, Cg = math.prod(x.shape[1:-1]), C // groups
     M, R = S * Cg, _long_rows(S, C)
-    x3 = xp.reshape(x, (N, S, C))  # (N, S, C)
-    mu = _group_sum(x3, groups) / M  # (N, 1, G, 1)
-    xc = xp.reshape(x, (N, S // R, R * C)) - _along_rows(xp.reshape(_per_channel(mu, Cg), (N, C)), R)
+    mu = _group_sum(xp.reshape(x, (N, S, C)), groups) / M  # (N, 1, G, 1)
+    xc = xp.reshape(x, (N, S // R, R * C)) - _along_rows(_per_channel(mu, Cg), R)  # (N, S / R, R C) rows
     var = _group_sum(xp.reshape(xc * xc, (N, S, C)), groups) / M  # (N, 1, G, 1), biased
-    a = xp.reshape(_per_channel(1.0 / xp.sqrt(var + eps), Cg), (N, C)) * gamma  # (N, C): rstd * gamma
-    b = xp.broadcast_to(beta, (N, C))
-    if scale is not None:
-        a, b = a * (1.0 + scale), b * (1.0 + scale) + shift  # AdaGN folded into GN's affine
-    u = xc  # (N, S / R, R C) rows, in place: u = (xc * a + b) / 2
+    a = _per_channel(1.0 / xp.sqrt(var + eps), Cg) * gamma  # (N, 1, C): rstd * gamma
+    b = xp.broadcast_to(beta, (N, 1, C))
+    if scale is not None:  # AdaGN folded into GN's affine map
+        scale, shift = xp.reshape(scale, (N, 1, C)), xp.reshape(shift, (N, 1, C))
+        a, b = a * (1.0 + scale), b * (1.0 + scale) + shift
+    u = xc  # in place: u = (xc * a + b) / 2
     u *= _along_rows(0.5 * a, R)
     u += _along_rows(0.5 * b, R)
     y = xp.tanh(u)
@@ -175,23 +175,24 @@ def group_norm_forward(x: Any, gamma: Any, beta: Any, groups: int, eps: float) -
     """Speed form of refdiff.layers.norm.group_norm_forward (its steps 1-7, the same cache).
 
     The means of steps 2 and 4 by _group_sum; steps 6-7 fused as y = xc * (rstd * gamma) + beta,
-    the (N, 1, C) factor formed first, so the activation-sized arrays are touched twice instead of
-    three times. The activation stays (N, S, C), the per-group values repeated per channel
-    (_per_channel); the cache holds xc as the (N, S, G, C/G) view the textbook form keeps.
+    the per-channel factor formed first, so the activation-sized arrays are touched twice instead of
+    three times. The per-group values are repeated per channel (_per_channel) and the passes against
+    them run on rows of R pixels (_long_rows); the cache holds xc as the (N, S, G, C/G) view the
+    textbook form keeps.
     """
     from refdiff.layers.norm import GroupNormCache  # imported here: refdiff.layers.norm imports this module
 
     xp = namespace(x, gamma, beta)
     N, C = x.shape[0], x.shape[-1]
     S, Cg = math.prod(x.shape[1:-1]), C // groups
-    M = S * Cg
+    M, R = S * Cg, _long_rows(S, C)
     x3 = xp.reshape(x, (N, S, C))  # step 1: (N, S, C), spatial axes flattened
     mu = _group_sum(x3, groups) / M  # step 2: (N, 1, G, 1)
-    xc = x3 - _per_channel(mu, Cg)  # step 3: (N, S, C)
-    var = _group_sum(xc * xc, groups) / M  # step 4: (N, 1, G, 1), biased
+    xc = xp.reshape(x, (N, S // R, R * C)) - _along_rows(_per_channel(mu, Cg), R)  # step 3: (N, S / R, R C)
+    var = _group_sum(xp.reshape(xc * xc, (N, S, C)), groups) / M  # step 4: (N, 1, G, 1), biased
     rstd = 1.0 / xp.sqrt(var + eps)  # step 5: (N, 1, G, 1)
-    y = xc * xp.reshape(rstd * xp.reshape(gamma, (groups, Cg)), (N, 1, C))  # steps 6-7: (N, S, C)
-    y += beta
+    y = xc * _along_rows(_per_channel(rstd, Cg) * gamma, R)  # steps 6-7: (N, S / R, R C)
+    y += xp.reshape(xp.broadcast_to(beta, (R, C)), (R * C,))
     return xp.reshape(y, tuple(x.shape)), GroupNormCache(xp.reshape(xc, (N, S, groups, Cg)), rstd, gamma,
                                                          tuple(x.shape))
 
@@ -203,7 +204,7 @@ def group_norm_backward(dy: Any, cache: Any) -> tuple[Any, Any, Any]:
           dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
              = (rstd * gamma) * dy + b * xc + c,  b and c one number per sample and group
     from two per-channel sums over space, sum(dy) and sum(dy * xc), which also give dgamma and dbeta
-    (sum(dy * xhat) = rstd * sum(dy * xc)): three passes over the activation.
+    (sum(dy * xhat) = rstd * sum(dy * xc)): three passes over the activation, on rows of R pixels.
     """
     xp = namespace(dy)
     xc, rstd, gamma, x_shape = cache
@@ -219,7 +220,9 @@ def group_norm_backward(dy: Any, cache: Any) -> tuple[Any, Any, Any]:
     a = rstd * xp.reshape(gamma, (G, Cg))  # (N, 1, G, C/G): rstd * dxhat = a * dy
     mean_a_dy = xp.sum(sum_dy * a, axis=3, keepdims=True) / M  # rstd * mean(dxhat): (N, 1, G, 1)
     mean_dxhat_xhat = rstd * xp.sum(sum_dy_xc * a, axis=3, keepdims=True) / M  # rstd * mean(dxhat * xhat)
-    dx = dy3 * xp.reshape(a, (N, 1, C))  # (N, S, C); a * dy - mean(a * dy) cancels exactly for M = 1
-    dx += xc3 * _per_channel(-rstd * mean_dxhat_xhat, Cg)  # - rstd * xhat * mean(dxhat * xhat)
-    dx += _per_channel(-mean_a_dy, Cg)  # - rstd * mean(dxhat)
+    R = _long_rows(S, C)
+    dy_r, xc_r = xp.reshape(dy, (N, S // R, R * C)), xp.reshape(xc, (N, S // R, R * C))  # rows of R pixels
+    dx = dy_r * _along_rows(xp.reshape(a, (N, 1, C)), R)  # a * dy - mean(a * dy) cancels exactly for M = 1
+    dx += xc_r * _along_rows(_per_channel(-rstd * mean_dxhat_xhat, Cg), R)  # - rstd xhat mean(dxhat xhat)
+    dx += _along_rows(_per_channel(-mean_a_dy, Cg), R)  # - rstd * mean(dxhat)
     return xp.reshape(dx, x_shape), dgamma, dbeta
