@@ -52,6 +52,7 @@ LAYERS = {
                                         ["aten::native_group_norm", "aten::native_group_norm_backward"]),
     "SiLU (forward + backward)": (["silu_forward", "silu_backward"], ["aten::silu", "aten::silu_backward"]),
     "AdaGN scale-shift": (["scale_shift_forward", "scale_shift_backward"], None),
+    "GN + AdaGN + SiLU fused (sampling forward)": (["group_norm_silu"], None),
     "attention": (["self_attention_forward", "self_attention_backward"], None),
     "optimizer (Adam)": (["adamw_step"], "Optimizer.step"),
 }
