@@ -16,7 +16,8 @@ derivative step a line. The forms here compute the same numbers with fewer passe
   (docs/derivations/group_norm.md, "Normalize and activate in one").
 
 conv2d's speed forms (im2col for thin inputs, the backward as long products) share the window
-geometry of its textbook forms, so they stay in refdiff/layers/conv.py, in its "speed layer" section.
+geometry of its textbook forms, so they stay in refdiff/layers/conv.py, in its "speed layer" section;
+the flat grid they compute on at stride 1 is refdiff/layers/conv_grid.py.
 Which form runs is refdiff.speed's switch: ``REFDIFF_REFERENCE=1`` or ``with speed.reference_path():``
 selects the textbook forms. The public function validates its arguments; the forms here trust them.
 """
@@ -121,8 +122,8 @@ LONG_ROW = 128
 
 
 def _long_rows(S: int, C: int) -> int:
-    """R, the largest divisor of S with R C <= LONG_ROW (1 when C > LONG_ROW / 2 or S is prime): an
-    (N, S, C) activation viewed as (N, S / R, R C) rows of R pixels.
+    """R, the largest divisor of S with R C <= LONG_ROW (1 when none above 1 fits): an (N, S, C)
+    activation viewed as (N, S / R, R C) rows of R pixels.
 
     NumPy's elementwise loops run along the last axis only: against an (N, 1, C) factor an (N, S, C)
     pass makes N S loops of C numbers (16-64 in the U-Nets), 2-4x a same-shape pass. Rows R times
@@ -138,6 +139,19 @@ def _along_rows(f: Any, R: int) -> Any:
     return xp.reshape(xp.broadcast_to(xp.reshape(f, (N, 1, 1, C)), (N, 1, R, C)), (N, 1, R * C))
 
 
+def _centred(x: Any, groups: int) -> tuple[Any, Any]:
+    """Group norm's steps 1-4 on x (N, ..., C): xc = x - mu as (N, S / R, R C) rows of R pixels (R from
+    _long_rows, read back as xc.shape[-1] // C), and var (N, 1, G, 1), the biased variance of each
+    sample's groups; the means by _group_sum."""
+    xp = namespace(x)
+    N, C = x.shape[0], x.shape[-1]
+    S, Cg = math.prod(x.shape[1:-1]), C // groups
+    M, R = S * Cg, _long_rows(S, C)
+    mu = _group_sum(xp.reshape(x, (N, S, C)), groups) / M  # step 2: (N, 1, G, 1)
+    xc = xp.reshape(x, (N, S // R, R * C)) - _along_rows(_per_channel(mu, Cg), R)  # step 3: (N, S / R, R C)
+    return xc, _group_sum(xp.reshape(xc * xc, (N, S, C)), groups) / M  # step 4
+
+
 def group_norm_silu(x: Any, gamma: Any, beta: Any, groups: int, eps: float, scale: Any, shift: Any) -> Any:
     """Speed form of refdiff.layers.norm.group_norm_silu: silu(GN(x) [* (1 + scale) + shift]), no cache.
 
@@ -146,17 +160,14 @@ def group_norm_silu(x: Any, gamma: Any, beta: Any, groups: int, eps: float, scal
     (GN's affine and AdaGN's in one; scale = shift = 0 without AdaGN), and with u = h / 2
           silu(h) = h * (1 + tanh(h / 2)) / 2 = u + u * tanh(u)
     (the sigmoid as refdiff.layers.basic.sigmoid writes it). The per-group statistics as in
-    group_norm_forward; the passes against a, b and mu on rows of R pixels (_long_rows). Seven passes over
+    group_norm_forward (_centred); the passes against a, b and mu on rows of R pixels (_long_rows). Seven passes over
     the activation where the three layers make eleven (nine without AdaGN), three arrays allocated where
     they allocate eight (six).
     """
     xp = namespace(x, gamma, beta)
-    N, C = x.shape[0], x.shape[-1]
-    S, Cg = math.prod(x.shape[1:-1]), C // groups
-    M, R = S * Cg, _long_rows(S, C)
-    mu = _group_sum(xp.reshape(x, (N, S, C)), groups) / M  # (N, 1, G, 1)
-    xc = xp.reshape(x, (N, S // R, R * C)) - _along_rows(_per_channel(mu, Cg), R)  # (N, S / R, R C) rows
-    var = _group_sum(xp.reshape(xc * xc, (N, S, C)), groups) / M  # (N, 1, G, 1), biased
+    N, C, Cg = x.shape[0], x.shape[-1], x.shape[-1] // groups
+    xc, var = _centred(x, groups)  # (N, S / R, R C) rows, (N, 1, G, 1)
+    R = xc.shape[-1] // C
     a = _per_channel(1.0 / xp.sqrt(var + eps), Cg) * gamma  # (N, 1, C): rstd * gamma
     b = xp.broadcast_to(beta, (N, 1, C))
     if scale is not None:  # AdaGN folded into GN's affine map
@@ -185,11 +196,8 @@ def group_norm_forward(x: Any, gamma: Any, beta: Any, groups: int, eps: float) -
     xp = namespace(x, gamma, beta)
     N, C = x.shape[0], x.shape[-1]
     S, Cg = math.prod(x.shape[1:-1]), C // groups
-    M, R = S * Cg, _long_rows(S, C)
-    x3 = xp.reshape(x, (N, S, C))  # step 1: (N, S, C), spatial axes flattened
-    mu = _group_sum(x3, groups) / M  # step 2: (N, 1, G, 1)
-    xc = xp.reshape(x, (N, S // R, R * C)) - _along_rows(_per_channel(mu, Cg), R)  # step 3: (N, S / R, R C)
-    var = _group_sum(xp.reshape(xc * xc, (N, S, C)), groups) / M  # step 4: (N, 1, G, 1), biased
+    xc, var = _centred(x, groups)  # steps 1-4: (N, S / R, R C) rows, (N, 1, G, 1)
+    R = xc.shape[-1] // C
     rstd = 1.0 / xp.sqrt(var + eps)  # step 5: (N, 1, G, 1)
     y = xc * _along_rows(_per_channel(rstd, Cg) * gamma, R)  # steps 6-7: (N, S / R, R C)
     y += xp.reshape(xp.broadcast_to(beta, (R, C)), (R * C,))
