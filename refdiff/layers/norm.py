@@ -1,12 +1,14 @@
-"""Group normalization (Wu & He 2018) and scale-shift (AdaGN) modulation (Dhariwal & Nichol 2021).
+"""Group normalization (Wu & He 2018) and scale-shift (AdaGN) modulation (Dhariwal & Nichol 2021),
+and both followed by SiLU as one step for a sampling forward (group_norm_silu).
 
 Channels-last activations (N, ..., C). The backward of group norm is derived step by step in
 docs/derivations/group_norm.md; the numbered steps there are the numbered comments here.
 
 Each function here is the textbook form, one step a line. The speed forms of group norm's forward and
 backward (the sums over a group as per-channel sums over space, steps 6-7 fused, the backward in
-closed form) and of the sums over space are in refdiff/layers/fast.py; each function that has one
-starts by handing over to it on the speed layer (refdiff.speed).
+closed form), of the sums over space and of group_norm_silu (one affine map, one tanh) are in
+refdiff/layers/fast.py; each function that has one starts by handing over to it on the speed layer
+(refdiff.speed).
 """
 
 from __future__ import annotations
