@@ -162,7 +162,8 @@ def test_group_norm_silu_is_silu_of_the_per_group_host_formula(backend, referenc
                                                                dtype):
     """group_norm_silu(x, gamma, beta, G[, scale, shift]) == silu(h), h = host_group_norm(x) [* (1 + scale)
     + shift] per sample and channel, silu(h) = h / (1 + exp(-h)) in float64, to the dtype's tolerance times
-    the M entries a group's statistics sum; the result keeps x's library, device and dtype."""
+    the M entries a group's statistics sum; the result keeps x's library, device and dtype, and x is left
+    as it was."""
     shape, groups = shape_groups
     N, C = shape[0], shape[-1]
     x, gamma, beta, scale, shift = (host_data(seed + i, s, dtype, scale=2.0) for i, s in
@@ -178,6 +179,7 @@ def test_group_norm_silu_is_silu_of_the_per_group_host_formula(backend, referenc
         y = Nm.group_norm_silu(xb, backend.asarray(gamma), backend.asarray(beta), groups, 1e-5, *modulation)
     assert_same_array_kind(y, xb)
     assert_close(y, h / (1.0 + np.exp(-h)), scale=4 * math.prod(shape[1:-1]) * (C // groups))
+    np.testing.assert_array_equal(to_numpy(xb), x)  # the input is left as it was
 
 
 # ------------------------------------------------------------------------------- dtype discipline
