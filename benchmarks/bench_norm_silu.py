@@ -84,7 +84,9 @@ def main(argv=None) -> None:
     B._norm_silu = FUSED
     y_fused = model.forward()
     medians = whole_forward(model, args.rounds)
-    print(f"{args.preset} sampling forward, batch {args.batch}, one thread ({parallel.blas_summary()}):")
+    with parallel.one_blas_thread():  # the layout the forwards ran in
+        blas = parallel.blas_summary()
+    print(f"{args.preset} sampling forward, batch {args.batch}, one thread ({blas}):")
     print(f"  layers in turn {1e3 * medians['layers']:.2f} ms, group_norm_silu {1e3 * medians['fused']:.2f} ms, "
           f"ratio {medians['fused'] / medians['layers']:.3f} (medians of {args.rounds})")
     print(f"  max |difference| / max |output|: {np.abs(y_fused - y_layers).max() / np.abs(y_layers).max():.1e}")
