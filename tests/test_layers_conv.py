@@ -1,5 +1,5 @@
 """Specification of refdiff.layers.conv (with its flat grid, refdiff.layers.conv_grid) and
-refdiff.layers.resample: NHWC convolution and 2x resampling.
+refdiff.layers.resample: NHWC convolution, 2x resampling, and both in one (upsample2x_conv).
 
 Oracles: conv2d_forward_naive (plain loops over output pixels, padding as a bounds test), the
 textbook conv2d_forward and conv2d_backward on the reference path (the derivation page's loop, the
@@ -198,6 +198,26 @@ def test_flat_grid_row_shift_d_reads_each_kernel_offsets_padded_neighbour(N, H, 
         for j in range(k):
             np.testing.assert_array_equal(R[q + d[i * k + j]], x_pad[n, h + i, w + j])
     np.testing.assert_array_equal(G.crop(R[m : m + P], N, H, W, p), np.reshape(x, (N, H, W * C)))
+
+
+@both_paths
+@given(N=st.integers(1, 3), H=st.integers(1, 5), W=st.integers(1, 5), C_in=st.integers(1, 6),
+       C_out=st.integers(1, 9), seed=seeds, dtype=dtypes)
+def test_upsample2x_conv_is_the_conv_of_the_upsampled_input(backend, reference, N, H, W, C_in, C_out, seed,
+                                                             dtype):
+    """upsample2x_conv(x, w, b) == conv2d_forward_naive(nearest_2x(x), w, b) with "same" padding, x
+    repeated twice along H and W on the host in float64, to the dtype's tolerance times the 9 C_in terms
+    an output sums; on the speed layer each output phase is a 2 x 2 correlation of x (the kernel rows and
+    columns summed per phase), which fails if a phase's taps are shifted. Keeps x's library, device and
+    dtype; x is left as it was."""
+    x, w, b = (host_data(seed + i, s, dtype) for i, s in enumerate(((N, H, W, C_in), (3, 3, C_in, C_out), (C_out,))))
+    xb = backend.asarray(x)
+    with parallel.one_blas_thread(), speed.reference_path(reference):
+        y = Cv.upsample2x_conv(xb, backend.asarray(w), backend.asarray(b))
+    up = np.repeat(np.repeat(x.astype(np.float64), 2, axis=1), 2, axis=2)  # (N, 2H, 2W, C_in)
+    assert_same_array_kind(y, xb)
+    assert_close(y, Cv.conv2d_forward_naive(up, w.astype(np.float64), b.astype(np.float64), 1, 1), scale=9 * C_in + 1)
+    np.testing.assert_array_equal(to_numpy(xb), x)
 
 
 @given(case=grid_cases(), seed=seeds, dtype=dtypes)
@@ -418,7 +438,8 @@ def test_outputs_never_alias_inputs(reference):
 def test_bad_inputs_raise_naming_the_argument(backend):
     """Wrong ranks, mismatched channels, non-square kernels, a bias of the wrong length, strides other
     than 1 or 2, negative or non-integer padding, images smaller than the kernel, mixed dtypes, a dy
-    that is not the output's shape, and odd sizes for 2x2 pooling are refused with the argument's name."""
+    that is not the output's shape, odd sizes for 2x2 pooling and an upsampling convolution's kernel
+    other than 3 x 3 are refused with the argument's name."""
     x = backend.asarray(host_data(0, (1, 4, 4, 2)))
     w, b = backend.asarray(host_data(1, (3, 3, 2, 3))), backend.asarray(host_data(2, (3,)))
     f32 = backend.dtype("float32")
@@ -438,6 +459,8 @@ def test_bad_inputs_raise_naming_the_argument(backend):
         (lambda: Cv.weight_from_torch(w[0, ...]), "w must have PyTorch's shape"),
         (lambda: Cv.weight_to_torch(w[0, ...]), "w must have shape"),
         (lambda: Rs.upsample2x_forward(x[0, ...]), "x must have shape"),
+        (lambda: Cv.upsample2x_conv(x, backend.asarray(host_data(1, (1, 1, 2, 3))), b), "w must be a 3 x 3 kernel"),
+        (lambda: Cv.upsample2x_conv(x, backend.asarray(host_data(1, (3, 3, 5, 3))), b), "w must have shape"),
         (lambda: Rs.avg_pool2x_forward(x[:, :3, ...]), "x must have even height and width"),
         (lambda: Rs.upsample2x_backward(x, Rs.upsample2x_forward(x)[1]), "dy must have the forward output's shape"),
         (lambda: Rs.avg_pool2x_backward(x, Rs.avg_pool2x_forward(x)[1]), "dy must have the forward output's shape"),

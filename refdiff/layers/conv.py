@@ -41,6 +41,7 @@ from refdiff import speed
 from refdiff.backend import device, namespace, to_numpy
 from refdiff.layers import conv_grid as grid
 from refdiff.layers import fast
+from refdiff.layers.resample import upsample2x_forward
 
 STRIDES = (1, 2)
 
@@ -132,6 +133,26 @@ def conv2d_forward(x: Any, w: Any, b: Any, stride: int = 1, padding: int | None 
             y = y + _window(x_pad, i, j, stride, Ho, Wo) @ w[i, j, :, :]
     y = y + b  # 3. bias, broadcast over (N, Ho, Wo)
     return y, Conv2dCache(x_pad, w, stride, p, tuple(x.shape))
+
+
+def upsample2x_conv(x: Any, w: Any, b: Any) -> Any:
+    """ADM's Upsample with no cache (a sampling forward): nearest 2x upsampling, then a 3x3 "same"
+    convolution.
+
+    Math: y = conv2d_forward(upsample2x_forward(x), w, b)  (stride 1, padding 1)
+
+    x: (N, H, W, C_in); w: (3, 3, C_in, C_out); b: (C_out,). Returns y (N, 2H, 2W, C_out) like x. The
+    speed form (refdiff.layers.conv_grid.upsampled_forward) computes each of the four output phases as a
+    2 x 2 correlation of x itself: 16 products where the convolution of the upsampled input makes 9 four
+    times as long.
+    """
+    _check_geometry(x, w, b, 1, 1)
+    if w.shape[0] != 3:
+        raise ValueError(f"w must be a 3 x 3 kernel (3, 3, C_in, C_out), got shape {tuple(w.shape)}")
+    if speed.enabled():
+        return grid.upsampled_forward(x, w, b)
+    h, _ = upsample2x_forward(x)
+    return conv2d_forward(h, w, b)[0]
 
 
 def _check_dy(dy: Any, cache: Conv2dCache) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from refdiff.backend import namespace
 from refdiff.layers.attention import AttentionCache, self_attention_backward, self_attention_forward
 from refdiff.layers.basic import (DropoutCache, LinearCache, SiluCache, dropout_backward, dropout_forward,
                                   linear_backward, linear_forward, silu_backward, silu_forward)
-from refdiff.layers.conv import Conv2dCache, conv2d_backward, conv2d_forward
+from refdiff.layers.conv import Conv2dCache, conv2d_backward, conv2d_forward, upsample2x_conv
 from refdiff.layers.masked_attention import (MaskedAttentionCache, context_attention_backward,
                                              context_attention_forward)
 from refdiff.layers.norm import (GroupNormCache, ScaleShiftCache, group_norm_backward, group_norm_forward,
@@ -240,11 +240,14 @@ def downsample_backward(dy: Any, cache: Conv2dCache):
     return dx, {"conv.w": dw, "conv.b": db}
 
 
-def upsample_forward(p: dict, x: Any):
+def upsample_forward(p: dict, x: Any, keep_cache: bool = True):
     """ADM's Upsample with conv_resample: y = conv3x3(nearest_2x(x)).
 
-    x: (N, H, W, C). Returns y (N, 2H, 2W, C) and an UpsampleCache.
+    x: (N, H, W, C). Returns y (N, 2H, 2W, C) and an UpsampleCache; keep_cache=False (a sampling
+    forward) runs upsample2x_conv, which keeps none (None).
     """
+    if not keep_cache:
+        return upsample2x_conv(x, p["conv.w"], p["conv.b"]), None
     h, up = upsample2x_forward(x)  # (N, 2H, 2W, C)
     y, conv = conv2d_forward(h, p["conv.w"], p["conv.b"])
     return y, UpsampleCache(up, conv)

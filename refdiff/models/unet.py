@@ -125,8 +125,8 @@ def embed_forward(params: dict, cfg: UNetConfig, x: Any, t: Any, y: Any, extra: 
 def step_forward(step: Step, params: dict, cfg: UNetConfig, h: Any, emb: Any, train: bool, generator: Any,
                  keep_cache: bool = True):
     """Run one block of the plan on h (N, H, W, c_in); returns (h, cache) (keep_cache=False: a cache to
-    drop, the normalizations fused without theirs). The noisy classifier runs its encoder's blocks with
-    it too."""
+    drop, the normalizations and the Upsample fused without theirs). The noisy classifier runs its
+    encoder's blocks with it too."""
     p = _block_params(params, step, cfg)
     if step.kind == "res":
         return B.resblock_forward(p, h, emb, cfg.groups, cfg.scale_shift_norm, cfg.dropout, train, generator,
@@ -136,7 +136,7 @@ def step_forward(step: Step, params: dict, cfg: UNetConfig, h: Any, emb: Any, tr
     if step.kind == "down":
         return B.downsample_forward(p, h)
     if step.kind == "up":
-        return B.upsample_forward(p, h)
+        return B.upsample_forward(p, h, keep_cache)
     if step.kind == "conv_in":
         return conv2d_forward(h, p["w"], p["b"])
     return B.head_forward(p, h, cfg.groups, keep_cache)
