@@ -12,8 +12,9 @@ scaled to its unprofiled median (profilers add overhead per call; shares are wha
 residual additions, the loss, and on PyTorch's side the operators not listed.
 
 Then the convolutions one level down: every matrix product refdiff's conv layers made in one such call
-(recorded from refdiff.layers.conv: the forward's and dx's k*k products of depth C_in, or one im2col
-product for thin inputs; dw's k*k products of depth N*Ho*Wo), each timed as a plain 2-D product
+(recorded from refdiff.layers.conv and conv_grid: the forward's and dx's k*k products of depth C_in, or
+one im2col product for thin inputs; dw's k*k products of depth N*Ho*Wo; a sampling forward's Upsample's
+16 products of depth C_in), each timed as a plain 2-D product
 (M, K) @ (K, N) through NumPy's BLAS and through torch.matmul (fastest of ``repeats``), so that the BLAS
 libraries are compared on the same arithmetic, apart from the windows, copies and additions around it.
 """
@@ -99,7 +100,7 @@ def conv_products(fn) -> collections.Counter:
     """{(M, K, N): count} of the (M, K) @ (K, N) products refdiff's convolutions make in one call of fn
     (on the flat grid M counts its padding positions: the products are that long)."""
     products = collections.Counter()
-    correlate, grid_correlate, backward = C._correlate, G.correlate, C.conv2d_backward_fast
+    correlate, shifted, backward = C._correlate, G.shifted_products, C.conv2d_backward_fast
 
     def correlate_counted(a_pad, w, stride, Ho, Wo):  # the forward off the grid, and dx at stride 1
         k, C_in, C_out = w.shape[0], w.shape[2], w.shape[3]
@@ -110,10 +111,10 @@ def conv_products(fn) -> collections.Counter:
             products[(M, C_in, C_out)] += k * k  # one product per kernel offset
         return correlate(a_pad, w, stride, Ho, Wo)
 
-    def grid_counted(rows, w, N, H, W):  # the forward on the grid, and its dx
-        k, C_in, C_out = w.shape[0], w.shape[2], w.shape[3]
-        products[(N * (H + k // 2) * (W + k // 2), C_in, C_out)] += k * k  # one product per offset
-        return grid_correlate(rows, w, N, H, W)
+    def shifted_counted(grid_rows, taps, m, P):  # on the grid: the forward, its dx, the Upsample's phases
+        C_in, C_out = taps[0][1].shape
+        products[(P, C_in, C_out)] += len(taps)  # one product per tap
+        return shifted(grid_rows, taps, m, P)
 
     def backward_counted(dy, cache):
         N, Ho, Wo, C_out = dy.shape
@@ -124,11 +125,11 @@ def conv_products(fn) -> collections.Counter:
             products[(N * Ho * Wo, C_out, C_in)] += k * k
         return backward(dy, cache)
 
-    C._correlate, G.correlate, C.conv2d_backward_fast = correlate_counted, grid_counted, backward_counted
+    C._correlate, G.shifted_products, C.conv2d_backward_fast = correlate_counted, shifted_counted, backward_counted
     try:
         fn()
     finally:
-        C._correlate, G.correlate, C.conv2d_backward_fast = correlate, grid_correlate, backward
+        C._correlate, G.shifted_products, C.conv2d_backward_fast = correlate, shifted, backward
     return products
 
 

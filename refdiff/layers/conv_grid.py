@@ -48,17 +48,22 @@ def geometry(N: int, H: int, W: int, k: int) -> tuple[int, int, list[int]]:
     return N * G * Wg, G * Wg, [(i - p) * Wg + (j - p) for i in range(k) for j in range(k)]
 
 
+def shifted_products(grid_rows: Any, taps: list, m: int, P: int) -> Any:
+    """sum over (d, K) in taps of grid_rows[m + d : m + d + P] @ K: (P, C_out). The first product starts
+    the sum; BLAS adds each other one into it (backend.add_product)."""
+    (d_0, K_0), rest = taps[0], taps[1:]
+    y = grid_rows[m + d_0 : m + d_0 + P, :] @ K_0
+    for d, K in rest:
+        add_product(y, grid_rows[m + d : m + d + P, :], K)
+    return y
+
+
 def correlate(grid_rows: Any, w: Any, N: int, H: int, W: int) -> Any:
     """Y = sum over kernel offsets (i, j) of grid_rows[m + d_ij : m + d_ij + P] @ w[i, j]: the "same"
-    correlation at every grid position, (P, C_out), no bias. The first product starts the sum; BLAS
-    adds each other one into it (backend.add_product)."""
+    correlation at every grid position, (P, C_out), no bias: shifted_products of the k k offsets."""
     k = w.shape[0]
     P, m, d = geometry(N, H, W, k)
-    w_2d = [w[i, j, :, :] for i in range(k) for j in range(k)]  # (C_in, C_out) each, in d's order
-    y = grid_rows[m + d[0] : m + d[0] + P, :] @ w_2d[0]
-    for d_ij, w_ij in zip(d[1:], w_2d[1:]):
-        add_product(y, grid_rows[m + d_ij : m + d_ij + P, :], w_ij)
-    return y
+    return shifted_products(grid_rows, [(d[i * k + j], w[i, j, :, :]) for i in range(k) for j in range(k)], m, P)
 
 
 def crop(grid_rows: Any, N: int, H: int, W: int, p: int) -> Any:
@@ -132,10 +137,8 @@ def upsampled_forward(x: Any, w: Any, b: Any) -> Any:
     y = xp.empty((N, H, 2, W, 2, C_out), dtype=x.dtype, device=device(x))  # [n, h, a, w, c, :]
     for a in range(2):
         for c in range(2):
-            d = [((a - 1 + r) * Wg + (c - 1 + s), K[a, c, r, s, :, :]) for r in range(2) for s in range(2)]
-            Y = R[m + d[0][0] : m + d[0][0] + P, :] @ d[0][1]  # (P, C_out), the first product starts the sum
-            for d_rs, K_rs in d[1:]:
-                add_product(Y, R[m + d_rs : m + d_rs + P, :], K_rs)
+            taps = [((a - 1 + r) * Wg + (c - 1 + s), K[a, c, r, s, :, :]) for r in range(2) for s in range(2)]
+            Y = shifted_products(R, taps, m, P)  # (P, C_out): phase (a, c) at every grid position
             y[:, :, a, :, c, :] = xp.reshape(crop(Y, N, H, W, 1), (N, H, W, C_out))
     y = xp.reshape(y, (N, 2 * H, 2 * W * C_out))  # rows of 2W pixels
     y += xp.reshape(xp.broadcast_to(b, (2 * W, C_out)), (2 * W * C_out,))  # the bias, b repeated 2W times
