@@ -234,15 +234,17 @@ def test_model_is_the_sampler_protocol_and_keeps_no_cache(backend):
 
 
 def test_float32_creates_no_float64(backend):
-    """A float32 forward (training, dropout, labels, integer t) and backward with dx return float32 and
-    create no float64 array on the way (tripwire on array_api_strict)."""
+    """A float32 forward (training, dropout, labels, integer t) and backward with dx, and a sampling
+    forward (keep_cache=False: group_norm_silu, upsample2x_conv), return float32 and create no float64
+    array on the way (tripwire on array_api_strict)."""
     params = on(backend, random_params(U.param_shapes(FULL), 0, "float32"))
     x = backend.asarray(host_data(1, (2, 1, 8, 8), "float32"))
     t, y = backend.asarray(np.array([0, 999])), backend.asarray(np.array([0, 3]))
     with float64_tripwire(backend):
         out, cache = U.unet_forward(params, FULL, x, t, y, train=True, generator=Generator(1))
         grads, dx = U.unet_backward(out + 1.0, cache, need_dx=True)
-    for a in (out, dx, *grads.values()):
+        sampled, _ = U.unet_forward(params, FULL, x, t, y, keep_cache=False)
+    for a in (out, dx, sampled, *grads.values()):
         assert a.dtype == backend.xp.float32
 
 
