@@ -29,6 +29,8 @@ cache from the flat grid goes to the speed backward whichever path is selected w
 Layouts: activations (N, H, W, C) (NHWC, chosen by measurement, see the derivation page); weights
 (kH, kW, C_in, C_out); bias (C_out,). ``weight_from_torch`` / ``weight_to_torch`` convert to and from
 PyTorch's (C_out, C_in, kH, kW). ``conv2d_forward_naive`` is the loop-over-pixels oracle of the tests.
+``upsample2x_conv`` is ADM's Upsample (nearest 2x, then a 3x3 conv) for a forward that keeps no cache;
+its speed form computes the four output phases as 2 x 2 correlations of the input on its flat grid.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from refdiff.backend import add_product, device, namespace
+from refdiff.layers.fast import along_rows
 
 
 def rows(a: Any, p: int) -> Any:
@@ -87,7 +88,7 @@ def forward(x: Any, w: Any, b: Any, p: int) -> tuple[Any, Any]:
     C_out = w.shape[3]
     R = rows(x, p)  # 1. the zero padding: ((N + 2) G Wg, C_in)
     y = correlate(R, w, N, H, W)  # 2. one product per kernel offset: (N G Wg, C_out)
-    b_row = xp.reshape(xp.broadcast_to(b, (W, C_out)), (W * C_out,))  # 3. bias, b repeated W times
+    b_row = along_rows(b, W)  # 3. bias, b repeated W times: (W C_out,)
     return xp.reshape(crop(y, N, H, W, p) + b_row, (N, H, W, C_out)), R
 
 
@@ -141,5 +142,5 @@ def upsampled_forward(x: Any, w: Any, b: Any) -> Any:
             Y = shifted_products(R, taps, m, P)  # (P, C_out): phase (a, c) at every grid position
             y[:, :, a, :, c, :] = xp.reshape(crop(Y, N, H, W, 1), (N, H, W, C_out))
     y = xp.reshape(y, (N, 2 * H, 2 * W * C_out))  # rows of 2W pixels
-    y += xp.reshape(xp.broadcast_to(b, (2 * W, C_out)), (2 * W * C_out,))  # the bias, b repeated 2W times
+    y += along_rows(b, 2 * W)  # the bias, b repeated 2W times
     return xp.reshape(y, (N, 2 * H, 2 * W, C_out))

@@ -127,16 +127,17 @@ def _long_rows(S: int, C: int) -> int:
 
     NumPy's elementwise loops run along the last axis only: against an (N, 1, C) factor an (N, S, C)
     pass makes N S loops of C numbers (16-64 in the U-Nets), 2-4x a same-shape pass. Rows R times
-    longer take the factor repeated R times (_along_rows): N R C numbers to copy, next to the pass's N S C.
+    longer take the factor repeated R times (along_rows): N R C numbers to copy, next to the pass's N S C.
     """
     return max(R for R in range(1, max(1, LONG_ROW // C) + 1) if S % R == 0)
 
 
-def _along_rows(f: Any, R: int) -> Any:
-    """A per-sample, per-channel factor f (N, 1, C) against rows of R pixels: (N, 1, R C), f repeated R times."""
+def along_rows(f: Any, R: int) -> Any:
+    """A per-channel factor f (..., C) against rows of R pixels: (..., R C), f repeated R times along
+    its last axis (a bias (C,), or a per-sample factor (N, 1, C))."""
     xp = namespace(f)
-    N, _, C = f.shape
-    return xp.reshape(xp.broadcast_to(xp.reshape(f, (N, 1, 1, C)), (N, 1, R, C)), (N, 1, R * C))
+    lead, C = tuple(f.shape[:-1]), f.shape[-1]
+    return xp.reshape(xp.broadcast_to(xp.reshape(f, lead + (1, C)), lead + (R, C)), lead + (R * C,))
 
 
 def _centred(x: Any, groups: int) -> tuple[Any, Any]:
@@ -148,7 +149,7 @@ def _centred(x: Any, groups: int) -> tuple[Any, Any]:
     S, Cg = math.prod(x.shape[1:-1]), C // groups
     M, R = S * Cg, _long_rows(S, C)
     mu = _group_sum(xp.reshape(x, (N, S, C)), groups) / M  # step 2: (N, 1, G, 1)
-    xc = xp.reshape(x, (N, S // R, R * C)) - _along_rows(_per_channel(mu, Cg), R)  # step 3: (N, S / R, R C)
+    xc = xp.reshape(x, (N, S // R, R * C)) - along_rows(_per_channel(mu, Cg), R)  # step 3: (N, S / R, R C)
     return xc, _group_sum(xp.reshape(xc * xc, (N, S, C)), groups) / M  # step 4
 
 
@@ -174,8 +175,8 @@ def group_norm_silu(x: Any, gamma: Any, beta: Any, groups: int, eps: float, scal
         scale, shift = xp.reshape(scale, (N, 1, C)), xp.reshape(shift, (N, 1, C))
         a, b = a * (1.0 + scale), b * (1.0 + scale) + shift
     u = xc  # in place: u = (xc * a + b) / 2
-    u *= _along_rows(0.5 * a, R)
-    u += _along_rows(0.5 * b, R)
+    u *= along_rows(0.5 * a, R)
+    u += along_rows(0.5 * b, R)
     y = xp.tanh(u)
     y *= u
     y += u
@@ -199,8 +200,8 @@ def group_norm_forward(x: Any, gamma: Any, beta: Any, groups: int, eps: float) -
     xc, var = _centred(x, groups)  # steps 1-4: (N, S / R, R C) rows, (N, 1, G, 1)
     R = xc.shape[-1] // C
     rstd = 1.0 / xp.sqrt(var + eps)  # step 5: (N, 1, G, 1)
-    y = xc * _along_rows(_per_channel(rstd, Cg) * gamma, R)  # steps 6-7: (N, S / R, R C)
-    y += xp.reshape(xp.broadcast_to(beta, (R, C)), (R * C,))
+    y = xc * along_rows(_per_channel(rstd, Cg) * gamma, R)  # steps 6-7: (N, S / R, R C)
+    y += along_rows(beta, R)
     return xp.reshape(y, tuple(x.shape)), GroupNormCache(xp.reshape(xc, (N, S, groups, Cg)), rstd, gamma,
                                                          tuple(x.shape))
 
@@ -230,7 +231,7 @@ def group_norm_backward(dy: Any, cache: Any) -> tuple[Any, Any, Any]:
     mean_dxhat_xhat = rstd * xp.sum(sum_dy_xc * a, axis=3, keepdims=True) / M  # rstd * mean(dxhat * xhat)
     R = _long_rows(S, C)
     dy_r, xc_r = xp.reshape(dy, (N, S // R, R * C)), xp.reshape(xc, (N, S // R, R * C))  # rows of R pixels
-    dx = dy_r * _along_rows(xp.reshape(a, (N, 1, C)), R)  # a * dy - mean(a * dy) cancels exactly for M = 1
-    dx += xc_r * _along_rows(_per_channel(-rstd * mean_dxhat_xhat, Cg), R)  # - rstd xhat mean(dxhat xhat)
-    dx += _along_rows(_per_channel(-mean_a_dy, Cg), R)  # - rstd * mean(dxhat)
+    dx = dy_r * along_rows(xp.reshape(a, (N, 1, C)), R)  # a * dy - mean(a * dy) cancels exactly for M = 1
+    dx += xc_r * along_rows(_per_channel(-rstd * mean_dxhat_xhat, Cg), R)  # - rstd xhat mean(dxhat xhat)
+    dx += along_rows(_per_channel(-mean_a_dy, Cg), R)  # - rstd * mean(dxhat)
     return xp.reshape(dx, x_shape), dgamma, dbeta
